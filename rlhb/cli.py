@@ -1,0 +1,193 @@
+"""The single entry point: ``rlhb <command>``.
+
+Heavy imports (torch, transformers, kafka) happen inside commands, so ``rlhb --help``
+stays instant. Configuration errors print one line saying what to fix and exit 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import typer
+from pydantic import ValidationError
+
+app = typer.Typer(help="rlhb: online continual alignment of LLMs from user behavior.", no_args_is_help=True)
+infra_app = typer.Typer(help="Embedded broker and Redis for one machine.", no_args_is_help=True)
+model_app = typer.Typer(help="Base model preparation.", no_args_is_help=True)
+app.add_typer(infra_app, name="infra")
+app.add_typer(model_app, name="model")
+
+
+def fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def clear_errors():
+    """Turn configuration and infrastructure errors into one clear line (exit 2)."""
+    from rlhb.infra.broker import InfraError
+
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
+        fail(f"{where}: {first.get('msg', str(e))}")
+    except (InfraError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+
+
+def common_settings():
+    from rlhb.settings import CommonSettings
+
+    return CommonSettings()
+
+
+# --------------------------------------------------------------------------- model
+@model_app.command("prepare")
+def model_prepare(force: bool = typer.Option(False, help="Rebuild even if the folder exists.")) -> None:
+    """Convert the bundled SmolLM2-135M-Instruct GGUF to an HF folder (once)."""
+    from rlhb.model_prep import prepare_model
+
+    with clear_errors():
+        prepare_model(force=force)
+
+
+# --------------------------------------------------------------------------- infra
+@infra_app.command("up")
+def infra_up() -> None:
+    """Start the embedded broker (and Redis if none answers) and keep them running."""
+    from rlhb.infra.resolve import resolve_infra, write_infra_state
+
+    with clear_errors():
+        settings = common_settings()
+        infra = resolve_infra(settings)
+    path = write_infra_state(settings, infra)
+    typer.echo(json.dumps({"bootstrap": infra.bootstrap, "redis_url": infra.redis_url, "state": str(path)}))
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        infra.stop()
+        path.unlink(missing_ok=True)
+
+
+@infra_app.command("down")
+def infra_down() -> None:
+    """Stop infrastructure started by `rlhb infra up`."""
+    from rlhb.infra.resolve import read_running_infra
+
+    running = read_running_infra(common_settings())
+    if not running:
+        typer.echo("no embedded infrastructure is running")
+        return
+    os.kill(running["owner_pid"], signal.SIGTERM)
+    typer.echo(f"stopped (pid {running['owner_pid']})")
+
+
+@infra_app.command("status")
+def infra_status() -> None:
+    """Show whether the broker and Redis this deployment would use are reachable."""
+    from rlhb.infra.broker import InfraError, check_kafka
+    from rlhb.infra.redis_server import redis_answers
+    from rlhb.infra.resolve import read_running_infra
+    from rlhb.settings import DEFAULT_REDIS_URL
+
+    with clear_errors():
+        settings = common_settings()
+    running = read_running_infra(settings) or {}
+    bootstrap = settings.kafka_bootstrap_servers or running.get("bootstrap", "")
+    redis_url = settings.redis_url or running.get("redis_url", "") or DEFAULT_REDIS_URL
+    broker_ok = False
+    if bootstrap:
+        try:
+            check_kafka(bootstrap, timeout_s=3)
+            broker_ok = True
+        except InfraError:
+            pass
+    status = {
+        "broker": {"bootstrap": bootstrap or "(none: embedded starts on demand)", "reachable": broker_ok,
+                   "embedded": not settings.kafka_bootstrap_servers},
+        "redis": {"url": redis_url, "reachable": redis_answers(redis_url)},
+    }
+    typer.echo(json.dumps(status, indent=2))
+    if not (broker_ok and status["redis"]["reachable"]):
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------- up
+@app.command("up")
+def up(
+    trainer: bool = typer.Option(True, help="Also run the background trainer."),
+    port: int = typer.Option(8000, help="API port."),
+) -> None:
+    """Everything on the embedded defaults: broker, Redis, API, aggregator, trainer."""
+    from rlhb.infra.resolve import resolve_infra, write_infra_state
+
+    with clear_errors():
+        settings = common_settings()
+        settings.resolved_model_path() if settings.model_path else _ensure_model()
+        infra = resolve_infra(settings)
+    write_infra_state(settings, infra)
+    env = {**os.environ, **infra.env(), "RLHB_API_PORT": str(port)}
+    env.setdefault("RLHB_DEV_MODE", "1") if not env.get("RLHB_API_ADMIN_TOKEN") else None
+    commands = [[sys.executable, "-m", "rlhb.cli", "api"], [sys.executable, "-m", "rlhb.cli", "aggregator"]]
+    if trainer:
+        commands.append([sys.executable, "-m", "rlhb.cli", "trainer"])
+    procs = [subprocess.Popen(c, env=env) for c in commands]
+    typer.echo(f"rlhb up: API on http://127.0.0.1:{port} (broker {infra.bootstrap}, redis {infra.redis_url})")
+    try:
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        infra.stop()
+
+
+def _ensure_model() -> None:
+    from rlhb.model_prep import default_model_dir, prepare_model
+
+    if not (default_model_dir() / "config.json").exists():
+        prepare_model()
+
+
+def _register_feature_commands() -> None:
+    """Commands owned by the feature packages (kept in their own modules)."""
+    import importlib
+
+    for module_name, attr, kind, name in FEATURE_COMMANDS:
+        module = importlib.import_module(module_name)
+        obj = getattr(module, attr)
+        if kind == "typer":
+            app.add_typer(obj, name=name)
+        else:
+            app.command(name)(obj)
+
+
+# (module, attribute, "typer" | "command", command name). Each module must import cheaply.
+FEATURE_COMMANDS: list[tuple[str, str, str, str]] = []
+
+_register_feature_commands()
+
+if __name__ == "__main__":
+    app()

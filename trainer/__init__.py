@@ -1,0 +1,1 @@
+"""RLHB trainer: rollouts, rewards, PPO/PRO/SFT updates, checkpoints (runs as a background process)."""
