@@ -49,8 +49,8 @@ def pro_loss(
 
     Returns:
         scalar loss and stats: pro_loss (ranking term), sft_loss (mean summed NLL of the top
-        candidate), beta (mean), rank_accuracy (share of queries whose top candidate has the
-        highest length-normalized log-prob).
+        candidate), beta (mean), rank_accuracy (share of queries whose top candidate has a
+        strictly higher length-normalized log-prob than every other candidate).
     """
     if seq_logprobs.dim() != 2 or seq_lengths.shape != seq_logprobs.shape:
         raise ValueError(
@@ -109,7 +109,8 @@ def pro_loss(
     loss = (ranking + beta * sft).mean()  # eq. 7
     with torch.no_grad():
         masked_scores = scores.masked_fill(~real, very_negative)
-        top_wins = (masked_scores[:, :1] >= masked_scores).all(dim=1) & (num_real > 1)
+        # strict: a tie is not a correct ranking (as in bradley_terry.pairwise_loss)
+        top_wins = (masked_scores[:, 1:] < masked_scores[:, :1]).all(dim=1) & (num_real > 1)
         multi = (num_real > 1).to(dtype)
         stats = {
             "pro_loss": ranking.mean().item(),
