@@ -30,7 +30,7 @@ def _alias(*names: str) -> AliasChoices:
 class CommonSettings(BaseSettings):
     """Fields every process needs. Subclasses add their own with their own prefix."""
 
-    model_config = SettingsConfigDict(extra="ignore", env_file=None)
+    model_config = SettingsConfigDict(extra="ignore", env_file=None, populate_by_name=True)
 
     kafka_bootstrap_servers: str = Field(
         default="",
