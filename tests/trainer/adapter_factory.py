@@ -1,0 +1,61 @@
+"""Real LoRA adapter folders for tests (no training): ``write_test_adapter``.
+
+The folder has the layout trainer/checkpoints.py writes (PEFT files + metadata.json with the
+weights' sha256) and is written to a temp dir then renamed, like a real checkpoint. lora_B
+is random and non-zero, so the adapter changes the model's outputs (a fresh LoRA would not).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from trainer.registry import sha256_file, weights_file
+
+
+def write_test_adapter(
+    model_dir: Path,
+    out_root: Path,
+    name: str,
+    seed: int = 0,
+    parent: str | None = None,
+    scale: float = 0.5,
+    nan: bool = False,
+    metrics: dict[str, float] | None = None,
+    algorithm: str = "test",
+) -> Path:
+    """Write ``out_root/<name>/``: a LoRA (r=4, q/v projections) on the model in ``model_dir``.
+
+    ``scale``: std of the random lora_B entries (larger -> further from the base model).
+    ``nan``: put a NaN in one lora_B weight (for gate tests)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    model = get_peft_model(base, config)
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if "lora_B" in pname:
+                p.normal_(0.0, scale)
+        if nan:
+            next(p for n, p in model.named_parameters() if "lora_B" in n)[0, 0] = float("nan")
+
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = out_root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    meta = {
+        "name": name, "id": 1, "path": str(out_root / name), "parent": parent, "algorithm": algorithm,
+        "step": 0, "status": "candidate", "sha256": sha256_file(weights_file(tmp)),
+        "metrics": metrics or {}, "created_at": time.time(),
+    }
+    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out_root / name)
+    return out_root / name
