@@ -52,9 +52,16 @@ def write_test_adapter(
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     meta = {
-        "name": name, "id": 1, "path": str(out_root / name), "parent": parent, "algorithm": algorithm,
-        "step": 0, "status": "candidate", "sha256": sha256_file(weights_file(tmp)),
-        "metrics": metrics or {}, "created_at": time.time(),
+        "name": name,
+        "id": 1,
+        "path": str(out_root / name),
+        "parent": parent,
+        "algorithm": algorithm,
+        "step": 0,
+        "status": "candidate",
+        "sha256": sha256_file(weights_file(tmp)),
+        "metrics": metrics or {},
+        "created_at": time.time(),
     }
     (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
     os.replace(tmp, out_root / name)
