@@ -1,0 +1,80 @@
+"""Bounded replay buffer of behavior records: the latest record per impression, sampled
+with a preference for recent ones.
+
+The aggregator republishes an impression's record every time new reactions arrive, so the
+same impression shows up many times on ``behavior-records``; only its latest record (the
+most complete counts) is kept, and an update moves it to the "newest" end. When the buffer
+is full the record updated longest ago is dropped.
+
+Sampling weight of a record ``age`` positions from the newest end: ``0.5 ** (age / half_life)``
+(``half_life = 0`` gives uniform sampling). Sampling is without replacement, by
+Efraimidis-Spirakis keys ``u ** (1 / w)``, so a round never trains on one record twice.
+Thread-safe: the consumer thread adds while the training thread samples.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections import OrderedDict
+
+from schemas.behavior import BehaviorRecord
+
+
+class ReplayBuffer:
+    def __init__(self, capacity: int, half_life: float = 0.0):
+        """``capacity``: most impressions kept. ``half_life``: recency half-life in records
+        (0: uniform sampling)."""
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1; got {capacity}")
+        if half_life < 0:
+            raise ValueError(f"half_life must be >= 0 (0 = uniform); got {half_life}")
+        self.capacity = capacity
+        self.half_life = half_life
+        self._records: OrderedDict[str, BehaviorRecord] = OrderedDict()
+        self._lock = threading.Lock()
+        self.added = 0
+        """Records offered to ``add`` in total (updates included)."""
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, record: BehaviorRecord) -> None:
+        """Insert or replace the impression's record; an older record (by ``updated_at``)
+        never replaces a newer one, so replays and out-of-order partitions are harmless."""
+        with self._lock:
+            self.added += 1
+            key = record.impression_id
+            old = self._records.get(key)
+            if old is not None and old.updated_at > record.updated_at:
+                return
+            self._records[key] = record
+            self._records.move_to_end(key)
+            while len(self._records) > self.capacity:
+                self._records.popitem(last=False)
+
+    def records(self) -> list[BehaviorRecord]:
+        """All kept records, oldest update first."""
+        with self._lock:
+            return list(self._records.values())
+
+    def weights(self) -> list[float]:
+        """Sampling weight of each record, in ``records()`` order."""
+        n = len(self._records)
+        if self.half_life <= 0:
+            return [1.0] * n
+        return [0.5 ** ((n - 1 - i) / self.half_life) for i in range(n)]
+
+    def sample(self, k: int, rng: random.Random | None = None) -> list[BehaviorRecord]:
+        """Up to ``k`` distinct records, recency-weighted, newest-first order not guaranteed."""
+        rng = rng or random.Random()
+        with self._lock:
+            items = list(self._records.values())
+            weights = self.weights()
+        if k >= len(items):
+            return items
+        # log(u) / w is a monotone transform of u ** (1 / w): same order, no underflow.
+        keys = [math.log(rng.random() or 1e-300) / w for w in weights]
+        top = sorted(range(len(items)), key=keys.__getitem__, reverse=True)[:k]
+        return [items[i] for i in sorted(top)]
