@@ -1,0 +1,238 @@
+"""Training configuration shared by every algorithm built on the PPO core.
+
+``PPOConfig`` covers the policy (LoRA), sampling, the critic and the PPO update; each
+algorithm's ``Config`` subclasses it and adds its own fields (``RLHBConfig`` adds the
+discriminator). Every field has a one-line doc; ``__post_init__`` rejects bad values and
+combinations with a message that says what to do (TRL style). No torch import here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+KL_ESTIMATORS = ("k1", "k2", "k3")
+DISCRIMINATOR_KINDS = ("minilm", "lm")
+D_REWARD_KINDS = ("contrastive", "log_d", "prob", "logit")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and what to do."""
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class PPOConfig:
+    """Policy, sampling and PPO settings (defaults: the paper's 4 rollouts x 16 per batch)."""
+
+    # --- policy (LoRA on the base causal LM)
+    lora_r: int = 16
+    """LoRA rank of the policy adapter."""
+    lora_alpha: int = 32
+    """LoRA alpha (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """LoRA dropout; 0 keeps rollout-time and update-time log-probs identical."""
+    lora_target_modules: str | tuple[str, ...] = "all-linear"
+    """Modules to adapt: "all-linear" (every linear layer but the LM head) or a tuple of module names."""
+    value_head_hidden: int = 64
+    """Width of the critic's MLP head over the policy's last hidden states (0 = a single linear layer)."""
+
+    # --- sampling
+    batch_size: int = 16
+    """Rollouts per iteration (prompts per iteration = batch_size / rollouts_per_prompt)."""
+    rollouts_per_prompt: int = 4
+    """k: answers sampled per (query, behavior) prompt."""
+    max_new_tokens: int = 48
+    """Longest generated answer, in tokens (an answer also ends at EOS)."""
+    max_prompt_tokens: int = 512
+    """Prompts longer than this are cut from the left."""
+    temperature: float = 1.0
+    """Sampling temperature (1.0 = sample from the policy itself, as PPO assumes)."""
+    top_k: int = 0
+    """Top-k sampling filter (0 = off; filters bias the log-probs PPO uses)."""
+    top_p: float = 1.0
+    """Nucleus sampling filter (1.0 = off)."""
+
+    # --- rewards and advantages
+    kl_coef: float = 0.05
+    """eta in eq. 10: weight of the per-token KL to the reference policy (adapter disabled)."""
+    kl_estimator: str = "k1"
+    """Per-token KL estimator: k1 (log ratio), k2, k3."""
+    score_clip: float | None = 10.0
+    """Clip sequence scores to [-score_clip, score_clip] before PPO (None = no clipping)."""
+    gamma: float = 1.0
+    """Discount factor (eq. 7-8)."""
+    lam: float = 0.95
+    """GAE lambda (eq. 7)."""
+    whiten_advantages: bool = True
+    """Normalize advantages over the batch's real tokens."""
+
+    # --- PPO update
+    ppo_epochs: int = 1
+    """Passes over the rollouts per iteration, for the actor and then for the critic."""
+    minibatch_size: int = 0
+    """Rollouts per gradient step (0 = the whole batch)."""
+    clip_range: float = 0.2
+    """epsilon of the clipped surrogate (eq. 5)."""
+    clip_range_value: float | None = 0.2
+    """Critic value clipping around the rollout-time values (None = off)."""
+    learning_rate: float = 3e-4
+    """Actor (LoRA) learning rate."""
+    critic_learning_rate: float = 1e-3
+    """Critic (value head) learning rate."""
+    max_grad_norm: float = 1.0
+    """Gradient-norm clip for actor and critic (0 = off)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus weight (the paper has none)."""
+    threads: int = 0
+    """torch intra-op threads (0 = leave torch's default)."""
+
+    def __post_init__(self) -> None:
+        _require(self.lora_r >= 1, f"lora_r must be >= 1; got {self.lora_r}. Use 8-64.")
+        _require(
+            self.lora_alpha >= 1,
+            f"lora_alpha must be >= 1; got {self.lora_alpha}. A common choice is 2 * lora_r.",
+        )
+        _require(0.0 <= self.lora_dropout < 1.0, f"lora_dropout must be in [0, 1); got {self.lora_dropout}.")
+        if not isinstance(self.lora_target_modules, str):
+            self.lora_target_modules = tuple(self.lora_target_modules)
+            _require(bool(self.lora_target_modules), 'lora_target_modules is empty: name modules or use "all-linear".')
+        _require(self.value_head_hidden >= 0, f"value_head_hidden must be >= 0; got {self.value_head_hidden}.")
+        _require(self.rollouts_per_prompt >= 1, f"rollouts_per_prompt must be >= 1; got {self.rollouts_per_prompt}.")
+        suggestion = max(1, self.batch_size // self.rollouts_per_prompt) * self.rollouts_per_prompt
+        _require(
+            self.batch_size >= self.rollouts_per_prompt and self.batch_size % self.rollouts_per_prompt == 0,
+            f"batch_size ({self.batch_size}) must be a positive multiple of rollouts_per_prompt "
+            f"({self.rollouts_per_prompt}): e.g. batch_size={suggestion}.",
+        )
+        _require(self.max_new_tokens >= 1, f"max_new_tokens must be >= 1; got {self.max_new_tokens}.")
+        _require(self.max_prompt_tokens >= 8, f"max_prompt_tokens must be >= 8; got {self.max_prompt_tokens}.")
+        _require(self.temperature > 0, f"temperature must be > 0; got {self.temperature}. Use 1.0 for on-policy PPO.")
+        _require(self.top_k >= 0, f"top_k must be >= 0 (0 = off); got {self.top_k}.")
+        _require(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1]; got {self.top_p}.")
+        _require(self.kl_coef >= 0, f"kl_coef must be >= 0; got {self.kl_coef}. Typical: 0.01-0.1.")
+        _require(
+            self.kl_estimator in KL_ESTIMATORS,
+            f"kl_estimator must be one of {KL_ESTIMATORS}; got {self.kl_estimator!r}.",
+        )
+        _require(
+            self.score_clip is None or self.score_clip > 0,
+            f"score_clip must be > 0 or None; got {self.score_clip}.",
+        )
+        _require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1]; got {self.gamma}.")
+        _require(0.0 <= self.lam <= 1.0, f"lam must be in [0, 1]; got {self.lam}.")
+        _require(self.ppo_epochs >= 1, f"ppo_epochs must be >= 1; got {self.ppo_epochs}.")
+        _require(
+            self.minibatch_size == 0 or (1 <= self.minibatch_size <= self.batch_size),
+            f"minibatch_size must be 0 (whole batch) or in [1, batch_size={self.batch_size}];"
+            f" got {self.minibatch_size}.",
+        )
+        _require(0 < self.clip_range < 1, f"clip_range must be in (0, 1); got {self.clip_range}. Typical: 0.2.")
+        _require(
+            self.clip_range_value is None or self.clip_range_value > 0,
+            f"clip_range_value must be > 0 or None; got {self.clip_range_value}.",
+        )
+        for name in ("learning_rate", "critic_learning_rate"):
+            value = getattr(self, name)
+            _require(0 < value < 1, f"{name} must be in (0, 1); got {value}. LoRA usually wants 1e-5 to 1e-3.")
+        _require(self.max_grad_norm >= 0, f"max_grad_norm must be >= 0 (0 = off); got {self.max_grad_norm}.")
+        _require(self.entropy_coef >= 0, f"entropy_coef must be >= 0; got {self.entropy_coef}.")
+        _require(self.threads >= 0, f"threads must be >= 0; got {self.threads}.")
+
+    @property
+    def prompts_per_batch(self) -> int:
+        """Distinct (query, behavior) prompts per iteration."""
+        return self.batch_size // self.rollouts_per_prompt
+
+    @property
+    def effective_minibatch(self) -> int:
+        return self.minibatch_size or self.batch_size
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+@dataclass
+class RLHBConfig(PPOConfig):
+    """PPO with a behavior-conditioned discriminator D(s, a; b) as the reward (RLHB)."""
+
+    discriminator: str = "minilm"
+    """D architecture: "minilm" (factorized fine-tuned MiniLM) or "lm" (base LM + own LoRA + scalar head)."""
+    d_model_path: str = ""
+    """For discriminator="lm": the LM to build D on ("" = the policy's base model, loaded as a separate copy)."""
+    d_lora_r: int = 8
+    """LoRA rank of D's adapter (discriminator="lm")."""
+    d_embed_dim: int = 64
+    """Width of the bilinear projection <P f(s, a), Q e(b)> (discriminator="minilm")."""
+    d_max_tokens: int = 256
+    """Longest D input, in tokens (cut from the left for "lm", the right for "minilm")."""
+    d_learning_rate: float = 5e-5
+    """D's learning rate (encoder / adapter)."""
+    d_head_learning_rate: float = 1e-3
+    """Learning rate of D's freshly initialized head (projections, scalar head)."""
+    d_batch_size: int = 16
+    """Real triplets per D update; the fake batch has the same size."""
+    d_updates_per_iteration: int = 1
+    """D gradient steps per RLHB iteration (after the actor and critic)."""
+    d_warmup_steps: int = 0
+    """D gradient steps on real vs behavior-swapped triplets before the first PPO iteration."""
+    d_frozen: bool = False
+    """Freeze D during PPO (the paper's ablation; warm-up still trains it)."""
+    swap_share: float = 0.5
+    """Share of the fake batch made of behavior-swapped real triplets (the rest: generations)."""
+    kappa: float = 0.2
+    """Share of the fake batch filled with the highest-rewarded generations (bootstrap; the paper: 50% collapses D)."""
+    reward: str = "contrastive"
+    """Reward from D: "contrastive" z(s,a;b) - z(s,a;opposite b), or raw "log_d" (eq. 2), "prob", "logit"."""
+    heldout_fraction: float = 0.2
+    """Share of records held out to measure D's accuracy on real vs swapped (never trained on)."""
+    heldout_max: int = 64
+    """Cap on held-out records (each gives one real and one swapped triplet)."""
+    chance_margin: float = 0.05
+    """D counts as "at chance" when its held-out accuracy is within this of 0.5: PPO then logs a loud warning."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.discriminator in DISCRIMINATOR_KINDS,
+            f"discriminator must be one of {DISCRIMINATOR_KINDS}; got {self.discriminator!r}.",
+        )
+        _require(self.reward in D_REWARD_KINDS, f"reward must be one of {D_REWARD_KINDS}; got {self.reward!r}.")
+        _require(self.d_lora_r >= 1, f"d_lora_r must be >= 1; got {self.d_lora_r}.")
+        _require(self.d_embed_dim >= 1, f"d_embed_dim must be >= 1; got {self.d_embed_dim}.")
+        _require(self.d_max_tokens >= 16, f"d_max_tokens must be >= 16; got {self.d_max_tokens}.")
+        for name in ("d_learning_rate", "d_head_learning_rate"):
+            value = getattr(self, name)
+            _require(0 < value < 1, f"{name} must be in (0, 1); got {value}.")
+        _require(self.d_batch_size >= 2, f"d_batch_size must be >= 2; got {self.d_batch_size}.")
+        _require(
+            self.d_updates_per_iteration >= 0,
+            f"d_updates_per_iteration must be >= 0; got {self.d_updates_per_iteration}.",
+        )
+        _require(self.d_warmup_steps >= 0, f"d_warmup_steps must be >= 0; got {self.d_warmup_steps}.")
+        _require(0.0 <= self.swap_share <= 1.0, f"swap_share must be in [0, 1]; got {self.swap_share}.")
+        _require(
+            0.0 <= self.kappa < 1.0,
+            f"kappa must be in [0, 1); got {self.kappa}. The paper uses 0-0.5; 0.5 made D collapse.",
+        )
+        _require(
+            self.swap_share + self.kappa <= 1.0,
+            f"swap_share ({self.swap_share}) + kappa ({self.kappa}) must be <= 1: together they are shares of one "
+            "fake batch; lower one of them.",
+        )
+        _require(
+            0.0 < self.heldout_fraction < 0.9,
+            f"heldout_fraction must be in (0, 0.9);"
+            f" got {self.heldout_fraction}. D's held-out accuracy is a required metric.",
+        )
+        _require(self.heldout_max >= 2, f"heldout_max must be >= 2; got {self.heldout_max}.")
+        _require(0.0 <= self.chance_margin < 0.5, f"chance_margin must be in [0, 0.5); got {self.chance_margin}.")
+        _require(
+            not (self.d_frozen and self.d_warmup_steps == 0),
+            "d_frozen=True with d_warmup_steps=0 rewards the policy with an untrained D: set d_warmup_steps > 0 "
+            "(e.g. 50) or d_frozen=False.",
+        )

@@ -1,0 +1,247 @@
+"""The generator pi(a | s, b) and its critic V(s; b) on one copy of the base weights.
+
+- Actor: base causal LM + a trainable LoRA adapter (peft). The base weights stay frozen.
+- Reference policy (KL term): the same model inside ``disable_adapter()``; never a copy.
+- Critic: a small MLP value head over the actor's last hidden states, one value per
+  response token. Its input is detached, so the critic loss never moves the actor.
+
+Departures from the paper: the paper's critic is a separate network; here it reads the
+policy trunk's features (as TRL's value head does) but does not train them, which keeps the
+update order "actor, then critic" meaningful and lets the critic train on the features
+recorded at rollout time without another forward pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from trainer.config import PPOConfig
+from trainer.prompts import render_prompt
+from trainer.rollouts import Prompt, SequenceBatch, response_mask_from_eos
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+class ValueHead(nn.Module):
+    """Token-level values from hidden states: (B, T, H) -> (B, T)."""
+
+    def __init__(self, hidden_size: int, width: int) -> None:
+        super().__init__()
+        if width:
+            self.net = nn.Sequential(nn.Linear(hidden_size, width), nn.GELU(), nn.Linear(width, 1))
+        else:
+            self.net = nn.Sequential(nn.Linear(hidden_size, 1))
+        # small last layer: initial values near 0, but not exactly 0 (a zero layer would
+        # also zero the gradient of the layer before it on the first step)
+        nn.init.normal_(self.net[-1].weight, std=0.01)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features).squeeze(-1)
+
+
+@dataclass
+class ForwardOutput:
+    logprobs: torch.Tensor  # (B, T) log-prob of each response token
+    features: torch.Tensor  # (B, T, H) last hidden states at the positions predicting them
+    logits: torch.Tensor | None = None  # (B, T, V) response logits, when asked for
+
+
+class Policy:
+    """Actor (LoRA) + critic (value head) + tokenizer, with generation and scoring."""
+
+    def __init__(self, model, tokenizer, value_head: ValueHead, config: PPOConfig) -> None:
+        self.model = model  # peft.PeftModel around the causal LM
+        self.tokenizer = tokenizer
+        self.value_head = value_head
+        self.config = config
+        self.eos_ids = _eos_ids(model, tokenizer)
+        self.model.eval()  # no dropout anywhere: rollout-time and update-time log-probs agree
+
+    # ------------------------------------------------------------------ loading / saving
+    @classmethod
+    def load(cls, model_path: str, config: PPOConfig, adapter_path: str | Path | None = None) -> Policy:
+        """Base model from ``model_path`` with a fresh LoRA, or the adapter at ``adapter_path`` (trainable)."""
+        from peft import LoraConfig, PeftModel, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        tokenizer.padding_side = "left"
+        tokenizer.truncation_side = "left"
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        for p in base.parameters():
+            p.requires_grad_(False)
+        if adapter_path is not None:
+            model = PeftModel.from_pretrained(base, str(adapter_path), is_trainable=True)
+        else:
+            targets = config.lora_target_modules
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=targets if isinstance(targets, str) else list(targets),
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(base, lora)
+        value_head = ValueHead(base.config.hidden_size, config.value_head_hidden)
+        if adapter_path is not None:
+            state = Path(adapter_path) / "trainer_state" / VALUE_HEAD_FILE
+            if state.exists():
+                _load_matching(value_head, state)
+        return cls(model, tokenizer, value_head, config)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        return list(self.value_head.parameters())
+
+    def save_value_head(self, path: Path) -> None:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()}, str(path))
+
+    # ------------------------------------------------------------------ tokens
+    def encode_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chat-template prompts, left-padded: (B, P) ids and mask."""
+        texts = [render_prompt(self.tokenizer, p.query, p.behavior) for p in prompts]
+        enc = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.config.max_prompt_tokens,
+            add_special_tokens=False,  # the chat template already has them
+        )
+        return enc["input_ids"], enc["attention_mask"]
+
+    def encode_pairs(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> SequenceBatch:
+        """Given answers (e.g. logged ones, for SFT/PRO) as a batch; each answer ends with EOS."""
+        prompt_ids, prompt_mask = self.encode_prompts(prompts)
+        eos = self.tokenizer.eos_token_id
+        rows = [
+            self.tokenizer(r, add_special_tokens=False)["input_ids"][: self.config.max_new_tokens - 1] + [eos]
+            for r in responses
+        ]
+        width = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        response_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        response_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            response_ids[i, : len(r)] = torch.tensor(r)
+            response_mask[i, : len(r)] = 1
+        return SequenceBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            queries=[p.query for p in prompts],
+            behaviors=[p.behavior for p in prompts],
+            responses=[self.decode(r) for r in rows],
+            prompt_index=torch.arange(len(rows)),
+        )
+
+    def decode(self, ids: Sequence[int]) -> str:
+        kept = [int(t) for t in ids if int(t) not in self.eos_ids]
+        return self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+
+    # ------------------------------------------------------------------ rollouts
+    @torch.no_grad()
+    def generate(self, prompts: Sequence[Prompt], rollouts_per_prompt: int) -> SequenceBatch:
+        """k sampled answers per prompt (KV cache on), rows grouped by prompt."""
+        cfg = self.config
+        repeated = [p for p in prompts for _ in range(rollouts_per_prompt)]
+        prompt_ids, prompt_mask = self.encode_prompts(repeated)
+        out = self.model.generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            use_cache=True,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=sorted(self.eos_ids),
+        )
+        response_ids = out[:, prompt_ids.shape[1] :]  # (B, T)
+        response_mask = response_mask_from_eos(response_ids, self.eos_ids)  # (B, T)
+        response_ids = torch.where(response_mask.bool(), response_ids, self.tokenizer.pad_token_id)
+        width = int(response_mask.sum(1).max())  # drop columns no row uses
+        response_ids, response_mask = response_ids[:, :width], response_mask[:, :width]
+        return SequenceBatch(
+            prompt_ids=prompt_ids,
+            prompt_mask=prompt_mask,
+            response_ids=response_ids,
+            response_mask=response_mask,
+            queries=[p.query for p in repeated],
+            behaviors=[p.behavior for p in repeated],
+            responses=[self.decode(r[m.bool()].tolist()) for r, m in zip(response_ids, response_mask, strict=True)],
+            prompt_index=torch.arange(len(prompts)).repeat_interleave(rollouts_per_prompt),
+        )
+
+    # ------------------------------------------------------------------ scoring
+    def forward(self, batch: SequenceBatch, *, reference: bool = False, keep_logits: bool = False) -> ForwardOutput:
+        """Log-probs of the response tokens (with gradient unless under no_grad) and the features.
+
+        reference=True runs the base model (adapter disabled): the reference policy.
+        """
+        input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)  # (B, P+T)
+        attention = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)  # (B, P+T)
+        # positions count real tokens only, as generate() does for left-padded prompts
+        position_ids = (attention.cumsum(dim=1) - 1).clamp_min(0)  # (B, P+T)
+        num_response = batch.response_ids.shape[1]
+        ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()
+        with ctx:
+            out = self.model(
+                input_ids=input_ids,
+                attention_mask=attention,
+                position_ids=position_ids,
+                output_hidden_states=True,
+                logits_to_keep=num_response + 1,  # LM head only where response tokens are predicted
+                use_cache=False,
+            )
+        logits = out.logits[:, :-1].float()  # (B, T, V): position P-1+t predicts response token t
+        if self.config.temperature != 1.0:
+            logits = logits / self.config.temperature
+        logprobs = torch.gather(logits, 2, batch.response_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
+            logits, dim=-1
+        )  # (B, T)
+        features = out.hidden_states[-1][:, -num_response - 1 : -1]  # (B, T, H)
+        return ForwardOutput(
+            logprobs=logprobs,
+            features=features.detach(),
+            logits=logits if keep_logits else None,
+        )
+
+    def values(self, features: torch.Tensor) -> torch.Tensor:
+        """Critic V(s_t; b): (B, T, H) -> (B, T)."""
+        return self.value_head(features)
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured:
+        ids.update(int(i) for i in configured)
+    return {int(i) for i in ids if i is not None}
+
+
+def _load_matching(module: nn.Module, path: Path) -> None:
+    """Load a saved state if every tensor's shape matches (a resized head starts fresh)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    own = module.state_dict()
+    if state.keys() == own.keys() and all(state[k].shape == own[k].shape for k in own):
+        module.load_state_dict(state)
