@@ -14,12 +14,12 @@ from fastapi import FastAPI
 
 from rlhb.settings import ApiSettings
 from service.api.impression_ids import ImpressionSigner
-from service.api.routes import health
+from service.api.routes import feedback, health
 from service.api.state import AppState
 
 log = logging.getLogger(__name__)
 
-ROUTERS = [health.router]
+ROUTERS = [health.router, feedback.router]
 
 
 def _make_producer(bootstrap: str):
