@@ -186,6 +186,10 @@ def _register_feature_commands() -> None:
 
 # (module, attribute, "typer" | "command", command name). Each module must import cheaply.
 FEATURE_COMMANDS: list[tuple[str, str, str, str]] = []
+FEATURE_COMMANDS += [
+    ("service.aggregator.cli", "aggregator_app", "typer", "aggregator"),
+    ("service.aggregator.cli", "records_app", "typer", "records"),
+]
 
 _register_feature_commands()
 

@@ -178,6 +178,44 @@ class AggregatorSettings(CommonSettings):
         default=10_000, ge=1000,
         description="kafka-python takes the group rebalance timeout from this; keep it small (seconds).",
     )
+    levels: int = Field(default=3, ge=2, le=10, description="L, levels per rate (rates encoding): 3 = low/medium/high.")
+    rates: str = Field(
+        default="like_rate,dislike_rate",
+        description="Comma-separated rates the 'rates' encoding renders (table RATES in "
+        "service/aggregator/encoding.py: like_rate, dislike_rate, ctr, share_rate, requery_rate).",
+    )
+    caps: dict[str, float] = Field(
+        default_factory=dict, description="Paper encoding: per-indicator top-bucket caps, e.g. {\"view\": 50}."
+    )
+    session_timeout_ms: int = Field(
+        default=6000, ge=1000, description="Group session timeout: how long a crashed member keeps its partitions."
+    )
+    poll_timeout_ms: int = Field(default=100, ge=1, le=10_000, description="Longest wait in one consumer poll.")
+    max_poll_records: int = Field(default=2000, ge=1, description="Most messages applied in one Redis script call.")
+    lease_s: float = Field(
+        default=30.0, gt=0, description="A record claimed for publishing is re-published by anyone after this."
+    )
+    edges_refit_s: float = Field(default=30.0, gt=0, description="How often rate edges are refitted.")
+    edges_sample: int = Field(default=5000, ge=10, description="Most recent records the edges are fitted on.")
+    edges_min_records: int = Field(default=50, ge=1, description="Below this many records the prior edges are used.")
+
+    @field_validator("rates")
+    @classmethod
+    def _rates(cls, v: str) -> str:
+        from service.aggregator.encoding import RATES
+
+        names = [r.strip() for r in v.split(",") if r.strip()]
+        unknown = [r for r in names if r not in RATES]
+        if not names or unknown:
+            raise ValueError(
+                f"RLHB_AGG_RATES {v!r}: unknown or empty rates {unknown}; choose from {sorted(RATES)} "
+                "(comma-separated), or add a row to RATES in service/aggregator/encoding.py"
+            )
+        return ",".join(names)
+
+    @property
+    def rate_names(self) -> tuple[str, ...]:
+        return tuple(self.rates.split(","))
 
 
 class TrainerSettings(CommonSettings):

@@ -1,0 +1,109 @@
+"""``rlhb records export``: behavior records to JSONL, plus a prompt/chosen/rejected view.
+
+The records topic is read from the beginning to its current end (no consumer group, so
+exporting never moves anyone's offsets); the latest record per impression wins. The DPO
+view pairs records on the same query whose shaped rewards differ: the higher-rewarded
+response is ``chosen``. It is for users who want offline DPO with other tools (e.g. TRL's
+DPOTrainer reads exactly these three fields).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from schemas import BehaviorRecord
+
+
+def latest_per_impression(records: Iterable[BehaviorRecord]) -> list[BehaviorRecord]:
+    """Keep the most recently updated record of each impression (log order breaks ties)."""
+    latest: dict[str, BehaviorRecord] = {}
+    for r in records:
+        old = latest.get(r.impression_id)
+        if old is None or r.updated_at >= old.updated_at:
+            latest[r.impression_id] = r
+    return list(latest.values())
+
+
+def dpo_pairs(records: Iterable[BehaviorRecord], max_pairs_per_query: int = 16, min_margin: float = 1e-9) -> list[dict]:
+    """Pairs of different responses to one query whose shaped rewards differ by > ``min_margin``."""
+    by_query: dict[str, list[BehaviorRecord]] = {}
+    for r in records:
+        by_query.setdefault(r.query.strip(), []).append(r)
+    pairs = []
+    for query, group in sorted(by_query.items()):
+        group = sorted(group, key=lambda r: (-r.reward, r.impression_id))
+        n = 0
+        for hi, lo in itertools.combinations(group, 2):
+            if n >= max_pairs_per_query:
+                break
+            if hi.reward - lo.reward <= min_margin or hi.response == lo.response:
+                continue
+            pairs.append(
+                {
+                    "prompt": query,
+                    "chosen": hi.response,
+                    "rejected": lo.response,
+                    "chosen_reward": hi.reward,
+                    "rejected_reward": lo.reward,
+                    "chosen_impression_id": hi.impression_id,
+                    "rejected_impression_id": lo.impression_id,
+                }
+            )
+            n += 1
+    return pairs
+
+
+def read_records(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[BehaviorRecord]:
+    """Every record on ``topic`` up to its end offsets at call time; unreadable ones skipped."""
+    import time
+
+    from kafka import KafkaConsumer, TopicPartition
+    from pydantic import ValidationError
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not parts:
+            raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        end = consumer.end_offsets(parts)
+        out: list[BehaviorRecord] = []
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in parts):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic!r} took longer than {timeout_s}s")
+            for tp, msgs in consumer.poll(timeout_ms=500).items():
+                for m in msgs:
+                    if m.offset < end[tp] and m.value is not None:
+                        try:
+                            out.append(BehaviorRecord.model_validate_json(m.value))
+                        except ValidationError:
+                            continue
+        return out
+    finally:
+        consumer.close()
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def export(bootstrap: str, topic: str, out: Path, dpo: Path | None = None) -> dict:
+    records = latest_per_impression(read_records(bootstrap, topic))
+    records.sort(key=lambda r: r.impression_id)
+    summary = {"records": write_jsonl(out, (r.model_dump(mode="json") for r in records)), "out": str(out)}
+    if dpo is not None:
+        summary["pairs"] = write_jsonl(dpo, dpo_pairs(records))
+        summary["dpo"] = str(dpo)
+    return summary

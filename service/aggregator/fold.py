@@ -1,0 +1,161 @@
+"""The aggregator's pure core: Kafka messages -> events and impressions -> counts -> BehaviorRecord.
+
+No I/O. The committing shell (service.aggregator.consumer) feeds each poll batch through
+``plan_batch`` and applies the plan to Redis atomically (service.aggregator.redis_state);
+``Fold`` is the same semantics in memory -- the specification the Redis scripts implement,
+used by tests as ground truth and by anyone who wants counts from a log dump.
+
+Semantics:
+- an event counts once per (impression id, event id): producers may retry freely;
+- an event is counted only once its impression is known; until then it waits (pending);
+- counts are sums of event values per kind (1 per view/click/like/dislike, seconds of dwell);
+- a message that cannot be decoded is a dead letter with a reason, never an exception.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from pydantic import ValidationError
+
+from schemas import BehaviorRecord, FeedbackEvent, Impression
+from service.aggregator.encoding import Encoding, shaped_reward
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """What the shell hands the core: one Kafka record, already split by topic role."""
+
+    role: str
+    """'impression' or 'event'."""
+    value: bytes | None
+    key: bytes | None = None
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    reason: str
+    message: RawMessage
+
+    def envelope(self) -> bytes:
+        """Dead-letter wire format: JSON with the reason, the source position and the original
+        bytes (base64), so nothing is lost and the message can be repaired and re-sent."""
+        m = self.message
+        return json.dumps(
+            {
+                "reason": self.reason,
+                "source_topic": m.topic,
+                "partition": m.partition,
+                "offset": m.offset,
+                "key_b64": base64.b64encode(m.key).decode() if m.key is not None else None,
+                "value_b64": base64.b64encode(m.value).decode() if m.value is not None else None,
+                "dead_at": time.time(),
+            }
+        ).encode()
+
+
+@dataclass
+class Plan:
+    impressions: list[Impression] = field(default_factory=list)
+    events: list[tuple[FeedbackEvent, bytes]] = field(default_factory=list)
+    """Valid events with their original bytes (kept for the dead-letter topic if they expire)."""
+    dead: list[DeadLetter] = field(default_factory=list)
+
+
+def _reason(err: ValidationError) -> str:
+    first = err.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    return f"{where}: {first['msg']}"
+
+
+def decode(msg: RawMessage) -> Impression | FeedbackEvent | DeadLetter:
+    if msg.value is None:
+        return DeadLetter("empty message (null value)", msg)
+    model = Impression if msg.role == "impression" else FeedbackEvent
+    try:
+        return model.model_validate_json(msg.value)
+    except ValidationError as e:
+        kind = "impression" if msg.role == "impression" else "feedback event"
+        return DeadLetter(f"not a valid {kind}: {_reason(e)}", msg)
+
+
+def plan_batch(messages: Iterable[RawMessage]) -> Plan:
+    """Decode a poll batch; drop in-batch duplicates of (impression id, event id)."""
+    plan, seen = Plan(), set()
+    for msg in messages:
+        item = decode(msg)
+        if isinstance(item, DeadLetter):
+            plan.dead.append(item)
+        elif isinstance(item, Impression):
+            plan.impressions.append(item)
+        else:
+            key = (item.impression_id, item.event_id)
+            if key not in seen:
+                seen.add(key)
+                plan.events.append((item, msg.value))
+    return plan
+
+
+@dataclass
+class Fold:
+    """In-memory reference of the aggregation semantics (see module docstring)."""
+
+    impressions: dict[str, Impression] = field(default_factory=dict)
+    counts: dict[str, dict[str, float]] = field(default_factory=dict)
+    seen: set[tuple[str, str]] = field(default_factory=set)
+    pending: dict[str, dict[str, FeedbackEvent]] = field(default_factory=dict)
+
+    def _count(self, ev: FeedbackEvent) -> None:
+        key = (ev.impression_id, ev.event_id)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        c = self.counts.setdefault(ev.impression_id, {})
+        c[ev.kind.value] = c.get(ev.kind.value, 0.0) + ev.value
+
+    def apply(self, item: Impression | FeedbackEvent) -> None:
+        if isinstance(item, Impression):
+            self.impressions[item.impression_id] = item
+            for ev in self.pending.pop(item.impression_id, {}).values():
+                self._count(ev)
+        elif item.impression_id in self.impressions:
+            self._count(item)
+        else:
+            self.pending.setdefault(item.impression_id, {}).setdefault(item.event_id, item)
+
+    def apply_all(self, items: Iterable[Impression | FeedbackEvent]) -> Fold:
+        for item in items:
+            self.apply(item)
+        return self
+
+
+def parse_counts(raw: Mapping[str, str | float]) -> dict[str, float]:
+    """Redis hash values (strings) -> floats."""
+    return {k: float(v) for k, v in raw.items()}
+
+
+def build_record(
+    impression: Impression, counts: Mapping[str, float], encoding: Encoding, now: float | None = None
+) -> BehaviorRecord:
+    """One impression and its counts as the trainer reads them: buckets, sentence, reward."""
+    buckets = encoding.encode(counts)
+    return BehaviorRecord(
+        impression_id=impression.impression_id,
+        query=impression.query,
+        response=impression.response,
+        behavior_prompt=impression.behavior,
+        adapter_version=impression.adapter_version,
+        counts=dict(counts),
+        buckets=buckets,
+        behavior_text=encoding.render(buckets),
+        reward=shaped_reward(counts),
+        encoding=encoding.name,
+        updated_at=time.time() if now is None else now,
+    )
