@@ -1,10 +1,12 @@
-"""FastAPI dependencies: thin accessors over AppState."""
+"""FastAPI dependencies: thin accessors over AppState, and the admin bearer-token check."""
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.state import AppState
 
@@ -14,3 +16,28 @@ def get_state(request: Request) -> AppState:
 
 
 State = Annotated[AppState, Depends(get_state)]
+
+_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="admin token",
+    description="RLHB_API_ADMIN_TOKEN, sent as `Authorization: Bearer <token>`.",
+)
+
+
+def require_admin(state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+    """401 without a bearer token, 403 with a wrong one. An empty configured token (allowed
+    only in dev mode, settings refuse it otherwise) leaves admin open."""
+    expected = state.settings.admin_token
+    if not expected and state.settings.dev_mode:
+        return
+    if credentials is None or not credentials.credentials:
+        raise HTTPException(
+            401,
+            "admin endpoints need the header 'Authorization: Bearer <RLHB_API_ADMIN_TOKEN>'",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if not hmac.compare_digest(credentials.credentials.encode(), expected.encode()):
+        raise HTTPException(403, "wrong admin token", headers={"WWW-Authenticate": "Bearer"})
+
+
+Admin = Depends(require_admin)

@@ -3,6 +3,7 @@ through ``Annotated`` dependencies (service.api.deps)."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +16,23 @@ class AppState:
     settings: ApiSettings
     signer: ImpressionSigner
     redis: Any  # redis.Redis (decode_responses=True)
-    producer: Any  # kafka.KafkaProducer, acks="all"
+    producer: Any  # kafka.KafkaProducer, acks="all" (None while the broker has been unreachable since start)
     bootstrap: str
     redis_url: str
     extras: dict[str, Any] = field(default_factory=dict)
-    """Components added by features (backend, registry, outbox, adapter watcher...)."""
+    """Components added by features that have no field here."""
+    metrics: Any = None
+    """service.api.metrics.ApiMetrics of this app."""
+    backend: Any = None
+    """service.api.backends.base.Backend (None when serve_model is off)."""
+    backend_error: str = ""
+    """Why the backend failed to start, if it did (shown by /readyz)."""
+    registry: Any = None
+    """trainer.registry.Registry: adapter versions and the active pointer."""
+    watcher: Any = None
+    """service.api.hot_swap.AdapterWatcher: the version served by default."""
+    impressions: Any = None
+    """service.api.outbox.ImpressionLog."""
+    default_behavior: str = ""
+    """The most preferred behavior sentence, used when a request names none."""
+    started_at: float = field(default_factory=time.time)

@@ -1,0 +1,160 @@
+"""One answer, shared by /v1/query and /v1/chat/completions: validate, pick and pin the
+adapter version, render the prompt (trainer.prompts.render_prompt, the same function the
+trainer uses), generate, then log the impression and count it.
+
+A ``Turn`` pins its version from ``start_turn`` to ``end_turn``: a hot-swap in between
+changes what new turns get, never this one, and the response names this turn's version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+from fastapi import HTTPException
+
+from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
+from schemas.impression import Impression
+from schemas.openai import LATEST_ALIAS
+from service.api.backends.base import Cancellation, GenerationRequest, GenerationResult
+from service.api.state import AppState
+from trainer.prompts import render_prompt
+
+LATEST_ALIASES = {LATEST_ALIAS, "latest", "default"}
+_background: set[asyncio.Task] = set()  # impressions logged after a client left (keep a reference)
+
+
+@dataclass
+class Turn:
+    impression_id: str
+    query: str
+    behavior: str
+    request: GenerationRequest
+    cancel: Cancellation = field(default_factory=Cancellation)
+    started: float = field(default_factory=time.perf_counter)
+    released: bool = False
+
+    @property
+    def version(self) -> AdapterVersion | None:
+        return self.request.adapter
+
+    @property
+    def version_name(self) -> str:
+        return self.request.version_name
+
+
+def backend_or_503(state: AppState):
+    backend = state.backend
+    if backend is None or not backend.ready:
+        detail = state.backend_error or "the model is still loading"
+        raise HTTPException(
+            503, f"not ready to generate: {detail}; retry shortly (see /readyz)", headers={"Retry-After": "2"}
+        )
+    return backend
+
+
+async def resolve_version(state: AppState, model: str | None) -> AdapterVersion | None:
+    """``model`` -> the version to use (None: base). 404 unknown, 409 rejected or unloadable."""
+    backend = backend_or_503(state)
+    if model is None or model in LATEST_ALIASES:
+        return state.watcher.current if state.watcher is not None else None
+    if model == BASE_VERSION or model == backend.model_id:
+        return None
+    if state.registry is None:
+        raise HTTPException(404, f"unknown model {model!r}: this server has no adapter registry")
+    try:
+        version = await asyncio.to_thread(state.registry.get, model)
+    except KeyError:
+        raise HTTPException(
+            404,
+            f"unknown model {model!r}: use '{LATEST_ALIAS}', '{BASE_VERSION}' or a version listed by GET /v1/models",
+        ) from None
+    if version.status == AdapterStatus.rejected:
+        raise HTTPException(
+            409, f"version {model!r} was rejected ({version.reason or 'no reason recorded'}) and is not served"
+        )
+    if model not in backend.loaded_adapters():
+        try:
+            version = await asyncio.to_thread(state.registry.validate, model)
+            await backend.load_adapter(version)
+        except Exception as e:  # noqa: BLE001 - any failure to load: the client asked for something unservable
+            raise HTTPException(409, f"version {model!r} cannot be loaded: {e}") from None
+    return version
+
+
+async def start_turn(
+    state: AppState,
+    *,
+    query: str,
+    behavior: str | None,
+    max_tokens: int | None,
+    temperature: float | None,
+    top_p: float | None,
+    model: str | None,
+) -> Turn:
+    """Validate a request and pin its version; the caller must ``end_turn`` it."""
+    settings = state.settings
+    if not query.strip():
+        raise HTTPException(422, "query is empty: send the question as non-blank text")
+    if max_tokens is not None and max_tokens > settings.max_tokens_cap:
+        raise HTTPException(
+            422,
+            f"max_tokens={max_tokens} exceeds this server's cap of {settings.max_tokens_cap} "
+            "(RLHB_API_MAX_TOKENS_CAP); ask for fewer tokens",
+        )
+    max_new = max_tokens or settings.max_new_tokens
+    behavior = behavior.strip() if behavior and behavior.strip() else state.default_behavior
+    backend = backend_or_503(state)
+    prompt = render_prompt(backend.tokenizer, query, behavior)
+    prompt_tokens = backend.count_tokens(prompt)
+    if prompt_tokens + max_new > backend.max_context:
+        raise HTTPException(
+            422,
+            f"query too long: the prompt is {prompt_tokens} tokens and max_tokens is {max_new}, "
+            f"more than the model's context of {backend.max_context} tokens; shorten the query",
+        )
+    for _ in range(3):  # the version may be evicted between resolving and pinning: resolve again
+        version = await resolve_version(state, model)
+        if backend.acquire(version):
+            break
+    else:
+        raise HTTPException(503, f"version {model!r} keeps being evicted; retry", headers={"Retry-After": "1"})
+    request = GenerationRequest(
+        prompt=prompt,
+        max_new_tokens=max_new,
+        temperature=settings.temperature if temperature is None else temperature,
+        top_p=1.0 if top_p is None else top_p,
+        adapter=version,
+    )
+    return Turn(impression_id=state.signer.new_id(), query=query, behavior=behavior, request=request)
+
+
+def end_turn(state: AppState, turn: Turn) -> None:
+    if not turn.released:
+        turn.released = True
+        state.backend.release(turn.version)
+
+
+async def record(state: AppState, turn: Turn, result: GenerationResult, endpoint: str) -> None:
+    """Log the impression (durably, see service.api.outbox) and count the answer."""
+    impression = Impression(
+        impression_id=turn.impression_id,
+        query=turn.query,
+        behavior=turn.behavior,
+        response=result.text,
+        adapter_version=result.adapter_version,
+        model=state.backend.model_id,
+    )
+    if state.metrics is not None:
+        state.metrics.generated_tokens.labels(result.adapter_version).inc(result.completion_tokens)
+        state.metrics.generations.labels(endpoint, result.finish_reason).inc()
+    if state.impressions is not None:
+        await state.impressions.log(impression)
+
+
+def record_later(state: AppState, turn: Turn, result: GenerationResult, endpoint: str) -> None:
+    """``record`` from a context that is being cancelled (a streaming client left)."""
+    task = asyncio.get_running_loop().create_task(record(state, turn, result, endpoint))
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -1,0 +1,505 @@
+"""The embedded backend: transformers + peft in this process, with dynamic batching.
+
+One worker thread owns the model. Requests queue up; the worker waits a short collection
+window from the oldest waiting request (``batch_window_ms``), takes up to
+``max_batch_size`` compatible requests (same decoding mode and top_p), left-pads their
+prompts and runs ONE ``generate`` for all of them, so the event loop never blocks on torch.
+
+Several adapter versions live on one ``PeftModel`` at once (``load_adapter``); one batch
+may mix them and the base model, through peft's mixed-batch inference (``adapter_names``,
+``"__base__"`` for the base rows), so a hot-swap never splits the queue. Adapters are keyed
+by the version's unique int id (``v<id>``), never by name, and loads/evictions run on the
+worker thread between batches, so the model never changes under a running ``generate``.
+A request pins its version (``acquire``) until it completes: eviction (LRU, beyond
+``max_loaded_adapters``) skips pinned versions and the active one.
+
+Per-row limits: each row stops at its own ``max_new_tokens`` (a per-row stopping
+criterion), per-row temperatures are applied by a logits processor, and streaming rows get
+their tokens routed to their own queue as they are generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from schemas.adapters import AdapterVersion
+from service.api.backends.base import (
+    AdapterLoadError,
+    Backend,
+    BackendError,
+    Cancellation,
+    GenerationRequest,
+    GenerationResult,
+)
+
+log = logging.getLogger(__name__)
+
+BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
+
+
+@dataclass
+class _Job:
+    request: GenerationRequest
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    cancel: Cancellation
+    deltas: asyncio.Queue | None  # streaming jobs only
+    enqueued: float = field(default_factory=time.monotonic)
+
+    @property
+    def batch_key(self) -> bool:
+        # Greedy and sampled requests need different generate modes; temperature and top_p are per row.
+        return self.request.greedy
+
+
+@dataclass
+class _Control:
+    fn: Callable[[], Any]
+    future: concurrent.futures.Future
+
+
+@dataclass
+class _Loaded:
+    version: AdapterVersion
+    refs: int = 0
+    last_used: float = field(default_factory=time.monotonic)
+
+
+def _resolve(fut: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+
+
+class EmbeddedBackend(Backend):
+    kind = "embedded"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        *,
+        batch_window_ms: float = 15.0,
+        max_batch_size: int = 8,
+        max_loaded_adapters: int = 4,
+        torch_threads: int = 0,
+        on_batch: Callable[[int], None] | None = None,
+    ):
+        self.model_path = Path(model_path)
+        self.model_id = self.model_path.name
+        self.batch_window_s = batch_window_ms / 1000.0
+        self.max_batch_size = max_batch_size
+        self.max_loaded_adapters = max_loaded_adapters
+        self.torch_threads = torch_threads
+        self.on_batch = on_batch
+        self._model: Any = None
+        self._peft: Any = None  # PeftModel wrapping _model once the first adapter is loaded
+        self._adapters: dict[int, _Loaded] = {}
+        self._protected: int | None = None
+        self._lock = threading.Lock()
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._eos: set[int] = set()
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load_model)
+        self._thread = threading.Thread(target=self._worker, name="rlhb-generate", daemon=True)
+        self._thread.start()
+
+    def _load_model(self) -> None:
+        import os
+
+        # Everything is loaded from local folders: never wait on (or call) a model hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if self.torch_threads > 0:
+            torch.set_num_threads(self.torch_threads)
+        if not (self.model_path / "config.json").exists():
+            raise BackendError(f"no model at {self.model_path} (config.json missing); set RLHB_MODEL_PATH")
+        tok = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
+        tok.padding_side = "left"  # decoder-only batching: prompts end where generation starts
+        if tok.pad_token_id is None:
+            tok.pad_token = tok.eos_token
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, local_files_only=True)
+        model.eval()
+        eos = model.generation_config.eos_token_id
+        eos = eos if isinstance(eos, list) else [eos]
+        self._eos = {int(e) for e in [*eos, tok.eos_token_id] if e is not None}
+        self.max_context = int(getattr(model.config, "max_position_embeddings", 2048) or 2048)
+        self.tokenizer, self._model = tok, model
+        log.info("embedded backend loaded %s (max context %d)", self.model_path, self.max_context)
+
+    async def close(self) -> None:
+        self._stopping = True
+        self._inbox.put(None)
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 30)
+
+    @property
+    def ready(self) -> bool:
+        return self._model is not None and self._thread is not None and self._thread.is_alive()
+
+    # ------------------------------------------------------------------ adapters
+    def _adapter_name(self, version: AdapterVersion | None) -> str:
+        return BASE_ROW if version is None else f"v{version.id}"
+
+    def loaded_adapters(self) -> list[str]:
+        with self._lock:
+            return [a.version.name for a in self._adapters.values()]
+
+    def set_protected(self, version: AdapterVersion | None) -> None:
+        self._protected = None if version is None else version.id
+
+    def acquire(self, version: AdapterVersion | None) -> bool:
+        if version is None:
+            return True
+        with self._lock:
+            loaded = self._adapters.get(version.id)
+            if loaded is None:
+                return False
+            loaded.refs += 1
+            loaded.last_used = time.monotonic()
+            return True
+
+    def release(self, version: AdapterVersion | None) -> None:
+        if version is None:
+            return
+        with self._lock:
+            loaded = self._adapters.get(version.id)
+            if loaded is not None and loaded.refs > 0:
+                loaded.refs -= 1
+
+    async def load_adapter(self, version: AdapterVersion) -> None:
+        with self._lock:
+            if version.id in self._adapters:
+                return
+        if not self.ready:
+            raise BackendError("the model is not loaded yet")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._inbox.put(_Control(lambda: self._load_adapter_sync(version), fut))
+        await asyncio.wrap_future(fut)
+
+    def _load_adapter_sync(self, version: AdapterVersion) -> None:
+        from peft import PeftModel
+
+        if version.id in self._adapters:
+            return
+        path = Path(version.path)
+        if not (path / "adapter_config.json").is_file():
+            raise AdapterLoadError(f"adapter {version.name!r}: no adapter_config.json in {path}")
+        name = self._adapter_name(version)
+        started = time.perf_counter()
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self._model, path, adapter_name=name, is_trainable=False)
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
+        except Exception as e:
+            if self._peft is not None and name in getattr(self._peft, "peft_config", {}):
+                try:
+                    self._peft.delete_adapter(name)
+                except Exception:  # noqa: BLE001 - best effort cleanup of a half-loaded adapter
+                    log.exception("could not remove half-loaded adapter %s", name)
+            raise AdapterLoadError(f"adapter {version.name!r} from {path} failed to load: {e}") from e
+        with self._lock:
+            self._adapters[version.id] = _Loaded(version)
+        log.info(
+            "loaded adapter %s (id %d) in %.0f ms", version.name, version.id, (time.perf_counter() - started) * 1000
+        )
+        self._evict()
+
+    def _evict(self) -> None:
+        """Drop least recently used, unpinned, inactive adapters beyond the limit (worker thread)."""
+        with self._lock:
+            spare = len(self._adapters) - self.max_loaded_adapters
+            if spare <= 0:
+                return
+            idle = sorted(
+                (a for a in self._adapters.values() if a.refs == 0 and a.version.id != self._protected),
+                key=lambda a: a.last_used,
+            )
+            victims = idle[:spare]
+            for a in victims:
+                del self._adapters[a.version.id]
+        for a in victims:
+            self._peft.delete_adapter(self._adapter_name(a.version))
+            log.info("evicted adapter %s (id %d)", a.version.name, a.version.id)
+
+    # ------------------------------------------------------------------ requests
+    def _submit(self, request: GenerationRequest, cancel: Cancellation | None, stream: bool) -> _Job:
+        if not self.ready:
+            raise BackendError("the model is not loaded yet")
+        if request.adapter is not None:
+            with self._lock:
+                if request.adapter.id not in self._adapters:
+                    raise BackendError(f"adapter {request.adapter.name!r} is not loaded")
+        loop = asyncio.get_running_loop()
+        job = _Job(request, loop, loop.create_future(), cancel or Cancellation(), asyncio.Queue() if stream else None)
+        self._inbox.put(job)
+        return job
+
+    async def generate(self, request: GenerationRequest, cancel: Cancellation | None = None) -> GenerationResult:
+        job = self._submit(request, cancel, stream=False)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancel.cancelled = True  # the client left: stop spending compute on this row
+            raise
+
+    async def stream(
+        self, request: GenerationRequest, cancel: Cancellation | None = None
+    ) -> AsyncIterator[str | GenerationResult]:
+        job = self._submit(request, cancel, stream=True)
+        finished = False
+        try:
+            while True:
+                item = await job.deltas.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, GenerationResult):
+                    finished = True
+                    return
+        finally:
+            if not finished:
+                job.cancel.cancelled = True
+
+    # ------------------------------------------------------------------ worker thread
+    def _worker(self) -> None:
+        pending: deque[_Job] = deque()
+        while not self._stopping:
+            if not self._take(pending, timeout=None if not pending else 0.0):
+                break
+            if not pending:
+                continue
+            deadline = pending[0].enqueued + self.batch_window_s
+            while len(pending) < self.max_batch_size:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._take(pending, timeout=remaining):
+                    break
+            batch = self._pick(pending)
+            if batch:
+                self._run_batch(batch)
+        for job in pending:  # shutting down
+            self._fail(job, BackendError("the server is shutting down"))
+
+    def _take(self, pending: deque[_Job], timeout: float | None) -> bool:
+        """Move inbox items into ``pending`` (running control items at once). False on shutdown."""
+        try:
+            item = self._inbox.get(timeout=timeout) if timeout != 0.0 else self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if item is None:
+                return False
+            if isinstance(item, _Control):
+                try:
+                    item.future.set_result(item.fn())
+                except BaseException as e:  # noqa: BLE001 - reported to the caller
+                    item.future.set_exception(e)
+            else:
+                pending.append(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _pick(self, pending: deque[_Job]) -> list[_Job]:
+        """Up to max_batch_size live jobs sharing the oldest job's batch key; the rest stay queued."""
+        key = pending[0].batch_key
+        batch, rest = [], deque()
+        while pending:
+            job = pending.popleft()
+            if job.cancel.cancelled or job.future.done():
+                self._drop(job)
+            elif job.batch_key == key and len(batch) < self.max_batch_size:
+                batch.append(job)
+            else:
+                rest.append(job)
+        pending.extend(rest)
+        return batch
+
+    def _drop(self, job: _Job) -> None:
+        """A job whose client left before it ran."""
+        if job.deltas is not None:
+            job.loop.call_soon_threadsafe(job.deltas.put_nowait, BackendError("request cancelled"))
+        job.loop.call_soon_threadsafe(job.future.cancel)
+
+    def _fail(self, job: _Job, error: BaseException) -> None:
+        if job.deltas is not None:
+            job.loop.call_soon_threadsafe(job.deltas.put_nowait, error)
+        job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        try:
+            results = self._generate_batch(jobs)
+        except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the worker
+            log.exception("generation failed for a batch of %d", len(jobs))
+            for job in jobs:
+                self._fail(job, BackendError(f"generation failed: {type(e).__name__}: {e}"))
+            return
+        for job, result in zip(jobs, results, strict=True):
+            if job.deltas is not None:
+                job.loop.call_soon_threadsafe(job.deltas.put_nowait, result)
+            job.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+
+    def _generate_batch(self, jobs: list[_Job]) -> list[GenerationResult]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        tok = self.tokenizer
+        enc = tok([j.request.prompt for j in jobs], return_tensors="pt", padding=True, add_special_tokens=False)
+        prompt_len = enc["input_ids"].shape[1]
+        limits = torch.tensor([j.request.max_new_tokens for j in jobs])  # (B,)
+        greedy = jobs[0].request.greedy
+        config = GenerationConfig(
+            max_new_tokens=int(limits.max()),
+            do_sample=not greedy,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=sorted(self._eos),
+        )
+        processors = LogitsProcessorList()
+        if not greedy:  # no warpers in the config: ours applies temperature then top_p, per row
+            processors.append(_RowSampling([j.request.temperature for j in jobs], [j.request.top_p for j in jobs]))
+        streamer = _RowStreamer(self, jobs, prompt_len) if any(j.deltas is not None for j in jobs) else None
+        kwargs: dict[str, Any] = {}
+        model = self._model
+        if self._peft is not None:
+            model = self._peft
+            kwargs["adapter_names"] = [self._adapter_name(j.request.adapter) for j in jobs]
+        if self.on_batch is not None:
+            self.on_batch(len(jobs))
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                generation_config=config,
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([_RowStop(prompt_len, limits, jobs)]),
+                streamer=streamer,
+                **kwargs,
+            )
+        results = []
+        for i, job in enumerate(jobs):
+            ids, finish = self._completion(out[i, prompt_len:].tolist(), job.request.max_new_tokens)
+            if finish == "length" and job.cancel.cancelled:
+                finish = "cancelled"
+            text = tok.decode(ids, skip_special_tokens=True)
+            if streamer is not None and job.deltas is not None:
+                streamer.flush_row(i, text)
+            results.append(
+                GenerationResult(
+                    text=text,
+                    prompt_tokens=int(enc["attention_mask"][i].sum()),
+                    completion_tokens=len(ids),
+                    finish_reason=finish,
+                    adapter_version=job.request.version_name,
+                )
+            )
+        return results
+
+    def _completion(self, ids: list[int], limit: int) -> tuple[list[int], str]:
+        """Row tokens up to (not including) the first end-of-sequence, capped at the row's own limit."""
+        for k, t in enumerate(ids[:limit]):
+            if t in self._eos:
+                return ids[:k], "stop"
+        return ids[:limit], "length"
+
+
+class _RowStop:
+    """Per-row stopping: row i is done after its own max_new_tokens, or when its client left."""
+
+    def __init__(self, prompt_len: int, limits, jobs: list[_Job]):
+        self.prompt_len, self.limits, self.jobs = prompt_len, limits, jobs
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        generated = input_ids.shape[1] - self.prompt_len
+        cancelled = torch.tensor([j.cancel.cancelled for j in self.jobs], device=input_ids.device)
+        return (self.limits.to(input_ids.device) <= generated) | cancelled  # (B,)
+
+
+class _RowSampling:
+    """Per-row temperature, then per-row nucleus (top_p) filtering; generate takes only one of each."""
+
+    def __init__(self, temperatures: list[float], top_ps: list[float]):
+        import torch
+
+        self.t = torch.tensor(temperatures, dtype=torch.float32)[:, None]  # (B, 1)
+        self.top_p = torch.tensor(top_ps, dtype=torch.float32)[:, None]  # (B, 1)
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        scores = scores / self.t.to(scores.device)  # (B, V)
+        if bool((self.top_p < 1.0).any()):
+            sorted_scores, order = torch.sort(scores, descending=True)  # (B, V)
+            cum = sorted_scores.softmax(-1).cumsum(-1)
+            # drop a token once the mass before it already reaches top_p (the top token always stays)
+            drop_sorted = (cum - sorted_scores.softmax(-1)) >= self.top_p.to(scores.device)
+            drop = drop_sorted.scatter(1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        return scores
+
+
+class _RowStreamer:
+    """Routes each generated token to its row's queue as text deltas (transformers' own
+    streamers only handle batch size 1)."""
+
+    def __init__(self, backend: EmbeddedBackend, jobs: list[_Job], prompt_len: int):
+        self.backend, self.jobs = backend, jobs
+        self.tokens: list[list[int]] = [[] for _ in jobs]
+        self.sent: list[str] = ["" for _ in jobs]
+        self.done = [j.deltas is None for j in jobs]
+        self.seen_prompt = False
+
+    def put(self, value) -> None:
+        if not self.seen_prompt:  # generate first pushes the prompt ids
+            self.seen_prompt = True
+            return
+        ids = value.reshape(-1).tolist()
+        for i, t in enumerate(ids):
+            if self.done[i]:
+                continue
+            job = self.jobs[i]
+            if t in self.backend._eos or job.cancel.cancelled:
+                self.done[i] = True
+                continue
+            self.tokens[i].append(t)
+            if len(self.tokens[i]) >= job.request.max_new_tokens:
+                self.done[i] = True
+            text = self.backend.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
+            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                continue
+            self._emit(i, text)
+
+    def _emit(self, i: int, text: str) -> None:
+        if text.startswith(self.sent[i]) and len(text) > len(self.sent[i]):
+            delta = text[len(self.sent[i]) :]
+            self.sent[i] = text
+            job = self.jobs[i]
+            job.loop.call_soon_threadsafe(job.deltas.put_nowait, delta)
+
+    def flush_row(self, i: int, final_text: str) -> None:
+        """Send whatever the final text holds beyond what was streamed."""
+        self._emit(i, final_text)
+
+    def end(self) -> None:
+        pass

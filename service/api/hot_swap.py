@@ -1,0 +1,131 @@
+"""Hot-swap: follow the registry's active pointer in Redis, load first, then switch.
+
+Every ``poll_s`` (<= 0.25 s by default) the watcher reads the pointer (trainer/registry.py
+writes it). When it names another version, the watcher validates it (the registry checks
+the folder and the weights' sha256), loads it into the backend next to the current one and
+only then switches ``current``, which new requests read. Requests already running hold a
+pin on the version they started with (``Backend.acquire``) and finish on it; the response
+names it. A version that fails to validate or load leaves the old one serving, and is
+reported: ``rlhb_adapter_load_failures_total``, an error log line, and ``last_error`` in
+/readyz. It is retried every ``retry_s`` while the pointer still names it.
+
+The admin routes call ``poke()`` after moving the pointer, so this instance swaps at once
+instead of at its next poll; other instances notice at theirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from schemas.adapters import BASE_VERSION, AdapterVersion
+from service.api.backends.base import Backend
+
+log = logging.getLogger(__name__)
+
+
+class AdapterWatcher:
+    def __init__(
+        self, backend: Backend, registry: Any, metrics: Any = None, poll_s: float = 0.25, retry_s: float = 5.0
+    ):
+        self.backend = backend
+        self.registry = registry
+        self.metrics = metrics
+        self.poll_s = poll_s
+        self.retry_s = retry_s
+        self.current: AdapterVersion | None = None
+        """The version new requests use by default (None: the base model)."""
+        self.pointer: str = BASE_VERSION
+        """The pointer's value at the last poll."""
+        self.last_error: str = ""
+        self.swapped_at: float = 0.0
+        self._failed: dict[str, float] = {}  # name -> monotonic time of the next retry
+        self._wake = asyncio.Event()
+        self._switching = asyncio.Lock()
+        self._task: asyncio.Task | None = None
+
+    @property
+    def current_name(self) -> str:
+        return self.current.name if self.current is not None else BASE_VERSION
+
+    async def start(self) -> None:
+        """Serve the active version from the first request on, then follow the pointer."""
+        await self.check()
+        self._task = asyncio.get_running_loop().create_task(self._loop(), name="rlhb-adapter-watcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def poke(self) -> None:
+        """Check the pointer now (after this process moved it)."""
+        self._wake.set()
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_s)
+            self._wake.clear()
+            try:
+                await self.check()
+            except Exception as e:  # noqa: BLE001 - Redis away: keep serving, keep polling
+                self.last_error = f"cannot read the active pointer: {type(e).__name__}: {e}"
+                log.warning("adapter watcher: %s", self.last_error)
+
+    def _read_pointer(self) -> str:
+        value = self.registry.redis.get(self.registry.active_key)
+        if isinstance(value, bytes):
+            value = value.decode()
+        return value or BASE_VERSION
+
+    async def check(self) -> None:
+        async with self._switching:
+            name = await asyncio.to_thread(self._read_pointer)
+            self.pointer = name
+            if name == self.current_name:
+                return
+            if time.monotonic() < self._failed.get(name, 0.0):
+                return
+            await self._switch(name)
+
+    async def _switch(self, name: str) -> None:
+        started = time.perf_counter()
+        try:
+            version = None if name == BASE_VERSION else await asyncio.to_thread(self.registry.validate, name)
+            if version is not None:
+                await self.backend.load_adapter(version)
+        except Exception as e:  # noqa: BLE001 - any failure: keep the old version and report it
+            self._failed[name] = time.monotonic() + self.retry_s
+            self.last_error = (
+                f"could not switch to {name!r}: {type(e).__name__}: {e}; still serving {self.current_name!r}"
+            )
+            log.error(
+                "adapter hot-swap failed",
+                extra={"event": "adapter_swap_failed", "target": name, "serving": self.current_name, "error": str(e)},
+            )
+            if self.metrics is not None:
+                self.metrics.adapter_load_failures.inc()
+            return
+        previous = self.current_name
+        self.backend.set_protected(version)
+        self.current = version  # the switch: requests that start from now on use it
+        self._failed.pop(name, None)
+        self.last_error = ""
+        self.swapped_at = time.time()
+        if self.metrics is not None:
+            self.metrics.set_active(name, version.id if version is not None else 0)
+            self.metrics.adapter_swaps.inc()
+        log.info(
+            "adapter hot-swapped",
+            extra={
+                "event": "adapter_swapped",
+                "from": previous,
+                "to": name,
+                "load_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )

@@ -1,0 +1,244 @@
+"""Impression logging that never loses an impression and never delays an answer for the broker.
+
+Write-ahead ("transactional outbox") design:
+
+1. ``ImpressionLog.log`` appends the impression to ``Outbox`` -- a sqlite file under
+   ``settings.state_dir`` in WAL mode with ``synchronous=FULL`` (every commit is fsync'd) --
+   before the answer is returned. That is the durability point: from here on the impression
+   survives a crash or a restart of the API.
+2. It is then sent to the impressions topic (key = impression id) on a sender thread; the
+   broker's acknowledgement (acks=all) deletes the row (in batches, by the flusher).
+3. When the broker is unreachable the send fails (or is skipped while the broker is known
+   to be down): the row stays. A background flusher retries every ``flush_interval_s``,
+   probing with one row first so a dead broker costs one timeout, not one per row, and
+   then drains the rest. Rows left by a previous process are sent at start-up.
+
+Delivery is at-least-once: a crash between the broker's ack and the row's deletion
+re-sends that impression after a restart. Consumers key impressions by impression id, so
+a duplicate is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from schemas.impression import Impression
+
+log = logging.getLogger(__name__)
+
+
+class Outbox:
+    """A durable FIFO of (key, value) rows in sqlite; thread-safe."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # fsync the WAL on every commit
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "key BLOB NOT NULL, value BLOB NOT NULL, created_at REAL NOT NULL)"
+        )
+
+    def append(self, key: bytes, value: bytes) -> int:
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT INTO outbox (key, value, created_at) VALUES (?, ?, ?)", (key, value, time.time())
+            )
+            return int(cur.lastrowid)
+
+    def oldest(self, limit: int, exclude: set[int] | frozenset = frozenset()) -> list[tuple[int, bytes, bytes]]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, key, value FROM outbox ORDER BY id LIMIT ?", (limit + len(exclude),)
+            ).fetchall()
+        return [(int(i), bytes(k), bytes(v)) for i, k, v in rows if i not in exclude][:limit]
+
+    def delete(self, ids: list[int]) -> None:
+        if not ids:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            self._db.execute("COMMIT")
+
+    def count(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class ImpressionLog:
+    """Outbox first, then the broker; see the module docstring."""
+
+    def __init__(
+        self,
+        outbox: Outbox,
+        topic: str,
+        producer_factory: Callable[[], Any],
+        producer: Any = None,
+        metrics: Any = None,
+        flush_interval_s: float = 1.0,
+        retry_s: float = 2.0,
+        on_producer: Callable[[Any], None] | None = None,
+    ):
+        self.outbox = outbox
+        self.topic = topic
+        self._factory = producer_factory
+        self._producer = producer
+        self._on_producer = on_producer
+        self.metrics = metrics
+        self.flush_interval_s = flush_interval_s
+        self.retry_s = retry_s
+        self._lock = threading.Lock()
+        self._inflight: set[int] = set()
+        self._acked: list[int] = []
+        self._down = False
+        self._retry_at = 0.0
+        self.last_error = ""
+        # One sender thread: sends may block (metadata fetch) while the broker is away, and must
+        # never do so on the event loop.
+        self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlhb-impressions")
+        self._task: asyncio.Task | None = None
+
+    @property
+    def broker_ok(self) -> bool:
+        return not self._down
+
+    # ------------------------------------------------------------------ request path
+    async def log(self, impression: Impression) -> None:
+        """Durably record ``impression`` (returns once fsync'd), then send it in the background."""
+        key, value = impression.impression_id.encode(), impression.model_dump_json().encode()
+        rowid = await asyncio.to_thread(self._append, key, value)
+        if self._down and time.monotonic() < self._retry_at:
+            with self._lock:
+                self._inflight.discard(rowid)
+            self._count_failure()  # known down: the flusher sends it when the broker is back
+            return
+        self._sender.submit(self._send, rowid, key, value, True)
+
+    def _append(self, key: bytes, value: bytes) -> int:
+        # Under the lock, so the flusher never picks up a row the request path is about to send.
+        with self._lock:
+            rowid = self.outbox.append(key, value)
+            self._inflight.add(rowid)
+        return rowid
+
+    def _count_failure(self) -> None:
+        if self.metrics is not None:
+            self.metrics.impression_log_failures.inc()
+
+    # ------------------------------------------------------------------ sending (sender thread)
+    def _producer_or_raise(self) -> Any:
+        if self._producer is None:
+            self._producer = self._factory()
+            if self._on_producer is not None:
+                self._on_producer(self._producer)
+        return self._producer
+
+    def _send(self, rowid: int, key: bytes, value: bytes, first_try: bool) -> Any:
+        try:
+            fut = self._producer_or_raise().send(self.topic, key=key, value=value)
+        except Exception as e:  # noqa: BLE001 - any failure leaves the row for the flusher
+            self._failed(rowid, e, first_try)
+            return None
+        fut.add_callback(lambda _md: self._delivered(rowid))
+        fut.add_errback(lambda e: self._failed(rowid, e, first_try))
+        return fut
+
+    def _delivered(self, rowid: int) -> None:
+        with self._lock:
+            self._inflight.discard(rowid)
+            self._acked.append(rowid)
+        if self._down:
+            log.info("impressions: the broker acknowledges writes again")
+        self._down = False
+        if self.metrics is not None:
+            self.metrics.impressions_logged.inc()
+
+    def _failed(self, rowid: int, error: BaseException, first_try: bool) -> None:
+        with self._lock:
+            self._inflight.discard(rowid)
+        if first_try:
+            self._count_failure()
+        if not self._down:
+            log.warning(
+                "impressions: broker write failed (%s: %s); keeping them in the outbox %s",
+                type(error).__name__,
+                error,
+                self.outbox.path,
+            )
+        self.last_error = f"{type(error).__name__}: {error}"
+        self._down = True
+        self._retry_at = time.monotonic() + self.retry_s
+
+    # ------------------------------------------------------------------ flusher
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._flush_loop(), name="rlhb-outbox-flusher")
+
+    async def _flush_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                await loop.run_in_executor(self._sender, self.flush_once)
+            except Exception:  # noqa: BLE001 - the flusher must outlive any one failure
+                log.exception("outbox flush failed")
+            await asyncio.sleep(self.flush_interval_s)
+
+    def flush_once(self, batch: int = 500, probe_timeout_s: float = 5.0) -> int:
+        """Delete acknowledged rows and (re)send waiting ones; the number of rows still waiting."""
+        with self._lock:
+            acked, self._acked = self._acked, []
+        self.outbox.delete(acked)
+        if not self._down or time.monotonic() >= self._retry_at:
+            with self._lock:
+                rows = self.outbox.oldest(batch, exclude=set(self._inflight))
+                self._inflight.update(r[0] for r in rows)
+            if rows and self._down:  # probe with one row: a dead broker costs one timeout, not one per row
+                rowid, key, value = rows.pop(0)
+                fut = self._send(rowid, key, value, False)
+                if fut is not None:
+                    with contextlib.suppress(Exception):
+                        fut.get(timeout=probe_timeout_s)
+                if self._down:
+                    with self._lock:
+                        self._inflight.difference_update(r[0] for r in rows)
+                    rows = []
+            for rowid, key, value in rows:
+                self._send(rowid, key, value, False)
+        pending = self.outbox.count()
+        if self.metrics is not None:
+            self.metrics.outbox_pending.set(pending)
+        return pending
+
+    async def close(self, timeout_s: float = 3.0) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        await asyncio.get_running_loop().run_in_executor(self._sender, self._close_sync, timeout_s)
+        self._sender.shutdown(wait=True)
+
+    def _close_sync(self, timeout_s: float) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                if not self._down:
+                    self._producer.flush(timeout=timeout_s)
+                self._producer.close(timeout=0 if self._down else timeout_s)
+        with self._lock:
+            acked, self._acked = self._acked, []
+        self.outbox.delete(acked)  # rows never acknowledged stay for the next start
