@@ -147,8 +147,20 @@ class ApiSettings(CommonSettings):
     max_tokens_cap: int = Field(default=512, ge=1, le=8192, description="Largest max_tokens a request may ask.")
     batch_window_ms: float = Field(default=15.0, ge=0, le=1000, description="Dynamic batching window.")
     max_batch_size: int = Field(default=8, ge=1, le=256, description="Most requests in one generate call.")
-    adapter_poll_s: float = Field(default=0.25, gt=0, le=10, description="How often to check the active pointer.")
+    adapter_poll_s: float = Field(default=0.25, gt=0, le=1.0,
+                                  description="How often to check the active pointer (hot-swap within a second).")
     max_loaded_adapters: int = Field(default=4, ge=1, le=64, description="Adapters kept in memory at once.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0,
+                               description="Sampling temperature when a request sets none (0 = greedy).")
+    behavior_encoding: str = Field(
+        default="rates", pattern="^(paper|rates)$",
+        description="Encoding of the default (most preferred) behavior sentence; match RLHB_AGG_ENCODING.")
+    serve_model: bool = Field(
+        default=True, description="Load the generation backend (False: a feedback/admin-only instance).")
+    torch_threads: int = Field(default=0, ge=0, le=256, description="torch intra-op threads (0: torch's default).")
+    outbox_flush_s: float = Field(default=1.0, gt=0, le=60,
+                                  description="How often impressions waiting in the local outbox are retried.")
+    vllm_model_name: str = Field(default="", description="Model name served by the remote vLLM (empty: its first).")
 
     @model_validator(mode="after")
     def _secrets(self) -> ApiSettings:
