@@ -1,0 +1,72 @@
+"""Quality measures (MiniLM relevance, repetition, length) and the like-rate statistics."""
+
+from __future__ import annotations
+
+import pytest
+
+from rlhb.evaluation.quality import quality_report, relevance_scores, repetition_and_length
+from rlhb.evaluation.stats import compare_to_base, power_at_n, required_n_per_arm, wilson_interval
+from rlhb.evaluation.text import ends_cleanly, repeated_ngram_rate, topic_overlap
+
+
+def test_repeated_ngram_rate():
+    assert repeated_ngram_rate("the cat sat on the mat") == 0.0
+    assert repeated_ngram_rate("the cat sat the cat sat the cat sat") > 0.5
+    assert repeated_ngram_rate("") == 0.0
+
+
+def test_ends_cleanly_and_topic_overlap():
+    assert ends_cleanly("It is blue.") and ends_cleanly('He said "yes!"') and ends_cleanly("```\ncode\n```")
+    assert not ends_cleanly("It is blue and") and not ends_cleanly("")
+    assert topic_overlap("What is thermodynamics?", "Thermodynamic laws govern heat.") == 1.0
+    assert topic_overlap("How are you?", "Fine.") is None
+
+
+def test_relevance_ranks_on_topic_answers_higher():
+    q = ["What is the capital of France?", "What is the capital of France?"]
+    a = ["Paris is the capital of France.", "Bananas are yellow fruit rich in potassium."]
+    on, off = relevance_scores(q, a)
+    assert on > off + 0.3
+    assert relevance_scores(["x?"], [""]) == [0.0]
+    with pytest.raises(ValueError, match="questions but"):
+        relevance_scores(["a"], [])
+
+
+def test_quality_report_counts_degenerate_answers():
+    answers = ["Paris is the capital of France.", "no no no no no no no no", "The capital of France is"]
+    report = quality_report(["What is the capital of France?"] * 3, answers)
+    assert report.n == 3
+    assert report.repetitive_share == pytest.approx(1 / 3)
+    assert report.cut_off_share == pytest.approx(2 / 3)
+    assert 0 < report.relevance < 1
+    assert repetition_and_length(["One two three four five."])["median_words"] == 5
+
+
+def test_wilson_interval_matches_reference_values():
+    # Reference: Wilson 95% interval for 30/100 is [0.2189, 0.3958] (e.g. statsmodels proportion_confint).
+    p = wilson_interval(30, 100)
+    assert p.rate == 0.3
+    assert p.low == pytest.approx(0.2189, abs=1e-3) and p.high == pytest.approx(0.3958, abs=1e-3)
+    assert wilson_interval(0, 0).high == 1.0
+    assert wilson_interval(0, 20).low == 0.0
+    with pytest.raises(ValueError):
+        wilson_interval(5, 3)
+
+
+def test_compare_to_base_detects_a_real_lift_and_not_noise():
+    big = compare_to_base(120, 400, 80, 400)  # 0.30 vs 0.20
+    assert big.significant and big.lift == pytest.approx(0.10)
+    assert big.p_fisher_one_sided < 0.01 and big.p_z_one_sided < 0.01
+    same = compare_to_base(81, 400, 80, 400)
+    assert not same.significant and same.p_z_one_sided > 0.4
+    worse = compare_to_base(60, 400, 80, 400)
+    assert not worse.significant and worse.lift < 0
+
+
+def test_power_analysis_is_consistent():
+    n = required_n_per_arm(0.24, 0.34)
+    assert 200 < n < 320
+    assert power_at_n(0.24, 0.34, n) == pytest.approx(0.8, abs=0.02)
+    assert power_at_n(0.24, 0.34, 2 * n) > 0.95
+    with pytest.raises(ValueError, match="two different rates"):
+        required_n_per_arm(0.3, 0.3)
