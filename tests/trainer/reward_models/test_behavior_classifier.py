@@ -1,0 +1,69 @@
+"""RLHBC's multi-head behavior classifier learns a separable toy preference and rewards it."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.trainer.behavior_toy import KEYWORD, toy_records
+from trainer.reward_models.behavior_classifier import ClassifierConfig, train_behavior_classifier
+from trainer.reward_models.encoder import EncoderConfig
+
+
+@pytest.fixture(scope="module")
+def trained():
+    records = toy_records(n_queries=40)
+    # two of MiniLM's six layers and one epoch learn the keyword; keeps the test fast on busy cores
+    config = ClassifierConfig(
+        encoder=EncoderConfig(num_layers=2), epochs=1, batch_size=16, lr=3e-4, held_out_fraction=0.25
+    )
+    return train_behavior_classifier(records, config, seed=0)
+
+
+def test_heads_and_classes_come_from_records(trained):
+    model, _ = trained
+    assert model.heads == ("dislike", "like", "view")
+    assert model.num_classes == 3
+    # dislike is the negative indicator; views are exposure and carry no reward weight
+    assert model.positive_mask.tolist() == [False, True, True]
+    assert model.head_weights.tolist() == [1.0, 1.0, 0.0]
+
+
+def test_learns_keyword_preference_on_held_out_queries(trained):
+    _, metrics = trained
+    assert metrics["held_out_records"] == 20  # 10 of 40 queries, two answers each
+    assert metrics["accuracy_like"] > 0.8, metrics
+    assert metrics["accuracy_dislike"] > 0.8, metrics
+    assert metrics["reward_corr"] > 0.5, metrics
+
+
+def test_reward_prefers_keyword_answers_on_unseen_text(trained):
+    model, _ = trained
+    queries = ["Tell me about a volcano?", "Tell me about a violin?"]
+    liked = model.score(queries, [f"A volcano is like a {KEYWORD}.", f"The violin is like a {KEYWORD}."])
+    other = model.score(queries, ["A volcano is what it is.", "The violin is what it is."])
+    assert liked.shape == (2,) and ((liked >= -1) & (liked <= 1)).all()
+    assert (liked > other).all(), (liked, other)
+
+
+def test_base_lm_backbone_trains_its_own_lora(tiny_model_dir):
+    records = toy_records(n_queries=6)
+    config = ClassifierConfig(
+        encoder=EncoderConfig(backbone="base", model_path=str(tiny_model_dir), lora_r=4), epochs=1, batch_size=4
+    )
+    model, metrics = train_behavior_classifier(records, config)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
+    assert model.score(["q"], ["a"]).shape == (1,)
+    assert metrics["train_loss"] > 0
+
+
+def test_helpful_errors():
+    with pytest.raises(ValueError, match="num_classes"):
+        ClassifierConfig(num_classes=1)
+    with pytest.raises(ValueError, match="model_path"):
+        EncoderConfig(backbone="base")
+    records = [r.model_copy(update={"buckets": {"view": 1}}) for r in toy_records(2)]
+    with pytest.raises(ValueError, match="weight 0"):
+        train_behavior_classifier(records, ClassifierConfig(epochs=1))
+    with pytest.raises(ValueError, match="needs records"):
+        train_behavior_classifier([], ClassifierConfig())
