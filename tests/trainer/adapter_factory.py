@@ -26,18 +26,21 @@ def write_test_adapter(
     nan: bool = False,
     metrics: dict[str, float] | None = None,
     algorithm: str = "test",
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
 ) -> Path:
-    """Write ``out_root/<name>/``: a LoRA (r=4, q/v projections) on the model in ``model_dir``.
+    """Write ``out_root/<name>/``: a LoRA (r=4, on ``target_modules``) on the model in ``model_dir``.
 
     ``scale``: std of the random lora_B entries (larger -> further from the base model).
-    ``nan``: put a NaN in one lora_B weight (for gate tests)."""
+    ``nan``: put a NaN in one lora_B weight (for gate tests).
+    ``target_modules``: add "lm_head" to move the output distribution far (large KL): on a tiny
+    random model the final norm keeps attention-only LoRAs close to the base."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules), lora_dropout=0.0)
     model = get_peft_model(base, config)
     with torch.no_grad():
         for pname, p in model.named_parameters():
@@ -63,6 +66,55 @@ def write_test_adapter(
         "metrics": metrics or {},
         "created_at": time.time(),
     }
+    (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
+    os.replace(tmp, out_root / name)
+    return out_root / name
+
+
+def write_trained_adapter(
+    model_dir: Path,
+    out_root: Path,
+    name: str,
+    examples: list[tuple[str, str, str]],
+    steps: int = 30,
+    lr: float = 5e-3,
+    seed: int = 0,
+    parent: str | None = None,
+) -> Path:
+    """Like ``write_test_adapter``, but the LoRA is fitted (plain SFT) to ``examples`` =
+    [(query, behavior sentence, answer)], so it prefers answers like those."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.prompts import render_prompt
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+    model = get_peft_model(base, config)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    rows = []
+    for q, b, a in examples:
+        prompt = tok(render_prompt(tok, q, b), add_special_tokens=False)["input_ids"]
+        answer = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        rows.append((torch.tensor([prompt + answer]), torch.tensor(answer)))
+    model.train()
+    for step in range(steps):
+        ids, answer = rows[step % len(rows)]
+        # LM head only over the answer positions: the 49k-token vocab dominates the cost
+        logits = model(input_ids=ids, logits_to_keep=len(answer) + 1).logits[0, :-1]  # (T, V)
+        loss = torch.nn.functional.cross_entropy(logits, answer)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    out_root = Path(out_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = out_root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    meta = {"name": name, "parent": parent, "algorithm": "test-sft", "sha256": sha256_file(weights_file(tmp))}
     (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
     os.replace(tmp, out_root / name)
     return out_root / name
