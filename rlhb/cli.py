@@ -190,6 +190,7 @@ FEATURE_COMMANDS += [
     ("service.aggregator.cli", "aggregator_app", "typer", "aggregator"),
     ("service.aggregator.cli", "records_app", "typer", "records"),
 ]
+FEATURE_COMMANDS += [("rlhb.simulate.driver", "simulate", "command", "simulate")]
 
 _register_feature_commands()
 

@@ -1,0 +1,108 @@
+"""``rlhb simulate`` against a real API (uvicorn, tiny model, real broker and Redis): answers
+come over HTTP, every viewer's events land on the feedback topic, and evaluation mode sends none."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from rlhb.simulate.driver import SimulationConfig, feedback_events, poisson, question_stream, run_simulation
+from rlhb.simulate.users import Reaction
+from schemas import FeedbackEvent
+from tests.service.api.serving_fixtures import LiveServer, new_topics, serving_settings
+
+
+def _read_topic(bootstrap: str, topic: str, want: int, timeout_s: float = 15) -> list:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+    consumer.assign(parts)
+    consumer.seek_to_beginning(*parts)
+    got, deadline = [], time.monotonic() + timeout_s
+    while len(got) < want and time.monotonic() < deadline:
+        for msgs in consumer.poll(timeout_ms=200).values():
+            got.extend(msgs)
+    # Nothing more may arrive: poll once more to catch extras.
+    for msgs in consumer.poll(timeout_ms=500).values():
+        got.extend(msgs)
+    consumer.close()
+    return got
+
+
+@pytest.fixture(scope="module")
+def api(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path_factory):
+    from service.api.app import create_app
+
+    topics = new_topics(kafka_bootstrap)
+    prefix = f"rlhbtest:{uuid.uuid4().hex[:10]}:"
+    settings = serving_settings(
+        Path(tmp_path_factory.mktemp("sim")), kafka_bootstrap, redis_url, prefix, topics, tiny_model_dir
+    )
+    server = LiveServer(create_app(settings)).start()
+    yield server.url, topics
+    server.stop()
+
+
+def test_simulated_users_send_every_viewers_events(api, kafka_bootstrap):
+    url, topics = api
+    config = SimulationConfig(api_url=url, viewers_mean=3.0, max_tokens=8, concurrency=3, seed=1, run_tag="t1")
+    questions = ["What is the capital of France?", "Who wrote Hamlet?", "What is a wavelength?", "How far is the moon?"]
+    served = run_simulation(config, questions)
+    assert sorted(s.question for s in served) == sorted(questions)
+    assert all(s.impression_id and s.adapter_version == "base" and s.views >= 1 for s in served)
+    # The tiny random model writes gibberish: the users judge it degenerate, as they should.
+    assert all(s.degenerate for s in served)
+    sent = sum(s.events_sent for s in served)
+    assert sent == sum(s.views + s.clicks + s.likes + s.dislikes for s in served)
+    events = [
+        FeedbackEvent.model_validate_json(m.value) for m in _read_topic(kafka_bootstrap, topics["feedback"], sent)
+    ]
+    assert len(events) == sent
+    by_impression = {s.impression_id: s for s in served}
+    for s in served:
+        kinds = [e.kind.value for e in events if e.impression_id == s.impression_id]
+        assert kinds.count("view") == s.views and kinds.count("like") == s.likes
+    assert {e.impression_id for e in events} == set(by_impression)
+
+    # Same seed, same draws: reactions depend on (seed, index), not on thread timing.
+    again = run_simulation(
+        SimulationConfig(api_url=url, viewers_mean=3.0, max_tokens=8, seed=1, send_feedback=False, concurrency=1),
+        questions,
+    )
+    assert sorted(s.views for s in again) == sorted(s.views for s in served)
+
+
+def test_evaluation_mode_pins_a_version_and_sends_nothing(api, kafka_bootstrap):
+    url, topics = api
+    before = len(_read_topic(kafka_bootstrap, topics["feedback"], 10**6, timeout_s=2))
+    config = SimulationConfig(api_url=url, model="base", send_feedback=False, max_tokens=8, viewers_mean=1.0)
+    served = run_simulation(config, ["What is the capital of France?", "Who wrote Hamlet?"])
+    assert [s.events_sent for s in served] == [0, 0] and all(s.views == 1 for s in served)
+    assert all(s.adapter_version == "base" for s in served)
+    assert len(_read_topic(kafka_bootstrap, topics["feedback"], 10**6, timeout_s=2)) == before
+
+
+def test_unknown_version_is_a_clear_error(api):
+    url, _ = api
+    with pytest.raises(RuntimeError, match="404"):
+        run_simulation(SimulationConfig(api_url=url, model="no-such-version", send_feedback=False), ["Hi there?"])
+
+
+def test_pure_helpers():
+    import random
+
+    assert feedback_events("imp", [Reaction(click=True, like=False, dislike=True)], "tag", 3) == [
+        {"event_id": "tag-3-0-view", "impression_id": "imp", "kind": "view"},
+        {"event_id": "tag-3-0-click", "impression_id": "imp", "kind": "click"},
+        {"event_id": "tag-3-0-dislike", "impression_id": "imp", "kind": "dislike"},
+    ]
+    rng = random.Random(0)
+    draws = [poisson(4.0, rng) for _ in range(4000)]
+    assert abs(sum(draws) / len(draws) - 4.0) < 0.15
+    stream = list(question_stream(["a", "b", "c"], 7, seed=0))
+    assert sorted(stream[:3]) == ["a", "b", "c"] and len(stream) == 7
+    with pytest.raises(ValueError, match="viewers_mean"):
+        SimulationConfig(viewers_mean=0.5)
