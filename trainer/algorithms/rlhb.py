@@ -1,0 +1,243 @@
+"""RLHB: PPO against a behavior-conditioned discriminator (RLHB paper, section 4, Algorithm 1).
+
+One iteration, in the paper's order:
+
+    1. sample (query s, behavior b) pairs from real behavior records
+    2. generate k rollouts per prompt (``PPOCore``)
+    3. reward each from D at the last token (eq. 2), minus eta * per-token KL (eq. 10)
+    4. GAE (eq. 7-9); PPO epochs on the actor (eq. 5-6), then the critic (eq. 11)
+    5. update D (eq. 4): real logged triplets (s, a, b) vs fakes made of rollouts (s, a_hat, b),
+       behavior-swapped real triplets (s, a, b') whose b' differs in likes/dislikes, and a
+       share kappa of the highest-rewarded generations (bootstrap, section 4.3)
+
+Every iteration D's accuracy on held-out records (real vs swapped, never trained on) is
+measured; when PPO starts from a D at chance, a loud warning is logged and ``d_at_chance``
+is 1 in the metrics: the policy is then learning from noise.
+
+Programmatic use (benchmarks, DDP tests)::
+
+    trainer = RLHBTrainer(request, config)   # loads policy, critic, D; splits held-out records
+    trainer.warmup()                          # config.d_warmup_steps D steps (optional)
+    metrics = trainer.iteration(0)            # one full RLHB iteration -> dict of floats
+    # or the whole run (warm-up, request.steps iterations, checkpoint): run(request, config)
+
+Departures from the paper:
+- Reward: besides log D (eq. 2) the default is the contrast z(s, a; b) - z(s, a; b_opp)
+  with b_opp the logged sentence farthest from b in likes/dislikes (ARCHITECTURE.md: the raw
+  D barely tracked preference, the contrast did). ``config.reward`` picks one.
+- Bootstrap: the paper bootstraps "highly-rewarded demonstrations as fake"; we read that as
+  the highest-rewarded generations so far (a small replay buffer ranked by reward).
+- D's fake batch also holds behavior-swapped real triplets (``swap_share``): without them
+  D can ignore b entirely and still separate real from generated text.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from pathlib import Path
+
+import torch
+
+from trainer.algorithms.base import RunResult, TrainRequest
+from trainer.algorithms.ppo_core import PPOCore, check_finite
+from trainer.algorithms.runner import check_request, run_iterations, seed_everything
+from trainer.config import RLHBConfig
+from trainer.discriminator import build_discriminator, make_optimizer
+from trainer.losses.discriminator import contrastive_reward, discriminator_loss, discriminator_reward
+from trainer.policy import Policy
+from trainer.records import as_records, check_swappable, sample_prompts, split_heldout
+
+Config = RLHBConfig
+ALGORITHM = "rlhb"
+log = logging.getLogger(__name__)
+
+Triplet = tuple[str, str, str]  # (query, answer, behavior)
+
+
+class RLHBTrainer:
+    """Actor + critic (``PPOCore``), discriminator, records, and the RLHB iteration."""
+
+    def __init__(self, request: TrainRequest, config: RLHBConfig, algorithm: str = ALGORITHM) -> None:
+        self.request, self.config, self.algorithm = request, config, algorithm
+        seed_everything(request.seed, config.threads)
+        self.rng = random.Random(request.seed)
+        records = as_records(request.records)
+        self.pool = check_swappable(records)
+        self.train_records, self.heldout_records = split_heldout(
+            records, config.heldout_fraction, config.heldout_max, request.seed
+        )
+        parent_path = Path(request.parent.path) if request.parent is not None else None
+        self.policy = Policy.load(request.model_path, config, adapter_path=parent_path)
+        self.core = PPOCore(self.policy, config)
+        self.discriminator = build_discriminator(config, request.model_path)
+        self.discriminator.fit_behaviors(self.pool.texts)
+        if parent_path is not None:
+            self.discriminator.load_state(parent_path / "trainer_state")
+        self.d_optimizer = make_optimizer(self.discriminator, config)
+        swap_rng = random.Random(request.seed + 1)  # fixed held-out swaps: the metric compares like with like
+        self.heldout_swaps = [self.pool.swap(r.behavior_text, swap_rng) for r in self.heldout_records]
+        self.top_generations: list[tuple[float, int, Triplet]] = []  # min-heap of the best (reward, tiebreak, triplet)
+        self._pushed = 0
+        self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
+
+    # ------------------------------------------------------------------ rewards
+    def reward(self, queries: list[str], answers: list[str], behaviors: list[str]) -> torch.Tensor:
+        """The score PPO maximizes (B,): contrastive or raw D (``config.reward``)."""
+        d = self.discriminator
+        with torch.no_grad():
+            if self.config.reward == "contrastive":
+                opposite = [self.pool.opposite(b) or b for b in behaviors]
+                z, z_opp = d.logits_pair(queries, answers, behaviors, opposite)
+                self._last_prob = torch.sigmoid(z)
+                return contrastive_reward(z, z_opp)
+            z = d.logits(queries, answers, behaviors)
+            self._last_prob = torch.sigmoid(z)
+            return discriminator_reward(z, self.config.reward)
+
+    # ------------------------------------------------------------------ discriminator
+    def _real_batch(self, n: int) -> list[Triplet]:
+        picks = [self.rng.randrange(len(self.train_records)) for _ in range(n)]
+        return [(r.query, r.response, r.behavior_text) for r in (self.train_records[i] for i in picks)]
+
+    def _swapped_batch(self, n: int) -> list[Triplet]:
+        out = []
+        while len(out) < n:
+            r = self.train_records[self.rng.randrange(len(self.train_records))]
+            swapped = self.pool.swap(r.behavior_text, self.rng)
+            if swapped is not None:
+                out.append((r.query, r.response, swapped))
+        return out
+
+    def _fake_batch(self, generated: list[Triplet]) -> list[Triplet]:
+        """swap_share swapped reals + kappa top-rewarded generations + the rest fresh rollouts."""
+        cfg = self.config
+        size = cfg.d_batch_size
+        if not generated:  # warm-up: no generations yet
+            return self._swapped_batch(size)
+        n_swap = round(cfg.swap_share * size)
+        n_boot = round(cfg.kappa * size) if self.top_generations else 0
+        n_gen = size - n_swap - n_boot
+        best = [t for _, _, t in self.top_generations]
+        boot = [best[self.rng.randrange(len(best))] for _ in range(n_boot)]
+        if n_gen <= len(generated):
+            fresh = self.rng.sample(generated, n_gen)
+        else:
+            fresh = [generated[self.rng.randrange(len(generated))] for _ in range(n_gen)]
+        return self._swapped_batch(n_swap) + boot + fresh
+
+    def _remember(self, triplets: list[Triplet], rewards: torch.Tensor) -> None:
+        """Keep the batch_size highest-rewarded generations seen so far (the bootstrap pool)."""
+        for triplet, reward in zip(triplets, rewards.tolist(), strict=True):
+            self._pushed += 1
+            item = (float(reward), self._pushed, triplet)
+            if len(self.top_generations) < self.config.batch_size:
+                heapq.heappush(self.top_generations, item)
+            else:
+                heapq.heappushpop(self.top_generations, item)
+
+    def d_step(self, generated: list[Triplet], train: bool = True) -> dict[str, float]:
+        """One D update (eq. 4) on real vs fake triplets; with train=False only the loss."""
+        real = self._real_batch(self.config.d_batch_size)
+        fake = self._fake_batch(generated)
+        both = real + fake
+        with torch.set_grad_enabled(train):
+            z = self.discriminator.logits([t[0] for t in both], [t[1] for t in both], [t[2] for t in both])
+            loss, stats = discriminator_loss(z[: len(real)], z[len(real) :])
+        check_finite("discriminator loss", loss)
+        if train:
+            self.d_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.config.max_grad_norm)
+            self.d_optimizer.step()
+        return {"d_loss": loss.item(), **{f"d_{k}": v for k, v in stats.items()}}
+
+    @torch.no_grad()
+    def heldout_accuracy(self) -> dict[str, float]:
+        """D on held-out records: pairwise accuracy z(real) > z(swapped), and threshold accuracy."""
+        pairs = [(r, s) for r, s in zip(self.heldout_records, self.heldout_swaps, strict=True) if s is not None]
+        if not pairs:
+            return {"d_heldout_acc": float("nan"), "d_heldout_cls_acc": float("nan")}
+        z_real, z_swap = self.discriminator.logits_pair(
+            [r.query for r, _ in pairs],
+            [r.response for r, _ in pairs],
+            [r.behavior_text for r, _ in pairs],
+            [s for _, s in pairs],
+        )  # (N,), (N,)
+        pairwise = (z_real > z_swap).float().mean().item()
+        threshold = 0.5 * ((z_real > 0).float().mean() + (z_swap < 0).float().mean()).item()
+        return {"d_heldout_acc": pairwise, "d_heldout_cls_acc": threshold}
+
+    def warmup(self) -> list[dict[str, float]]:
+        """``d_warmup_steps`` D updates on real vs behavior-swapped triplets, before any PPO."""
+        history = [self.d_step([]) for _ in range(self.config.d_warmup_steps)]
+        if history:
+            self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
+        return history
+
+    # ------------------------------------------------------------------ the iteration
+    def at_chance(self) -> bool:
+        return abs(self.heldout_acc - 0.5) <= self.config.chance_margin
+
+    def iteration(self, i: int) -> dict[str, float]:
+        """One RLHB iteration (steps 1-5 of the module docstring) -> metrics."""
+        cfg = self.config
+        chance = self.at_chance()
+        if chance:
+            log.warning(
+                "RLHB iteration %d: THE DISCRIMINATOR IS AT CHANCE (held-out accuracy %.3f, real vs swapped): "
+                "its reward is noise and PPO learns nothing useful. Add records, raise d_warmup_steps, "
+                "or check that behaviors differ in likes/dislikes.",
+                i,
+                self.heldout_acc,
+            )
+        prompts = sample_prompts(self.train_records, cfg.prompts_per_batch, self.rng)  # 1
+        result = self.core.iteration(prompts, self.reward)  # 2-4
+        batch, scores = result.rollouts.batch, result.rollouts.scores
+        generated = list(zip(batch.queries, batch.responses, batch.behaviors, strict=True))
+        self._remember(generated, scores)
+        d_prob = self._last_prob.mean().item()
+        train_d = not cfg.d_frozen and cfg.d_updates_per_iteration > 0  # 5
+        d_stats: dict[str, float] = {}
+        for _ in range(cfg.d_updates_per_iteration if train_d else 1):
+            d_stats = self.d_step(generated, train=train_d)
+        held = self.heldout_accuracy()
+        self.heldout_acc = held["d_heldout_acc"]
+        return {
+            "iteration": i,
+            **result.metrics,
+            **d_stats,
+            "d_reward": scores.mean().item(),
+            "d_prob_generated": d_prob,
+            **held,
+            "d_at_chance": float(chance),
+        }
+
+    # ------------------------------------------------------------------ outputs
+    def save_adapter(self, folder: Path) -> None:
+        self.policy.model.save_pretrained(str(folder))
+
+    def save_state(self, folder: Path) -> None:
+        from trainer.policy import VALUE_HEAD_FILE
+
+        self.policy.save_value_head(folder / VALUE_HEAD_FILE)
+        self.discriminator.save_state(folder)
+
+    def run(self) -> RunResult:
+        self.warmup()
+        return run_iterations(
+            self.request,
+            algorithm=self.algorithm,
+            step=self.iteration,
+            save_adapter=self.save_adapter,
+            save_state=self.save_state,
+        )
+
+
+def run(request: TrainRequest, config: RLHBConfig | None = None) -> RunResult:
+    """Train with RLHB and write one checkpoint (see ``TrainRequest``)."""
+    config = config or Config()
+    check_request(request)
+    return RLHBTrainer(request, config).run()
