@@ -1,0 +1,99 @@
+"""One RLHB iteration on the tiny model: what trains, what must not, and determinism."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from tests.trainer.toy_task import DISLIKED, LIKED, toy_records
+from trainer.algorithms.base import TrainRequest
+from trainer.algorithms.rlhb import Config, RLHBTrainer
+from trainer.rollouts import Prompt
+
+
+def small_config(**overrides) -> Config:
+    base = dict(
+        batch_size=8, rollouts_per_prompt=4, max_new_tokens=4, minibatch_size=4,  # 2 actor steps: LoRA A moves too
+        d_batch_size=4, d_updates_per_iteration=2, heldout_max=8, lora_r=4, d_lora_r=4, threads=1,
+        value_head_hidden=16,
+    )  # fmt: skip
+    base.update(overrides)
+    return Config(**base)
+
+
+def make_trainer(model_dir, tmp_path, seed=0, **overrides) -> RLHBTrainer:
+    request = TrainRequest(
+        records=toy_records(40), model_path=str(model_dir), output_root=tmp_path, version_name="v", seed=seed,
+        steps=1, progress=False,
+    )  # fmt: skip
+    return RLHBTrainer(request, small_config(**overrides))
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, tuple[bool, torch.Tensor]]:
+    return {n: (p.requires_grad, p.detach().clone()) for n, p in module.named_parameters()}
+
+
+def modules(trainer: RLHBTrainer) -> dict[str, torch.nn.Module]:
+    found = {"policy": trainer.policy.model, "value_head": trainer.policy.value_head, "d": trainer.discriminator}
+    if hasattr(trainer.discriminator, "_frozen"):
+        found["d_behavior_encoder"] = trainer.discriminator._frozen[0]
+    return found
+
+
+@pytest.mark.parametrize("kind", ["minilm", "lm"])
+def test_one_step_trains_every_trainable_parameter_and_no_frozen_one(tiny_model_dir, tmp_path, kind):
+    trainer = make_trainer(tiny_model_dir, tmp_path, discriminator=kind)
+    before = {name: snapshot(m) for name, m in modules(trainer).items()}
+    metrics = trainer.iteration(0)
+    trained, frozen = [], []
+    for name, module in modules(trainer).items():
+        for param_name, param in module.named_parameters():
+            was_trainable, old = before[name][param_name]
+            (trained if was_trainable else frozen).append((f"{name}.{param_name}", old, param.detach()))
+    assert any("lora_A" in n for n, _, _ in trained) and any("lora_B" in n for n, _, _ in trained)
+    assert any(n.startswith("value_head") for n, _, _ in trained)
+    assert any(n.startswith("d.") for n, _, _ in trained)
+    unchanged = [n for n, old, new in trained if torch.equal(old, new)]
+    assert not unchanged, f"trainable parameters that did not change: {unchanged[:5]}"
+    moved = [n for n, old, new in frozen if not torch.equal(old, new)]
+    assert not moved, f"frozen parameters that changed: {moved[:5]}"
+    assert len(frozen) > len(trained) // 4  # the base weights really are there, and frozen
+    for key in ("d_loss", "d_reward", "mean_return", "kl", "value_loss", "entropy", "clipfrac", "d_heldout_acc"):
+        assert math.isfinite(metrics[key]), key
+
+
+def test_reference_policy_is_the_base_model_with_the_adapter_disabled(tiny_model_dir, tmp_path):
+    """After a step the policy moved away from the reference, and the reference is exactly
+    the untouched base model (no second copy of the weights exists to drift)."""
+    from transformers import AutoModelForCausalLM
+
+    trainer = make_trainer(tiny_model_dir, tmp_path, learning_rate=5e-2)
+    trainer.iteration(0)
+    batch = trainer.policy.generate([Prompt("Tell me about item 1.", LIKED), Prompt("Hi", DISLIKED)], 2)
+    with torch.no_grad():
+        ref = trainer.policy.forward(batch, reference=True).logprobs
+        policy = trainer.policy.forward(batch).logprobs
+        base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        pristine = trainer.policy.__class__(base, trainer.policy.tokenizer, trainer.policy.value_head, trainer.config)
+        # a plain model has no disable_adapter(); score it through the same forward path
+        pristine_logprobs = pristine.forward(batch).logprobs
+    mask = batch.response_mask.bool()
+    assert torch.allclose(ref[mask], pristine_logprobs[mask], atol=1e-5)
+    assert not torch.allclose(policy[mask], ref[mask], atol=1e-4)
+
+
+def test_runs_are_deterministic_under_a_seed(tiny_model_dir, tmp_path):
+    results = []
+    for run in range(2):
+        trainer = make_trainer(tiny_model_dir, tmp_path / str(run), seed=7)
+        metrics = trainer.iteration(0)
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("seconds")}
+        weights = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if p.requires_grad}
+        d_weights = {n: p.detach().clone() for n, p in trainer.discriminator.named_parameters() if p.requires_grad}
+        results.append((metrics, weights, d_weights))
+    (m1, w1, d1), (m2, w2, d2) = results
+    assert m1 == m2
+    assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert d1.keys() == d2.keys() and all(torch.equal(d1[k], d2[k]) for k in d1)
