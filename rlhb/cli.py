@@ -191,6 +191,7 @@ FEATURE_COMMANDS += [
     ("service.aggregator.cli", "records_app", "typer", "records"),
 ]
 FEATURE_COMMANDS += [("rlhb.simulate.driver", "simulate", "command", "simulate")]
+FEATURE_COMMANDS += [("trainer.loop_cli", "run_trainer", "command", "trainer")]
 
 _register_feature_commands()
 

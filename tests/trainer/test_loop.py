@@ -1,0 +1,78 @@
+"""The trainer loop in-process: real broker, real Redis, tiny model, real RLHB rounds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+
+import pytest
+
+from schemas.adapters import AdapterStatus
+from tests.trainer.loop_helpers import produce_records, trainer_env
+from tests.trainer.toy_task import toy_records
+from trainer.loop import LoopSettings, Trainer, read_rounds, read_status
+
+
+@pytest.fixture
+def trainer(monkeypatch, tmp_path, kafka_bootstrap, redis_url, redis_prefix, unique_topics, tiny_model_dir):
+    env = trainer_env(
+        bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=redis_prefix, topics=unique_topics,
+        adapter_dir=tmp_path / "adapters", state_dir=tmp_path / "state", model_dir=tiny_model_dir,
+        records_per_round=40,
+    )  # fmt: skip
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    t = Trainer(LoopSettings(), kafka_bootstrap, redis_url)
+    t.start()
+    yield t
+    t.close()
+
+
+def step_until(trainer: Trainer, rounds: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while trainer.rounds_done < rounds:
+        assert time.monotonic() < deadline, f"no round finished in {timeout}s; status {trainer.status()}"
+        trainer.step()
+
+
+def test_rounds_publish_on_m_records_and_on_request_and_rejected_never_go_live(trainer, kafka_bootstrap, redis_client):
+    produce_records(kafka_bootstrap, trainer.settings.topic_records, toy_records(40))
+    step_until(trainer, 1)
+    first = trainer.last_round
+    assert first["outcome"] == "published", first
+    assert first["train_records"] + first["heldout_records"] == 40 and first["heldout_records"] > 0
+    assert trainer.registry.active() == first["version"]
+    assert trainer.registry.validate(first["version"]).status == AdapterStatus.published
+    assert first["gate"]["finite"] == 1.0 and first["gate"]["kl_token"] <= trainer.gate_cfg.kl_bound
+    # offsets were committed after the round: all 40 records are "seen"
+    committed = sum(trainer.consumer.committed(tp) or 0 for tp in trainer.consumer.assignment())
+    assert committed == 40 and trainer.new_records == 0
+
+    # a round asked for over Redis (what POST /admin/train pushes), whose candidate fails the gate
+    trainer.gate_cfg = dataclasses.replace(trainer.gate_cfg, kl_bound=1e-9)
+    redis_client.rpush(trainer.requests_key, json.dumps({"reason": "test", "requested_at": time.time()}))
+    step_until(trainer, 2)
+    second = trainer.last_round
+    assert second["outcome"] == "rejected" and "KL" in second["reason"], second
+    assert second["parent"] == first["version"]  # trained on top of the active version
+    assert trainer.registry.active() == first["version"]
+    assert trainer.registry.get(second["version"]).status == AdapterStatus.rejected
+    assert redis_client.llen(trainer.inflight_key) == 0 and redis_client.llen(trainer.requests_key) == 0
+
+    rounds = read_rounds(redis_client, trainer.settings.redis_prefix)
+    assert [r["outcome"] for r in rounds] == ["published", "rejected"]
+    trainer._publish_status(force=True)
+    status = read_status(redis_client, trainer.settings.redis_prefix)
+    assert status["buffer"] == 40 and status["rounds_done"] == 2 and status["active"] == first["version"]
+
+
+def test_bad_algorithm_override_fails_at_start_with_the_field_names(monkeypatch, redis_url):
+    monkeypatch.setenv("RLHB_TRAINER_ALGORITHM_CONFIG", '{"batch_sizee": 4}')
+    with pytest.raises(ValueError, match="batch_sizee.*known"):
+        from trainer.loop import build_algorithm_config
+
+        build_algorithm_config(LoopSettings(), "rlhb")
+    monkeypatch.setenv("RLHB_TRAINER_ALGORITHM_CONFIG", "[1]")
+    with pytest.raises(ValueError, match="JSON object"):
+        LoopSettings()

@@ -1,0 +1,468 @@
+"""The background trainer (``rlhb trainer``): behavior records in, gated adapter versions out.
+
+Threads:
+
+- **consumer** (the caller's thread): polls ``behavior-records`` (consumer group, auto-commit
+  off), keeps the replay buffer and the live counts, pops training requests, runs the
+  guardrail, starts rounds, commits offsets when a round finishes, publishes the status.
+  It keeps polling during a round, so the group membership never lapses (a round takes
+  minutes; ``max_poll_interval_ms`` is seconds) and new records keep arriving.
+- **round** (one at a time): sample the buffer, train the configured algorithm
+  (``trainer.algorithms``), register the checkpoint, gate it (``trainer.gate``), promote or
+  reject, prune. Training happens only here, in the trainer process: serving never waits.
+
+Rounds start every ``records_per_round`` new records, or when a request is queued on the Redis
+list ``{prefix}train:requests`` (``POST /admin/train`` pushes ``{"reason", "algorithm"?}``).
+
+Resume (the simple correct scheme): the buffer is rebuilt by re-reading the records topic
+from the beginning on every start (``seek_to_beginning`` on assignment; the buffer keeps the
+latest record per impression, so re-reading is idempotent). Committed offsets only mark
+which records a finished round has seen: records after them count as *new*, so a round
+killed half-way is redone after a restart. Offsets are committed after the round's registry
+state is stored. A request being served sits in ``{prefix}train:inflight`` and is put back
+on the queue at start. The registry is crash-safe on its own (``trainer.registry``): at
+start, temp folders and finished-but-unregistered folders are removed.
+
+Redis keys written (``P`` = redis_prefix): ``P train:status`` (JSON, every second),
+``P train:rounds`` (list of round results as JSON, newest last, last 200),
+``P train:round_seq`` (round counter), ``P train:inflight``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import random
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from rlhb.settings import TrainerSettings
+from schemas.adapters import BASE_VERSION
+from schemas.behavior import BehaviorRecord
+from trainer.guardrail import GuardrailConfig, LiveCounts, drop_test
+from trainer.registry import Registry, RegistryError
+from trainer.replay_buffer import ReplayBuffer
+
+log = logging.getLogger(__name__)
+
+ROUNDS_KEPT = 200
+
+
+class LoopSettings(TrainerSettings):
+    """TrainerSettings plus the loop's own knobs (same ``RLHB_TRAINER_`` prefix)."""
+
+    steps_per_round: int = Field(default=20, ge=1, description="Training iterations per round.")
+    algorithm_config: str = Field(
+        default="",
+        description='JSON object of overrides for the algorithm Config, e.g. {"batch_size": 8, "max_new_tokens": 32}.',
+    )
+    gate_config: str = Field(
+        default="",
+        description="JSON object of overrides for trainer.gate.GateConfig (kl_bound/reward_tolerance "
+        "come from their own fields).",
+    )
+    min_records: int = Field(default=16, ge=1, description="A round needs at least this many training records.")
+    sample_size: int = Field(default=2000, ge=1, description="Records drawn from the buffer for one round.")
+    heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of queries held out for the gate.")
+    recency_half_life: float = Field(default=5000, ge=0, description="Sampling half-life in records (0: uniform).")
+    seed: int = Field(default=0, description="Base seed; round r uses seed + r.")
+    poll_timeout_ms: int = Field(default=500, ge=10, le=10_000, description="Consumer poll wait.")
+    session_timeout_ms: int = Field(default=10_000, ge=1000, description="Group session timeout.")
+    guardrail: bool = Field(default=False, description="Roll back automatically on a significant live like-rate drop.")
+    guardrail_alpha: float = Field(default=0.05, gt=0, lt=1, description="Guardrail false-rollback bound.")
+    guardrail_tau: float = Field(default=0.05, gt=0, lt=1, description="Guardrail mSPRT mixture std (rate points).")
+    guardrail_margin: float = Field(default=0.0, ge=0, lt=1, description="Drops below this never roll back.")
+    guardrail_min_views: int = Field(default=100, ge=1, description="Views per version before the guardrail acts.")
+
+    @field_validator("algorithm_config", "gate_config")
+    @classmethod
+    def _json_object(cls, v: str) -> str:
+        if v.strip():
+            try:
+                parsed = json.loads(v)
+            except ValueError as e:
+                raise ValueError(f"must be a JSON object like '{{\"batch_size\": 8}}' ({e})") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("must be a JSON object like '{\"batch_size\": 8}'")
+        return v
+
+    def guardrail_config(self) -> GuardrailConfig:
+        return GuardrailConfig(
+            self.guardrail_alpha, self.guardrail_tau, self.guardrail_margin, self.guardrail_min_views
+        )
+
+
+def _overrides(config: Any, raw: str, what: str) -> Any:
+    """``dataclasses.replace(config, **json)`` with a message naming unknown fields."""
+    if not raw.strip():
+        return config
+    changes = json.loads(raw)
+    known = {f.name for f in dataclasses.fields(config)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown field(s) {unknown}; known: {sorted(known)}")
+    return dataclasses.replace(config, **changes)
+
+
+def build_gate_config(settings: LoopSettings):
+    from trainer.gate import GateConfig
+
+    base = GateConfig(kl_bound=settings.kl_bound, reward_tolerance=settings.reward_tolerance, seed=settings.seed)
+    return _overrides(base, settings.gate_config, "RLHB_TRAINER_GATE_CONFIG")
+
+
+def build_algorithm_config(settings: LoopSettings, algorithm: str):
+    from trainer.algorithms import default_config
+
+    return _overrides(default_config(algorithm), settings.algorithm_config, "RLHB_TRAINER_ALGORITHM_CONFIG")
+
+
+class Trainer:
+    """One trainer process: call ``start()``, then ``step()`` in a loop (or ``run()``)."""
+
+    def __init__(self, settings: LoopSettings, bootstrap: str, redis_url: str, model_path: str | None = None):
+        import redis as redis_lib
+
+        self.settings = settings
+        self.bootstrap = bootstrap
+        self.model_path = model_path or settings.resolved_model_path()
+        self.redis = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+        self.registry = Registry(settings.adapter_dir, self.redis, settings.redis_prefix)
+        self.buffer = ReplayBuffer(settings.buffer_size, settings.recency_half_life)
+        self.live = LiveCounts()
+        self.guardrail_cfg = settings.guardrail_config()
+        self.gate_cfg = build_gate_config(settings)
+        build_algorithm_config(settings, settings.algorithm)  # fail at start on a bad override, not in round 1
+        p = settings.redis_prefix
+        self.requests_key, self.inflight_key = f"{p}train:requests", f"{p}train:inflight"
+        self.status_key, self.rounds_key, self.round_seq_key = (
+            f"{p}train:status",
+            f"{p}train:rounds",
+            f"{p}train:round_seq",
+        )
+        self.consumer = None
+        self.new_records = 0
+        self.rounds_done = 0
+        self.last_round: dict = {}
+        self.guardrail_rollbacks: list[dict] = []
+        self._committed_at_start: dict = {}  # TopicPartition -> committed offset when first assigned
+        self._seen_upto: dict = {}  # TopicPartition -> next offset not yet processed
+        self._unknown_committed: set = set()  # assigned partitions whose committed offset is not fetched yet
+        self._round: threading.Thread | None = None
+        self._round_result: dict | None = None
+        self._round_offsets: dict = {}
+        self._round_started = 0.0
+        self._last_status = 0.0
+        self._state = "starting"
+
+    # ------------------------------------------------------------------ start / stop
+    def start(self) -> None:
+        from kafka import ConsumerRebalanceListener, KafkaConsumer
+
+        removed = self.registry.clean()
+        if removed["temp"] or removed["unregistered"]:
+            log.warning("removed leftovers of an interrupted run: %s", removed)
+        self.registry.sync()
+        while self.redis.lmove(self.inflight_key, self.requests_key, "RIGHT", "LEFT"):
+            log.info("re-queued a training request interrupted by the last stop")
+
+        s = self.settings
+        self.consumer = KafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=s.group_id,
+            client_id=f"rlhb-trainer-{os.getpid()}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=max(100, s.session_timeout_ms // 6),
+            fetch_max_wait_ms=min(100, s.poll_timeout_ms),
+        )
+        trainer = self
+
+        class Replay(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                pass
+
+            def on_partitions_assigned(self, assigned):
+                # Runs on kafka-python's IO thread: no blocking calls here (committed offsets
+                # are fetched by the consumer thread before the first batch is ingested).
+                trainer._unknown_committed.update(tp for tp in assigned if tp not in trainer._committed_at_start)
+                if assigned:
+                    trainer.consumer.seek_to_beginning(*assigned)  # rebuild the buffer from the log
+
+        self.consumer.subscribe([s.topic_records], listener=Replay())
+        self._state = "idle"
+        log.info(
+            "trainer up: %s on %s, group %s, algorithm %s, round every %d records, adapters in %s",
+            s.topic_records,
+            self.bootstrap,
+            s.group_id,
+            s.algorithm,
+            s.records_per_round,
+            self.registry.root,
+        )
+
+    def close(self) -> None:
+        if self.consumer is not None:
+            self.consumer.close(autocommit=False)
+        self._publish_status(force=True, state="stopped")
+        self.redis.close()
+
+    @property
+    def training(self) -> bool:
+        return self._round is not None
+
+    # ------------------------------------------------------------------ main loop
+    def run(self, stop: threading.Event | None = None, max_rounds: int = 0) -> None:
+        """Step until ``stop`` is set or ``max_rounds`` rounds finished (0: forever)."""
+        stop = stop or threading.Event()
+        while not stop.is_set() and not (max_rounds and self.rounds_done >= max_rounds):
+            self.step()
+
+    def step(self) -> None:
+        batch = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+        while self._unknown_committed:
+            tp = self._unknown_committed.pop()
+            self._committed_at_start[tp] = self.consumer.committed(tp) or 0
+        for tp, messages in batch.items():
+            for message in messages:
+                self._ingest(tp, message)
+        if self.settings.guardrail:
+            self.check_guardrail()
+        if self._round is not None and not self._round.is_alive():
+            self._finish_round()
+        if self._round is None:
+            self._maybe_start_round()
+        self._publish_status()
+
+    def _ingest(self, tp, message) -> None:
+        try:
+            record = BehaviorRecord.model_validate_json(message.value)
+        except ValueError as e:
+            log.warning(
+                "skipping an unreadable record at %s:%d offset %d (%s)",
+                tp.topic,
+                tp.partition,
+                message.offset,
+                str(e).splitlines()[0],
+            )
+            record = None
+        if message.offset >= self._seen_upto.get(tp, 0):
+            self._seen_upto[tp] = message.offset + 1
+            if record is not None and message.offset >= self._committed_at_start.get(tp, 0):
+                self.new_records += 1
+        if record is not None:
+            self.buffer.add(record)
+            self.live.add(record)
+
+    # ------------------------------------------------------------------ rounds
+    def _maybe_start_round(self) -> None:
+        request = None
+        raw = self.redis.lmove(self.requests_key, self.inflight_key, "LEFT", "RIGHT")
+        if raw is not None:
+            try:
+                request = json.loads(raw)
+                if not isinstance(request, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:
+                request = {"reason": "admin request", "raw": raw[:200]}
+            request["_raw"] = raw
+        elif self.new_records < self.settings.records_per_round:
+            return
+        round_no = int(self.redis.incr(self.round_seq_key))
+        self._round_offsets = dict(self._seen_upto)
+        self.new_records = 0
+        self._round_result = None
+        self._round_started = time.time()
+        self._state = "training"
+        trigger = "request" if request else f"{self.settings.records_per_round} new records"
+        log.info("round %d starts (%s), buffer %d records", round_no, trigger, len(self.buffer))
+        self._round = threading.Thread(
+            target=self._round_main, args=(round_no, request or {}), daemon=True, name=f"round-{round_no}"
+        )
+        self._round.start()
+
+    def _round_main(self, round_no: int, request: dict) -> None:
+        try:
+            self._round_result = self.run_round(round_no, request)
+        except BaseException as e:  # noqa: BLE001 - the consumer thread reports it, the process lives on
+            log.error("round %d failed:\n%s", round_no, traceback.format_exc())
+            self._round_result = {"round": round_no, "outcome": "error", "reason": f"{type(e).__name__}: {e}"}
+
+    def run_round(self, round_no: int, request: dict) -> dict:
+        """Sample, train, register, gate, promote or reject, prune. Returns the round's summary."""
+        from trainer.algorithms import TrainingDiverged, TrainRequest, get_algorithm
+        from trainer.gate import gate_and_publish
+        from trainer.reward_models.split import split_by_query
+
+        s = self.settings
+        started = time.time()
+        algorithm = request.get("algorithm") or s.algorithm
+        summary: dict[str, Any] = {
+            "round": round_no,
+            "algorithm": algorithm,
+            "started_at": started,
+            "reason_for_round": request.get("reason", "records"),
+        }
+        rng = random.Random(s.seed + round_no)
+        records = self.buffer.sample(s.sample_size, rng)
+        train, heldout = split_by_query(records, s.heldout_fraction, s.seed + round_no)
+        summary.update(records=len(records), train_records=len(train), heldout_records=len(heldout))
+        if len(train) < s.min_records or not heldout:
+            return {
+                **summary,
+                "outcome": "skipped",
+                "reason": f"{len(train)} training records (need {s.min_records}) and {len(heldout)} held-out "
+                "(need >= 1, from a second distinct query)",
+            }
+
+        active = self.registry.active()
+        parent = None
+        if active != BASE_VERSION:
+            try:
+                parent = self.registry.validate(active)
+            except RegistryError as e:
+                log.warning("active version %s cannot be trained on (%s); starting from a fresh adapter", active, e)
+        name = f"{algorithm}-r{round_no:04d}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        metrics_dir = Path(s.state_dir) / "trainer-metrics"
+        metrics_dir.mkdir(parents=True, exist_ok=True)
+        train_request = TrainRequest(
+            records=train,
+            model_path=self.model_path,
+            output_root=self.registry.root,
+            version_name=name,
+            parent=parent,
+            metrics_path=metrics_dir / f"{name}.jsonl",
+            seed=s.seed + round_no,
+            steps=s.steps_per_round,
+            progress=False,
+        )
+        try:
+            result = get_algorithm(algorithm)(train_request, build_algorithm_config(s, algorithm))
+        except TrainingDiverged as e:
+            return {**summary, "outcome": "diverged", "reason": str(e), "seconds": time.time() - started}
+        summary["train_seconds"] = time.time() - started
+        version = self.registry.register(result.checkpoint)
+        gate = gate_and_publish(self.registry, version, self.model_path, heldout, self.gate_cfg)
+        pruned = self.registry.prune(s.keep_versions)
+        final = {k: v for k, v in (result.metrics[-1] if result.metrics else {}).items() if isinstance(v, int | float)}
+        return {
+            **summary,
+            "outcome": "published" if gate.passed else "rejected",
+            "version": version.name,
+            "version_id": version.id,
+            "parent": parent.name if parent else None,
+            "reason": gate.reason,
+            "gate": gate.metrics,
+            "train_metrics": final,
+            "pruned": pruned,
+            "seconds": time.time() - started,
+        }
+
+    def _finish_round(self) -> None:
+        from kafka.structs import OffsetAndMetadata
+
+        result = self._round_result or {"outcome": "error", "reason": "the round thread ended without a result"}
+        self._round = None
+        offsets = {tp: OffsetAndMetadata(off, "", -1) for tp, off in self._round_offsets.items()}
+        if offsets:
+            try:
+                self.consumer.commit(offsets)  # only now: the round's registry state is on disk
+            except Exception as e:  # noqa: BLE001 - a rebalance; the records just count as new again
+                log.warning(
+                    "offset commit after round %s failed (%s); its records will count as new", result.get("round"), e
+                )
+        self.redis.lpop(self.inflight_key)
+        result["finished_at"] = time.time()
+        self.last_round = result
+        self.rounds_done += 1
+        pipe = self.redis.pipeline()
+        pipe.rpush(self.rounds_key, json.dumps(result, default=str))
+        pipe.ltrim(self.rounds_key, -ROUNDS_KEPT, -1)
+        pipe.execute()
+        self._state = "idle"
+        log.info(
+            "round %s: %s %s %s",
+            result.get("round"),
+            result.get("outcome"),
+            result.get("version", ""),
+            result.get("reason", ""),
+        )
+        self._publish_status(force=True)
+
+    # ------------------------------------------------------------------ guardrail
+    def check_guardrail(self) -> dict | None:
+        """Roll back the active version if its live like rate is significantly below its parent's."""
+        active = self.registry.active()
+        if active == BASE_VERSION:
+            return None
+        try:
+            baseline = self.registry.get(active).parent or BASE_VERSION
+        except KeyError:
+            return None
+        child_views, child_likes = self.live.get(active)
+        parent_views, parent_likes = self.live.get(baseline)
+        decision = drop_test(child_likes, child_views, parent_likes, parent_views, self.guardrail_cfg)
+        if not decision.rollback:
+            return None
+        try:
+            restored = self.registry.rollback(reject_current=decision.reason)
+        except RegistryError as e:
+            log.error("guardrail wanted to roll back %s but could not: %s", active, e)
+            return None
+        event = {"at": time.time(), "rolled_back": active, "restored": restored, "reason": decision.reason}
+        self.guardrail_rollbacks.append(event)
+        log.warning("%s -> rolled back %s, %s active", decision.reason, active, restored)
+        self._publish_status(force=True)
+        return event
+
+    # ------------------------------------------------------------------ status
+    def status(self) -> dict:
+        return {
+            "state": self._state,
+            "pid": os.getpid(),
+            "algorithm": self.settings.algorithm,
+            "buffer": len(self.buffer),
+            "records_seen": self.buffer.added,
+            "new_records": self.new_records,
+            "records_per_round": self.settings.records_per_round,
+            "rounds_done": self.rounds_done,
+            "round_running_s": time.time() - self._round_started if self._round is not None else 0.0,
+            "active": self.registry.active(),
+            "last_round": self.last_round,
+            "guardrail": self.settings.guardrail,
+            "guardrail_rollbacks": self.guardrail_rollbacks[-10:],
+            "live_counts": {v: {"views": c[0], "likes": c[1]} for v, c in self.live.totals.items()},
+            "updated_at": time.time(),
+        }
+
+    def _publish_status(self, force: bool = False, state: str | None = None) -> None:
+        if state:
+            self._state = state
+        if not force and time.time() - self._last_status < 1.0:
+            return
+        self._last_status = time.time()
+        try:
+            self.redis.set(self.status_key, json.dumps(self.status(), default=str))
+        except Exception as e:  # noqa: BLE001 - status is best effort
+            log.debug("status not published: %s", e)
+
+
+def read_status(redis, prefix: str) -> dict:
+    """The trainer's last published status (``{}`` if none)."""
+    raw = redis.get(f"{prefix}train:status")
+    return json.loads(raw) if raw else {}
+
+
+def read_rounds(redis, prefix: str) -> list[dict]:
+    """Finished rounds, oldest first."""
+    return [json.loads(r) for r in redis.lrange(f"{prefix}train:rounds", 0, -1)]

@@ -1,0 +1,76 @@
+"""``rlhb trainer``: run the background trainer (registered in rlhb/cli.py FEATURE_COMMANDS).
+
+Imports only typer at module level, so ``rlhb --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import typer
+
+
+def run_trainer(
+    algorithm: str = typer.Option(None, help="rlhb | rlhbc | rlhf | sft | pro (default: RLHB_TRAINER_ALGORITHM)."),
+    records_per_round: int = typer.Option(None, help="M: new records that start a round."),
+    steps: int = typer.Option(None, help="Training iterations per round."),
+    guardrail: bool = typer.Option(None, "--guardrail/--no-guardrail", help="Automatic rollback on a like-rate drop."),
+    max_rounds: int = typer.Option(0, help="Stop after this many rounds (0: run until SIGTERM/Ctrl-C)."),
+) -> None:
+    """Consume behavior records, train rounds in the background, gate and publish adapter versions."""
+    import json
+    import logging
+    import os
+    import signal
+    import threading
+
+    from pydantic import ValidationError
+
+    from rlhb.infra.broker import InfraError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+
+    def fail(message: str) -> None:
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(2)
+
+    overrides = {
+        "algorithm": algorithm,
+        "records_per_round": records_per_round,
+        "steps_per_round": steps,
+        "guardrail": guardrail,
+    }
+    try:
+        from rlhb.infra.resolve import resolve_infra
+        from trainer.loop import LoopSettings, Trainer
+
+        settings = LoopSettings(**{k: v for k, v in overrides.items() if v is not None})
+        infra = resolve_infra(settings)
+        trainer = Trainer(settings, infra.bootstrap, infra.redis_url)
+    except ValidationError as e:
+        first = e.errors()[0]
+        fail(f"{'.'.join(str(p) for p in first.get('loc', ())) or 'settings'}: {first.get('msg', str(e))}")
+    except (InfraError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    trainer.start()
+    try:
+        trainer.run(stop, max_rounds=max_rounds)
+    finally:
+        mid_round = trainer.training
+        trainer.close()
+        typer.echo(
+            json.dumps(
+                {"rounds": trainer.rounds_done, "active": trainer.registry.active(), "last_round": trainer.last_round},
+                default=str,
+            )
+        )
+        if mid_round:
+            # The round thread cannot be interrupted; leaving now is safe (the round is redone
+            # after a restart: its records were not committed, temp folders are cleaned).
+            logging.getLogger(__name__).warning("stopped in the middle of a round; it will be redone on restart")
+            infra.stop()
+            os._exit(0)
+        infra.stop()
