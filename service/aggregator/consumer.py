@@ -39,6 +39,7 @@ from service.aggregator.encoding import (
 from service.aggregator.encoding_store import encoding_key, load_encoding, save_encoding
 from service.aggregator.fold import DeadLetter, RawMessage, build_record, plan_batch
 from service.aggregator.redis_state import AggregatorStore
+from service.aggregator.topic_reader import read_to_end
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ class Aggregator:
         self._encoding_json = encoding_to_json(self.encoding)
         self.roles = {settings.topic_impressions: "impression", settings.topic_feedback: "event"}
         self.stats = Stats()
-        self._next_expire = time.monotonic() + EXPIRE_EVERY_S
+        self._expire_every = min(EXPIRE_EVERY_S, settings.pending_ttl_s / 2)
+        self._next_expire = time.monotonic() + self._expire_every
         self._next_reload = time.monotonic() + RELOAD_ENCODING_EVERY_S
         self._next_refit = time.monotonic() + min(settings.edges_refit_s, 5.0)
 
@@ -189,7 +191,7 @@ class Aggregator:
         """Step 7, on timers."""
         mono = time.monotonic()
         if mono >= self._next_expire:
-            self._next_expire = mono + EXPIRE_EVERY_S
+            self._next_expire = mono + self._expire_every
             self.expire_pending()
         if mono >= self._next_refit:
             self._next_refit = mono + self.settings.edges_refit_s
@@ -332,15 +334,13 @@ def replay(settings: AggregatorSettings) -> dict:
         ]
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
         deleted = AggregatorStore(redis, settings.redis_prefix).clear()
         agg = Aggregator(settings, redis, producer, consumer)
-        while any(consumer.position(tp) < end[tp] for tp in parts):
-            batch = consumer.poll(timeout_ms=500, max_records=settings.max_poll_records)
-            batch = {tp: [r for r in recs if r.offset < end[tp]] for tp, recs in batch.items()}
+        for batch in read_to_end(consumer, parts, max_records=settings.max_poll_records):
             agg.process(batch, commit=False)
         published = agg.publish_due(coalesce_s=0.0)
         agg.refit_edges(force=True)
+        end = {tp: consumer.position(tp) for tp in parts}
         consumer.commit({tp: OffsetAndMetadata(end[tp], "", -1) for tp in parts})
         return {
             "messages": agg.stats.messages,

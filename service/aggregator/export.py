@@ -56,12 +56,12 @@ def dpo_pairs(records: Iterable[BehaviorRecord], max_pairs_per_query: int = 16, 
     return pairs
 
 
-def read_records(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[BehaviorRecord]:
+def read_records(bootstrap: str, topic: str, timeout_s: float = 300.0) -> list[BehaviorRecord]:
     """Every record on ``topic`` up to its end offsets at call time; unreadable ones skipped."""
-    import time
-
     from kafka import KafkaConsumer, TopicPartition
     from pydantic import ValidationError
+
+    from service.aggregator.topic_reader import read_to_end
 
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
     try:
@@ -70,19 +70,16 @@ def read_records(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Be
             raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
-        end = consumer.end_offsets(parts)
         out: list[BehaviorRecord] = []
-        deadline = time.monotonic() + timeout_s
-        while any(consumer.position(tp) < end[tp] for tp in parts):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"reading {topic!r} took longer than {timeout_s}s")
-            for tp, msgs in consumer.poll(timeout_ms=500).items():
+        for batch in read_to_end(consumer, parts, timeout_s=timeout_s):
+            for msgs in batch.values():
                 for m in msgs:
-                    if m.offset < end[tp] and m.value is not None:
-                        try:
-                            out.append(BehaviorRecord.model_validate_json(m.value))
-                        except ValidationError:
-                            continue
+                    if m.value is None:
+                        continue
+                    try:
+                        out.append(BehaviorRecord.model_validate_json(m.value))
+                    except ValidationError:
+                        continue
         return out
     finally:
         consumer.close()
