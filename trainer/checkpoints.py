@@ -88,11 +88,22 @@ def write_checkpoint(
             sha256=sha256_file(tmp / WEIGHTS),
         )
         (tmp / METADATA).write_text(version.model_dump_json(indent=2))
+        _test_pause()
         os.replace(tmp, target)  # atomic on one filesystem; fails if target appeared meanwhile
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return version
+
+
+def _test_pause() -> None:
+    """Crash tests only: RLHB_TEST_CHECKPOINT_PAUSE_S=<s> sleeps between the temp write and the
+    rename, so a test can kill the process while a checkpoint is half-written."""
+    pause = float(os.environ.get("RLHB_TEST_CHECKPOINT_PAUSE_S", "0") or 0)
+    if pause > 0:
+        import time
+
+        time.sleep(pause)
 
 
 def read_metadata(version_dir: Path) -> AdapterVersion:
