@@ -103,11 +103,16 @@ def _resolve_infra(settings: ApiSettings):
     from rlhb.infra.broker import InfraError
     from rlhb.infra.redis_server import resolve_redis_url
     from rlhb.infra.resolve import Infra, resolve_infra
+    from service.api.routes.ops import tcp_reachable
 
+    configured = settings.kafka_bootstrap_servers
     try:
+        if configured and not tcp_reachable(configured, timeout_s=2.0):
+            # Nothing listens there (connection refused): no point waiting for Kafka clients' timeouts.
+            raise InfraError(f"nothing listens at {configured!r}")
         return resolve_infra(settings), True
     except InfraError as e:
-        if not settings.kafka_bootstrap_servers:
+        if not configured:
             raise
         log.error("starting without the broker (impressions go to the outbox): %s", e)
         redis_url, server = resolve_redis_url(settings.redis_url)
@@ -202,8 +207,9 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
             outbox.close()
             if state.producer is not None:
                 with contextlib.suppress(Exception):
-                    state.producer.flush(5)
-                    state.producer.close(5)
+                    state.producer.flush(3)
+                with contextlib.suppress(Exception):
+                    state.producer.close(2)
             state.redis.close()
             infra.stop()
 

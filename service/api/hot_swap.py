@@ -88,6 +88,7 @@ class AdapterWatcher:
             name = await asyncio.to_thread(self._read_pointer)
             self.pointer = name
             if name == self.current_name:
+                self.last_error = ""  # the pointer is back on what we serve: nothing is wrong any more
                 return
             if time.monotonic() < self._failed.get(name, 0.0):
                 return

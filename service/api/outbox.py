@@ -218,7 +218,11 @@ class ImpressionLog:
                     with self._lock:
                         self._inflight.difference_update(r[0] for r in rows)
                     rows = []
-            for rowid, key, value in rows:
+            for n, (rowid, key, value) in enumerate(rows):
+                if self._down:  # the broker went away mid-batch: the rest waits for the next probe
+                    with self._lock:
+                        self._inflight.difference_update(r[0] for r in rows[n:])
+                    break
                 self._send(rowid, key, value, False)
         pending = self.outbox.count()
         if self.metrics is not None:

@@ -13,7 +13,7 @@ from service.api.deps import State
 router = APIRouter(tags=["operations"])
 
 
-def _tcp_reachable(bootstrap: str, timeout_s: float = 0.5) -> bool:
+def tcp_reachable(bootstrap: str, timeout_s: float = 0.5) -> bool:
     for part in filter(None, bootstrap.split(",")):
         host, _, port = part.strip().rpartition(":")
         try:
@@ -37,7 +37,7 @@ async def readyz(state: State) -> JSONResponse:
     but do not fail readiness (a failed hot-swap keeps the old version serving)."""
     backend, watcher, impressions = state.backend, state.watcher, state.impressions
     broker_up, redis_up = await asyncio.gather(
-        asyncio.to_thread(_tcp_reachable, state.bootstrap), asyncio.to_thread(_redis_ok, state.redis)
+        asyncio.to_thread(tcp_reachable, state.bootstrap), asyncio.to_thread(_redis_ok, state.redis)
     )
     model_ok = backend is not None and backend.ready
     checks = {

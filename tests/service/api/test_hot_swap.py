@@ -1,0 +1,185 @@
+"""Hot-swap under load: promotes and rollbacks while 8 clients send requests continuously.
+
+The expected greedy text of every version comes from an oracle that uses no API code (plain
+transformers + peft), so a response labelled with the wrong version, or a text from a
+half-swapped model, fails the test."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.api.serving_fixtures import AUTH, GreedyOracle
+from trainer.prompts import render_prompt
+
+QUESTION = "What is the capital of France?"
+MAX_TOKENS = 6
+
+
+@pytest.fixture(scope="module")
+def oracle(tiny_model_dir):
+    return GreedyOracle(tiny_model_dir)
+
+
+def expected_texts(serving, oracle) -> dict[str, str]:
+    from service.api.app import default_behavior
+
+    prompt = render_prompt(oracle.tok, QUESTION, default_behavior(serving.settings))
+    texts = {"base": oracle.text(prompt, None, MAX_TOKENS)}
+    texts.update({v.name: oracle.text(prompt, v, MAX_TOKENS) for v in serving.versions})
+    return texts
+
+
+def admin(c: httpx.Client, path: str) -> dict:
+    r = c.post(path, params={"wait": "true"}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_promotes_and_rollbacks_under_load_drop_nothing_and_label_every_answer(serving, oracle):
+    expected = expected_texts(serving, oracle)
+    assert len(set(expected.values())) == 4, expected  # the versions are distinguishable
+    results: list[tuple[float, str, str, str]] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=serving.url, timeout=60) as c:
+            while not stop.is_set():
+                sent = time.monotonic()
+                try:
+                    r = c.post("/v1/query", json={"query": QUESTION, "max_tokens": MAX_TOKENS})
+                except httpx.HTTPError as e:
+                    failures.append(repr(e))
+                    continue
+                if r.status_code != 200:
+                    failures.append(f"{r.status_code} {r.text}")
+                    continue
+                b = r.json()
+                results.append((sent, b["adapter_version"], r.headers["x-adapter-version"], b["answer"]))
+
+    with httpx.Client(base_url=serving.url, timeout=60) as c:
+        while serving.registry.active() != "base":  # a known start, whatever ran before
+            admin(c, "/admin/rollback")
+        threads = [threading.Thread(target=client_loop) for _ in range(8)]
+        for t in threads:
+            t.start()
+        ops = [
+            "promote/v1",
+            "promote/v2",
+            "rollback",
+            "promote/v3",
+            "rollback",
+            "promote/v2",
+            "promote/v3",
+            "rollback",
+            "rollback",
+            "rollback",
+        ]
+        timeline: list[tuple[float, float, str]] = []  # (op sent, this instance switched, version)
+        try:
+            time.sleep(0.5)
+            for op in ops:
+                started = time.monotonic()
+                moved = admin(c, f"/admin/{op}")
+                assert moved["serving"] == moved["active"], moved  # ?wait=true: this instance switched
+                timeline.append((started, time.monotonic(), moved["active"]))
+                time.sleep(0.6)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+
+    assert [v for _, _, v in timeline] == ["v1", "v2", "v1", "v3", "v1", "v2", "v3", "v2", "v1", "base"]
+    assert failures == []
+    assert len(results) >= 40, len(results)
+    for _sent, version, header, answer in results:
+        assert version == header
+        assert answer == expected[version], (version, answer, expected)
+    # requests sent after a switch completed use the new version (until the next switch starts)
+    ends = [started for started, _, _ in timeline[1:]] + [float("inf")]
+    for (_, switched, version), next_op in zip(timeline, ends, strict=True):
+        window = [v for sent, v, _, _ in results if switched < sent < next_op]
+        assert window and set(window) == {version}, (version, set(window))
+    assert {v for _, v, _, _ in results} == {"base", "v1", "v2", "v3"}
+
+
+def test_in_flight_request_finishes_on_the_version_it_started_with(serving, oracle):
+    from service.api.app import default_behavior
+
+    prompt = render_prompt(oracle.tok, QUESTION, default_behavior(serving.settings))
+    with httpx.Client(base_url=serving.url, timeout=120) as c:
+        while serving.registry.active() != "base":
+            admin(c, "/admin/rollback")
+        admin(c, "/admin/promote/v1")
+        with c.stream("POST", "/v1/query", json={"query": QUESTION, "max_tokens": 60, "stream": True}) as r:
+            lines = r.iter_lines()
+            assert next(lines) == "event: meta"
+            meta = json.loads(next(lines).removeprefix("data: "))
+            moved = admin(c, "/admin/promote/v2")  # while the answer is being generated
+            rest = list(lines)
+        assert meta["adapter_version"] == "v1" and moved["serving"] == "v2"
+        done = json.loads(rest[rest.index("event: done") + 1].removeprefix("data: "))
+        after = c.post("/v1/query", json={"query": QUESTION, "max_tokens": 60}).json()
+        admin(c, "/admin/rollback")
+        again = c.post("/v1/query", json={"query": QUESTION, "max_tokens": 60}).json()
+    assert done["adapter_version"] == "v1" and done["answer"] == oracle.text(prompt, serving.versions[0], 60)
+    assert after["adapter_version"] == "v2" and after["answer"] == oracle.text(prompt, serving.versions[1], 60)
+    # greedy + rollback: the old version's text again
+    assert again["adapter_version"] == "v1" and again["answer"] == done["answer"]
+
+
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_is_reported(serving, tiny_model_dir):
+    from tests.trainer.adapter_factory import write_test_adapter
+
+    folder = write_test_adapter(tiny_model_dir, serving.registry.root, "broken", seed=9)
+    config = json.loads((Path(folder) / "adapter_config.json").read_text())
+    config["target_modules"] = ["no_such_module"]  # weights (and their sha256) intact: only loading fails
+    (Path(folder) / "adapter_config.json").write_text(json.dumps(config))
+    serving.registry.register(folder)
+
+    def failures(c) -> float:
+        return sum(
+            float(x.rsplit(" ", 1)[1])
+            for x in c.get("/metrics").text.splitlines()
+            if x.startswith("rlhb_adapter_load_failures_total")
+        )
+
+    with httpx.Client(base_url=serving.url, timeout=60) as c:
+        while serving.registry.active() != "base":
+            admin(c, "/admin/rollback")
+        admin(c, "/admin/promote/v3")
+        before = failures(c)
+        moved = admin(c, "/admin/promote/broken")
+        assert moved["active"] == "broken" and moved["serving"] == "v3"
+        assert "broken" in moved["last_error"] and "v3" in moved["last_error"]
+        r = c.post("/v1/query", json={"query": QUESTION, "max_tokens": 4})
+        assert r.status_code == 200 and r.json()["adapter_version"] == "v3"
+        ready = c.get("/readyz")
+        assert ready.status_code == 200  # still serving: ready, with the failure in the details
+        assert "broken" in ready.json()["checks"]["adapter"]["last_error"]
+        assert failures(c) >= before + 1
+        back = admin(c, "/admin/rollback")
+        assert back["active"] == "v3" and back["serving"] == "v3" and back["last_error"] == ""
+        assert c.get("/readyz").json()["checks"]["adapter"]["last_error"] == ""
+
+
+def test_promote_refuses_a_version_whose_weights_changed(serving, tiny_model_dir):
+    from tests.trainer.adapter_factory import write_test_adapter
+
+    folder = Path(write_test_adapter(tiny_model_dir, serving.registry.root, "tampered", seed=11))
+    serving.registry.register(folder)
+    weights = folder / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    active = serving.registry.active()
+    with httpx.Client(base_url=serving.url, timeout=60) as c:
+        r = c.post("/admin/promote/tampered", headers=AUTH)
+    assert r.status_code == 409 and "sha256" in r.json()["detail"]
+    assert serving.registry.active() == active  # the pointer did not move
