@@ -351,6 +351,9 @@ class Trainer:
         except TrainingDiverged as e:
             return {**summary, "outcome": "diverged", "reason": str(e), "seconds": time.time() - started}
         summary["train_seconds"] = time.time() - started
+        import gc
+
+        gc.collect()  # free the round's policy/critic/D before the gate loads its own copy of the base
         version = self.registry.register(result.checkpoint)
         gate = gate_and_publish(self.registry, version, self.model_path, heldout, self.gate_cfg)
         pruned = self.registry.prune(s.keep_versions)

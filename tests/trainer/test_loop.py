@@ -4,29 +4,43 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import random
 import time
 
 import pytest
 
 from schemas.adapters import AdapterStatus
+from schemas.behavior import BehaviorRecord
+from tests.trainer.adapter_factory import write_test_adapter
 from tests.trainer.loop_helpers import produce_records, trainer_env
 from tests.trainer.toy_task import toy_records
 from trainer.loop import LoopSettings, Trainer, read_rounds, read_status
 
 
 @pytest.fixture
-def trainer(monkeypatch, tmp_path, kafka_bootstrap, redis_url, redis_prefix, unique_topics, tiny_model_dir):
-    env = trainer_env(
-        bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=redis_prefix, topics=unique_topics,
-        adapter_dir=tmp_path / "adapters", state_dir=tmp_path / "state", model_dir=tiny_model_dir,
-        records_per_round=40,
-    )  # fmt: skip
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    t = Trainer(LoopSettings(), kafka_bootstrap, redis_url)
-    t.start()
-    yield t
-    t.close()
+def make_trainer(monkeypatch, tmp_path, kafka_bootstrap, redis_url, redis_prefix, unique_topics, tiny_model_dir):
+    made = []
+
+    def make(records_per_round: int = 40, **extra: str) -> Trainer:
+        env = trainer_env(
+            bootstrap=kafka_bootstrap, redis_url=redis_url, prefix=redis_prefix, topics=unique_topics,
+            adapter_dir=tmp_path / "adapters", state_dir=tmp_path / "state", model_dir=tiny_model_dir,
+            records_per_round=records_per_round, **extra,
+        )  # fmt: skip
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        made.append(Trainer(LoopSettings(), kafka_bootstrap, redis_url))
+        made[-1].start()
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()
+
+
+@pytest.fixture
+def trainer(make_trainer):
+    return make_trainer()
 
 
 def step_until(trainer: Trainer, rounds: int, timeout: float = 120) -> None:
@@ -76,3 +90,53 @@ def test_bad_algorithm_override_fails_at_start_with_the_field_names(monkeypatch,
     monkeypatch.setenv("RLHB_TRAINER_ALGORITHM_CONFIG", "[1]")
     with pytest.raises(ValueError, match="JSON object"):
         LoopSettings()
+
+
+def served(version: str, start: int, n: int, like_rate: float, seed: int) -> list[BehaviorRecord]:
+    """n impressions served by ``version``, one view each, liked with probability like_rate."""
+    rng = random.Random(seed)
+    return [
+        BehaviorRecord(
+            impression_id=f"{version}-{start + i}", query="q", response="a", behavior_prompt="b",
+            adapter_version=version, counts={"view": 1.0, "like": float(rng.random() < like_rate)}, buckets={},
+            behavior_text="", reward=0.0,
+        )
+        for i in range(n)
+    ]  # fmt: skip
+
+
+def test_guardrail_rolls_back_a_version_users_like_less_from_live_records(
+    make_trainer, kafka_bootstrap, tiny_model_dir
+):
+    trainer = make_trainer(records_per_round=100_000, RLHB_TRAINER_GUARDRAIL="1")
+    reg = trainer.registry
+    reg.register(write_test_adapter(tiny_model_dir, reg.root, "parent", seed=1, scale=0.01))
+    reg.register(write_test_adapter(tiny_model_dir, reg.root, "same", seed=2, scale=0.01, parent="parent"))
+    reg.register(write_test_adapter(tiny_model_dir, reg.root, "worse", seed=3, scale=0.01, parent="parent"))
+    topic = trainer.settings.topic_records
+
+    def feed(records):
+        produce_records(kafka_bootstrap, topic, records)
+        deadline = time.monotonic() + 30
+        while trainer.buffer.added < feed.total + len(records):
+            assert time.monotonic() < deadline, "records did not arrive"
+            trainer.step()
+        feed.total += len(records)
+
+    feed.total = 0
+    reg.promote("parent")
+    feed(served("parent", 0, 400, 0.30, seed=1))
+    reg.promote("same")  # as good as its parent: noise must not roll it back
+    for k in range(4):
+        feed(served("same", 100 * k, 100, 0.30, seed=10 + k))
+    assert reg.active() == "same" and not trainer.guardrail_rollbacks
+
+    reg.promote("worse")  # parent "parent", like rate halved
+    for k in range(4):
+        feed(served("worse", 100 * k, 100, 0.10, seed=20 + k))
+        if reg.active() != "worse":
+            break
+    assert reg.active() == "same"  # the previous active version (history), within 400 views
+    event = trainer.guardrail_rollbacks[-1]
+    assert event["rolled_back"] == "worse" and "like rate" in event["reason"]
+    assert reg.get("worse").status == AdapterStatus.rejected and "guardrail" in reg.get("worse").reason
