@@ -192,6 +192,8 @@ FEATURE_COMMANDS += [
 ]
 FEATURE_COMMANDS += [("rlhb.simulate.driver", "simulate", "command", "simulate")]
 FEATURE_COMMANDS += [("trainer.loop_cli", "run_trainer", "command", "trainer")]
+FEATURE_COMMANDS += [("service.api.cli", "run_api", "command", "api")]
+FEATURE_COMMANDS += [("rlhb.demo", "demo", "command", "demo")]
 
 _register_feature_commands()
 
