@@ -223,16 +223,17 @@ class EmbeddedBackend(Backend):
         log.info(
             "loaded adapter %s (id %d) in %.0f ms", version.name, version.id, (time.perf_counter() - started) * 1000
         )
-        self._evict()
+        self._evict(keep=version.id)
 
-    def _evict(self) -> None:
-        """Drop least recently used, unpinned, inactive adapters beyond the limit (worker thread)."""
+    def _evict(self, keep: int) -> None:
+        """Drop least recently used adapters beyond the limit (worker thread). Never a pinned one, the
+        active one or ``keep`` (the one just loaded): the limit is soft while those exceed it."""
         with self._lock:
             spare = len(self._adapters) - self.max_loaded_adapters
             if spare <= 0:
                 return
             idle = sorted(
-                (a for a in self._adapters.values() if a.refs == 0 and a.version.id != self._protected),
+                (a for a in self._adapters.values() if a.refs == 0 and a.version.id not in (self._protected, keep)),
                 key=lambda a: a.last_used,
             )
             victims = idle[:spare]

@@ -1,0 +1,133 @@
+"""The embedded backend on the tiny model: dynamic batching (one generate per batch, left
+padding, per-row limits, mixed adapters) gives the same greedy text as one request at a
+time; streaming; adapter pinning and eviction; a failed load changes nothing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from schemas.adapters import AdapterVersion
+from service.api.backends.base import AdapterLoadError, Cancellation, GenerationRequest
+from service.api.backends.embedded import EmbeddedBackend
+from trainer.prompts import render_prompt
+
+BEHAVIOR = "Users liked this answer at a high rate and disliked it at a low rate."
+QUESTIONS = ["What is the capital of France?", "hi", "Explain in detail how a rainbow forms after the rain."]
+
+
+@pytest.fixture(scope="module")
+def versions(tiny_model_dir, tmp_path_factory):
+    from tests.trainer.adapter_factory import write_test_adapter
+
+    root = tmp_path_factory.mktemp("adapters")
+    return [
+        AdapterVersion(name=f"e{i}", id=100 + i, path=str(write_test_adapter(tiny_model_dir, root, f"e{i}", seed=i)))
+        for i in range(1, 5)
+    ]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    sizes: list[int] = []
+    b = EmbeddedBackend(
+        tiny_model_dir, batch_window_ms=60, max_batch_size=8, max_loaded_adapters=2, on_batch=sizes.append
+    )
+    asyncio.run(b.start())
+    b.batch_sizes = sizes
+    yield b
+    asyncio.run(b.close())
+
+
+def prompts(backend) -> list[str]:
+    return [render_prompt(backend.tokenizer, q, BEHAVIOR) for q in QUESTIONS]
+
+
+def test_concurrent_requests_share_one_generate_and_match_single_runs(backend, versions):
+    async def run():
+        await backend.load_adapter(versions[0])
+        backend.acquire(versions[0])  # keep it loaded during the test
+        reqs = [
+            GenerationRequest(p, 6, adapter=a) for p, a in zip(prompts(backend), [None, versions[0], None], strict=True)
+        ]
+        reqs.append(GenerationRequest(prompts(backend)[0], 2))  # a shorter limit in the same batch
+        singles = [await backend.generate(r) for r in reqs]
+        backend.batch_sizes.clear()
+        batched = await asyncio.gather(*[backend.generate(r) for r in reqs])
+        backend.release(versions[0])
+        return singles, batched
+
+    singles, batched = asyncio.run(run())
+    assert backend.batch_sizes == [4]  # one generate for all four
+    assert [r.text for r in batched] == [r.text for r in singles]
+    assert [r.adapter_version for r in batched] == ["base", "e1", "base", "base"]
+    assert batched[3].completion_tokens <= 2 and batched[0].text.startswith(batched[3].text)
+    assert all(r.finish_reason in ("stop", "length") for r in batched)
+
+
+def test_stream_deltas_add_up_to_the_text_and_cancel_stops_early(backend):
+    async def run():
+        request = GenerationRequest(prompts(backend)[2], 12)
+        items = [x async for x in backend.stream(request)]
+        cancel = Cancellation()
+        got = []
+        async for x in backend.stream(GenerationRequest(prompts(backend)[2], 200), cancel):
+            got.append(x)
+            cancel.cancelled = True  # the client left after the first delta
+        return items, got
+
+    items, got = asyncio.run(run())
+    assert "".join(items[:-1]) == items[-1].text and len(items) > 2
+    assert got[-1].finish_reason == "cancelled" and got[-1].completion_tokens < 20
+
+
+def test_sampling_rows_batch_with_their_own_temperature(backend):
+    async def run():
+        reqs = [GenerationRequest(prompts(backend)[0], 8, temperature=t, top_p=p) for t, p in ((0.7, 1), (1.3, 0.9))]
+        backend.batch_sizes.clear()
+        return await asyncio.gather(*[backend.generate(r) for r in reqs])
+
+    results = asyncio.run(run())
+    assert backend.batch_sizes == [2]
+    assert all(0 < r.completion_tokens <= 8 for r in results)
+
+
+def test_pinned_and_active_adapters_are_never_evicted(backend, versions):
+    e1, e2, e3, e4 = versions
+
+    async def run():
+        await backend.load_adapter(e1)
+        await backend.load_adapter(e2)
+        backend.set_protected(e2)  # the active version
+        assert backend.acquire(e1)  # a request in flight on e1
+        await backend.load_adapter(e3)
+        over_limit = sorted(backend.loaded_adapters())  # limit 2, but nothing may go
+        still_e1 = await backend.generate(GenerationRequest(prompts(backend)[0], 3, adapter=e1))
+        backend.release(e1)
+        await backend.load_adapter(e4)
+        after = sorted(backend.loaded_adapters())
+        backend.set_protected(None)
+        return over_limit, still_e1, after
+
+    over_limit, still_e1, after = asyncio.run(run())
+    assert over_limit == ["e1", "e2", "e3"]
+    assert still_e1.adapter_version == "e1"
+    assert after == ["e2", "e4"]  # LRU unpinned e1 and e3 went; active e2 and new e4 stay
+    assert backend.acquire(e1) is False  # evicted: callers load it again
+
+
+def test_failed_load_changes_nothing(backend, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "adapter_config.json").write_text('{"peft_type": "LORA", "target_modules": ["nope"], "r": 4}')
+
+    async def run():
+        before = sorted(backend.loaded_adapters())
+        with pytest.raises(AdapterLoadError, match="bad"):
+            await backend.load_adapter(AdapterVersion(name="bad", id=999, path=str(bad)))
+        result = await backend.generate(GenerationRequest(prompts(backend)[1], 3))
+        return before, sorted(backend.loaded_adapters()), result
+
+    before, after, result = asyncio.run(run())
+    assert before == after and result.completion_tokens > 0
