@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.trainer.behavior_toy import LIKED_TEXT, toy_record, toy_records
 from tests.trainer.param_checks import assert_peft_checkpoint, assert_trained_only_trainable, snapshot
 from trainer.algorithms import sft
-from trainer.algorithms.base import TrainRequest
+from trainer.algorithms.base import TrainingDiverged, TrainRequest
 
 STEPS = 3
 
@@ -75,3 +76,37 @@ def test_nothing_to_imitate_is_a_clear_error(tiny_model_dir, tmp_path):
         sft.run(request, sft.Config())
     with pytest.raises(ValueError, match="top_fraction"):
         sft.Config(top_fraction=0)
+
+
+def small_trainer(model_dir, out, seed=0, steps=2) -> sft.SFTTrainer:
+    request = TrainRequest(
+        records=toy_records(8), model_path=str(model_dir), output_root=out, version_name="v", seed=seed,
+        steps=steps, progress=False,
+    )  # fmt: skip
+    return sft.SFTTrainer(request, sft.Config(batch_size=2, lora_r=4, max_response_tokens=8, threads=1))
+
+
+def test_a_nan_loss_stops_the_run_without_a_checkpoint(tiny_model_dir, tmp_path):
+    trainer = small_trainer(tiny_model_dir, tmp_path)
+    lora_b = next(p for n, p in trainer.policy.model.named_parameters() if "lora_B" in n)
+    with torch.no_grad():
+        lora_b.fill_(float("nan"))
+    with pytest.raises(TrainingDiverged, match="SFT loss became nan"):
+        trainer.run()
+    assert list(tmp_path.iterdir()) == []  # no version, no half-written temp folder
+
+
+def test_runs_are_deterministic_under_a_seed(tiny_model_dir, tmp_path):
+    weights = []
+    for run in range(2):
+        trainer = small_trainer(tiny_model_dir, tmp_path / str(run), seed=3)
+        losses = [trainer.iteration(i)["loss"] for i in range(2)]
+        weights.append((losses, {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters()}))
+    (l1, w1), (l2, w2) = weights
+    assert l1 == l2 and all(torch.equal(w1[k], w2[k]) for k in w1)
+
+
+def test_a_nan_reward_is_refused_by_name():
+    records = records_with_rewards([0.5, float("nan")])
+    with pytest.raises(ValueError, match="'imp-1' has reward nan"):
+        sft.select_top(records, 1.0, 0.0)

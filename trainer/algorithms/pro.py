@@ -33,6 +33,7 @@ Departures from the paper:
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -121,6 +122,8 @@ def build_lists(
     """One ranked list per query (queries compared after collapsing case and spaces)."""
     groups: dict[str, list[BehaviorRecord]] = defaultdict(list)
     for r in records:
+        if not math.isfinite(r.reward):
+            raise RecordsError(f"record {r.impression_id!r} has reward {r.reward}: shaped rewards must be finite")
         groups[query_key(r.query)].append(r)
     lists = []
     for key in sorted(groups):

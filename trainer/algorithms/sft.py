@@ -61,6 +61,9 @@ def select_top(
     records: Sequence[BehaviorRecord], top_fraction: float, min_reward: float, per_query: bool = False
 ) -> list[BehaviorRecord]:
     """The records SFT imitates, best first (ties: by impression id)."""
+    bad = next((r for r in records if not math.isfinite(r.reward)), None)
+    if bad is not None:
+        raise RecordsError(f"record {bad.impression_id!r} has reward {bad.reward}: shaped rewards must be finite")
     ranked = sorted((r for r in records if r.reward > min_reward), key=lambda r: (-r.reward, r.impression_id))
     seen: set[tuple[str, str]] = set()
     seen_queries: set[str] = set()

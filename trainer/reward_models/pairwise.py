@@ -14,6 +14,7 @@ Departures from the paper:
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -76,6 +77,8 @@ def build_pairs(
     by_query: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     first_text: dict[str, str] = {}
     for r in records:
+        if not math.isfinite(r.reward):
+            raise ValueError(f"record {r.impression_id!r} has reward {r.reward}: shaped rewards must be finite")
         key = query_key(r.query)
         first_text.setdefault(key, r.query)
         by_query[key][r.response].append(r.reward)
