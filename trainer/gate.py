@@ -65,6 +65,8 @@ class GateConfig:
     """Sequences per forward pass."""
     seed: int = 0
     """Sampling seed for the KL answers."""
+    threads: int = 0
+    """torch intra-op threads while gating (0 = leave torch's setting; restored afterwards)."""
 
     def __post_init__(self) -> None:
         if not self.kl_bound > 0:
@@ -258,6 +260,24 @@ def evaluate(
     records = records[: cfg.max_records]
     prompts = list(dict.fromkeys((r.query, r.behavior_prompt) for r in records))[: cfg.max_prompts]
 
+    with _threads(cfg.threads):
+        return _score(candidate, active, model_path, records, prompts, cfg)
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    import torch
+
+    previous = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _score(candidate, active, model_path, records, prompts, cfg: GateConfig) -> GateResult:
     scorer = _Scorer(model_path, candidate, active)
     kl_token, kl_seq = scorer.kl_on_own_answers(prompts, cfg)
     metrics = {"finite": 1.0, "kl_token": kl_token, "kl_seq": kl_seq, "kl_prompts": float(len(prompts))}

@@ -12,7 +12,7 @@ TINY_RLHB = {
     "batch_size": 4, "rollouts_per_prompt": 2, "max_new_tokens": 4, "d_batch_size": 4, "heldout_max": 4,
     "lora_r": 4, "d_lora_r": 4, "value_head_hidden": 8, "discriminator": "lm", "threads": 1,
 }  # fmt: skip
-TINY_GATE = {"max_prompts": 2, "max_new_tokens": 4, "max_records": 8}
+TINY_GATE = {"max_prompts": 2, "max_new_tokens": 4, "max_records": 8, "threads": 1}
 
 
 def trainer_env(

@@ -27,7 +27,7 @@ TOPICS = [
 ]
 GOOD = "Sure! First gather what you need, then follow three simple steps, for example: start small."
 BAD = "no idea. whatever whatever whatever"
-FAST = GateConfig(max_prompts=4, max_new_tokens=8, max_records=16, batch_size=8)
+FAST = GateConfig(max_prompts=4, max_new_tokens=8, max_records=16, batch_size=8, threads=1)
 
 
 def record(i: int, topic: str, good: bool) -> BehaviorRecord:
@@ -103,7 +103,7 @@ def test_reward_check_prefers_the_version_that_moved_toward_liked_answers(tmp_pa
     )
     good = AdapterVersion(name="good", id=1, path=str(good_dir))
     bad = AdapterVersion(name="bad", id=2, path=str(bad_dir))
-    cfg = GateConfig(kl_bound=100.0, max_prompts=2, max_new_tokens=4, min_pairs=10)
+    cfg = GateConfig(kl_bound=100.0, max_prompts=1, max_new_tokens=2, min_pairs=10, threads=1)
 
     vs_base = evaluate(good, None, str(tiny_model_dir), heldout, cfg)
     assert vs_base.passed and vs_base.metrics["rank_acc"] > 0.9 and vs_base.metrics["rank_acc_active"] == 0.5
