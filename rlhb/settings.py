@@ -184,6 +184,10 @@ class AggregatorSettings(CommonSettings):
     )
     num_buckets: int = Field(default=5, ge=2, le=20, description="N, buckets per indicator (paper encoding).")
     coalesce_ms: float = Field(default=200.0, ge=0, le=60_000, description="Merge bursts into one record.")
+    catchup_coalesce_ms: float = Field(
+        default=2000.0, ge=0, le=60_000,
+        description="Coalescing interval while the member is behind (full polls): backlog records are superseded.",
+    )
     pending_ttl_s: float = Field(default=600.0, gt=0, description="How long an early event waits for its impression.")
     pending_max: int = Field(default=100_000, ge=1, description="Bound on events waiting for impressions.")
     max_poll_interval_ms: int = Field(

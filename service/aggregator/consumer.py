@@ -101,14 +101,20 @@ class Aggregator:
         self._encoding_json = encoding_to_json(self.encoding)
         self.roles = {settings.topic_impressions: "impression", settings.topic_feedback: "event"}
         self.stats = Stats()
+        self._in_flight: list[tuple[list, list[str], float]] = []
+        self._applying = None  # Future of the batch being applied in the worker thread
+        self._behind = False
+        self._executor = None
         self._expire_every = min(EXPIRE_EVERY_S, settings.pending_ttl_s / 2)
         self._next_expire = time.monotonic() + self._expire_every
         self._next_reload = time.monotonic() + RELOAD_ENCODING_EVERY_S
         self._next_refit = time.monotonic() + min(settings.edges_refit_s, 5.0)
 
     # ---------------------------------------------------------------- one turn
-    def process(self, batch: dict, commit: bool = True) -> None:
-        """Steps 2-5 for one poll result ({TopicPartition: [ConsumerRecord]})."""
+    def apply(self, batch: dict) -> tuple[dict, tuple[int, int, int]]:
+        """Steps 2-4 for one poll result ({TopicPartition: [ConsumerRecord]}): decode, apply to
+        Redis, dead-letter. Returns (offsets to commit, (messages, events counted, impressions)).
+        Touches Redis and the producer but not the consumer, so it may run in a worker thread."""
         from kafka.structs import OffsetAndMetadata
 
         messages, offsets = [], {}
@@ -119,10 +125,10 @@ class Aggregator:
             if records:
                 offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         if not messages:
-            return
+            return {}, (0, 0, 0)
         plan = plan_batch(messages)
         now = time.time()
-        self.store.store_impressions(plan.impressions, now)
+        drained = self.store.store_impressions(plan.impressions, now)
         counted, refused = self.store.apply_events(plan.events, now, self.settings.pending_max)
         dead = list(plan.dead)
         for i in refused:
@@ -136,10 +142,30 @@ class Aggregator:
             )
         if dead:
             self.send_dead(dead)
-        self.stats.messages += len(messages)
-        self.stats.events_counted += counted
-        self.stats.impressions += len(plan.impressions)
-        if commit:
+        return offsets, (len(messages), counted + drained, len(plan.impressions))
+
+    def _account(self, counts: tuple[int, int, int]) -> None:
+        self.stats.messages += counts[0]
+        self.stats.events_counted += counts[1]
+        self.stats.impressions += counts[2]
+
+    def process(self, batch: dict, commit: bool = True) -> None:
+        """Steps 2-5, synchronously (replay, tests)."""
+        offsets, counts = self.apply(batch)
+        self._account(counts)
+        if commit and offsets:
+            self.commit(offsets)
+
+    def finish_applying(self) -> None:
+        """Step 5 for the batch being applied in the worker: wait for it, then commit its offsets.
+        An exception (e.g. Redis down) propagates: the process stops without committing and the
+        batch is re-delivered (and deduped) after a restart."""
+        if self._applying is None:
+            return
+        offsets, counts = self._applying.result()
+        self._applying = None
+        self._account(counts)
+        if offsets:
             self.commit(offsets)
 
     def commit(self, offsets: dict) -> None:
@@ -162,30 +188,56 @@ class Aggregator:
         self.producer.flush()
         self.stats.dead_letters += len(dead)
 
-    def publish_due(self, coalesce_s: float | None = None) -> int:
-        """Step 6: publish records of impressions changed at least ``coalesce_s`` ago."""
+    def publish_due(self, coalesce_s: float | None = None, wait: bool = False) -> int:
+        """Step 6: publish records of impressions changed at least ``coalesce_s`` ago.
+
+        Sends do not block the loop: a claimed batch is released (its lease dropped) once the
+        broker acknowledged all of it, checked on later turns; ``wait=True`` blocks until then.
+        A batch that fails keeps its lease, which expires, and the records are re-published."""
         from schemas import Impression
 
-        coalesce_s = self.settings.coalesce_ms / 1000 if coalesce_s is None else coalesce_s
+        if coalesce_s is None:
+            coalesce_ms = max(self.settings.coalesce_ms, self.settings.catchup_coalesce_ms if self._behind else 0)
+            coalesce_s = coalesce_ms / 1000
         total = 0
         while True:
             now = time.time()
             iids = self.store.claim_dirty(now, coalesce_s, self.settings.lease_s, limit=1000)
             if not iids:
-                return total
+                break
+            futures = []
             for iid, imp_json, counts in self.store.load(iids):
                 if imp_json is None:
                     continue
                 record = build_record(Impression.model_validate_json(imp_json), counts, self.encoding, now)
-                self.producer.send(
-                    self.settings.topic_records, key=iid.encode(), value=record.model_dump_json().encode()
+                futures.append(
+                    self.producer.send(
+                        self.settings.topic_records, key=iid.encode(), value=record.model_dump_json().encode()
+                    )
                 )
-            self.producer.flush()
-            self.store.release(iids, now)
+            self._in_flight.append((futures, iids, now))
             total += len(iids)
-            self.stats.records_published += len(iids)
             if len(iids) < 1000:
-                return total
+                break
+        if wait and self._in_flight:
+            self.producer.flush()
+        self._release_acknowledged()
+        return total
+
+    def _release_acknowledged(self) -> None:
+        still = []
+        for futures, iids, claimed_at in self._in_flight:
+            if not all(f.is_done for f in futures):
+                still.append((futures, iids, claimed_at))
+            elif all(f.succeeded() for f in futures):
+                self.store.release(iids, claimed_at)
+                self.stats.records_published += len(iids)
+            else:
+                err = next(f.exception for f in futures if f.failed())
+                log.warning(
+                    "%d records not acknowledged (%s); they are re-published when the lease expires", len(iids), err
+                )
+        self._in_flight = still
 
     def housekeeping(self) -> None:
         """Step 7, on timers."""
@@ -244,10 +296,28 @@ class Aggregator:
                 log.warning("stored encoding unreadable (%s); keeping the current one", e)
 
     def turn(self) -> None:
+        """One turn, pipelined: batch N is applied to Redis in a worker thread while the main
+        thread polls batch N+1; N's offsets are committed only after its apply returned."""
         batch = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records)
-        self.process(batch)
+        # A full poll means the member is behind: coalesce records longer, since every
+        # intermediate record of a backlog is superseded within the same catch-up.
+        self._behind = sum(len(v) for v in batch.values()) >= self.settings.max_poll_records
+        self.finish_applying()
+        if any(batch.values()):
+            if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="aggregator-apply")
+            self._applying = self._executor.submit(self.apply, batch)
         self.publish_due()
         self.housekeeping()
+
+    def close(self) -> None:
+        """Commit what was applied, publish what is due, stop the worker."""
+        self.finish_applying()
+        self.publish_due(wait=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
 
 
 # -------------------------------------------------------------------- process wiring
@@ -256,10 +326,13 @@ def make_clients(settings: AggregatorSettings, bootstrap: str, redis_url: str, g
     from kafka import KafkaConsumer, KafkaProducer
 
     redis = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    # gzip (zlib, in C): behavior records are repetitive JSON, and kafka-python checksums every
+    # batch in pure Python (without the optional crc32c package), so fewer bytes is much less CPU.
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
         linger_ms=5,
+        compression_type="gzip",
         request_timeout_ms=10_000,
         max_block_ms=10_000,
         batch_size=256 * 1024,
@@ -305,13 +378,15 @@ def run(settings: AggregatorSettings, stop=None) -> Stats:
     try:
         while not stopping["now"] and not (stop and stop()):
             agg.turn()
-        agg.publish_due()
     finally:
-        consumer.close(autocommit=False)
-        producer.flush(10)
-        producer.close(10)
-        redis.close()
-        infra.stop()
+        try:
+            agg.close()
+        finally:
+            consumer.close(autocommit=False)
+            producer.flush(10)
+            producer.close(10)
+            redis.close()
+            infra.stop()
     return agg.stats
 
 
@@ -338,7 +413,7 @@ def replay(settings: AggregatorSettings) -> dict:
         agg = Aggregator(settings, redis, producer, consumer)
         for batch in read_to_end(consumer, parts, max_records=settings.max_poll_records):
             agg.process(batch, commit=False)
-        published = agg.publish_due(coalesce_s=0.0)
+        published = agg.publish_due(coalesce_s=0.0, wait=True)
         agg.refit_edges(force=True)
         end = {tp: consumer.position(tp) for tp in parts}
         consumer.commit({tp: OffsetAndMetadata(end[tp], "", -1) for tp in parts})

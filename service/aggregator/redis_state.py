@@ -11,7 +11,7 @@ Key layout (``P`` = the deployment's redis_prefix + "agg:"):
     P imp:<iid>      string  Impression JSON
     P cnt:<iid>      hash    kind -> summed value
     P seen:<iid>     set     event ids counted for this impression
-    P pend:<iid>     hash    event id -> "kind\\nvalue\\narrival\\n<original JSON>" (waiting for the impression)
+    P pend:<iid>     hash    event id -> "kind\\nvalue\\narrival\\nts" (waiting for the impression)
     P pending        zset    iid -> oldest pending arrival (unix s)
     P pending_n      string  number of pending events (bounded by pending_max)
     P dirty          zset    iid -> time of the first unpublished change (coalescing)
@@ -24,6 +24,7 @@ Redis Cluster would need the keys hash-tagged per impression (not supported here
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 
 from schemas import FeedbackEvent, Impression
@@ -33,26 +34,37 @@ _APPLY_EVENTS = """
 local P = ARGV[1]
 local now = ARGV[2]
 local pmax = tonumber(ARGV[3])
+local events = cjson.decode(ARGV[4])  -- [[iid, event id, kind, value, ts], ...]
 local applied, rejected = 0, {}
+local known, sums, order = {}, {}, {}
 local pn = tonumber(redis.call('GET', P .. 'pending_n') or '0')
-for i = 4, #ARGV, 5 do
-  local iid, eid, kind, val = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  if redis.call('EXISTS', P .. 'imp:' .. iid) == 1 then
+for idx, e in ipairs(events) do
+  local iid, eid, kind, val = e[1], e[2], e[3], e[4]
+  if known[iid] == nil then known[iid] = redis.call('EXISTS', P .. 'imp:' .. iid) == 1 end
+  if known[iid] then
     if redis.call('SADD', P .. 'seen:' .. iid, eid) == 1 then
-      redis.call('HINCRBYFLOAT', P .. 'cnt:' .. iid, kind, val)
-      redis.call('ZADD', P .. 'dirty', 'NX', now, iid)
+      -- Sum per (impression, kind) first: one HINCRBYFLOAT per pair, not per event.
+      local s = sums[iid]
+      if s == nil then s = {}; sums[iid] = s; order[#order + 1] = iid end
+      s[kind] = (s[kind] or 0) + tonumber(val)
       applied = applied + 1
     end
   elseif redis.call('SISMEMBER', P .. 'seen:' .. iid, eid) == 0
       and redis.call('HEXISTS', P .. 'pend:' .. iid, eid) == 0 then
     if pn >= pmax then
-      rejected[#rejected + 1] = (i - 4) / 5
+      rejected[#rejected + 1] = idx - 1
     else
-      redis.call('HSET', P .. 'pend:' .. iid, eid, kind .. '\\n' .. val .. '\\n' .. now .. '\\n' .. ARGV[i + 4])
+      redis.call('HSET', P .. 'pend:' .. iid, eid, kind .. '\\n' .. val .. '\\n' .. now .. '\\n' .. e[5])
       redis.call('ZADD', P .. 'pending', 'NX', now, iid)
       pn = pn + 1
     end
   end
+end
+for _, iid in ipairs(order) do
+  for kind, v in pairs(sums[iid]) do
+    redis.call('HINCRBYFLOAT', P .. 'cnt:' .. iid, kind, string.format('%.17g', v))
+  end
+  redis.call('ZADD', P .. 'dirty', 'NX', now, iid)
 end
 redis.call('SET', P .. 'pending_n', pn)
 return {applied, rejected}
@@ -61,10 +73,10 @@ return {applied, rejected}
 _STORE_IMPRESSIONS = """
 local P = ARGV[1]
 local now = ARGV[2]
-local drained = 0
-for i = 3, #ARGV, 2 do
-  local iid = ARGV[i]
-  redis.call('SET', P .. 'imp:' .. iid, ARGV[i + 1])
+local counted = 0
+for _, imp in ipairs(cjson.decode(ARGV[3])) do  -- [[iid, Impression JSON], ...]
+  local iid = imp[1]
+  redis.call('SET', P .. 'imp:' .. iid, imp[2])
   local pk = P .. 'pend:' .. iid
   local pend = redis.call('HGETALL', pk)
   if #pend > 0 then
@@ -76,16 +88,16 @@ for i = 3, #ARGV, 2 do
       if redis.call('SADD', P .. 'seen:' .. iid, pend[j]) == 1 then
         redis.call('HINCRBYFLOAT', P .. 'cnt:' .. iid, string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1))
         changed = true
+        counted = counted + 1
       end
     end
     redis.call('DEL', pk)
     redis.call('ZREM', P .. 'pending', iid)
     redis.call('DECRBY', P .. 'pending_n', #pend / 2)
-    drained = drained + #pend / 2
     if changed then redis.call('ZADD', P .. 'dirty', 'NX', now, iid) end
   end
 end
-return drained
+return counted
 """
 
 _CLAIM_DIRTY = """
@@ -154,13 +166,11 @@ class AggregatorStore:
 
     # ---------------------------------------------------------------- writes (atomic)
     def store_impressions(self, impressions: Sequence[Impression], now: float) -> int:
-        """Store impressions; count the events that were waiting for them. Returns how many waited."""
+        """Store impressions; count the events that were waiting for them. Returns how many counted."""
         if not impressions:
             return 0
-        args: list[str] = [self.p, _num(now)]
-        for imp in impressions:
-            args += [imp.impression_id, imp.model_dump_json()]
-        return int(self._store(args=args))
+        batch = json.dumps([[imp.impression_id, imp.model_dump_json()] for imp in impressions])
+        return int(self._store(args=[self.p, _num(now), batch]))
 
     def apply_events(
         self, events: Sequence[tuple[FeedbackEvent, bytes]], now: float, pending_max: int
@@ -169,10 +179,11 @@ class AggregatorStore:
         refused because the pending store is full)."""
         if not events:
             return 0, []
-        args: list[str] = [self.p, _num(now), str(pending_max)]
-        for ev, raw in events:
-            args += [ev.impression_id, ev.event_id, ev.kind.value, _num(ev.value), raw.decode("utf-8", "replace")]
-        applied, rejected = self._apply(args=args)
+        # One JSON argument, not 5 per event: redis-py packs each argument separately (slow).
+        batch = json.dumps(
+            [[ev.impression_id, ev.event_id, ev.kind.value, _num(ev.value), _num(ev.ts)] for ev, _raw in events]
+        )
+        applied, rejected = self._apply(args=[self.p, _num(now), str(pending_max), batch])
         return int(applied), [int(i) for i in rejected]
 
     def claim_dirty(self, now: float, coalesce_s: float, lease_s: float, limit: int = 1000) -> list[str]:
@@ -193,7 +204,8 @@ class AggregatorStore:
         self.redis.zremrangebyrank(self.p + "recent", 0, -keep - 1)
 
     def expired_pending(self, cutoff: float, limit: int = 100) -> dict[str, dict[str, tuple[float, str]]]:
-        """Pending events that arrived before ``cutoff``: iid -> event id -> (arrival, original JSON)."""
+        """Pending events that arrived before ``cutoff``: iid -> event id -> (arrival, event JSON).
+        The JSON is the event re-serialized from its fields (the same content as sent)."""
         iids = self.redis.zrangebyscore(self.p + "pending", "-inf", cutoff, start=0, num=limit)
         if not iids:
             return {}
@@ -203,9 +215,10 @@ class AggregatorStore:
         out: dict[str, dict[str, tuple[float, str]]] = {}
         for iid, entries in zip(iids, pipe.execute(), strict=True):
             for eid, v in entries.items():
-                _kind, _val, arrival, raw = v.split("\n", 3)
+                kind, value, arrival, ts = v.split("\n", 3)
                 if float(arrival) <= cutoff:
-                    out.setdefault(iid, {})[eid] = (float(arrival), raw)
+                    ev = FeedbackEvent(event_id=eid, impression_id=iid, kind=kind, value=float(value), ts=float(ts))
+                    out.setdefault(iid, {})[eid] = (float(arrival), ev.model_dump_json())
         return out
 
     def drop_pending(self, iid: str, event_ids: Sequence[str], cutoff: float) -> int:
