@@ -194,6 +194,7 @@ FEATURE_COMMANDS += [("rlhb.simulate.driver", "simulate", "command", "simulate")
 FEATURE_COMMANDS += [("trainer.loop_cli", "run_trainer", "command", "trainer")]
 FEATURE_COMMANDS += [("service.api.cli", "run_api", "command", "api")]
 FEATURE_COMMANDS += [("rlhb.demo", "demo", "command", "demo")]
+FEATURE_COMMANDS += [("trainer.cli", "train_app", "typer", "train")]
 
 _register_feature_commands()
 
