@@ -28,6 +28,7 @@ def run_trainer(
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)  # "task blocked" notes while a round runs
 
     def fail(message: str) -> None:
         typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
