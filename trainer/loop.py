@@ -100,16 +100,18 @@ class LoopSettings(TrainerSettings):
         )
 
 
-def _overrides(config: Any, raw: str, what: str) -> Any:
-    """``dataclasses.replace(config, **json)`` with a message naming unknown fields."""
+def _overrides(config: Any, raw: str, what: str, strict: bool = True) -> Any:
+    """``dataclasses.replace(config, **json)``; unknown fields raise (strict) or are skipped."""
     if not raw.strip():
         return config
     changes = json.loads(raw)
     known = {f.name for f in dataclasses.fields(config)}
     unknown = sorted(set(changes) - known)
-    if unknown:
+    if unknown and strict:
         raise ValueError(f"{what}: unknown field(s) {unknown}; known: {sorted(known)}")
-    return dataclasses.replace(config, **changes)
+    if unknown:
+        log.info("%s: %s do not apply to %s; ignored", what, unknown, type(config).__module__)
+    return dataclasses.replace(config, **{k: v for k, v in changes.items() if k in known})
 
 
 def build_gate_config(settings: LoopSettings):
@@ -120,9 +122,13 @@ def build_gate_config(settings: LoopSettings):
 
 
 def build_algorithm_config(settings: LoopSettings, algorithm: str):
+    """The algorithm's Config with RLHB_TRAINER_ALGORITHM_CONFIG applied. The overrides are
+    written for the configured algorithm: a round that asks for another one (POST /admin/train
+    {"algorithm": ...}) gets only the fields its Config also has."""
     from trainer.algorithms import default_config
 
-    return _overrides(default_config(algorithm), settings.algorithm_config, "RLHB_TRAINER_ALGORITHM_CONFIG")
+    strict = algorithm == settings.algorithm
+    return _overrides(default_config(algorithm), settings.algorithm_config, "RLHB_TRAINER_ALGORITHM_CONFIG", strict)
 
 
 class Trainer:

@@ -65,10 +65,12 @@ def test_rounds_publish_on_m_records_and_on_request_and_rejected_never_go_live(t
 
     # a round asked for over Redis (what POST /admin/train pushes), whose candidate fails the gate
     trainer.gate_cfg = dataclasses.replace(trainer.gate_cfg, kl_bound=1e-9)
-    redis_client.rpush(trainer.requests_key, json.dumps({"reason": "test", "requested_at": time.time()}))
+    request = {"reason": "test", "requested_at": time.time(), "algorithm": "sft"}  # as POST /admin/train sends
+    redis_client.rpush(trainer.requests_key, json.dumps(request))
     step_until(trainer, 2)
     second = trainer.last_round
     assert second["outcome"] == "rejected" and "KL" in second["reason"], second
+    assert second["algorithm"] == "sft" and second["version"].startswith("sft-")
     assert second["parent"] == first["version"]  # trained on top of the active version
     assert trainer.registry.active() == first["version"]
     assert trainer.registry.get(second["version"]).status == AdapterStatus.rejected
