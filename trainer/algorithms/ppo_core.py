@@ -75,7 +75,16 @@ class PPOCore:
     # ------------------------------------------------------------------ steps 1-2
     def rollout(self, prompts: Sequence[Prompt]) -> Rollouts:
         """Sample k answers per prompt and record pi_old, pi_ref log-probs and values."""
-        batch = self.policy.generate(prompts, self.config.rollouts_per_prompt)
+        try:
+            batch = self.policy.generate(prompts, self.config.rollouts_per_prompt)
+        except RuntimeError as e:
+            if "inf" not in str(e) and "nan" not in str(e):
+                raise
+            # torch.multinomial refuses NaN/inf probabilities: the weights have diverged
+            raise TrainingDiverged(
+                f"sampling failed on NaN/inf probabilities ({e}): the policy weights diverged; no checkpoint was "
+                "written. Lower the learning rate or raise max_grad_norm clipping."
+            ) from e
         return self.evaluate(batch)
 
     @torch.no_grad()
