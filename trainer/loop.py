@@ -12,7 +12,8 @@ Threads:
   reject, prune. Training happens only here, in the trainer process: serving never waits.
 
 Rounds start every ``records_per_round`` new records, or when a request is queued on the Redis
-list ``{prefix}train:requests`` (``POST /admin/train`` pushes ``{"reason", "algorithm"?}``).
+list ``{prefix}train:requests`` (``POST /admin/train`` pushes ``{"reason", "algorithm"?}``; a
+request pushed straight to Redis may also carry ``"gate": {GateConfig overrides}``).
 
 Resume (the simple correct scheme): the buffer is rebuilt by re-reading the records topic
 from the beginning on every start (``seek_to_beginning`` on assignment; the buffer keeps the
@@ -361,7 +362,10 @@ class Trainer:
 
         gc.collect()  # free the round's policy/critic/D before the gate loads its own copy of the base
         version = self.registry.register(result.checkpoint)
-        gate = gate_and_publish(self.registry, version, self.model_path, heldout, self.gate_cfg)
+        gate_cfg = self.gate_cfg
+        if isinstance(request.get("gate"), dict):  # per-round gate overrides (tests, experiments)
+            gate_cfg = _overrides(gate_cfg, json.dumps(request["gate"]), "request gate", strict=False)
+        gate = gate_and_publish(self.registry, version, self.model_path, heldout, gate_cfg)
         pruned = self.registry.prune(s.keep_versions)
         final = {k: v for k, v in (result.metrics[-1] if result.metrics else {}).items() if isinstance(v, int | float)}
         return {

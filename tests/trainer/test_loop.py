@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
@@ -64,8 +63,7 @@ def test_rounds_publish_on_m_records_and_on_request_and_rejected_never_go_live(t
     assert committed == 40 and trainer.new_records == 0
 
     # a round asked for over Redis (what POST /admin/train pushes), whose candidate fails the gate
-    trainer.gate_cfg = dataclasses.replace(trainer.gate_cfg, kl_bound=1e-9)
-    request = {"reason": "test", "requested_at": time.time(), "algorithm": "sft"}  # as POST /admin/train sends
+    request = {"reason": "test", "requested_at": time.time(), "algorithm": "sft", "gate": {"kl_bound": 1e-9}}
     redis_client.rpush(trainer.requests_key, json.dumps(request))
     step_until(trainer, 2)
     second = trainer.last_round
