@@ -185,8 +185,9 @@ class AggregatorSettings(CommonSettings):
     num_buckets: int = Field(default=5, ge=2, le=20, description="N, buckets per indicator (paper encoding).")
     coalesce_ms: float = Field(default=200.0, ge=0, le=60_000, description="Merge bursts into one record.")
     catchup_coalesce_ms: float = Field(
-        default=2000.0, ge=0, le=60_000,
-        description="Coalescing interval while the member is behind (full polls): backlog records are superseded.",
+        default=10_000.0, ge=0, le=600_000,
+        description="Coalescing interval while the member is behind (messages left to read): records of a "
+        "backlog are superseded within the catch-up, so publish each impression at most this often.",
     )
     pending_ttl_s: float = Field(default=600.0, gt=0, description="How long an early event waits for its impression.")
     pending_max: int = Field(default=100_000, ge=1, description="Bound on events waiting for impressions.")

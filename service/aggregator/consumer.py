@@ -299,9 +299,9 @@ class Aggregator:
         """One turn, pipelined: batch N is applied to Redis in a worker thread while the main
         thread polls batch N+1; N's offsets are committed only after its apply returned."""
         batch = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms, max_records=self.settings.max_poll_records)
-        # A full poll means the member is behind: coalesce records longer, since every
+        # Behind (a full poll, or messages left to read): coalesce records longer, since every
         # intermediate record of a backlog is superseded within the same catch-up.
-        self._behind = sum(len(v) for v in batch.values()) >= self.settings.max_poll_records
+        self._behind = sum(len(v) for v in batch.values()) >= self.settings.max_poll_records or self.lag() > 0
         self.finish_applying()
         if any(batch.values()):
             if self._executor is None:
@@ -311,6 +311,15 @@ class Aggregator:
             self._applying = self._executor.submit(self.apply, batch)
         self.publish_due()
         self.housekeeping()
+
+    def lag(self) -> int:
+        """Messages known to be waiting on this member's partitions (from fetch high watermarks)."""
+        total = 0
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                total += max(0, high - self.consumer.position(tp))
+        return total
 
     def close(self) -> None:
         """Commit what was applied, publish what is due, stop the worker."""
