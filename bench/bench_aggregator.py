@@ -109,6 +109,7 @@ def aggregate(settings, bootstrap: str, redis_url: str, truth: dict) -> tuple[fl
         producer.flush(10)
         producer.close(10)
         agg.store.clear()
+        redis.delete(settings.redis_prefix + "encoding")
         redis.close()
 
 
