@@ -9,9 +9,10 @@ its first EOS; nothing after it counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+if TYPE_CHECKING:  # torch is imported where used: ``Prompt`` must stay cheap to import
+    import torch
 
 
 class Prompt(NamedTuple):
@@ -32,13 +33,15 @@ class SequenceBatch:
     queries: list[str]
     behaviors: list[str]
     responses: list[str]  # decoded answers, EOS and padding removed
-    prompt_index: torch.Tensor = field(default=None)  # (B,) which distinct prompt each row answers
+    prompt_index: torch.Tensor | None = field(default=None)  # (B,) which distinct prompt each row answers
 
     def __len__(self) -> int:
         return self.response_ids.shape[0]
 
     def select(self, rows: torch.Tensor | list[int]) -> SequenceBatch:
         """The sub-batch of ``rows`` (keeps padding columns; masks make them harmless)."""
+        import torch
+
         idx = torch.as_tensor(rows, dtype=torch.long)
         pick = [int(i) for i in idx]
         return SequenceBatch(
@@ -70,6 +73,8 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: set[int]) -> tor
 
     response_ids: (B, T) -> (B, T) long.
     """
+    import torch
+
     is_eos = torch.zeros_like(response_ids, dtype=torch.bool)
     for eos in eos_ids:
         is_eos |= response_ids == eos

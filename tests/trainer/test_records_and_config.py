@@ -1,0 +1,121 @@
+"""Records loading with line-numbered errors, behavior swaps, and config validation."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tests.trainer.toy_task import DISLIKED, LIKED, toy_record, toy_records
+from trainer.config import ConfigError, PPOConfig, RLHBConfig
+from trainer.records import BehaviorPool, RecordsError, as_records, check_swappable, load_records, split_heldout
+
+
+def write_lines(path, lines):
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def test_load_records_reads_jsonl_and_skips_blank_lines(tmp_path):
+    records = toy_records(5)
+    path = write_lines(
+        tmp_path / "r.jsonl", [r.model_dump_json() for r in records[:2]] + [""] + [records[2].model_dump_json()]
+    )
+    assert load_records(path) == records[:3]
+
+
+@pytest.mark.parametrize(
+    ("lines", "message"),
+    [
+        ([], r"r\.jsonl: no records \(the file is empty\)"),
+        (["", "  "], r"no records"),
+        (["{not json"], r"r\.jsonl:1: not valid JSON"),
+        (["GOOD", "[1, 2]"], r"r\.jsonl:2: expected a JSON object"),
+        (["GOOD", "GOOD", '{"query": "q"}'], r"r\.jsonl:3: field 'impression_id': Field required"),
+        (["BLANK_BEHAVIOR"], r"r\.jsonl:1: behavior_text is empty"),
+    ],
+)
+def test_bad_records_files_name_the_line_and_the_problem(tmp_path, lines, message):
+    good = toy_records(1)[0]
+    blank = good.model_copy(update={"behavior_text": " "})
+    lines = [{"GOOD": good.model_dump_json(), "BLANK_BEHAVIOR": blank.model_dump_json()}.get(x, x) for x in lines]
+    with pytest.raises(RecordsError, match=message):
+        load_records(write_lines(tmp_path / "r.jsonl", lines))
+
+
+def test_missing_file_and_in_memory_records(tmp_path):
+    with pytest.raises(RecordsError, match="no such records file"):
+        load_records(tmp_path / "absent.jsonl")
+    record = toy_records(1)[0]
+    assert as_records([json.loads(record.model_dump_json()), record]) == [record, record]
+    with pytest.raises(RecordsError, match="record 0: field 'query'"):
+        as_records([{"impression_id": "x"}])
+
+
+def test_swaps_differ_in_likes_or_dislikes_not_only_in_views():
+    like_high = toy_record(0, "q", "a", liked=True)
+    like_low = toy_record(1, "q", "b", liked=False)
+    # same like/dislike levels as like_high, different view bucket and sentence: not a valid swap
+    views_only = like_high.model_copy(
+        update={"buckets": {**like_high.buckets, "view": 4}, "behavior_text": LIKED + " Users viewed it often."}
+    )
+    pool = BehaviorPool([like_high, like_low, views_only])
+    assert pool.swap_candidates(LIKED) == [DISLIKED]
+    assert pool.opposite(LIKED) == DISLIKED and pool.opposite(DISLIKED) in (LIKED, views_only.behavior_text)
+    assert pool.most_preferred() in (LIKED, views_only.behavior_text) and pool.least_preferred() == DISLIKED
+    rng = random.Random(0)
+    assert all(pool.swap(LIKED, rng) == DISLIKED for _ in range(10))
+
+
+def test_paper_bucket_keys_are_recognized():
+    """Records from the paper encoding use "like"/"dislike" keys, rates use "like_rate"/"dislike_rate"."""
+    a = toy_record(0, "q", "a", liked=True).model_copy(update={"buckets": {"view": 2, "like": 4, "dislike": 0}})
+    b = a.model_copy(update={"buckets": {"view": 2, "like": 0, "dislike": 3}, "behavior_text": "other"})
+    assert BehaviorPool([a, b]).swap_candidates(a.behavior_text) == ["other"]
+
+
+def test_records_that_cannot_be_swapped_are_refused():
+    liked_only = [toy_record(i, "q", "good a", liked=True) for i in range(5)]
+    with pytest.raises(RecordsError, match="same like/dislike levels"):
+        check_swappable(liked_only)
+
+
+def test_heldout_split_is_seeded_and_disjoint():
+    records = toy_records(40)
+    train, held = split_heldout(records, 0.2, 64, seed=3)
+    assert len(held) == 8 and len(train) == 32
+    assert {r.impression_id for r in train}.isdisjoint(r.impression_id for r in held)
+    assert split_heldout(records, 0.2, 64, seed=3) == (train, held)
+    with pytest.raises(RecordsError, match="too few"):
+        split_heldout(records[:2], 0.5, 64, seed=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"batch_size": 15},
+            r"batch_size \(15\) must be a positive multiple .*: e\.g\. batch_size=12",
+        ),
+        ({"clip_range": 0}, r"clip_range must be in \(0, 1\)"),
+        ({"kl_estimator": "k9"}, r"kl_estimator must be one of"),
+        ({"minibatch_size": 99}, r"minibatch_size must be 0 \(whole batch\) or in \[1, batch_size=16\]"),
+        ({"learning_rate": 3.0}, r"learning_rate must be in \(0, 1\)"),
+        ({"kappa": 0.6}, r"swap_share \(0\.5\) \+ kappa \(0\.6\) must be <= 1"),
+        ({"discriminator": "bert"}, r"discriminator must be one of"),
+        ({"reward": "raw"}, r"reward must be one of"),
+        ({"d_frozen": True}, r"d_frozen=True with d_warmup_steps=0 .* set d_warmup_steps > 0"),
+        ({"chance_margin": 0.5}, r"chance_margin must be in"),
+    ],
+)
+def test_config_rejects_bad_values_with_what_to_do(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        RLHBConfig(**kwargs)
+
+
+def test_config_defaults_follow_the_paper():
+    config = RLHBConfig()
+    assert config.rollouts_per_prompt == 4 and config.batch_size == 16 and config.prompts_per_batch == 4
+    assert RLHBConfig(d_frozen=True, d_warmup_steps=5).d_frozen
+    assert PPOConfig(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == ("q_proj", "v_proj")
