@@ -28,6 +28,7 @@ def api(kafka_bootstrap, unique_topics, redis_url, redis_prefix):
         redis_prefix=redis_prefix,
         dev_mode=True,
         impression_secret=SECRET,
+        serve_model=False,  # feedback needs no generation backend
         topic_feedback=unique_topics["feedback"],
         topic_impressions=unique_topics["impressions"],
         topic_records=unique_topics["records"],
@@ -137,6 +138,7 @@ def test_unresponsive_broker_gives_503_with_retry_after_then_recovers(redis_url,
         redis_prefix=redis_prefix,
         dev_mode=True,
         impression_secret=SECRET,
+        serve_model=False,  # feedback needs no generation backend
         topic_feedback=f"fb-{uuid.uuid4().hex[:8]}",
     )
     try:
