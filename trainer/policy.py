@@ -73,7 +73,6 @@ class Policy:
 
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         tokenizer.padding_side = "left"
-        tokenizer.truncation_side = "left"
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -112,16 +111,37 @@ class Policy:
     # ------------------------------------------------------------------ tokens
     def encode_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Chat-template prompts, left-padded: (B, P) ids and mask."""
-        texts = [render_prompt(self.tokenizer, p.query, p.behavior) for p in prompts]
+        texts = [self.render(p) for p in prompts]
         enc = self.tokenizer(
             texts,
             return_tensors="pt",
             padding=True,
-            truncation=True,
-            max_length=self.config.max_prompt_tokens,
             add_special_tokens=False,  # the chat template already has them
         )
         return enc["input_ids"], enc["attention_mask"]
+
+    def render(self, prompt: Prompt) -> str:
+        """The chat prompt; an over-long query keeps its last tokens, the behavior sentence is never cut."""
+        text = render_prompt(self.tokenizer, prompt.query, prompt.behavior)
+        limit = self.config.max_prompt_tokens
+        if len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit:
+            return text
+        empty = render_prompt(self.tokenizer, "", prompt.behavior)
+        overhead = len(self.tokenizer(empty, add_special_tokens=False)["input_ids"])
+        room = limit - overhead
+        if room < 4:
+            raise ValueError(
+                f"max_prompt_tokens={limit} leaves no room for the query after the behavior prompt ({overhead} "
+                "tokens); raise max_prompt_tokens"
+            )
+        query_ids = self.tokenizer(prompt.query, add_special_tokens=False)["input_ids"]
+        # the re-rendered text can tokenize a few tokens longer at the seam: shrink until it fits
+        while room > 0:
+            text = render_prompt(self.tokenizer, self.tokenizer.decode(query_ids[-room:]), prompt.behavior)
+            if len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) <= limit:
+                return text
+            room -= 2
+        raise ValueError(f"cannot fit the prompt into max_prompt_tokens={limit}; raise it")
 
     def encode_pairs(self, prompts: Sequence[Prompt], responses: Sequence[str]) -> SequenceBatch:
         """Given answers (e.g. logged ones, for SFT/PRO) as a batch; each answer ends with EOS."""

@@ -80,6 +80,7 @@ class RLHBTrainer:
         self.heldout_swaps = [self.pool.swap(r.behavior_text, swap_rng) for r in self.heldout_records]
         self.top_generations: list[tuple[float, int, Triplet]] = []  # min-heap of the best (reward, tiebreak, triplet)
         self._pushed = 0
+        self._warmup_summary: dict[str, float] = {}
         self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
 
     # ------------------------------------------------------------------ rewards
@@ -152,7 +153,8 @@ class RLHBTrainer:
             if self.config.max_grad_norm:
                 torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.config.max_grad_norm)
             self.d_optimizer.step()
-        return {"d_loss": loss.item(), **{f"d_{k}": v for k, v in stats.items()}}
+        # stats: acc_real, acc_fake, d_real, d_fake, loss_real, loss_fake -> all prefixed "d_" once
+        return {"d_loss": loss.item(), **{k if k.startswith("d_") else f"d_{k}": v for k, v in stats.items()}}
 
     @torch.no_grad()
     def heldout_accuracy(self) -> dict[str, float]:
@@ -175,6 +177,11 @@ class RLHBTrainer:
         history = [self.d_step([]) for _ in range(self.config.d_warmup_steps)]
         if history:
             self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
+            self._warmup_summary = {
+                "d_warmup_steps": float(len(history)),
+                "d_warmup_loss": history[-1]["d_loss"],
+                "d_warmup_heldout_acc": self.heldout_acc,
+            }
         return history
 
     # ------------------------------------------------------------------ the iteration
@@ -205,8 +212,10 @@ class RLHBTrainer:
             d_stats = self.d_step(generated, train=train_d)
         held = self.heldout_accuracy()
         self.heldout_acc = held["d_heldout_acc"]
+        warmup, self._warmup_summary = self._warmup_summary, {}  # reported once, with the first iteration
         return {
             "iteration": i,
+            **warmup,
             **result.metrics,
             **d_stats,
             "d_reward": scores.mean().item(),

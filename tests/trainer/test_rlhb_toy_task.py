@@ -1,0 +1,63 @@
+"""RLHB learns a toy behavior: liked answers contain "good" (see ``toy_task``).
+
+Under the most-preferred behavior sentence, a short run must raise both the discriminator's
+reward for the policy's answers and the share of answers that contain the feature.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from tests.trainer.toy_task import LIKED, build_toy_model, has_feature, toy_records
+from trainer.algorithms.base import TrainRequest
+from trainer.algorithms.rlhb import Config, RLHBTrainer
+from trainer.rollouts import Prompt
+
+STEPS = 8
+
+
+@pytest.fixture(scope="module")
+def toy_model_dir(tmp_path_factory, tiny_model_dir):
+    return build_toy_model(tmp_path_factory.mktemp("toy-model"), tiny_model_dir)
+
+
+def toy_config() -> Config:
+    return Config(
+        batch_size=16, rollouts_per_prompt=4, max_new_tokens=4, lora_r=8, learning_rate=5e-3, kl_coef=0.01,
+        ppo_epochs=2, minibatch_size=8, d_warmup_steps=10, d_learning_rate=5e-5, d_head_learning_rate=1e-3,
+        d_batch_size=8, heldout_max=8, threads=1,
+    )  # fmt: skip
+
+
+def sample_answers(trainer: RLHBTrainer, n_prompts: int = 8, k: int = 8) -> list[str]:
+    torch.manual_seed(1234)  # the same sampling noise before and after training
+    prompts = [Prompt(f"Tell me about item {i}.", LIKED) for i in range(n_prompts)]
+    return trainer.policy.generate(prompts, k).responses
+
+
+def test_rlhb_raises_discriminator_reward_and_the_liked_feature(toy_model_dir, tmp_path):
+    seed = int(os.environ.get("RLHB_TOY_SEED", "0"))
+    request = TrainRequest(
+        records=toy_records(96), model_path=str(toy_model_dir), output_root=tmp_path, version_name="toy",
+        seed=seed, steps=STEPS, progress=False,
+    )  # fmt: skip
+    trainer = RLHBTrainer(request, toy_config())
+    trainer.warmup()
+    assert trainer.heldout_acc >= 0.75, "D must tell real from behavior-swapped triplets after warm-up"
+    before = sample_answers(trainer)
+    history = [trainer.iteration(i) for i in range(STEPS)]
+    after = sample_answers(trainer)
+
+    share_before = sum(map(has_feature, before)) / len(before)
+    share_after = sum(map(has_feature, after)) / len(after)
+    # judged by the same (final) discriminator, under the behavior the policy was asked for
+    reward_before = trainer.reward(["Tell me about item 0."] * len(before), before, [LIKED] * len(before)).mean()
+    reward_after = trainer.reward(["Tell me about item 0."] * len(after), after, [LIKED] * len(after)).mean()
+    print(f"share {share_before:.2f} -> {share_after:.2f}; reward {reward_before:.2f} -> {reward_after:.2f}")
+    print("d_reward per iteration", [round(m["d_reward"], 2) for m in history])
+    assert share_after >= share_before + 0.15
+    assert reward_after > reward_before + 0.25
+    assert not any(m["d_at_chance"] for m in history)
