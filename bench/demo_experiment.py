@@ -1,0 +1,334 @@
+"""In-process experiments for the closed-loop demo (bypassing HTTP, same math and data shapes).
+
+Subcommands (each prints JSON lines; results go to bench/demo_experiments.md by hand):
+
+  gen     generate answers from base (or an adapter) for train or held-out questions, append
+          them to a JSONL cache (resumable: already generated (question, sample) pairs are skipped)
+  records turn cached train answers into BehaviorRecords with simulated users' events
+          (same encoding as the aggregator: per-view rates, 3 levels at fitted quantiles)
+  train   run a trainer algorithm (get_algorithm(name)) on those records
+  eval    judge cached held-out answers of one version: like rate (one asker per answer, Wilson CI),
+          mean true like probability, quality (MiniLM relevance, repeated n-grams, length)
+  compare like rate of a version vs base with the z and Fisher tests
+
+Run with `python bench/demo_experiment.py <cmd> --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+OUT = Path(os.environ.get("RLHB_EXP_DIR", "/tmp/rlhb-exp"))
+
+
+def log(**kw) -> None:
+    print(json.dumps(kw), flush=True)
+
+
+def model_dir() -> str:
+    from rlhb.model_prep import default_model_dir
+
+    return str(default_model_dir())
+
+
+def behavior_sentence() -> str:
+    from service.aggregator.encoding import most_preferred_sentence
+
+    return most_preferred_sentence()
+
+
+def load_generator(adapter: str | None, threads: int):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(model_dir())
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(model_dir(), dtype=torch.float32)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    return tok, model.eval()
+
+
+def generate(tok, model, questions, behavior, max_new_tokens, temperature, seed):
+    import torch
+
+    from trainer.prompts import render_prompt
+
+    prompts = [render_prompt(tok, q, behavior) for q in questions]
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=temperature > 0,
+            temperature=temperature if temperature > 0 else None,
+            top_p=1.0,
+            pad_token_id=tok.pad_token_id,
+        )
+    return [tok.decode(row, skip_special_tokens=True) for row in out[:, enc["input_ids"].shape[1] :]]
+
+
+def cmd_gen(a) -> None:
+    from rlhb.queries import split_questions
+
+    split = split_questions()
+    pool = split.train if a.split == "train" else split.held_out
+    rng = random.Random(a.seed)
+    items = []
+    for s in range(a.samples):
+        qs = list(pool)
+        rng.shuffle(qs)
+        items += [(q, s) for q in qs]
+    items = items[: a.n] if a.n else items
+    path = Path(a.out)
+    done = set()
+    if path.exists():
+        for line in path.read_text().splitlines():
+            r = json.loads(line)
+            done.add((r["question"], r["sample"]))
+    todo = [it for it in items if it not in done]
+    log(event="gen_start", todo=len(todo), done=len(done), out=str(path))
+    tok, model = load_generator(a.adapter, a.threads)
+    behavior = a.behavior or behavior_sentence()
+    t0 = time.time()
+    with path.open("a") as f:
+        for i in range(0, len(todo), a.batch):
+            chunk = todo[i : i + a.batch]
+            answers = generate(
+                tok,
+                model,
+                [q for q, _ in chunk],
+                behavior,
+                a.max_new_tokens,
+                a.temperature,
+                a.seed * 100003 + len(done) + i,
+            )
+            for (q, s), ans in zip(chunk, answers, strict=True):
+                f.write(
+                    json.dumps({"question": q, "sample": s, "answer": ans, "behavior": behavior, "version": a.version})
+                    + "\n"
+                )
+            f.flush()
+            log(event="gen_progress", n=i + len(chunk), of=len(todo), elapsed_s=round(time.time() - t0, 1))
+    log(
+        event="gen_done",
+        n=len(todo),
+        elapsed_s=round(time.time() - t0, 1),
+        per_answer_s=round((time.time() - t0) / max(1, len(todo)), 3),
+    )
+
+
+def make_records(answers: list[dict], users: str, viewers_mean: float, seed: int):
+    """BehaviorRecords exactly as the aggregator would build them from the users' events."""
+    from rlhb.simulate.driver import poisson
+    from rlhb.simulate.users import load_user_model, sample_reactions
+    from schemas.behavior import BehaviorRecord
+    from service.aggregator.encoding import RatesEncoding, fit_rate_edges, shaped_reward
+
+    user = load_user_model(users)
+    rows = []
+    for i, r in enumerate(answers):
+        rng = random.Random(f"{seed}:{i}")
+        j = user.judge(r["question"], r["answer"])
+        views = 1 + poisson(viewers_mean - 1, rng)
+        reactions = sample_reactions(j, views, rng)
+        counts = {
+            "view": float(views),
+            "click": float(sum(x.click for x in reactions)),
+            "like": float(sum(x.like for x in reactions)),
+            "dislike": float(sum(x.dislike for x in reactions)),
+        }
+        rows.append((r, counts, j.p_like))
+    enc = RatesEncoding().with_edges(fit_rate_edges([c for _, c, _ in rows]))
+    records = []
+    for i, (r, counts, _) in enumerate(rows):
+        buckets = enc.encode(counts)
+        records.append(
+            BehaviorRecord(
+                impression_id=f"exp-{i}",
+                query=r["question"],
+                response=r["answer"],
+                behavior_prompt=r["behavior"],
+                adapter_version=r.get("version", "base"),
+                counts=counts,
+                buckets=buckets,
+                behavior_text=enc.render(buckets),
+                reward=shaped_reward(counts),
+                encoding="rates",
+            )
+        )
+    return records, [p for _, _, p in rows], enc
+
+
+def load_jsonl(path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def cmd_records(a) -> None:
+    from scipy.stats import spearmanr
+
+    answers = load_jsonl(a.answers)[: a.n or None]
+    records, p_like, enc = make_records(answers, a.users, a.viewers_mean, a.seed)
+    top = sum(r.behavior_text == behavior_sentence() for r in records) / len(records)
+    rho = spearmanr([r.buckets["like_rate"] for r in records], p_like).statistic
+    log(
+        event="records",
+        n=len(records),
+        edges=enc.edges.edges,
+        top_pattern_share=round(top, 3),
+        like_level_spearman_vs_true=round(float(rho), 3),
+        mean_p_like=round(sum(p_like) / len(p_like), 4),
+    )
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs:
+        k, _, v = p.partition("=")
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def patch_preferred_prompts(share: float) -> None:
+    """Experiment only: a share of RLHB's PPO prompts use the serving (most preferred) sentence
+    instead of the record's own behavior (the policy is served under that sentence only)."""
+    import trainer.algorithms.rlhb as rlhb_module
+    from trainer.rollouts import Prompt
+
+    original = rlhb_module.sample_prompts
+    preferred = behavior_sentence()
+
+    def sample(records, n, rng):
+        return [Prompt(p.query, preferred) if rng.random() < share else p for p in original(records, n, rng)]
+
+    rlhb_module.sample_prompts = sample
+
+
+def cmd_train(a) -> None:
+    import dataclasses
+
+    import torch
+
+    from trainer.algorithms import TrainRequest, default_config, get_algorithm
+
+    torch.set_num_threads(a.threads)
+    answers = load_jsonl(a.answers)[: a.n or None]
+    records, _, _ = make_records(answers, a.users, a.viewers_mean, a.seed)
+    config = default_config(a.algorithm)
+    config = dataclasses.replace(config, **parse_overrides(a.set or []))
+    if a.preferred_share > 0:
+        patch_preferred_prompts(a.preferred_share)
+    out_root = Path(a.output_root)
+    out_root.mkdir(parents=True, exist_ok=True)
+    request = TrainRequest(
+        records=records,
+        model_path=model_dir(),
+        output_root=out_root,
+        version_name=a.name,
+        metrics_path=out_root / f"{a.name}.metrics.jsonl",
+        seed=a.seed,
+        steps=a.steps,
+        progress=False,
+    )
+    log(
+        event="train_start",
+        algorithm=a.algorithm,
+        records=len(records),
+        steps=a.steps,
+        config={k: v for k, v in dataclasses.asdict(config).items() if not isinstance(v, (list, dict))},
+    )
+    t0 = time.time()
+    result = get_algorithm(a.algorithm)(request, config)
+    log(
+        event="train_done",
+        checkpoint=str(result.checkpoint),
+        elapsed_s=round(time.time() - t0, 1),
+        last=result.metrics[-1] if result.metrics else {},
+    )
+
+
+def cmd_eval(a) -> None:
+    from rlhb.evaluation.quality import quality_report
+    from rlhb.evaluation.stats import wilson_interval
+    from rlhb.simulate.users import load_user_model, sample_reaction
+
+    rows = load_jsonl(a.answers)
+    user = load_user_model(a.users)
+    liked, p = [], []
+    for i, r in enumerate(rows):
+        j = user.judge(r["question"], r["answer"])
+        liked.append(sample_reaction(j, random.Random(f"eval{a.seed}:{i}")).like)
+        p.append(j.p_like)
+    ci = wilson_interval(sum(liked), len(liked))
+    q = quality_report([r["question"] for r in rows], [r["answer"] for r in rows], relevance=not a.no_relevance)
+    log(
+        event="eval",
+        answers=a.answers,
+        n=len(rows),
+        like_rate=round(ci.rate, 4),
+        ci=[round(ci.low, 4), round(ci.high, 4)],
+        mean_p_like=round(sum(p) / len(p), 4),
+        likes=sum(liked),
+        **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in q.as_dict().items() if k != "n"},
+    )
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("gen")
+    g.add_argument("--split", choices=["train", "held-out"], default="train")
+    g.add_argument("--samples", type=int, default=3, help="Passes over the split (answers per question).")
+    g.add_argument("--n", type=int, default=0, help="Stop after this many answers (0: all).")
+    g.add_argument("--adapter", default="")
+    g.add_argument("--version", default="base")
+    g.add_argument("--behavior", default="")
+    g.add_argument("--max-new-tokens", type=int, default=48)
+    g.add_argument("--temperature", type=float, default=0.7)
+    g.add_argument("--batch", type=int, default=32)
+    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True)
+    r = sub.add_parser("records")
+    t = sub.add_parser("train")
+    for sp in (r, t):
+        sp.add_argument("--answers", required=True)
+        sp.add_argument("--n", type=int, default=0)
+        sp.add_argument("--users", default="concise")
+        sp.add_argument("--viewers-mean", type=float, default=5.0)
+        sp.add_argument("--seed", type=int, default=0)
+    t.add_argument("--algorithm", default="rlhb")
+    t.add_argument("--steps", type=int, default=20)
+    t.add_argument("--name", required=True)
+    t.add_argument("--output-root", default=str(OUT / "adapters"))
+    t.add_argument("--threads", type=int, default=2)
+    t.add_argument("--set", nargs="*", help="Config overrides key=value (JSON values).")
+    t.add_argument("--preferred-share", type=float, default=0.0, help="RLHB: share of prompts with the serving sentence.")
+    e = sub.add_parser("eval")
+    e.add_argument("--answers", required=True)
+    e.add_argument("--users", default="concise")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--no-relevance", action="store_true")
+    a = p.parse_args()
+    {"gen": cmd_gen, "records": cmd_records, "train": cmd_train, "eval": cmd_eval}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
