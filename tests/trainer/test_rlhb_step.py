@@ -43,10 +43,15 @@ def modules(trainer: RLHBTrainer) -> dict[str, torch.nn.Module]:
 
 
 @pytest.mark.parametrize("kind", ["minilm", "lm"])
-def test_one_step_trains_every_trainable_parameter_and_no_frozen_one(tiny_model_dir, tmp_path, kind):
-    trainer = make_trainer(tiny_model_dir, tmp_path, discriminator=kind)
+def test_one_step_trains_every_trainable_parameter_and_no_frozen_one(tiny_model_dir, tmp_path, kind, caplog):
+    trainer = make_trainer(tiny_model_dir, tmp_path, discriminator=kind, chance_margin=0.49)
+    untrained_acc = trainer.heldout_acc  # no warm-up: D has never been trained
     before = {name: snapshot(m) for name, m in modules(trainer).items()}
-    metrics = trainer.iteration(0)
+    with caplog.at_level("WARNING", logger="trainer.algorithms.rlhb"):
+        metrics = trainer.iteration(0)
+    # PPO on a D at chance (here: anything within 0.49 of 0.5) is flagged and logged loudly
+    assert abs(untrained_acc - 0.5) <= 0.49
+    assert metrics["d_at_chance"] == 1.0 and "THE DISCRIMINATOR IS AT CHANCE" in caplog.text
     trained, frozen = [], []
     for name, module in modules(trainer).items():
         for param_name, param in module.named_parameters():

@@ -23,19 +23,19 @@ ALGORITHMS: dict[str, str] = {
 __all__ = ["ALGORITHMS", "RunResult", "TrainRequest", "TrainingDiverged", "default_config", "get_algorithm"]
 
 
-def _module(name: str):
+def _target(name: str) -> tuple[str, str]:
     if name not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {name!r}; choose one of: {', '.join(ALGORITHMS)}")
-    module_name, _, _ = ALGORITHMS[name].partition(":")
-    return importlib.import_module(module_name)
+    module_name, _, func = ALGORITHMS[name].partition(":")
+    return module_name, func
 
 
 def get_algorithm(name: str) -> Callable[[TrainRequest, Any], RunResult]:
     """The ``run(request, config)`` function of algorithm ``name``."""
-    module_name, _, func = ALGORITHMS[name].partition(":") if name in ALGORITHMS else ("", "", "")
-    return getattr(_module(name), func)
+    module_name, func = _target(name)
+    return getattr(importlib.import_module(module_name), func)
 
 
 def default_config(name: str) -> Any:
     """A ``Config()`` with the algorithm's defaults."""
-    return _module(name).Config()
+    return importlib.import_module(_target(name)[0]).Config()
