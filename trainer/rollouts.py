@@ -66,6 +66,7 @@ class Rollouts:
     values: torch.Tensor  # (B, T) V(s_t; b) from the critic
     features: torch.Tensor  # (B, T, H) detached last hidden states the critic reads
     scores: torch.Tensor | None = None  # (B,) sequence scores from the reward function
+    live_forward: object | None = None  # policy ForwardOutput with its autograd graph (fused first update)
 
 
 def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: set[int]) -> torch.Tensor:

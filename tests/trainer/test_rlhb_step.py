@@ -102,3 +102,18 @@ def test_runs_are_deterministic_under_a_seed(tiny_model_dir, tmp_path):
     assert m1 == m2
     assert w1.keys() == w2.keys() and all(torch.equal(w1[k], w2[k]) for k in w1)
     assert d1.keys() == d2.keys() and all(torch.equal(d1[k], d2[k]) for k in d1)
+
+
+def test_fused_first_forward_gives_the_same_update(tiny_model_dir, tmp_path):
+    """One epoch over one minibatch reuses the rollout-time forward; the update must not change."""
+    weights = []
+    for fused in (True, False):
+        trainer = make_trainer(tiny_model_dir, tmp_path / str(fused), seed=3, minibatch_size=0, discriminator="lm")
+        trainer.core.fuse_first_forward = fused
+        metrics = trainer.iteration(0)
+        lora = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if p.requires_grad}
+        weights.append((metrics, lora))
+    (m1, w1), (m2, w2) = weights
+    assert m1["policy_loss"] == pytest.approx(m2["policy_loss"], abs=1e-6)
+    assert m1["entropy"] == pytest.approx(m2["entropy"], rel=1e-6)
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)

@@ -64,6 +64,11 @@ def check_finite(name: str, value: torch.Tensor | float) -> None:
 class PPOCore:
     """The policy, its two optimizers, and the PPO iteration."""
 
+    fuse_first_forward: bool = True
+    """With one epoch over one minibatch (the defaults), the rollout-time policy forward doubles as
+    the update's forward: it runs once with gradient and pi_old is its detached log-probs. Same
+    numbers (the ratio is exactly 1 at the first update either way), one policy forward fewer."""
+
     def __init__(self, policy: Policy, config: PPOConfig) -> None:
         self.policy = policy
         self.config = config
@@ -85,19 +90,29 @@ class PPOCore:
                 f"sampling failed on NaN/inf probabilities ({e}): the policy weights diverged; no checkpoint was "
                 "written. Lower the learning rate or raise max_grad_norm clipping."
             ) from e
-        return self.evaluate(batch)
+        fused = (
+            self.fuse_first_forward and self.config.ppo_epochs == 1 and self.config.effective_minibatch >= len(batch)
+        )
+        return self.evaluate(batch, keep_graph=fused)
 
-    @torch.no_grad()
-    def evaluate(self, batch: SequenceBatch) -> Rollouts:
-        policy_out = self.policy.forward(batch)
-        ref_out = self.policy.forward(batch, reference=True)
-        values = self.policy.values(policy_out.features)
+    def evaluate(self, batch: SequenceBatch, keep_graph: bool = False) -> Rollouts:
+        """pi_old and pi_ref log-probs and the critic's values for a batch (no update).
+
+        keep_graph=True keeps the policy forward's autograd graph in ``Rollouts.live_forward``
+        for a single full-batch update (see ``fuse_first_forward``).
+        """
+        with torch.set_grad_enabled(keep_graph):
+            policy_out = self.policy.forward(batch, keep_logits=keep_graph)
+        with torch.no_grad():
+            ref_out = self.policy.forward(batch, reference=True)
+            values = self.policy.values(policy_out.features)
         return Rollouts(
             batch=batch,
-            logprobs=policy_out.logprobs,
+            logprobs=policy_out.logprobs.detach(),
             ref_logprobs=ref_out.logprobs,
             values=values,
             features=policy_out.features,
+            live_forward=policy_out if keep_graph else None,
         )
 
     # ------------------------------------------------------------------ steps 3-5
@@ -142,11 +157,12 @@ class PPOCore:
         cfg = self.config
         totals = {"policy_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "entropy": 0.0}
         count = 0
+        live, rollouts.live_forward = rollouts.live_forward, None  # the graph is used once, then freed
         for _ in range(cfg.ppo_epochs):
-            for rows in self._minibatches(len(rollouts.batch)):
+            for rows in self._minibatches(len(rollouts.batch)) if live is None else [torch.arange(len(rollouts.batch))]:
                 sub = rollouts.batch.select(rows)
                 mask = sub.response_mask
-                out = self.policy.forward(sub, keep_logits=True)
+                out = self.policy.forward(sub, keep_logits=True) if live is None else live
                 loss, stats = ppo_policy_loss(
                     out.logprobs, rollouts.logprobs[rows], advantages[rows], mask, cfg.clip_range
                 )
