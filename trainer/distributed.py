@@ -13,18 +13,19 @@ tensor all-reduces it the moment backward has finished accumulating it, so the c
 computes losses, clips gradient norms and steps optimizers is the same with 1 or N ranks
 (clipping sees the averaged gradient, exactly as under DDP).
 
-Usage (in an algorithm's ``run``)::
+Command line (RLHB; N processes on one machine, gloo on CPU, nccl on GPUs)::
+
+    torchrun --nproc_per_node N -m trainer.distributed --records R.jsonl --model-path M --output-root O
+
+In code, with any trainer object that has ``policy`` (and optionally ``discriminator``,
+``rng``, ``warmup``), e.g. ``RLHBTrainer``::
 
     ctx = init_from_env()                       # single process when not under torchrun
-    seed_replicas(request.seed)                 # same seed everywhere: identical initialisation
-    ... build policy, critic, discriminator, optimizers ...
-    trainable = policy.actor_parameters() + policy.critic_parameters() + d.parameters()
-    broadcast_parameters(trainable, ctx)        # belt and braces: rank 0's values everywhere
-    sync = GradientSync(trainable, ctx)         # averages gradients from now on
-    seed_sampling(request.seed, ctx)            # different prompts/rollouts per rank
-    ... iterations; metrics = reduce_metrics(metrics, ctx) ...
-    if ctx.is_main: write checkpoint / metrics / progress bar
-    barrier(ctx); sync.remove(); shutdown(ctx)
+    quiet_non_main(ctx)                         # warnings and progress from rank 0 only
+    trainer = RLHBTrainer(request, config)      # same seed on every rank: identical initialisation
+    sync = prepare_trainer(trainer, ctx, seed)  # broadcast from rank 0, gradient hooks, per-rank sampling seed
+    result = run_iterations(trainer, "rlhb", ctx)   # metrics averaged; rank 0 writes metrics + checkpoint
+    sync.remove(); shutdown(ctx)
 
 Contract for callers: every rank must run the same number of backward passes on the same
 set of trainable tensors (same batch sizes, epochs, minibatch counts), or the all-reduces
@@ -118,6 +119,15 @@ def init_from_env(backend: str | None = None, timeout_seconds: float = 600.0) ->
 def shutdown(ctx: DistContext) -> None:
     if ctx.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def quiet_non_main(ctx: DistContext, loggers: Iterable[str] = ("trainer", "transformers", "peft")) -> None:
+    """Rank-0-only logging: other ranks keep errors only (their warnings would repeat rank 0's)."""
+    import logging
+
+    if not ctx.is_main:
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def barrier(ctx: DistContext) -> None:
@@ -341,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--config must be a JSON object")
 
     ctx = init_from_env(args.backend)
+    quiet_non_main(ctx)
     try:
         request = TrainRequest(
             records=load_records(args.records),
