@@ -86,7 +86,7 @@ class Policy:
                 r=config.lora_r,
                 lora_alpha=config.lora_alpha,
                 lora_dropout=config.lora_dropout,
-                target_modules=targets if isinstance(targets, str) else list(targets),
+                target_modules=linear_module_names(base) if targets == "all-linear" else list(targets),
                 task_type="CAUSAL_LM",
             )
             model = get_peft_model(base, lora)
@@ -245,6 +245,24 @@ class Policy:
     def values(self, features: torch.Tensor) -> torch.Tensor:
         """Critic V(s_t; b): (B, T, H) -> (B, T)."""
         return self.value_head(features)
+
+
+def linear_module_names(model: nn.Module) -> list[str]:
+    """Short names ("q_proj", "down_proj", ...) of every linear layer except the LM head.
+
+    peft's own "all-linear" writes full module paths into adapter_config.json; short names are
+    what vLLM's LoRA loader and most tools expect, and they select the same layers.
+    """
+    from transformers.pytorch_utils import Conv1D  # GPT-2's linear layers
+
+    head = model.get_output_embeddings()
+    names = {
+        name.rsplit(".", 1)[-1]
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear | Conv1D) and module is not head
+    }
+    head_names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is head}
+    return sorted(names - head_names)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

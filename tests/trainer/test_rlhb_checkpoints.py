@@ -59,6 +59,11 @@ def test_run_writes_a_peft_checkpoint_with_metadata_and_metrics(tiny_model_dir, 
     loaded = {k: v for k, v in model.state_dict().items() if "lora_" in k}
     assert len(loaded) == len(saved)
     assert (folder / "trainer_state" / "value_head.safetensors").is_file()
+    # "all-linear" is saved as short module names (what vLLM's LoRA loader expects), LM head excluded
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    assert sorted(adapter_config["target_modules"]) == [
+        "down_proj", "gate_proj", "k_proj", "o_proj", "q_proj", "up_proj", "v_proj",
+    ]  # fmt: skip
 
     # versions are immutable: the same name again is refused before any training
     with pytest.raises(FileExistsError):
