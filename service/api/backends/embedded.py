@@ -75,6 +75,15 @@ class _Loaded:
     last_used: float = field(default_factory=time.monotonic)
 
 
+def _notify(job: _Job, fn: Callable, *args: Any) -> None:
+    """Run ``fn(*args)`` on the job's event loop. A loop that is gone (its caller left, the server
+    is shutting down) has no one to tell: never let that kill the worker thread."""
+    try:
+        job.loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # event loop is closed
+        pass
+
+
 def _resolve(fut: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
     if fut.done():
         return
@@ -297,7 +306,10 @@ class EmbeddedBackend(Backend):
                     break
             batch = self._pick(pending)
             if batch:
-                self._run_batch(batch)
+                try:
+                    self._run_batch(batch)
+                except Exception:  # noqa: BLE001 - the worker thread must outlive any one batch
+                    log.exception("unexpected error around a batch")
         for job in pending:  # shutting down
             self._fail(job, BackendError("the server is shutting down"))
 
@@ -311,10 +323,11 @@ class EmbeddedBackend(Backend):
             if item is None:
                 return False
             if isinstance(item, _Control):
-                try:
-                    item.future.set_result(item.fn())
-                except BaseException as e:  # noqa: BLE001 - reported to the caller
-                    item.future.set_exception(e)
+                if item.future.set_running_or_notify_cancel():  # False: the caller gave up waiting
+                    try:
+                        item.future.set_result(item.fn())
+                    except BaseException as e:  # noqa: BLE001 - reported to the caller
+                        item.future.set_exception(e)
             else:
                 pending.append(item)
             try:
@@ -340,13 +353,13 @@ class EmbeddedBackend(Backend):
     def _drop(self, job: _Job) -> None:
         """A job whose client left before it ran."""
         if job.deltas is not None:
-            job.loop.call_soon_threadsafe(job.deltas.put_nowait, BackendError("request cancelled"))
-        job.loop.call_soon_threadsafe(job.future.cancel)
+            _notify(job, job.deltas.put_nowait, BackendError("request cancelled"))
+        _notify(job, job.future.cancel)
 
     def _fail(self, job: _Job, error: BaseException) -> None:
         if job.deltas is not None:
-            job.loop.call_soon_threadsafe(job.deltas.put_nowait, error)
-        job.loop.call_soon_threadsafe(_resolve, job.future, None, error)
+            _notify(job, job.deltas.put_nowait, error)
+        _notify(job, _resolve, job.future, None, error)
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         try:
@@ -358,8 +371,8 @@ class EmbeddedBackend(Backend):
             return
         for job, result in zip(jobs, results, strict=True):
             if job.deltas is not None:
-                job.loop.call_soon_threadsafe(job.deltas.put_nowait, result)
-            job.loop.call_soon_threadsafe(_resolve, job.future, result, None)
+                _notify(job, job.deltas.put_nowait, result)
+            _notify(job, _resolve, job.future, result, None)
 
     def _generate_batch(self, jobs: list[_Job]) -> list[GenerationResult]:
         import torch
@@ -496,7 +509,7 @@ class _RowStreamer:
             delta = text[len(self.sent[i]) :]
             self.sent[i] = text
             job = self.jobs[i]
-            job.loop.call_soon_threadsafe(job.deltas.put_nowait, delta)
+            _notify(job, job.deltas.put_nowait, delta)
 
     def flush_row(self, i: int, final_text: str) -> None:
         """Send whatever the final text holds beyond what was streamed."""

@@ -131,3 +131,15 @@ def test_failed_load_changes_nothing(backend, tmp_path):
 
     before, after, result = asyncio.run(run())
     assert before == after and result.completion_tokens > 0
+
+
+def test_worker_survives_callers_whose_event_loop_is_gone(backend):
+    async def leave_early():
+        # Started, then abandoned: asyncio.run cancels it and closes the loop while the job runs.
+        asyncio.get_running_loop().create_task(backend.generate(GenerationRequest(prompts(backend)[2], 30)))
+        await asyncio.sleep(0.05)
+
+    asyncio.run(leave_early())
+    asyncio.run(leave_early())
+    result = asyncio.run(asyncio.wait_for(backend.generate(GenerationRequest(prompts(backend)[1], 3)), 120))
+    assert backend.ready and result.completion_tokens > 0

@@ -88,8 +88,12 @@ def test_promotes_and_rollbacks_under_load_drop_nothing_and_label_every_answer(s
                 started = time.monotonic()
                 moved = admin(c, f"/admin/{op}")
                 assert moved["serving"] == moved["active"], moved  # ?wait=true: this instance switched
-                timeline.append((started, time.monotonic(), moved["active"]))
-                time.sleep(0.6)
+                switched = time.monotonic()
+                timeline.append((started, switched, moved["active"]))
+                time.sleep(0.3)
+                deadline = switched + 60  # let requests that started after the switch come back (slow machines)
+                while not any(sent > switched for sent, *_ in list(results)) and time.monotonic() < deadline:
+                    time.sleep(0.05)
         finally:
             stop.set()
             for t in threads:

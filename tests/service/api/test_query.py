@@ -128,7 +128,7 @@ def test_admin_checkpoints_and_train_request(serving):
     with httpx.Client(base_url=serving.url, headers=AUTH) as c:
         cp = c.get("/admin/checkpoints").json()
         r = c.post("/admin/train", json={"reason": "test", "algorithm": "sft"})
-    assert [v["name"] for v in cp["versions"]] == ["v1", "v2", "v3"]
+    assert {"v1", "v2", "v3"} <= {v["name"] for v in cp["versions"]}
     assert cp["active"] == serving.registry.active()
     assert r.status_code == 202
     queued = json.loads(serving.redis.lindex(f"{serving.settings.redis_prefix}train:requests", -1))
