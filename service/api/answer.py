@@ -48,10 +48,15 @@ def backend_or_503(state: AppState):
     backend = state.backend
     if backend is None or not backend.ready:
         detail = state.backend_error or "the model is still loading"
-        raise HTTPException(
-            503, f"not ready to generate: {detail}; retry shortly (see /readyz)", headers={"Retry-After": "2"}
-        )
-    return backend
+    elif state.registry is not None and state.watcher is None:
+        # Until the watcher has loaded the active version, an answer would come from the base
+        # model (labelled "base") although a version is active.
+        detail = "the active adapter version is still loading"
+    else:
+        return backend
+    raise HTTPException(
+        503, f"not ready to generate: {detail}; retry shortly (see /readyz)", headers={"Retry-After": "2"}
+    )
 
 
 async def resolve_version(state: AppState, model: str | None) -> AdapterVersion | None:

@@ -53,7 +53,11 @@ class AdapterWatcher:
 
     async def start(self) -> None:
         """Serve the active version from the first request on, then follow the pointer."""
-        await self.check()
+        try:
+            await self.check()
+        except Exception as e:  # noqa: BLE001 - Redis away at start: serve the base, keep polling
+            self.last_error = f"cannot read the active pointer: {type(e).__name__}: {e}"
+            log.warning("adapter watcher: %s", self.last_error)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="rlhb-adapter-watcher")
 
     async def close(self) -> None:
@@ -81,7 +85,11 @@ class AdapterWatcher:
         value = self.registry.redis.get(self.registry.active_key)
         if isinstance(value, bytes):
             value = value.decode()
-        return value or BASE_VERSION
+        if not value:
+            # No pointer (Redis flushed or restarted): the registry restores it from the
+            # manifest on disk, so we keep serving the active version instead of the base.
+            return self.registry.active()
+        return value
 
     async def check(self) -> None:
         async with self._switching:

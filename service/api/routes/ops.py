@@ -39,7 +39,8 @@ async def readyz(state: State) -> JSONResponse:
     broker_up, redis_up = await asyncio.gather(
         asyncio.to_thread(tcp_reachable, state.bootstrap), asyncio.to_thread(_redis_ok, state.redis)
     )
-    model_ok = backend is not None and backend.ready
+    # Ready once the active adapter version is loaded too (the watcher exists), not on the base alone.
+    model_ok = backend is not None and backend.ready and (state.registry is None or watcher is not None)
     checks = {
         "model": {
             "ok": model_ok,
