@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 from importlib import metadata
@@ -267,12 +268,12 @@ class Contestant:
     def wait_ready(self) -> None:
         self._read_until("READY")
 
-    def step(self) -> float:
-        """Run one step (the process is blocked in READY); returns the seconds it reports."""
+    def step(self) -> tuple[float, float]:
+        """Run one step (the process is blocked in READY); returns the wall and CPU seconds it reports."""
         self.proc.stdin.write("go\n")
         self.proc.stdin.flush()
-        seconds = float(self._read_until("STEP ").split()[1])
-        return seconds
+        _, wall, cpu = self._read_until("STEP ").split()
+        return float(wall), float(cpu)
 
     def result(self, timeout: float) -> dict:
         line = self._read_until("BENCH_RESULT ")
@@ -287,18 +288,29 @@ class Contestant:
             self.proc.wait()
 
 
-def run_lockstep(contestants_: list[Contestant], rounds: int) -> None:
+def run_lockstep(contestants_: list[Contestant], rounds: int) -> dict[str, list[tuple[float, float]]]:
     """Every round, each contestant runs one step while the others wait; the first to go rotates,
-    so slow phases of background load on the shared machine hit all contestants alike."""
+    so slow phases of background load on the shared machine hit all contestants alike.
+    Returns name -> [(wall, cpu) seconds per round]."""
+    steps: dict[str, list[tuple[float, float]]] = {c.name: [] for c in contestants_}
     for c in contestants_:
         c.wait_ready()
     for r in range(rounds):
         order = contestants_[r % len(contestants_) :] + contestants_[: r % len(contestants_)]
         for c in order:
-            seconds = c.step()
-            print(f"# round {r + 1}/{rounds} {c.name}: {seconds:.3f} s", file=sys.stderr, flush=True)
+            wall, cpu = c.step()
+            steps[c.name].append((wall, cpu))
+            print(f"# round {r + 1}/{rounds} {c.name}: {wall:.3f} s wall, {cpu:.3f} s cpu", file=sys.stderr, flush=True)
             if r + 1 < rounds:
                 c.wait_ready()
+    return steps
+
+
+def paired_ratio(peer: list[tuple[float, float]], rlhb: list[tuple[float, float]], warmup: int, cpu: bool) -> float:
+    """Median over timed rounds of peer / rlhb, each round's two steps taken back to back (less
+    exposed to load that changes between rounds than the ratio of medians)."""
+    k = 1 if cpu else 0
+    return statistics.median(p[k] / r[k] for p, r in zip(peer[warmup:], rlhb[warmup:], strict=True))
 
 
 def emit(metric: str, value, **fields) -> None:
@@ -334,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         pythons[name] = entry.get("python") or ensure_venv(entry["venv"], entry["trl"], create=not args.no_create)
     running = [Contestant(n, pythons[n], table[n]["script"], spec_path, args.threads) for n in chosen]
     try:
-        run_lockstep(running, args.warmup + args.steps)
+        per_round = run_lockstep(running, args.warmup + args.steps)
         results = {c.name: c.result(timeout=args.timeout) for c in running}
     finally:
         for c in running:
@@ -352,9 +364,13 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = results[peer]["median_step_seconds"] / rlhb
                 summary[f"ratio_vs_{peer}"] = ratio
                 summary[f"{target}_met"] = ratio >= 1.0
-                cpu = results["rlhb"].get("median_step_cpu_seconds")
-                if cpu:
-                    summary[f"cpu_ratio_vs_{peer}"] = results[peer]["median_step_cpu_seconds"] / cpu
+                summary[f"cpu_ratio_vs_{peer}"] = (
+                    results[peer]["median_step_cpu_seconds"] / results["rlhb"]["median_step_cpu_seconds"]
+                )
+                for kind, cpu in (("wall", False), ("cpu", True)):
+                    summary[f"paired_{kind}_ratio_vs_{peer}"] = paired_ratio(
+                        per_round[peer], per_round["rlhb"], args.warmup, cpu
+                    )
     target = ">= 1.0 vs trl_ppo (stretch: >= 1.0 vs trl_rloo)"
     emit("summary", summary.get("ratio_vs_trl_ppo"), target=target, **summary)
     return 0

@@ -86,7 +86,7 @@ class StepTimer:
 
     Call ``start()`` where a step begins and ``mark()`` where it ends. Under the orchestrator
     (env ``BENCH_LOCKSTEP=1``) ``start()`` first prints ``READY`` and blocks until a line arrives
-    on stdin, and ``mark()`` prints ``STEP <seconds>``: the orchestrator then runs the
+    on stdin, and ``mark()`` prints ``STEP <wall seconds> <cpu seconds>``: the orchestrator then runs the
     contestants' steps in turns, so load from other processes on this shared machine falls on
     all of them alike. Time spent blocked is not counted.
     """
@@ -111,11 +111,12 @@ class StepTimer:
         if self._started is None:
             raise RuntimeError("StepTimer.mark() without start()")
         seconds = time.perf_counter() - self._started
+        cpu = time.process_time() - self._cpu_started
         self.durations.append(seconds)
-        self.cpu.append(time.process_time() - self._cpu_started)
+        self.cpu.append(cpu)
         self._started = None
         if self.lockstep:
-            print(f"STEP {seconds:.6f}", flush=True)
+            print(f"STEP {seconds:.6f} {cpu:.6f}", flush=True)
 
     @property
     def timed(self) -> list[float]:
