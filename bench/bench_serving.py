@@ -193,6 +193,12 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=3, help="Requests per client in the throughput runs.")
     parser.add_argument("--swaps", type=int, default=4)
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for both the raw peer and the API (RLHB_API_TORCH_THREADS).",
+    )
+    parser.add_argument(
         "--swap-tokens",
         type=int,
         default=4,
@@ -214,7 +220,11 @@ def main() -> None:
     from trainer.registry import Registry
 
     model_dir = Path(args.model) if args.model else prepare_model(log=lambda *_: None)
-    emit("machine", {"cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]}, model=model_dir.name)
+    emit(
+        "machine",
+        {"cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0], "torch_threads": args.threads},
+        model=model_dir.name,
+    )
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     prefix = f"bench-serving:{uuid.uuid4().hex[:8]}:"
     broker = EmbeddedBroker().start()
@@ -241,6 +251,7 @@ def main() -> None:
             "RLHB_API_ADMIN_TOKEN": ADMIN,
             "RLHB_API_IMPRESSION_SECRET": SECRET,
             "RLHB_API_MAX_TOKENS_CAP": str(max(512, args.tokens)),
+            "RLHB_API_TORCH_THREADS": str(args.threads),
         }
     )
     api = subprocess.Popen(
@@ -251,6 +262,10 @@ def main() -> None:
     )
     url = f"http://127.0.0.1:{port}"
     try:
+        import torch
+
+        if args.threads > 0:
+            torch.set_num_threads(args.threads)  # the same as the API's, for a like-for-like peer
         raw = RawModel(model_dir)
         behavior = default_behavior(ApiSettings(dev_mode=True))
         questions = QUESTIONS[: args.prompts]

@@ -157,7 +157,10 @@ class ApiSettings(CommonSettings):
         description="Encoding of the default (most preferred) behavior sentence; match RLHB_AGG_ENCODING.")
     serve_model: bool = Field(
         default=True, description="Load the generation backend (False: a feedback/admin-only instance).")
-    torch_threads: int = Field(default=0, ge=0, le=256, description="torch intra-op threads (0: torch's default).")
+    torch_threads: int = Field(
+        default=1, ge=0, le=256,
+        description="torch intra-op threads for generation (0: torch's default, all cores). 1 by default: on a "
+        "machine shared with the trainer, 2+ threads contending for cores ran SmolLM2 ~10x slower than 1.")
     outbox_flush_s: float = Field(default=1.0, gt=0, le=60,
                                   description="How often impressions waiting in the local outbox are retried.")
     vllm_model_name: str = Field(default="", description="Model name served by the remote vLLM (empty: its first).")
