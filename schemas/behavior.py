@@ -6,8 +6,11 @@ latest record for an impression supersedes earlier ones."""
 from __future__ import annotations
 
 import time
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
+
+Count = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 SCHEMA_VERSION = 1
 
@@ -21,9 +24,11 @@ class BehaviorRecord(BaseModel):
     response: str
     behavior_prompt: str = Field(description="The behavior sentence the answer was served under.")
     adapter_version: str
-    counts: dict[str, float] = Field(description="Raw indicator totals, e.g. {'view': 3, 'like': 1}.")
+    counts: dict[str, Count] = Field(description="Raw indicator totals, e.g. {'view': 3, 'like': 1}.")
     buckets: dict[str, int] = Field(description="Bucket index per encoded indicator, 0 = lowest.")
     behavior_text: str = Field(description="The buckets rendered as one natural-language sentence.")
-    reward: float = Field(description="(likes - dislikes) / (views + clicks); 0 when the denominator is 0.")
+    reward: float = Field(
+        allow_inf_nan=False, description="(likes - dislikes) / (views + clicks); 0 when the denominator is 0."
+    )
     encoding: str = Field(default="", description="Name of the encoding that produced buckets/text.")
     updated_at: float = Field(default_factory=time.time)
