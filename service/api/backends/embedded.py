@@ -137,8 +137,6 @@ class EmbeddedBackend(Backend):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        if self.torch_threads > 0:
-            torch.set_num_threads(self.torch_threads)
         if not (self.model_path / "config.json").exists():
             raise BackendError(f"no model at {self.model_path} (config.json missing); set RLHB_MODEL_PATH")
         tok = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
@@ -293,6 +291,10 @@ class EmbeddedBackend(Backend):
 
     # ------------------------------------------------------------------ worker thread
     def _worker(self) -> None:
+        if self.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.torch_threads)  # per thread (OpenMP): only generation is affected
         pending: deque[_Job] = deque()
         while not self._stopping:
             if not self._take(pending, timeout=None if not pending else 0.0):
