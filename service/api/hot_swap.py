@@ -11,6 +11,12 @@ reported: ``rlhb_adapter_load_failures_total``, an error log line, and ``last_er
 
 The admin routes call ``poke()`` after moving the pointer, so this instance swaps at once
 instead of at its next poll; other instances notice at theirs.
+
+Preloading: every ``preload_s`` the watcher also loads (never switches to) the newest
+registered, non-rejected versions it does not hold yet, while the backend has free adapter
+slots. The trainer registers a candidate before its gate decides to promote it, so by the
+time the pointer moves the weights are usually in memory and the swap is only the switch.
+A preload failure is only logged; it is reported if and when that version is promoted.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import logging
 import time
 from typing import Any
 
-from schemas.adapters import BASE_VERSION, AdapterVersion
+from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
 from service.api.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -29,13 +35,22 @@ log = logging.getLogger(__name__)
 
 class AdapterWatcher:
     def __init__(
-        self, backend: Backend, registry: Any, metrics: Any = None, poll_s: float = 0.25, retry_s: float = 5.0
+        self,
+        backend: Backend,
+        registry: Any,
+        metrics: Any = None,
+        poll_s: float = 0.25,
+        retry_s: float = 5.0,
+        preload_s: float = 2.0,
     ):
         self.backend = backend
         self.registry = registry
         self.metrics = metrics
         self.poll_s = poll_s
         self.retry_s = retry_s
+        self.preload_s = preload_s
+        self._preload_failed: dict[str, float] = {}
+        self._next_preload = 0.0
         self.current: AdapterVersion | None = None
         """The version new requests use by default (None: the base model)."""
         self.pointer: str = BASE_VERSION
@@ -80,6 +95,39 @@ class AdapterWatcher:
             except Exception as e:  # noqa: BLE001 - Redis away: keep serving, keep polling
                 self.last_error = f"cannot read the active pointer: {type(e).__name__}: {e}"
                 log.warning("adapter watcher: %s", self.last_error)
+            if self.preload_s > 0 and time.monotonic() >= self._next_preload:
+                self._next_preload = time.monotonic() + self.preload_s
+                try:
+                    await self.preload()
+                except Exception as e:  # noqa: BLE001 - an optimisation: never let it stop the watcher
+                    log.warning("adapter preload skipped: %s: %s", type(e).__name__, e)
+
+    async def preload(self) -> list[str]:
+        """Load the newest registered versions not loaded yet, into free slots only; their names."""
+        room = getattr(self.backend, "max_loaded_adapters", 0) - len(self.backend.loaded_adapters())
+        if room <= 0:
+            return []
+        loaded, now = set(self.backend.loaded_adapters()), time.monotonic()
+        versions = await asyncio.to_thread(self.registry.list)
+        wanted = [
+            v
+            for v in reversed(versions)
+            if v.status != AdapterStatus.rejected
+            and v.name not in loaded
+            and now >= self._preload_failed.get(v.name, 0.0)
+        ][:room]
+        done = []
+        for v in wanted:
+            try:
+                version = await asyncio.to_thread(self.registry.validate, v.name)
+                await self.backend.load_adapter(version)
+                done.append(v.name)
+            except Exception as e:  # noqa: BLE001 - reported if the version is ever promoted
+                self._preload_failed[v.name] = time.monotonic() + 60
+                log.info("adapter %s not preloaded: %s: %s", v.name, type(e).__name__, e)
+        if done:
+            log.info("adapters preloaded", extra={"event": "adapters_preloaded", "versions": ",".join(done)})
+        return done
 
     def _read_pointer(self) -> str:
         value = self.registry.redis.get(self.registry.active_key)

@@ -41,6 +41,22 @@ def admin(c: httpx.Client, path: str) -> dict:
     return r.json()
 
 
+def test_registered_versions_are_preloaded_before_promotion(serving, tiny_model_dir):
+    """The trainer registers a candidate before promoting it: the API loads it meanwhile (free slots
+    only), so the later swap is only the switch."""
+    from tests.service.api.serving_fixtures import register_test_versions
+
+    with httpx.Client(base_url=serving.url, timeout=60) as c:
+        loaded = c.get("/readyz").json()["checks"]["adapter"]["loaded"]
+        assert len(loaded) < serving.settings.max_loaded_adapters, loaded  # a free slot for the new one
+        register_test_versions(serving.registry, tiny_model_dir, ["pre"])
+        deadline = time.monotonic() + 30
+        while "pre" not in c.get("/readyz").json()["checks"]["adapter"]["loaded"]:
+            assert time.monotonic() < deadline, "the registered version was not preloaded"
+            time.sleep(0.1)
+        assert c.get("/readyz").json()["checks"]["adapter"]["serving"] != "pre"  # loaded, not switched to
+
+
 def test_promotes_and_rollbacks_under_load_drop_nothing_and_label_every_answer(serving, oracle):
     expected = expected_texts(serving, oracle)
     assert len(set(expected.values())) == 4, expected  # the versions are distinguishable
