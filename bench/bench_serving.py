@@ -306,7 +306,11 @@ def main() -> None:
         emit("throughput_rps", round(rps8, 3), concurrency=8)
         emit("throughput_ratio_c8_c1", round(rps8 / rps1, 3), target=">= 2")
 
-        # 3. hot-swap: registry promote -> first response from the new version
+        # 3. hot-swap: registry promote -> first response from the new version. For scale: one
+        # answer of the same length alone (the floor: a new version's first answer takes this long).
+        with httpx.Client(base_url=url, timeout=600) as c:
+            alone = statistics.median(query(c, QUESTIONS[0], args.swap_tokens)[0] for _ in range(3))
+        emit("short_request_latency_s", round(alone, 3), tokens=args.swap_tokens)
         swaps = swap_times(url, registry, names, args.swaps, tokens=args.swap_tokens)
         emit(
             "swap_s",
@@ -322,6 +326,7 @@ def main() -> None:
                 "throughput_ok": rps8 / rps1 >= 2,
                 "swap_max_s": round(max(swaps), 3) if swaps else None,
                 "swap_ok": bool(swaps) and max(swaps) <= 1.0,
+                "short_request_latency_s": round(alone, 3),
                 "loadavg_1m_end": os.getloadavg()[0],
             },
         )
