@@ -9,6 +9,7 @@ changes what new turns get, never this one, and the response names this turn's v
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ from service.api.state import AppState
 from trainer.prompts import render_prompt
 
 LATEST_ALIASES = {LATEST_ALIAS, "latest", "default"}
+_SENTINEL = "\x00rlhb-query\x00"
 _background: set[asyncio.Task] = set()  # impressions logged after a client left (keep a reference)
 
 
@@ -112,6 +114,7 @@ async def start_turn(
     behavior = behavior.strip() if behavior and behavior.strip() else state.default_behavior
     backend = backend_or_503(state)
     prompt = render_prompt(backend.tokenizer, query, behavior)
+    prefix = shared_prefix(backend.tokenizer, behavior)
     prompt_tokens = backend.count_tokens(prompt)
     if prompt_tokens + max_new > backend.max_context:
         raise HTTPException(
@@ -131,8 +134,17 @@ async def start_turn(
         temperature=settings.temperature if temperature is None else temperature,
         top_p=1.0 if top_p is None else top_p,
         adapter=version,
+        prefix=prefix if prompt.startswith(prefix) else "",
     )
     return Turn(impression_id=state.signer.new_id(), query=query, behavior=behavior, request=request)
+
+
+@functools.lru_cache(maxsize=256)
+def shared_prefix(tokenizer, behavior: str) -> str:
+    """The part of every prompt with this behavior that comes before the query (chat template +
+    system message), found by rendering a sentinel query; backends cache its keys/values."""
+    rendered = render_prompt(tokenizer, _SENTINEL, behavior)
+    return rendered.split(_SENTINEL)[0] if rendered.count(_SENTINEL) == 1 else ""
 
 
 def end_turn(state: AppState, turn: Turn) -> None:

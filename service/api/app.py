@@ -95,6 +95,7 @@ def make_backend(settings: ApiSettings, metrics: ApiMetrics | None = None):
         max_batch_size=settings.max_batch_size,
         max_loaded_adapters=settings.max_loaded_adapters,
         torch_threads=settings.torch_threads,
+        prefix_cache=settings.prefix_cache,
         on_batch=metrics.batch_size.observe if metrics is not None else None,
     )
 

@@ -35,6 +35,9 @@ class GenerationRequest:
     """0 means greedy decoding (deterministic)."""
     top_p: float = 1.0
     adapter: AdapterVersion | None = None
+    prefix: str = ""
+    """A leading part of ``prompt`` that many requests share (the system prompt); a backend may
+    cache its keys/values per adapter version. Empty: nothing shared."""
 
     @property
     def greedy(self) -> bool:

@@ -143,3 +143,40 @@ def test_worker_survives_callers_whose_event_loop_is_gone(backend):
     asyncio.run(leave_early())
     result = asyncio.run(asyncio.wait_for(backend.generate(GenerationRequest(prompts(backend)[1], 3)), 120))
     assert backend.ready and result.completion_tokens > 0
+
+
+def test_shared_prefix_cache_gives_the_plain_greedy_texts(backend, versions, tiny_model_dir):
+    """Batches whose prompts share the system prompt reuse its keys/values (per version): the
+    texts must equal plain, uncached generate (an oracle with no API code)."""
+    from service.api.answer import shared_prefix
+    from tests.service.api.serving_fixtures import GreedyOracle
+
+    oracle = GreedyOracle(tiny_model_dir)
+    prefix = shared_prefix(backend.tokenizer, BEHAVIOR)
+    assert prefix and all(p.startswith(prefix) for p in prompts(backend))
+    other = render_prompt(backend.tokenizer, QUESTIONS[0], "Users disliked this answer at a high rate.")
+
+    async def run():
+        await backend.load_adapter(versions[1])
+        backend.acquire(versions[1])
+        rows = [(p, a) for p in prompts(backend) for a in (None, versions[1])]
+        hits = backend.prefix_hits
+        cached = await asyncio.gather(
+            *[backend.generate(GenerationRequest(p, 6, adapter=a, prefix=prefix)) for p, a in rows]
+        )
+        cached_hits = backend.prefix_hits - hits
+        # a batch whose prompts do not all share the prefix falls back to plain left padding
+        mixed = await asyncio.gather(
+            backend.generate(GenerationRequest(prompts(backend)[0], 6, prefix=prefix)),
+            backend.generate(GenerationRequest(other, 6, prefix="")),
+        )
+        backend.release(versions[1])
+        return rows, cached, cached_hits, mixed, backend.prefix_hits - hits
+
+    rows, cached, cached_hits, mixed, all_hits = asyncio.run(run())
+    assert cached_hits >= 1 and all_hits == cached_hits  # the fallback batch did not use the cache
+    for (p, a), r in zip(rows, cached, strict=True):
+        assert r.text == oracle.text(p, a, 6), (a, r.text)
+        assert r.prompt_tokens == len(backend.tokenizer(p, add_special_tokens=False)["input_ids"])
+    assert mixed[0].text == oracle.text(prompts(backend)[0], None, 6)
+    assert mixed[1].text == oracle.text(other, None, 6)
