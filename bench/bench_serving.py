@@ -7,6 +7,8 @@ One run, one model (SmolLM2-135M-Instruct unless --model), the same prompts, gre
    default behavior sentence) and (b) ``POST /v1/query`` to the API (``rlhb api`` in a
    subprocess, so the client never competes with it for the GIL). Same tokens generated
    (the texts are checked equal). Reports p50/p99 of both and the p50 ratio (target <= 1.05).
+   The API reuses the system prompt's keys/values (prefix cache), which the raw peer does
+   not; ``--no-prefix-cache`` measures the serving stack's own overhead alone.
 2. throughput: requests/s with 1 client vs 8 concurrent clients (target >= 2x, from dynamic
    batching).
 3. hot-swap: 2 clients send short requests (4 tokens) continuously; the registry promotes a
@@ -193,6 +195,11 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=3, help="Requests per client in the throughput runs.")
     parser.add_argument("--swaps", type=int, default=4)
     parser.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="Serve without the shared-prefix KV cache (the pure overhead of the serving stack).",
+    )
+    parser.add_argument(
         "--threads",
         type=int,
         default=1,
@@ -222,7 +229,12 @@ def main() -> None:
     model_dir = Path(args.model) if args.model else prepare_model(log=lambda *_: None)
     emit(
         "machine",
-        {"cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0], "torch_threads": args.threads},
+        {
+            "cpus": os.cpu_count(),
+            "loadavg_1m": os.getloadavg()[0],
+            "torch_threads": args.threads,
+            "prefix_cache": not args.no_prefix_cache,
+        },
         model=model_dir.name,
     )
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
@@ -252,6 +264,7 @@ def main() -> None:
             "RLHB_API_IMPRESSION_SECRET": SECRET,
             "RLHB_API_MAX_TOKENS_CAP": str(max(512, args.tokens)),
             "RLHB_API_TORCH_THREADS": str(args.threads),
+            "RLHB_API_PREFIX_CACHE": "false" if args.no_prefix_cache else "true",
         }
     )
     api = subprocess.Popen(
