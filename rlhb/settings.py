@@ -162,7 +162,7 @@ class ApiSettings(CommonSettings):
         description="torch intra-op threads for generation (0: torch's default, all cores). 1 by default: on a "
         "machine shared with the trainer, 2+ threads contending for cores ran SmolLM2 ~10x slower than 1.")
     prefix_cache: bool = Field(
-        default=True, description="Reuse the keys/values of the shared system prompt per adapter version.")
+        default=False, description="Reuse the keys/values of the shared system prompt per adapter version.")
     outbox_flush_s: float = Field(default=1.0, gt=0, le=60,
                                   description="How often impressions waiting in the local outbox are retried.")
     vllm_model_name: str = Field(default="", description="Model name served by the remote vLLM (empty: its first).")
