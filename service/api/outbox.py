@@ -58,6 +58,26 @@ class Outbox:
             )
             return int(cur.lastrowid)
 
+    def append_many(self, rows: list[tuple[bytes, bytes]]) -> list[int]:
+        """Append ``rows`` in one transaction (one fsync); their ids in order."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN")
+            try:
+                ids = [
+                    int(
+                        self._db.execute(
+                            "INSERT INTO outbox (key, value, created_at) VALUES (?, ?, ?)", (k, v, now)
+                        ).lastrowid
+                    )
+                    for k, v in rows
+                ]
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return ids
+
     def oldest(self, limit: int, exclude: set[int] | frozenset = frozenset()) -> list[tuple[int, bytes, bytes]]:
         with self._lock:
             rows = self._db.execute(
@@ -114,6 +134,8 @@ class ImpressionLog:
         # never do so on the event loop.
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlhb-impressions")
         self._task: asyncio.Task | None = None
+        self._to_append: list[tuple[bytes, bytes, asyncio.Future]] = []
+        self._appender: asyncio.Task | None = None
 
     @property
     def broker_ok(self) -> bool:
@@ -121,9 +143,18 @@ class ImpressionLog:
 
     # ------------------------------------------------------------------ request path
     async def log(self, impression: Impression) -> None:
-        """Durably record ``impression`` (returns once fsync'd), then send it in the background."""
+        """Durably record ``impression`` (returns once fsync'd), then send it in the background.
+
+        Group commit: impressions logged while a commit is running share the next one (one
+        fsync), so a batch of answers finishing together is not answered one fsync apart --
+        which would stagger the clients' next requests past the batching window."""
         key, value = impression.impression_id.encode(), impression.model_dump_json().encode()
-        rowid = await asyncio.to_thread(self._append, key, value)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future = loop.create_future()
+        self._to_append.append((key, value, done))
+        if self._appender is None or self._appender.done():
+            self._appender = loop.create_task(self._append_pending())
+        rowid = await done
         if self._down and time.monotonic() < self._retry_at:
             with self._lock:
                 self._inflight.discard(rowid)
@@ -131,12 +162,26 @@ class ImpressionLog:
             return
         self._sender.submit(self._send, rowid, key, value, True)
 
-    def _append(self, key: bytes, value: bytes) -> int:
+    async def _append_pending(self) -> None:
+        while self._to_append:
+            batch, self._to_append = self._to_append, []
+            try:
+                rowids = await asyncio.to_thread(self._append_many, [(k, v) for k, v, _ in batch])
+            except Exception as e:  # noqa: BLE001 - each waiting request gets the error
+                for *_, done in batch:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            for (*_, done), rowid in zip(batch, rowids, strict=True):
+                if not done.done():
+                    done.set_result(rowid)
+
+    def _append_many(self, rows: list[tuple[bytes, bytes]]) -> list[int]:
         # Under the lock, so the flusher never picks up a row the request path is about to send.
         with self._lock:
-            rowid = self.outbox.append(key, value)
-            self._inflight.add(rowid)
-        return rowid
+            rowids = self.outbox.append_many(rows)
+            self._inflight.update(rowids)
+        return rowids
 
     def _count_failure(self) -> None:
         if self.metrics is not None:

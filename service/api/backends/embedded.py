@@ -1,7 +1,7 @@
 """The embedded backend: transformers + peft in this process, with dynamic batching.
 
-One worker thread owns the model. Requests queue up; the worker waits a short collection
-window from the oldest waiting request (``batch_window_ms``), takes up to
+One worker thread owns the model. Requests queue up; the worker collects them while they
+keep arriving (no gap longer than ``batch_window_ms``, at most 4 windows), takes up to
 ``max_batch_size`` compatible requests (all greedy, or all sampled), left-pads their
 prompts and runs ONE ``generate`` for all of them, so the event loop never blocks on torch.
 
@@ -313,8 +313,12 @@ class EmbeddedBackend(Backend):
                 break
             if not pending:
                 continue
-            deadline = pending[0].enqueued + self.batch_window_s
+            # Collect while requests keep coming: until the batch is full, or no request arrived for
+            # one window, or the oldest has waited 4 windows. Clients whose answers came back
+            # together return a few ms apart each; a fixed window would split them into two batches.
+            hard_deadline = pending[0].enqueued + 4 * self.batch_window_s
             while len(pending) < self.max_batch_size:
+                deadline = min(pending[-1].enqueued + self.batch_window_s, hard_deadline)
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._take(pending, timeout=remaining):
                     break
