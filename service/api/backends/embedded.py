@@ -240,6 +240,22 @@ class EmbeddedBackend(Backend):
             "loaded adapter %s (id %d) in %.0f ms", version.name, version.id, (time.perf_counter() - started) * 1000
         )
         self._evict(keep=version.id)
+        self._warm_prefixes(name)
+
+    def _warm_prefixes(self, name: str, most: int = 2) -> None:
+        """Compute the new version's keys/values of the most recently used shared prefixes now (a
+        load happens before the switch), so its first requests after a hot-swap skip that work."""
+        if not self.prefix_cache:
+            return
+        recent: list[str] = []
+        for _, prefix in reversed(self._prefix_kvs):
+            if prefix not in recent:
+                recent.append(prefix)
+        for prefix in recent[:most]:
+            try:
+                self._prefix_kv(prefix, self._prefix_ids(prefix), name)
+            except Exception:  # noqa: BLE001 - an optimisation; the request path computes it anyway
+                log.exception("could not precompute a prefix for %s", name)
 
     def _evict(self, keep: int) -> None:
         """Drop least recently used adapters beyond the limit (worker thread). Never a pinned one, the
@@ -492,6 +508,10 @@ class EmbeddedBackend(Backend):
                 return {"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, [len(f) for f in full]
         enc = tok([j.request.prompt for j in jobs], return_tensors="pt", padding=True, add_special_tokens=False)
         return dict(enc), [len(f) for f in full]
+
+    def cached_prefixes(self) -> list[tuple[str, str]]:
+        """(peft adapter name, prefix) pairs whose keys/values are cached, least recently used first."""
+        return list(self._prefix_kvs)
 
     def _prefix_ids(self, prefix: str) -> list[int]:
         ids = self._prefix_tokens.get(prefix)

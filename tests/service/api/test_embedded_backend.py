@@ -180,3 +180,8 @@ def test_shared_prefix_cache_gives_the_plain_greedy_texts(backend, versions, tin
         assert r.prompt_tokens == len(backend.tokenizer(p, add_special_tokens=False)["input_ids"])
     assert mixed[0].text == oracle.text(prompts(backend)[0], None, 6)
     assert mixed[1].text == oracle.text(other, None, 6)
+
+    # a version loaded later (before a hot-swap) gets the recent prefix precomputed at load time
+    fresh = next(v for v in versions if v.name not in backend.loaded_adapters())
+    asyncio.run(backend.load_adapter(fresh))
+    assert (f"v{fresh.id}", prefix) in backend.cached_prefixes()
