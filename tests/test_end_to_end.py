@@ -169,7 +169,16 @@ def test_feedback_to_records_to_published_version_served_rolled_back_and_rejecte
         assert pointers == {SEED_VERSION} and serving == {SEED_VERSION} and labels == {SEED_VERSION}
         listed = deployment.http.get("/admin/checkpoints", headers=AUTH).json()
         assert {v["name"]: v["status"] for v in listed["versions"]}[rejected["version"]] == "rejected"
-        assert listed["active"] == SEED_VERSION and rejected["version"] not in listed["loaded"]
+        assert listed["active"] == SEED_VERSION
+        # The API may have preloaded the candidate before its gate decided; once rejected it is
+        # unloaded at the watcher's next preload tick (every 2 s) and never served meanwhile.
+        wait_for(
+            lambda: rejected["version"]
+            not in deployment.http.get("/admin/checkpoints", headers=AUTH).json()["loaded"],
+            10,
+            "the rejected candidate unloaded",
+            interval=0.2,
+        )
         refused = deployment.http.post(f"/admin/promote/{rejected['version']}", headers=AUTH)
         assert refused.status_code == 409, refused.text
         assert redis_client.get(registry.active_key) == SEED_VERSION and deployment.ask() == SEED_VERSION

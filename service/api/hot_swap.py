@@ -17,6 +17,8 @@ registered, non-rejected versions it does not hold yet, while the backend has fr
 slots. The trainer registers a candidate before its gate decides to promote it, so by the
 time the pointer moves the weights are usually in memory and the swap is only the switch.
 A preload failure is only logged; it is reported if and when that version is promoted.
+A preloaded candidate that the gate then rejects is unloaded at the next preload tick
+(unless a request still holds it), so a rejected version never keeps a slot.
 """
 
 from __future__ import annotations
@@ -103,12 +105,15 @@ class AdapterWatcher:
                     log.warning("adapter preload skipped: %s: %s", type(e).__name__, e)
 
     async def preload(self) -> list[str]:
-        """Load the newest registered versions not loaded yet, into free slots only; their names."""
+        """Unload versions the gate rejected since (a candidate is preloaded before its gate
+        decides), then load the newest registered versions not loaded yet into free slots only;
+        the names loaded."""
+        versions = await asyncio.to_thread(self.registry.list)
+        await self._unload_rejected(versions)
         room = getattr(self.backend, "max_loaded_adapters", 0) - len(self.backend.loaded_adapters())
         if room <= 0:
             return []
         loaded, now = set(self.backend.loaded_adapters()), time.monotonic()
-        versions = await asyncio.to_thread(self.registry.list)
         wanted = [
             v
             for v in reversed(versions)
@@ -128,6 +133,13 @@ class AdapterWatcher:
         if done:
             log.info("adapters preloaded", extra={"event": "adapters_preloaded", "versions": ",".join(done)})
         return done
+
+    async def _unload_rejected(self, versions: list[AdapterVersion]) -> None:
+        loaded = set(self.backend.loaded_adapters())
+        for v in versions:
+            if v.status == AdapterStatus.rejected and v.name in loaded and v.name != self.current_name:
+                if await self.backend.unload_adapter(v):
+                    log.info("unloaded rejected adapter", extra={"event": "adapter_unloaded", "version": v.name})
 
     def _read_pointer(self) -> str:
         value = self.registry.redis.get(self.registry.active_key)

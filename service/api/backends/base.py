@@ -97,6 +97,11 @@ class Backend(abc.ABC):
     def loaded_adapters(self) -> list[str]:
         """Names of the versions loaded now."""
 
+    async def unload_adapter(self, version: AdapterVersion) -> bool:
+        """Free ``version``'s memory now if no request holds it and it is not the active one; True if
+        it is gone. Optional: a backend without it (False) relies on its own eviction."""
+        return False
+
     def set_protected(self, version: AdapterVersion | None) -> None:  # noqa: B027 - optional hook
         """The active version: never evicted while it is active."""
 

@@ -272,11 +272,32 @@ class EmbeddedBackend(Backend):
             for a in victims:
                 del self._adapters[a.version.id]
         for a in victims:
-            gone = self._adapter_name(a.version)
-            self._peft.delete_adapter(gone)
-            for key in [k for k in self._prefix_kvs if k[0] == gone]:
-                del self._prefix_kvs[key]
+            self._delete_adapter(a.version)
             log.info("evicted adapter %s (id %d)", a.version.name, a.version.id)
+
+    def _delete_adapter(self, version: AdapterVersion) -> None:
+        """Free one adapter's weights and cached prefixes (worker thread; already out of ``_adapters``)."""
+        gone = self._adapter_name(version)
+        self._peft.delete_adapter(gone)
+        for key in [k for k in self._prefix_kvs if k[0] == gone]:
+            del self._prefix_kvs[key]
+
+    async def unload_adapter(self, version: AdapterVersion) -> bool:
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._inbox.put(_Control(lambda: self._unload_adapter_sync(version), fut))
+        return await asyncio.wrap_future(fut)
+
+    def _unload_adapter_sync(self, version: AdapterVersion) -> bool:
+        with self._lock:
+            loaded = self._adapters.get(version.id)
+            if loaded is None:
+                return True
+            if loaded.refs > 0 or version.id == self._protected:
+                return False  # a request still runs on it, or it is active: keep it
+            del self._adapters[version.id]
+        self._delete_adapter(version)
+        log.info("unloaded adapter %s (id %d)", version.name, version.id)
+        return True
 
     # ------------------------------------------------------------------ requests
     def _submit(self, request: GenerationRequest, cancel: Cancellation | None, stream: bool) -> _Job:

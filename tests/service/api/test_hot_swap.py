@@ -56,6 +56,15 @@ def test_registered_versions_are_preloaded_before_promotion(serving, tiny_model_
             time.sleep(0.1)
         assert c.get("/readyz").json()["checks"]["adapter"]["serving"] != "pre"  # loaded, not switched to
 
+        # The gate rejects it: the API frees its slot at the next preload tick.
+        from schemas.adapters import AdapterStatus
+
+        serving.registry.mark("pre", AdapterStatus.rejected, "test: gate said no")
+        deadline = time.monotonic() + 30
+        while "pre" in c.get("/readyz").json()["checks"]["adapter"]["loaded"]:
+            assert time.monotonic() < deadline, "the rejected version was not unloaded"
+            time.sleep(0.1)
+
 
 def test_promotes_and_rollbacks_under_load_drop_nothing_and_label_every_answer(serving, oracle):
     expected = expected_texts(serving, oracle)
