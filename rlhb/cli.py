@@ -117,8 +117,11 @@ def infra_status() -> None:
         except InfraError:
             pass
     status = {
-        "broker": {"bootstrap": bootstrap or "(none: embedded starts on demand)", "reachable": broker_ok,
-                   "embedded": not settings.kafka_bootstrap_servers},
+        "broker": {
+            "bootstrap": bootstrap or "(none: embedded starts on demand)",
+            "reachable": broker_ok,
+            "embedded": not settings.kafka_bootstrap_servers,
+        },
         "redis": {"url": redis_url, "reachable": redis_answers(redis_url)},
     }
     typer.echo(json.dumps(status, indent=2))

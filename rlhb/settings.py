@@ -52,7 +52,10 @@ class CommonSettings(BaseSettings):
     topic_records: str = Field(default="behavior-records", validation_alias=_alias("RLHB_TOPIC_RECORDS"))
     topic_dead_letter: str = Field(default="dead-letter", validation_alias=_alias("RLHB_TOPIC_DEAD_LETTER"))
     topic_partitions: int = Field(
-        default=4, ge=1, le=1024, validation_alias=_alias("RLHB_TOPIC_PARTITIONS"),
+        default=4,
+        ge=1,
+        le=1024,
+        validation_alias=_alias("RLHB_TOPIC_PARTITIONS"),
         description="Partitions for topics the embedded setup creates (aggregators scale up to this many).",
     )
     model_path: str = Field(
@@ -71,7 +74,8 @@ class CommonSettings(BaseSettings):
         description="Local durable state: impression outbox, embedded infra state file.",
     )
     dev_mode: bool = Field(
-        default=False, validation_alias=_alias("RLHB_DEV_MODE"),
+        default=False,
+        validation_alias=_alias("RLHB_DEV_MODE"),
         description="Allow an empty/placeholder admin token and secret (never in production).",
     )
 
@@ -147,24 +151,34 @@ class ApiSettings(CommonSettings):
     max_tokens_cap: int = Field(default=512, ge=1, le=8192, description="Largest max_tokens a request may ask.")
     batch_window_ms: float = Field(default=15.0, ge=0, le=1000, description="Dynamic batching window.")
     max_batch_size: int = Field(default=8, ge=1, le=256, description="Most requests in one generate call.")
-    adapter_poll_s: float = Field(default=0.25, gt=0, le=1.0,
-                                  description="How often to check the active pointer (hot-swap within a second).")
+    adapter_poll_s: float = Field(
+        default=0.25, gt=0, le=1.0, description="How often to check the active pointer (hot-swap within a second)."
+    )
     max_loaded_adapters: int = Field(default=4, ge=1, le=64, description="Adapters kept in memory at once.")
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0,
-                               description="Sampling temperature when a request sets none (0 = greedy).")
+    temperature: float = Field(
+        default=0.0, ge=0.0, le=2.0, description="Sampling temperature when a request sets none (0 = greedy)."
+    )
     behavior_encoding: str = Field(
-        default="rates", pattern="^(paper|rates)$",
-        description="Encoding of the default (most preferred) behavior sentence; match RLHB_AGG_ENCODING.")
+        default="rates",
+        pattern="^(paper|rates)$",
+        description="Encoding of the default (most preferred) behavior sentence; match RLHB_AGG_ENCODING.",
+    )
     serve_model: bool = Field(
-        default=True, description="Load the generation backend (False: a feedback/admin-only instance).")
+        default=True, description="Load the generation backend (False: a feedback/admin-only instance)."
+    )
     torch_threads: int = Field(
-        default=1, ge=0, le=256,
+        default=1,
+        ge=0,
+        le=256,
         description="torch intra-op threads for generation (0: torch's default, all cores). 1 by default: on a "
-        "machine shared with the trainer, 2+ threads contending for cores ran SmolLM2 ~10x slower than 1.")
+        "machine shared with the trainer, 2+ threads contending for cores ran SmolLM2 ~10x slower than 1.",
+    )
     prefix_cache: bool = Field(
-        default=False, description="Reuse the keys/values of the shared system prompt per adapter version.")
-    outbox_flush_s: float = Field(default=1.0, gt=0, le=60,
-                                  description="How often impressions waiting in the local outbox are retried.")
+        default=False, description="Reuse the keys/values of the shared system prompt per adapter version."
+    )
+    outbox_flush_s: float = Field(
+        default=1.0, gt=0, le=60, description="How often impressions waiting in the local outbox are retried."
+    )
     vllm_model_name: str = Field(default="", description="Model name served by the remote vLLM (empty: its first).")
 
     @model_validator(mode="after")
@@ -183,21 +197,25 @@ class AggregatorSettings(CommonSettings):
 
     group_id: str = Field(default="rlhb-aggregator", description="Kafka consumer group.")
     encoding: str = Field(
-        default="rates", pattern="^(paper|rates)$",
+        default="rates",
+        pattern="^(paper|rates)$",
         description="'paper': log1p counts in N equal buckets up to fixed caps; 'rates': per-view rates, "
         "quantile-fitted levels (see service/aggregator/encoding docs).",
     )
     num_buckets: int = Field(default=5, ge=2, le=20, description="N, buckets per indicator (paper encoding).")
     coalesce_ms: float = Field(default=200.0, ge=0, le=60_000, description="Merge bursts into one record.")
     catchup_coalesce_ms: float = Field(
-        default=10_000.0, ge=0, le=600_000,
+        default=10_000.0,
+        ge=0,
+        le=600_000,
         description="Coalescing interval while the member is behind (messages left to read): records of a "
         "backlog are superseded within the catch-up, so publish each impression at most this often.",
     )
     pending_ttl_s: float = Field(default=600.0, gt=0, description="How long an early event waits for its impression.")
     pending_max: int = Field(default=100_000, ge=1, description="Bound on events waiting for impressions.")
     max_poll_interval_ms: int = Field(
-        default=10_000, ge=1000,
+        default=10_000,
+        ge=1000,
         description="kafka-python takes the group rebalance timeout from this; keep it small (seconds).",
     )
     levels: int = Field(default=3, ge=2, le=10, description="L, levels per rate (rates encoding): 3 = low/medium/high.")
@@ -207,7 +225,7 @@ class AggregatorSettings(CommonSettings):
         "service/aggregator/encoding.py: like_rate, dislike_rate, ctr, share_rate, requery_rate).",
     )
     caps: dict[str, float] = Field(
-        default_factory=dict, description="Paper encoding: per-indicator top-bucket caps, e.g. {\"view\": 50}."
+        default_factory=dict, description='Paper encoding: per-indicator top-bucket caps, e.g. {"view": 50}.'
     )
     session_timeout_ms: int = Field(
         default=6000, ge=1000, description="Group session timeout: how long a crashed member keeps its partitions."

@@ -17,8 +17,10 @@ class QueryRequest(BaseModel):
 
     query: str = Field(min_length=1, max_length=QUERY_MAX_CHARS)
     behavior: str | None = Field(
-        default=None, max_length=1000,
-        description="Behavior sentence to condition on; default: the most preferred behavior.")
+        default=None,
+        max_length=1000,
+        description="Behavior sentence to condition on; default: the most preferred behavior.",
+    )
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     stream: bool = False

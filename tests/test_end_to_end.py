@@ -173,8 +173,7 @@ def test_feedback_to_records_to_published_version_served_rolled_back_and_rejecte
         # The API may have preloaded the candidate before its gate decided; once rejected it is
         # unloaded at the watcher's next preload tick (every 2 s) and never served meanwhile.
         wait_for(
-            lambda: rejected["version"]
-            not in deployment.http.get("/admin/checkpoints", headers=AUTH).json()["loaded"],
+            lambda: rejected["version"] not in deployment.http.get("/admin/checkpoints", headers=AUTH).json()["loaded"],
             10,
             "the rejected candidate unloaded",
             interval=0.2,

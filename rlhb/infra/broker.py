@@ -54,9 +54,20 @@ class EmbeddedBroker:
             self.port = self.port or free_port()
             url = f"tcp://127.0.0.1:{self.port}"
             self.proc = subprocess.Popen(
-                [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                 "--storage-engine", "memory://tansu/", "--silent"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                [
+                    str(tansu_binary()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    url,
+                    "--storage-engine",
+                    "memory://tansu/",
+                    "--silent",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             if wait_tcp("127.0.0.1", self.port, timeout_s) and self.proc.poll() is None:
                 atexit.register(self.stop)

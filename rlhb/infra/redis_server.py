@@ -70,9 +70,22 @@ class EmbeddedRedis:
         for _attempt in range(3):
             self.port = free_port()
             self.proc = subprocess.Popen(
-                [str(server_binary()), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", self._dir],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                [
+                    str(server_binary()),
+                    "--port",
+                    str(self.port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    self._dir,
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             if wait_tcp("127.0.0.1", self.port, 10) and redis_answers(self.url, 2.0):
                 atexit.register(self.stop)

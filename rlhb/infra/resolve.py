@@ -61,15 +61,13 @@ def write_infra_state(settings: CommonSettings, infra: Infra) -> Path:
     path = state_file(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"bootstrap": infra.bootstrap, "redis_url": infra.redis_url,
-                               "owner_pid": os.getpid()}))
+    tmp.write_text(json.dumps({"bootstrap": infra.bootstrap, "redis_url": infra.redis_url, "owner_pid": os.getpid()}))
     os.replace(tmp, path)
     return path
 
 
 def topics_of(settings: CommonSettings) -> list[str]:
-    return [settings.topic_impressions, settings.topic_feedback, settings.topic_records,
-            settings.topic_dead_letter]
+    return [settings.topic_impressions, settings.topic_feedback, settings.topic_records, settings.topic_dead_letter]
 
 
 def resolve_infra(settings: CommonSettings, create_topics: bool = True) -> Infra:

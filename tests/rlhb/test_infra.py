@@ -13,8 +13,13 @@ from rlhb.infra.redis_server import EmbeddedRedis, check_redis, redis_answers
 
 def _consumer(bootstrap: str, topic: str, group: str) -> KafkaConsumer:
     return KafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=group, auto_offset_reset="earliest",
-        enable_auto_commit=False, max_poll_interval_ms=5000, session_timeout_ms=5000,
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_interval_ms=5000,
+        session_timeout_ms=5000,
         heartbeat_interval_ms=500,
     )
 

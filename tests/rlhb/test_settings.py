@@ -54,8 +54,9 @@ def test_env_prefixes_and_conventional_aliases(monkeypatch):
 def _run_cli(args: list[str], **env: str) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("RLHB_")}
     full_env.update(env)
-    return subprocess.run([sys.executable, "-m", "rlhb.cli", *args], capture_output=True, text=True,
-                          env=full_env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "rlhb.cli", *args], capture_output=True, text=True, env=full_env, timeout=120
+    )
 
 
 def test_cli_bad_model_path_is_one_line_not_a_traceback(tmp_path):
@@ -67,16 +68,21 @@ def test_cli_bad_model_path_is_one_line_not_a_traceback(tmp_path):
 
 
 def test_cli_unreachable_redis_is_one_clear_line(tmp_path, smollm2_dir):
-    result = _run_cli(["up"], RLHB_REDIS_URL="redis://127.0.0.1:1/0", RLHB_MODEL_PATH=str(smollm2_dir),
-                      RLHB_STATE_DIR=str(tmp_path))
+    result = _run_cli(
+        ["up"], RLHB_REDIS_URL="redis://127.0.0.1:1/0", RLHB_MODEL_PATH=str(smollm2_dir), RLHB_STATE_DIR=str(tmp_path)
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "Redis does not answer" in result.stderr and "RLHB_REDIS_URL" in result.stderr
 
 
 def test_cli_unreachable_kafka_is_one_clear_line(tmp_path, smollm2_dir):
-    result = _run_cli(["up"], RLHB_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", RLHB_MODEL_PATH=str(smollm2_dir),
-                      RLHB_STATE_DIR=str(tmp_path))
+    result = _run_cli(
+        ["up"],
+        RLHB_KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",
+        RLHB_MODEL_PATH=str(smollm2_dir),
+        RLHB_STATE_DIR=str(tmp_path),
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "no Kafka broker answers" in result.stderr

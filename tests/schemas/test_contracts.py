@@ -12,8 +12,17 @@ from pydantic import ValidationError
 
 from schemas import AdapterVersion, BehaviorRecord, FeedbackBatch, FeedbackEvent
 
-RECORD = dict(impression_id="i.s", query="q", response="a", behavior_prompt="b", adapter_version="base",
-              counts={"view": 2, "like": 1}, buckets={"like_rate": 2}, behavior_text="t", reward=0.5)
+RECORD = dict(
+    impression_id="i.s",
+    query="q",
+    response="a",
+    behavior_prompt="b",
+    adapter_version="base",
+    counts={"view": 2, "like": 1},
+    buckets={"like_rate": 2},
+    behavior_text="t",
+    reward=0.5,
+)
 
 
 def test_behavior_record_refuses_non_finite_rewards_and_negative_counts():
