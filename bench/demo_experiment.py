@@ -206,21 +206,6 @@ def parse_overrides(pairs: list[str]) -> dict:
     return out
 
 
-def patch_preferred_prompts(share: float) -> None:
-    """Experiment only: a share of RLHB's PPO prompts use the serving (most preferred) sentence
-    instead of the record's own behavior (the policy is served under that sentence only)."""
-    import trainer.algorithms.rlhb as rlhb_module
-    from trainer.rollouts import Prompt
-
-    original = rlhb_module.sample_prompts
-    preferred = behavior_sentence()
-
-    def sample(records, n, rng):
-        return [Prompt(p.query, preferred) if rng.random() < share else p for p in original(records, n, rng)]
-
-    rlhb_module.sample_prompts = sample
-
-
 def cmd_train(a) -> None:
     import dataclasses
 
@@ -233,8 +218,8 @@ def cmd_train(a) -> None:
     records, _, _ = make_records(answers, a.users, a.viewers_mean, a.seed)
     config = default_config(a.algorithm)
     config = dataclasses.replace(config, **parse_overrides(a.set or []))
-    if a.preferred_share > 0:
-        patch_preferred_prompts(a.preferred_share)
+    if a.preferred_share > 0:  # the E1 experiment's patch, now RLHBConfig.preferred_prompt_share
+        config = dataclasses.replace(config, preferred_prompt_share=a.preferred_share)
     out_root = Path(a.output_root)
     out_root.mkdir(parents=True, exist_ok=True)
     request = TrainRequest(
@@ -290,6 +275,72 @@ def cmd_eval(a) -> None:
     )
 
 
+def cmd_reward(a) -> None:
+    """Reward fidelity: train a reward (D, classifier or pairwise RM) on the records, score held-out
+    answers under the serving sentence, and correlate with the users' true like probability."""
+    import dataclasses
+
+    import torch
+    from scipy.stats import spearmanr
+
+    from rlhb.simulate.users import load_user_model
+    from trainer.algorithms import TrainRequest, default_config
+
+    torch.set_num_threads(a.threads)
+    records, _, _ = make_records(load_jsonl(a.answers)[: a.n or None], a.users, a.viewers_mean, a.seed)
+    rows = load_jsonl(a.eval)
+    user = load_user_model(a.users)
+    truth = [user.judge(r["question"], r["answer"]).p_like for r in rows]
+    qs, ans = [r["question"] for r in rows], [r["answer"] for r in rows]
+    config = dataclasses.replace(default_config(a.algorithm), **parse_overrides(a.set or []))
+    t0 = time.time()
+    out = {}
+    if a.algorithm == "rlhb":
+        from trainer.algorithms.rlhb import RLHBTrainer
+
+        request = TrainRequest(
+            records=records,
+            model_path=model_dir(),
+            output_root=OUT / "scratch",
+            version_name=f"reward-{time.time_ns()}",
+            seed=a.seed,
+            steps=1,
+            progress=False,
+        )
+        trainer = RLHBTrainer(request, config)
+        history = trainer.warmup()
+        out["d_heldout_acc"] = trainer.heldout_acc
+        out["warmup_last_loss"] = history[-1]["d_loss"] if history else None
+        serving = [behavior_sentence()] * len(rows)
+        scores = []
+        raw = []
+        for i in range(0, len(rows), 32):
+            scores += trainer.reward(qs[i : i + 32], ans[i : i + 32], serving[i : i + 32]).tolist()
+            with torch.no_grad():
+                raw += trainer.discriminator.logits(qs[i : i + 32], ans[i : i + 32], serving[i : i + 32]).tolist()
+        out["spearman_raw_d"] = float(spearmanr(raw, truth).statistic)
+    elif a.algorithm == "rlhbc":
+        from trainer.reward_models.behavior_classifier import train_behavior_classifier
+
+        rm, metrics = train_behavior_classifier(records, config.classifier_config(model_dir()), seed=a.seed)
+        out["rm_metrics"] = metrics
+        scores = rm.score(qs, ans).tolist()
+    else:
+        from trainer.reward_models.pairwise import train_pairwise_rm
+
+        rm, metrics = train_pairwise_rm(records, config.pairwise_config(model_dir()), seed=a.seed)
+        out["rm_metrics"] = metrics
+        scores = rm.score(qs, ans).tolist()
+    log(
+        event="reward",
+        algorithm=a.algorithm,
+        n=len(rows),
+        seconds=round(time.time() - t0, 1),
+        spearman=round(float(spearmanr(scores, truth).statistic), 4),
+        **out,
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -320,14 +371,24 @@ def main() -> None:
     t.add_argument("--output-root", default=str(OUT / "adapters"))
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--set", nargs="*", help="Config overrides key=value (JSON values).")
-    t.add_argument("--preferred-share", type=float, default=0.0, help="RLHB: share of prompts with the serving sentence.")
+    t.add_argument("--preferred-share", type=float, default=0.0, help="RLHB: preferred_prompt_share.")
+    w = sub.add_parser("reward")
+    w.add_argument("--answers", required=True)
+    w.add_argument("--eval", required=True, help="Answers to score (JSONL from gen).")
+    w.add_argument("--n", type=int, default=0)
+    w.add_argument("--users", default="concise")
+    w.add_argument("--viewers-mean", type=float, default=5.0)
+    w.add_argument("--seed", type=int, default=0)
+    w.add_argument("--algorithm", default="rlhb")
+    w.add_argument("--threads", type=int, default=2)
+    w.add_argument("--set", nargs="*")
     e = sub.add_parser("eval")
     e.add_argument("--answers", required=True)
     e.add_argument("--users", default="concise")
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-relevance", action="store_true")
     a = p.parse_args()
-    {"gen": cmd_gen, "records": cmd_records, "train": cmd_train, "eval": cmd_eval}[a.cmd](a)
+    {"gen": cmd_gen, "records": cmd_records, "train": cmd_train, "eval": cmd_eval, "reward": cmd_reward}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,10 @@ class RLHBConfig(PPOConfig):
     """D gradient steps on real vs behavior-swapped triplets before the first PPO iteration."""
     d_frozen: bool = False
     """Freeze D during PPO (the paper's ablation; warm-up still trains it)."""
+    preferred_prompt_share: float = 0.0
+    """Share of PPO prompts whose behavior is the most preferred logged sentence (the one the server
+    puts in its prompts) instead of the sampled record's own. 0 = the paper (every prompt's behavior
+    from a record); the demo uses 0.5 so that the sentence actually served gets half the updates."""
     swap_share: float = 0.5
     """Share of the fake batch made of behavior-swapped real triplets (the rest: generations)."""
     kappa: float = 0.2
@@ -214,6 +218,10 @@ class RLHBConfig(PPOConfig):
             f"d_updates_per_iteration must be >= 0; got {self.d_updates_per_iteration}.",
         )
         _require(self.d_warmup_steps >= 0, f"d_warmup_steps must be >= 0; got {self.d_warmup_steps}.")
+        _require(
+            0.0 <= self.preferred_prompt_share <= 1.0,
+            f"preferred_prompt_share must be in [0, 1]; got {self.preferred_prompt_share}.",
+        )
         _require(0.0 <= self.swap_share <= 1.0, f"swap_share must be in [0, 1]; got {self.swap_share}.")
         _require(
             0.0 <= self.kappa < 1.0,

@@ -103,6 +103,7 @@ def test_heldout_split_is_seeded_and_disjoint():
         ({"minibatch_size": 99}, r"minibatch_size must be 0 \(whole batch\) or in \[1, batch_size=16\]"),
         ({"learning_rate": 3.0}, r"learning_rate must be in \(0, 1\)"),
         ({"kappa": 0.6}, r"swap_share \(0\.5\) \+ kappa \(0\.6\) must be <= 1"),
+        ({"preferred_prompt_share": 1.5}, r"preferred_prompt_share must be in \[0, 1\]"),
         ({"discriminator": "bert"}, r"discriminator must be one of"),
         ({"reward": "raw"}, r"reward must be one of"),
         ({"d_frozen": True}, r"d_frozen=True with d_warmup_steps=0 .* set d_warmup_steps > 0"),

@@ -117,3 +117,16 @@ def test_fused_first_forward_gives_the_same_update(tiny_model_dir, tmp_path):
     assert m1["policy_loss"] == pytest.approx(m2["policy_loss"], abs=1e-6)
     assert m1["entropy"] == pytest.approx(m2["entropy"], rel=1e-6)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.5, 1.0])
+def test_preferred_prompt_share_puts_the_served_sentence_in_that_share_of_prompts(tiny_model_dir, tmp_path, share):
+    trainer = make_trainer(tiny_model_dir, tmp_path, preferred_prompt_share=share, batch_size=400)  # 100 prompts
+    preferred = trainer.pool.most_preferred()
+    prompts = trainer.sample_prompts()
+    assert len(prompts) == 100
+    got = sum(p.behavior == preferred for p in prompts) / len(prompts)
+    natural = sum(r.behavior_text == preferred for r in trainer.train_records) / len(trainer.train_records)
+    expected = share + (1 - share) * natural  # the rest keep their record's behavior, which may be it too
+    assert abs(got - expected) <= 0.15, (got, expected)
+    assert {p.query for p in prompts} <= {r.query for r in trainer.train_records}

@@ -48,6 +48,7 @@ from trainer.discriminator import build_discriminator, make_optimizer
 from trainer.losses.discriminator import contrastive_reward, discriminator_loss, discriminator_reward
 from trainer.policy import Policy
 from trainer.records import as_records, check_swappable, sample_prompts, split_heldout
+from trainer.rollouts import Prompt
 
 Config = RLHBConfig
 ALGORITHM = "rlhb"
@@ -185,6 +186,16 @@ class RLHBTrainer:
         return history
 
     # ------------------------------------------------------------------ the iteration
+    def sample_prompts(self) -> list[Prompt]:
+        """Step 1: (query, behavior) from records; a share ``preferred_prompt_share`` of them
+        carries the most preferred sentence instead (the one served)."""
+        prompts = sample_prompts(self.train_records, self.config.prompts_per_batch, self.rng)
+        share = self.config.preferred_prompt_share
+        if share <= 0:
+            return prompts
+        preferred = self.pool.most_preferred()
+        return [Prompt(p.query, preferred) if self.rng.random() < share else p for p in prompts]
+
     def at_chance(self) -> bool:
         return abs(self.heldout_acc - 0.5) <= self.config.chance_margin
 
@@ -200,7 +211,7 @@ class RLHBTrainer:
                 i,
                 self.heldout_acc,
             )
-        prompts = sample_prompts(self.train_records, cfg.prompts_per_batch, self.rng)  # 1
+        prompts = self.sample_prompts()  # 1
         result = self.core.iteration(prompts, self.reward)  # 2-4
         batch, scores = result.rollouts.batch, result.rollouts.scores
         generated = list(zip(batch.queries, batch.responses, batch.behaviors, strict=True))
