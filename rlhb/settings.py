@@ -174,7 +174,7 @@ class ApiSettings(CommonSettings):
         "machine shared with the trainer, 2+ threads contending for cores ran SmolLM2 ~10x slower than 1.",
     )
     prefix_cache: bool = Field(
-        default=False, description="Reuse the keys/values of the shared system prompt per adapter version."
+        default=True, description="Reuse the keys/values of the shared system prompt per adapter version."
     )
     outbox_flush_s: float = Field(
         default=1.0, gt=0, le=60, description="How often impressions waiting in the local outbox are retried."
