@@ -185,7 +185,9 @@ class RLHBConfig(PPOConfig):
     preferred_prompt_share: float = 0.0
     """Share of PPO prompts whose behavior is the most preferred logged sentence (the one the server
     puts in its prompts) instead of the sampled record's own. 0 = the paper (every prompt's behavior
-    from a record); the demo uses 0.5 so that the sentence actually served gets half the updates."""
+    from a record: the policy learns every behavior, the served one in ~30% of its updates). The demo
+    uses 1.0: D still judges answers under their behavior, but PPO spends its small CPU budget on the
+    sentence that is served (bench/demo_experiments.md E2/E3: 0.5 gave +0.03, 1.0 gave +0.23)."""
     swap_share: float = 0.5
     """Share of the fake batch made of behavior-swapped real triplets (the rest: generations)."""
     kappa: float = 0.2
