@@ -51,6 +51,16 @@ import typer
 
 ALGORITHM_LABELS = {"rlhb": "RLHB", "rlhbc": "RLHBC", "rlhf": "direct-reward RL", "sft": "SFT", "pro": "PRO"}
 
+PPO_BUDGET: dict = {
+    "batch_size": 16,
+    "rollouts_per_prompt": 4,
+    "max_new_tokens": 48,
+    "kl_coef": 0.02,
+    "learning_rate": 5e-4,
+    "threads": 2,
+}
+"""The PPO budget every full-demo lane shares (so the comparison is like with like)."""
+
 FULL_ALGORITHM_CONFIG: dict[str, dict] = {
     # Found by the experiments in bench/demo_experiments.md (E3: like rate 0.244 -> 0.474 on 352
     # held-out answers, in process). RLHB: D learns the behavior from real vs behavior-swapped
@@ -58,33 +68,9 @@ FULL_ALGORITHM_CONFIG: dict[str, dict] = {
     # the users' true like probability), then stays frozen: the adversarial updates against
     # generated answers dragged it to chance in 3 iterations (E1). Every PPO prompt carries the
     # served sentence (E2, half of them: +0.03 only). The same PPO budget for every lane.
-    "rlhb": {
-        "batch_size": 16,
-        "rollouts_per_prompt": 4,
-        "max_new_tokens": 48,
-        "kl_coef": 0.02,
-        "learning_rate": 5e-4,
-        "threads": 2,
-        "d_warmup_steps": 150,
-        "d_frozen": True,
-        "preferred_prompt_share": 1.0,
-    },
-    "rlhbc": {
-        "batch_size": 16,
-        "rollouts_per_prompt": 4,
-        "max_new_tokens": 48,
-        "kl_coef": 0.02,
-        "learning_rate": 5e-4,
-        "threads": 2,
-    },
-    "rlhf": {
-        "batch_size": 16,
-        "rollouts_per_prompt": 4,
-        "max_new_tokens": 48,
-        "kl_coef": 0.02,
-        "learning_rate": 5e-4,
-        "threads": 2,
-    },
+    "rlhb": {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True, "preferred_prompt_share": 1.0},
+    "rlhbc": dict(PPO_BUDGET),
+    "rlhf": dict(PPO_BUDGET),
 }
 QUICK_ALGORITHM_CONFIG: dict[str, dict] = {
     name: {"batch_size": 4, "rollouts_per_prompt": 2, "max_new_tokens": 8, "threads": 1}
@@ -494,7 +480,7 @@ def prepare_model(cfg: DemoConfig, say) -> str:
 
 
 def build_tiny_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama, hidden 64, with the real SmolLM2 tokenizer (as tests/conftest.py)."""
+    """A 2-layer Llama, hidden 64, with the real SmolLM2 tokenizer (``--quick`` and the tests' tiny model)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

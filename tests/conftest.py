@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from rlhb.demo import build_tiny_model  # noqa: F401 - the one builder; tests import it from here
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -74,32 +76,6 @@ def redis_client(redis_url, redis_prefix):
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
-
-
-def build_tiny_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
-    """A 2-layer Llama, hidden 64, with the real SmolLM2 tokenizer (same chat template)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_source)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
-    model = LlamaForCausalLM(config)
-    model.save_pretrained(target)
-    tok.save_pretrained(target)
-    return target
 
 
 @pytest.fixture(scope="session")
