@@ -86,10 +86,11 @@ class DemoConfig:
     """Where report.md, report.json, demo.png and the processes' logs go."""
     algorithms: tuple[str, ...] = ("rlhb", "rlhbc", "rlhf")
     """One lane per algorithm, in this order; the first lane's base traffic is shared."""
-    rounds: int = 2
-    """Training rounds per lane."""
-    base_traffic: int = 800
-    """Answers served by base (with feedback) before the first round."""
+    rounds: int = 1
+    """Training rounds per lane (each further round costs ~30 min per lane on 2 cores: traffic,
+    24 iterations, evaluation)."""
+    base_traffic: int = 640
+    """Answers served by base (with feedback) before the first round (E3 learned from 640)."""
     traffic_per_round: int = 300
     """Answers served by each new version (with feedback) before the next round."""
     eval_samples: int = 2
@@ -98,8 +99,8 @@ class DemoConfig:
     """Held-out questions to evaluate on (0: all)."""
     train_questions: int = 0
     """Training questions traffic draws from (0: all); few questions make queries repeat."""
-    steps: int = 20
-    """Training iterations per round."""
+    steps: int = 24
+    """Training iterations per round (E3's 24: ~50 s each with SmolLM2 on 2 cores)."""
     users: str = "concise"
     """Simulated user model (preset or package.module:Class)."""
     viewers_mean: float = 5.0
