@@ -1,23 +1,28 @@
-"""The embedded backend: transformers + peft in this process, with dynamic batching.
+"""The embedded backend: transformers + peft in this process, with iteration-level batching.
 
-One worker thread owns the model. Requests queue up; the worker collects them while they
-keep arriving (no gap longer than ``batch_window_ms``, at most 4 windows), takes up to
-``max_batch_size`` compatible requests (all greedy, or all sampled), left-pads their
-prompts and runs ONE ``generate`` for all of them, so the event loop never blocks on torch.
+One worker thread owns the model, so the event loop never blocks on torch. Requests are
+batched continuously (service/api/backends/decode_batch.py): the worker runs one decode
+step at a time for every running row; between steps, requests that arrived are prefilled
+together (rows sharing the system prompt reuse its cached keys/values) and join the batch,
+and rows that finished answer at once and leave it. A request that arrives while others
+generate waits one step, not a whole batch, and a short answer never waits for a long one.
+When nothing runs, the first requests are collected while they keep arriving (no gap
+longer than ``batch_window_ms``, at most 4 windows) so a burst prefills together.
 
-Several adapter versions live on one ``PeftModel`` at once (``load_adapter``); one batch
-may mix them and the base model, through peft's mixed-batch inference (``adapter_names``,
-``"__base__"`` for the base rows), so a hot-swap never splits the queue; a batch of one
-version takes the cheaper ordinary path (``set_adapter``, or ``disable_adapter`` for the
-base). Adapters are keyed by the version's unique int id (``v<id>``), never by name, and
-loads/evictions run on the worker thread between batches, so the model never changes
-under a running ``generate``.
+Several adapter versions live on one ``PeftModel`` at once (``load_adapter``); the running
+batch may mix them and the base model, through peft's mixed-batch inference
+(``adapter_names``, ``"__base__"`` for the base rows): after a hot-swap, rows started on the
+old version finish on it while new rows decode beside them on the new one. A step whose
+rows share one version takes the cheaper ordinary path (``set_adapter``, or
+``disable_adapter`` for the base). Adapters are keyed by the version's unique int id
+(``v<id>``), never by name, and loads/evictions run on the worker thread between steps,
+so the model never changes under a running forward.
 A request pins its version (``acquire``) until it completes: eviction (LRU, beyond
 ``max_loaded_adapters``) skips pinned versions and the active one.
 
-Per-row limits: each row stops at its own ``max_new_tokens`` (a per-row stopping
-criterion), per-row temperatures are applied by a logits processor, and streaming rows get
-their tokens routed to their own queue as they are generated.
+Per row: its own ``max_new_tokens``, temperature and top_p (greedy and sampled rows share
+a batch), its own stream of text deltas, and its own cancellation (a client that leaves
+frees its row at the next step).
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from service.api.backends.base import (
     GenerationRequest,
     GenerationResult,
 )
+from service.api.backends.decode_batch import DecodeBatch, sample_rows
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +67,20 @@ class _Job:
     enqueued: float = field(default_factory=time.monotonic)
 
     @property
-    def batch_key(self) -> bool:
-        # Greedy and sampled requests need different generate modes; temperature and top_p are per row.
-        return self.request.greedy
+    def batch_key(self) -> str:
+        # Jobs prefilled together share the system prompt, so its cached keys/values serve them all.
+        return self.request.prefix
+
+
+@dataclass
+class _Row:
+    """A job in the running batch."""
+
+    job: _Job
+    name: str  # peft adapter name of its version (BASE_ROW for the base model)
+    prompt_tokens: int
+    tokens: list[int] = field(default_factory=list)  # generated so far (no end-of-sequence)
+    sent: str = ""  # text already streamed
 
 
 @dataclass
@@ -340,33 +357,56 @@ class EmbeddedBackend(Backend):
 
     # ------------------------------------------------------------------ worker thread
     def _worker(self) -> None:
+        try:
+            self._run()
+        except BaseException:
+            # A bug here must not leave callers waiting forever on a dead thread: log it; ``ready``
+            # turns false (the thread is gone), so /readyz reports it and new requests are refused.
+            log.exception("the generation worker stopped")
+            self._stopping = True
+            raise
+
+    def _run(self) -> None:
         if self.torch_threads > 0:
             import torch
 
             torch.set_num_threads(self.torch_threads)  # per thread (OpenMP): only generation is affected
         pending: deque[_Job] = deque()
-        while not self._stopping:
-            if not self._take(pending, timeout=None if not pending else 0.0):
-                break
-            if not pending:
-                continue
-            # Collect while requests keep coming: until the batch is full, or no request arrived for
-            # one window, or the oldest has waited 4 windows. Clients whose answers came back
-            # together return a few ms apart each; a fixed window would split them into two batches.
-            hard_deadline = pending[0].enqueued + 4 * self.batch_window_s
-            while len(pending) < self.max_batch_size:
-                deadline = min(pending[-1].enqueued + self.batch_window_s, hard_deadline)
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not self._take(pending, timeout=remaining):
+        running: DecodeBatch | None = None
+        rows: list[_Row] = []  # parallel to running's rows
+        try:
+            while not self._stopping:
+                idle = running is None and not pending
+                if not self._take(pending, timeout=None if idle else 0.0):
                     break
-            batch = self._pick(pending)
-            if batch:
-                try:
-                    self._run_batch(batch)
-                except Exception:  # noqa: BLE001 - the worker thread must outlive any one batch
-                    log.exception("unexpected error around a batch")
-        for job in pending:  # shutting down
-            self._fail(job, BackendError("the server is shutting down"))
+                if pending and running is None:
+                    self._collect(pending)
+                room = self.max_batch_size - len(rows)
+                if pending and room > 0:
+                    group = self._pick(pending, room)
+                    if group:
+                        running, rows = self._admit(running, rows, group)
+                if running is not None:
+                    running, rows = self._step(running, rows)
+        finally:  # shutting down, or a bug stopped the loop: nobody may wait forever
+            error = BackendError("the server is shutting down" if self._stopping else "the generation worker failed")
+            for job in pending:
+                self._fail(job, error)
+            for row in rows:
+                self._fail(row.job, error)
+
+    def _collect(self, pending: deque[_Job]) -> None:
+        """Nothing is running: wait for more requests while they keep coming, so they prefill together.
+
+        Until the batch is full, or no request arrived for one window, or the oldest has waited 4
+        windows. Clients whose answers came back together return a few ms apart each; a fixed
+        window would split them. While a batch runs, arrivals join it at the next step instead."""
+        hard_deadline = pending[0].enqueued + 4 * self.batch_window_s
+        while len(pending) < self.max_batch_size:
+            deadline = min(pending[-1].enqueued + self.batch_window_s, hard_deadline)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not self._take(pending, timeout=remaining):
+                break
 
     def _take(self, pending: deque[_Job], timeout: float | None) -> bool:
         """Move inbox items into ``pending`` (running control items at once). False on shutdown."""
@@ -390,15 +430,16 @@ class EmbeddedBackend(Backend):
             except queue.Empty:
                 return True
 
-    def _pick(self, pending: deque[_Job]) -> list[_Job]:
-        """Up to max_batch_size live jobs sharing the oldest job's batch key; the rest stay queued."""
+    def _pick(self, pending: deque[_Job], room: int) -> list[_Job]:
+        """Up to ``room`` live jobs sharing the oldest job's prefix (one prefill with the cached
+        prefix); the rest stay queued for the next step."""
         key = pending[0].batch_key
         batch, rest = [], deque()
         while pending:
             job = pending.popleft()
             if job.cancel.cancelled or job.future.done():
                 self._drop(job)
-            elif job.batch_key == key and len(batch) < self.max_batch_size:
+            elif job.batch_key == key and len(batch) < room:
                 batch.append(job)
             else:
                 rest.append(job)
@@ -416,69 +457,127 @@ class EmbeddedBackend(Backend):
             _notify(job, job.deltas.put_nowait, error)
         _notify(job, _resolve, job.future, None, error)
 
-    def _run_batch(self, jobs: list[_Job]) -> None:
+    def _admit(
+        self, running: DecodeBatch | None, rows: list[_Row], jobs: list[_Job]
+    ) -> tuple[DecodeBatch | None, list[_Row]]:
+        """Prefill ``jobs`` together, sample their first tokens and add them to the running batch."""
+        import torch
+
+        names = [self._adapter_name(j.request.adapter) for j in jobs]
         try:
-            results = self._generate_batch(jobs)
-        except Exception as e:  # noqa: BLE001 - a failed batch fails its requests, not the worker
-            log.exception("generation failed for a batch of %d", len(jobs))
+            enc, prompt_tokens = self._inputs(jobs, names)
+            past = enc.get("past_key_values")
+            done = past.get_seq_length() if past is not None else 0  # prompt tokens already cached
+            mask = enc["attention_mask"]  # (b, T)
+            positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate derives them
+            model, mode, kwargs = self._adapter_mode(names)
+            with torch.inference_mode(), mode:
+                out = model(
+                    input_ids=enc["input_ids"][:, done:],
+                    attention_mask=mask,
+                    position_ids=positions[:, done:],
+                    past_key_values=past,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **kwargs,
+                )
+                new_rows = [_Row(j, n, p) for j, n, p in zip(jobs, names, prompt_tokens, strict=True)]
+                first = self._sample(out.logits[:, -1, :], new_rows)
+                joined = DecodeBatch.from_prefill(out.past_key_values, mask, first)
+        except Exception as e:  # noqa: BLE001 - a failed prefill fails its requests, not the batch
+            log.exception("prefill failed for %d requests", len(jobs))
             for job in jobs:
                 self._fail(job, BackendError(f"generation failed: {type(e).__name__}: {e}"))
-            return
-        for job, result in zip(jobs, results, strict=True):
-            if job.deltas is not None:
-                _notify(job, job.deltas.put_nowait, result)
-            _notify(job, _resolve, job.future, result, None)
-
-    def _generate_batch(self, jobs: list[_Job]) -> list[GenerationResult]:
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
-
-        tok = self.tokenizer
-        names = [self._adapter_name(j.request.adapter) for j in jobs]
-        enc, prompt_tokens = self._inputs(jobs, names)
-        prompt_len = enc["input_ids"].shape[1]
-        limits = torch.tensor([j.request.max_new_tokens for j in jobs])  # (B,)
-        greedy = jobs[0].request.greedy
-        config = GenerationConfig(
-            max_new_tokens=int(limits.max()),
-            do_sample=not greedy,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=sorted(self._eos),
-        )
-        processors = LogitsProcessorList()
-        if not greedy:  # no warpers in the config: ours applies temperature then top_p, per row
-            processors.append(_RowSampling([j.request.temperature for j in jobs], [j.request.top_p for j in jobs]))
-        streamer = _RowStreamer(self, jobs, prompt_len) if any(j.deltas is not None for j in jobs) else None
-        model, mode, kwargs = self._adapter_mode(names)
+            return running, rows
         if self.on_batch is not None:
-            self.on_batch(len(jobs))
-        with torch.inference_mode(), mode:
-            out = model.generate(
-                **enc,
-                generation_config=config,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([_RowStop(prompt_len, limits, jobs)]),
-                streamer=streamer,
-                **kwargs,
-            )
-        results = []
-        for i, job in enumerate(jobs):
-            ids, finish = self._completion(out[i, prompt_len:].tolist(), job.request.max_new_tokens)
-            if finish == "length" and job.cancel.cancelled:
-                finish = "cancelled"
-            text = tok.decode(ids, skip_special_tokens=True)
-            if streamer is not None and job.deltas is not None:
-                streamer.flush_row(i, text)
-            results.append(
-                GenerationResult(
-                    text=text,
-                    prompt_tokens=prompt_tokens[i],
-                    completion_tokens=len(ids),
-                    finish_reason=finish,
-                    adapter_version=job.request.version_name,
-                )
-            )
-        return results
+            self.on_batch(len(rows) + len(new_rows))
+        joined, new_rows = self._settle(joined, new_rows, first.tolist())  # a 1-token answer is done now
+        if joined is None:
+            return running, rows
+        return DecodeBatch.concat(running, joined), rows + new_rows
+
+    def _step(self, running: DecodeBatch, rows: list[_Row]) -> tuple[DecodeBatch | None, list[_Row]]:
+        """One decode step for every running row, then drop the rows that finished."""
+        import torch
+
+        live = [i for i, r in enumerate(rows) if not r.job.cancel.cancelled]
+        if len(live) < len(rows):  # clients that left: stop spending compute on their rows
+            for r in rows:
+                if r.job.cancel.cancelled:
+                    self._finish(r, "cancelled")
+            running, rows = running.select(live), [rows[i] for i in live]
+            if running is None:
+                return None, []
+        model, mode, kwargs = self._adapter_mode([r.name for r in rows])
+        try:
+            with torch.inference_mode(), mode:
+                out = model(**running.step_inputs(), **kwargs)
+                tokens = self._sample(out.logits[:, -1, :], rows)
+        except Exception as e:  # noqa: BLE001 - a failed step fails its requests, not the worker
+            log.exception("decode step failed for a batch of %d", len(rows))
+            for r in rows:
+                self._fail(r.job, BackendError(f"generation failed: {type(e).__name__}: {e}"))
+            return None, []
+        return self._settle(running.advanced(out.past_key_values, tokens), rows, tokens.tolist())
+
+    def _sample(self, logits, rows: list[_Row]):
+        import torch
+
+        reqs = [r.job.request for r in rows]
+        return sample_rows(
+            logits,
+            torch.tensor([q.temperature for q in reqs], dtype=torch.float32),
+            torch.tensor([q.top_p for q in reqs], dtype=torch.float32),
+            torch.tensor([q.greedy for q in reqs]),
+        )
+
+    def _settle(
+        self, running: DecodeBatch, rows: list[_Row], tokens: list[int]
+    ) -> tuple[DecodeBatch | None, list[_Row]]:
+        """Give each row its new token; finished rows answer their callers and leave the batch."""
+        keep = []
+        for i, (row, token) in enumerate(zip(rows, tokens, strict=True)):
+            finish = self._push(row, token)
+            if finish is None:
+                keep.append(i)
+            else:
+                self._finish(row, finish)
+        if len(keep) == len(rows):
+            return running, rows
+        return running.select(keep), [rows[i] for i in keep]
+
+    def _push(self, row: _Row, token: int) -> str | None:
+        """Append ``token`` to the row (streaming its text); the finish reason once the row is done."""
+        if row.job.cancel.cancelled:
+            return "cancelled"
+        if token in self._eos:
+            return "stop"
+        row.tokens.append(token)
+        if row.job.deltas is not None:
+            text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+            if not text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
+                self._emit(row, text)
+        return "length" if len(row.tokens) >= row.job.request.max_new_tokens else None
+
+    def _emit(self, row: _Row, text: str) -> None:
+        if text.startswith(row.sent) and len(text) > len(row.sent):
+            delta, row.sent = text[len(row.sent) :], text
+            _notify(row.job, row.job.deltas.put_nowait, delta)
+
+    def _finish(self, row: _Row, reason: str) -> None:
+        job = row.job
+        text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
+        result = GenerationResult(
+            text=text,
+            prompt_tokens=row.prompt_tokens,
+            completion_tokens=len(row.tokens),
+            finish_reason=reason,
+            adapter_version=job.request.version_name,
+        )
+        if job.deltas is not None:
+            self._emit(row, text)  # whatever the final text holds beyond what was streamed
+            _notify(job, job.deltas.put_nowait, result)
+        _notify(job, _resolve, job.future, result, None)
 
     def _adapter_mode(self, names: list[str]) -> tuple[Any, Any, dict[str, Any]]:
         """(model, context manager, generate kwargs) running rows ``names`` on their own versions."""
@@ -556,93 +655,3 @@ class EmbeddedBackend(Backend):
         while len(self._prefix_kvs) > PREFIX_CACHE_ENTRIES:
             self._prefix_kvs.pop(next(iter(self._prefix_kvs)))
         return kv
-
-    def _completion(self, ids: list[int], limit: int) -> tuple[list[int], str]:
-        """Row tokens up to (not including) the first end-of-sequence, capped at the row's own limit."""
-        for k, t in enumerate(ids[:limit]):
-            if t in self._eos:
-                return ids[:k], "stop"
-        return ids[:limit], "length"
-
-
-class _RowStop:
-    """Per-row stopping: row i is done after its own max_new_tokens, or when its client left."""
-
-    def __init__(self, prompt_len: int, limits, jobs: list[_Job]):
-        self.prompt_len, self.limits, self.jobs = prompt_len, limits, jobs
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        generated = input_ids.shape[1] - self.prompt_len
-        cancelled = torch.tensor([j.cancel.cancelled for j in self.jobs], device=input_ids.device)
-        return (self.limits.to(input_ids.device) <= generated) | cancelled  # (B,)
-
-
-class _RowSampling:
-    """Per-row temperature, then per-row nucleus (top_p) filtering; generate takes only one of each."""
-
-    def __init__(self, temperatures: list[float], top_ps: list[float]):
-        import torch
-
-        self.t = torch.tensor(temperatures, dtype=torch.float32)[:, None]  # (B, 1)
-        self.top_p = torch.tensor(top_ps, dtype=torch.float32)[:, None]  # (B, 1)
-
-    def __call__(self, input_ids, scores):
-        import torch
-
-        scores = scores / self.t.to(scores.device)  # (B, V)
-        if bool((self.top_p < 1.0).any()):
-            sorted_scores, order = torch.sort(scores, descending=True)  # (B, V)
-            cum = sorted_scores.softmax(-1).cumsum(-1)
-            # drop a token once the mass before it already reaches top_p (the top token always stays)
-            drop_sorted = (cum - sorted_scores.softmax(-1)) >= self.top_p.to(scores.device)
-            drop = drop_sorted.scatter(1, order, drop_sorted)
-            scores = scores.masked_fill(drop, float("-inf"))
-        return scores
-
-
-class _RowStreamer:
-    """Routes each generated token to its row's queue as text deltas (transformers' own
-    streamers only handle batch size 1)."""
-
-    def __init__(self, backend: EmbeddedBackend, jobs: list[_Job], prompt_len: int):
-        self.backend, self.jobs = backend, jobs
-        self.tokens: list[list[int]] = [[] for _ in jobs]
-        self.sent: list[str] = ["" for _ in jobs]
-        self.done = [j.deltas is None for j in jobs]
-        self.seen_prompt = False
-
-    def put(self, value) -> None:
-        if not self.seen_prompt:  # generate first pushes the prompt ids
-            self.seen_prompt = True
-            return
-        ids = value.reshape(-1).tolist()
-        for i, t in enumerate(ids):
-            if self.done[i]:
-                continue
-            job = self.jobs[i]
-            if t in self.backend._eos or job.cancel.cancelled:
-                self.done[i] = True
-                continue
-            self.tokens[i].append(t)
-            if len(self.tokens[i]) >= job.request.max_new_tokens:
-                self.done[i] = True
-            text = self.backend.tokenizer.decode(self.tokens[i], skip_special_tokens=True)
-            if text.endswith("\ufffd"):  # half of a multi-byte character: wait for the rest
-                continue
-            self._emit(i, text)
-
-    def _emit(self, i: int, text: str) -> None:
-        if text.startswith(self.sent[i]) and len(text) > len(self.sent[i]):
-            delta = text[len(self.sent[i]) :]
-            self.sent[i] = text
-            job = self.jobs[i]
-            _notify(job, job.deltas.put_nowait, delta)
-
-    def flush_row(self, i: int, final_text: str) -> None:
-        """Send whatever the final text holds beyond what was streamed."""
-        self._emit(i, final_text)
-
-    def end(self) -> None:
-        pass

@@ -1,6 +1,6 @@
-"""The embedded backend on the tiny model: dynamic batching (one generate per batch, left
-padding, per-row limits, mixed adapters) gives the same greedy text as one request at a
-time; streaming; adapter pinning and eviction; a failed load changes nothing."""
+"""The embedded backend on the tiny model: iteration-level batching (requests prefilled together,
+joining and leaving a running batch, per-row limits, mixed adapters) gives the same greedy text
+as one request at a time; streaming; adapter pinning and eviction; a failed load changes nothing."""
 
 from __future__ import annotations
 
@@ -64,6 +64,49 @@ def test_concurrent_requests_share_one_generate_and_match_single_runs(backend, v
     assert [r.adapter_version for r in batched] == ["base", "e1", "base", "base"]
     assert batched[3].completion_tokens <= 2 and batched[0].text.startswith(batched[3].text)
     assert all(r.finish_reason in ("stop", "length") for r in batched)
+
+
+def test_a_request_joins_the_running_batch_and_answers_before_a_long_one(backend, versions, tiny_model_dir):
+    """Iteration-level batching: a request that arrives while a long answer is being generated is
+    prefilled and joins at the next decode step (here on another version: a mixed-adapter step),
+    and answers as soon as its own limit is reached, not when the long one ends. Both texts equal
+    plain generate (an oracle with no API code), so joining and leaving change nothing."""
+    from tests.service.api.serving_fixtures import GreedyOracle
+
+    oracle = GreedyOracle(tiny_model_dir)
+    long_prompt, short_prompt = prompts(backend)[2], prompts(backend)[1]
+
+    async def run():
+        await backend.load_adapter(versions[0])
+        backend.acquire(versions[0])
+        order, started = [], asyncio.Event()
+
+        async def long_answer():
+            items = []
+            async for item in backend.stream(GenerationRequest(long_prompt, 48)):
+                items.append(item)
+                started.set()
+            order.append("long")
+            return items[-1]
+
+        async def short_answer():
+            await started.wait()  # the long answer is being decoded
+            result = await backend.generate(GenerationRequest(short_prompt, 4, adapter=versions[0]))
+            order.append("short")
+            return result
+
+        backend.batch_sizes.clear()
+        results = await asyncio.gather(long_answer(), short_answer())
+        backend.release(versions[0])
+        return (*results, order, list(backend.batch_sizes))
+
+    long_result, short_result, order, sizes = asyncio.run(run())
+    assert long_result.text == oracle.text(long_prompt, None, 48)
+    assert short_result.text == oracle.text(short_prompt, versions[0], 4)
+    assert short_result.adapter_version == "e1" and long_result.adapter_version == "base"
+    assert long_result.completion_tokens == 48  # the tiny model does not stop early on this prompt
+    assert sizes == [1, 2]  # the short request joined the running batch
+    assert order == ["short", "long"]
 
 
 def test_stream_deltas_add_up_to_the_text_and_cancel_stops_early(backend):
@@ -165,16 +208,16 @@ def test_shared_prefix_cache_gives_the_plain_greedy_texts(backend, versions, tin
             *[backend.generate(GenerationRequest(p, 6, adapter=a, prefix=prefix)) for p, a in rows]
         )
         cached_hits = backend.prefix_hits - hits
-        # a batch whose prompts do not all share the prefix falls back to plain left padding
+        # no prefix given, or a prompt that does not start with its prefix: plain left padding
         mixed = await asyncio.gather(
-            backend.generate(GenerationRequest(prompts(backend)[0], 6, prefix=prefix)),
-            backend.generate(GenerationRequest(other, 6, prefix="")),
+            backend.generate(GenerationRequest(prompts(backend)[0], 6, prefix="")),
+            backend.generate(GenerationRequest(other, 6, prefix=prefix)),
         )
         backend.release(versions[1])
         return rows, cached, cached_hits, mixed, backend.prefix_hits - hits
 
     rows, cached, cached_hits, mixed, all_hits = asyncio.run(run())
-    assert cached_hits >= 1 and all_hits == cached_hits  # the fallback batch did not use the cache
+    assert cached_hits >= 1 and all_hits == cached_hits  # the fallback rows did not use the cache
     for (p, a), r in zip(rows, cached, strict=True):
         assert r.text == oracle.text(p, a, 6), (a, r.text)
         assert r.prompt_tokens == len(backend.tokenizer(p, add_special_tokens=False)["input_ids"])
