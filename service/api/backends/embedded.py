@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import queue
 import threading
@@ -54,6 +53,7 @@ from service.api.backends.decode_batch import DecodeBatch, sample_rows
 log = logging.getLogger(__name__)
 
 BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
+MIXED_ROWS = "__mixed__"  # adapter mode of a step whose rows use different versions
 PREFIX_CACHE_ENTRIES = 32  # (version, prefix) pairs kept; one SmolLM2 system prompt is ~2 MB
 
 
@@ -141,6 +141,7 @@ class EmbeddedBackend(Backend):
         self._prefix_kvs: dict[tuple[str, str], list] = {}  # (adapter name, prefix) -> per-layer (k, v)
         self._model: Any = None
         self._peft: Any = None  # PeftModel wrapping _model once the first adapter is loaded
+        self._mode: str | None = None  # adapter state the model is in (_adapter_mode); None: unknown
         self._adapters: dict[int, _Loaded] = {}
         self._protected: int | None = None
         self._lock = threading.Lock()
@@ -245,12 +246,14 @@ class EmbeddedBackend(Backend):
             else:
                 self._peft.load_adapter(path, adapter_name=name, is_trainable=False)
         except Exception as e:
+            self._mode = None
             if self._peft is not None and name in getattr(self._peft, "peft_config", {}):
                 try:
                     self._peft.delete_adapter(name)
                 except Exception:  # noqa: BLE001 - best effort cleanup of a half-loaded adapter
                     log.exception("could not remove half-loaded adapter %s", name)
             raise AdapterLoadError(f"adapter {version.name!r} from {path} failed to load: {e}") from e
+        self._mode = None  # peft may have changed the active adapter: set the mode again at the next step
         with self._lock:
             self._adapters[version.id] = _Loaded(version)
         log.info(
@@ -296,6 +299,7 @@ class EmbeddedBackend(Backend):
         """Free one adapter's weights and cached prefixes (worker thread; already out of ``_adapters``)."""
         gone = self._adapter_name(version)
         self._peft.delete_adapter(gone)
+        self._mode = None  # peft picks another active adapter when the active one is deleted
         for key in [k for k in self._prefix_kvs if k[0] == gone]:
             del self._prefix_kvs[key]
 
@@ -470,8 +474,8 @@ class EmbeddedBackend(Backend):
             done = past.get_seq_length() if past is not None else 0  # prompt tokens already cached
             mask = enc["attention_mask"]  # (b, T)
             positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)  # as generate derives them
-            model, mode, kwargs = self._adapter_mode(names)
-            with torch.inference_mode(), mode:
+            model, kwargs = self._adapter_mode(names)
+            with torch.inference_mode():
                 out = model(
                     input_ids=enc["input_ids"][:, done:],
                     attention_mask=mask,
@@ -508,9 +512,9 @@ class EmbeddedBackend(Backend):
             running, rows = running.select(live), [rows[i] for i in live]
             if running is None:
                 return None, []
-        model, mode, kwargs = self._adapter_mode([r.name for r in rows])
         try:
-            with torch.inference_mode(), mode:
+            model, kwargs = self._adapter_mode([r.name for r in rows])
+            with torch.inference_mode():
                 out = model(**running.step_inputs(), **kwargs)
                 tokens = self._sample(out.logits[:, -1, :], rows)
         except Exception as e:  # noqa: BLE001 - a failed step fails its requests, not the worker
@@ -579,18 +583,29 @@ class EmbeddedBackend(Backend):
             _notify(job, job.deltas.put_nowait, result)
         _notify(job, _resolve, job.future, result, None)
 
-    def _adapter_mode(self, names: list[str]) -> tuple[Any, Any, dict[str, Any]]:
-        """(model, context manager, generate kwargs) running rows ``names`` on their own versions."""
+    def _adapter_mode(self, names: list[str]) -> tuple[Any, dict[str, Any]]:
+        """(model, forward kwargs) running rows ``names`` on their own versions.
+
+        peft's mixed-batch path costs ~10% per token on CPU: only steps that mix versions use
+        it. A step of one version sets that adapter; a step of base rows disables the adapter
+        layers. That state is kept between steps and changed only when the mode changes:
+        switching costs a walk over every module (peft's ``disable_adapter()`` context took
+        ~20% of a decode step when entered per step)."""
         if self._peft is None:
-            return self._model, contextlib.nullcontext(), {}
+            return self._model, {}
         unique = set(names)
-        # peft's mixed-batch path costs ~10% per token on CPU: use it only for batches that mix versions.
-        if unique == {BASE_ROW}:
-            return self._peft, self._peft.disable_adapter(), {}  # base rows only: plain base layers
-        if len(unique) == 1:
-            self._peft.set_adapter(names[0])  # one version: the ordinary LoRA forward
-            return self._peft, contextlib.nullcontext(), {}
-        return self._peft, contextlib.nullcontext(), {"adapter_names": list(names)}
+        mode = names[0] if len(unique) == 1 else MIXED_ROWS
+        if mode != self._mode:
+            tuner = self._peft.base_model
+            if mode == BASE_ROW:
+                tuner.disable_adapter_layers()
+            else:
+                if self._mode in (BASE_ROW, None):
+                    tuner.enable_adapter_layers()
+                if mode != MIXED_ROWS:
+                    self._peft.set_adapter(mode)
+            self._mode = mode
+        return self._peft, ({"adapter_names": list(names)} if mode == MIXED_ROWS else {})
 
     def _inputs(self, jobs: list[_Job], names: list[str]) -> tuple[dict[str, Any], list[int]]:
         """Model inputs for the batch and each row's prompt length in tokens.
@@ -647,8 +662,8 @@ class EmbeddedBackend(Backend):
         key = (name, prefix)
         kv = self._prefix_kvs.pop(key, None)
         if kv is None:
-            model, mode, kwargs = self._adapter_mode([name])
-            with torch.inference_mode(), mode:
+            model, kwargs = self._adapter_mode([name])
+            with torch.inference_mode():
                 out = model(input_ids=torch.tensor([pids]), use_cache=True, **kwargs)
             kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._prefix_kvs[key] = kv  # most recently used last
