@@ -158,6 +158,7 @@ class Registry:
         self.redis = redis
         self.prefix = prefix
         self.active_key = f"{prefix}adapter:active"
+        self.pointer_channel = f"{prefix}adapter:pointer-moved"  # pub/sub: the new pointer value
         self.seq_key = f"{prefix}adapter:active_seq"
         self.id_key = f"{prefix}adapter:next_id"
         if sync:
@@ -197,6 +198,7 @@ class Registry:
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.active_key, name)
         pipe.incr(self.seq_key)
+        pipe.publish(self.pointer_channel, name)  # API instances swap now instead of at their next poll
         pipe.execute()
 
     def _pointer_target_ok(self, manifest: Manifest, name: str) -> bool:

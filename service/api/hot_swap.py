@@ -9,8 +9,11 @@ names it. A version that fails to validate or load leaves the old one serving, a
 reported: ``rlhb_adapter_load_failures_total``, an error log line, and ``last_error`` in
 /readyz. It is retried every ``retry_s`` while the pointer still names it.
 
-The admin routes call ``poke()`` after moving the pointer, so this instance swaps at once
-instead of at its next poll; other instances notice at theirs.
+The registry also publishes every pointer move on a Redis channel; a listener thread wakes
+the watcher when a message arrives, so every instance swaps at once instead of at its next
+poll (the poll stays: pub/sub delivers only to connected listeners, so a message sent while
+Redis or this instance was away is lost, and the poll catches up). The admin routes also
+call ``poke()`` after moving the pointer.
 
 Preloading: every ``preload_s`` the watcher also loads (never switches to) the newest
 registered, non-rejected versions it does not hold yet, while the backend has free adapter
@@ -26,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from typing import Any
 
@@ -61,6 +65,7 @@ class AdapterWatcher:
         self.swapped_at: float = 0.0
         self._failed: dict[str, float] = {}  # name -> monotonic time of the next retry
         self._wake = asyncio.Event()
+        self._closing = threading.Event()  # stops the pointer listener thread
         self._switching = asyncio.Lock()
         self._task: asyncio.Task | None = None
 
@@ -75,9 +80,35 @@ class AdapterWatcher:
         except Exception as e:  # noqa: BLE001 - Redis away at start: serve the base, keep polling
             self.last_error = f"cannot read the active pointer: {type(e).__name__}: {e}"
             log.warning("adapter watcher: %s", self.last_error)
-        self._task = asyncio.get_running_loop().create_task(self._loop(), name="rlhb-adapter-watcher")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._loop(), name="rlhb-adapter-watcher")
+        if getattr(self.registry, "pointer_channel", None):
+            self._closing.clear()
+            threading.Thread(target=self._listen, args=(loop,), name="rlhb-pointer-listener", daemon=True).start()
+
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Wake the watcher on every message of the registry's pointer channel (a thread: the
+        registry's Redis client is synchronous). Reconnects after an error; ends on close()."""
+        while not self._closing.is_set():
+            pubsub = None
+            try:
+                pubsub = self.registry.redis.pubsub(ignore_subscribe_messages=True)
+                pubsub.subscribe(self.registry.pointer_channel)
+                while not self._closing.is_set():
+                    if pubsub.get_message(timeout=1.0) is not None:
+                        loop.call_soon_threadsafe(self._wake.set)
+            except Exception as e:  # noqa: BLE001 - Redis away or loop closed: the poll still works
+                if self._closing.is_set() or loop.is_closed():
+                    return
+                log.debug("pointer listener reconnecting after %s: %s", type(e).__name__, e)
+                self._closing.wait(1.0)
+            finally:
+                if pubsub is not None:
+                    with contextlib.suppress(Exception):
+                        pubsub.close()
 
     async def close(self) -> None:
+        self._closing.set()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -212,3 +212,40 @@ def test_promote_refuses_a_version_whose_weights_changed(serving, tiny_model_dir
         r = c.post("/admin/promote/tampered", headers=AUTH)
     assert r.status_code == 409 and "sha256" in r.json()["detail"]
     assert serving.registry.active() == active  # the pointer did not move
+
+
+def test_a_pointer_move_reaches_the_watcher_by_pub_sub_before_its_poll(
+    redis_client, redis_prefix, tiny_model_dir, tmp_path
+):
+    """The registry publishes every pointer move; the watcher wakes on it, so the swap does not wait
+    for the next poll (here 60 s: only the message can explain a switch within seconds)."""
+    import asyncio
+
+    from service.api.backends.embedded import EmbeddedBackend
+    from service.api.hot_swap import AdapterWatcher
+    from tests.service.api.serving_fixtures import register_test_versions
+    from trainer.registry import Registry
+
+    registry = Registry(tmp_path / "adapters", redis_client, redis_prefix)
+    (version,) = register_test_versions(registry, tiny_model_dir, ["pubsub-v1"])
+
+    async def run() -> tuple[str, str, float]:
+        backend = EmbeddedBackend(tiny_model_dir)
+        await backend.start()
+        watcher = AdapterWatcher(backend, registry, poll_s=60.0, preload_s=0)
+        await watcher.start()
+        try:
+            before = watcher.current_name
+            await asyncio.sleep(0.3)  # the listener thread subscribes
+            moved = time.monotonic()
+            await asyncio.to_thread(registry.promote, version.name)
+            while watcher.current_name != version.name and time.monotonic() - moved < 10:
+                await asyncio.sleep(0.01)
+            return before, watcher.current_name, time.monotonic() - moved
+        finally:
+            await watcher.close()
+            await backend.close()
+
+    before, after, took = asyncio.run(run())
+    assert (before, after) == ("base", version.name)
+    assert took < 5.0, took  # the poll would have taken 60 s
