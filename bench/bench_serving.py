@@ -9,8 +9,8 @@ One run, one model (SmolLM2-135M-Instruct unless --model), the same prompts, gre
    (the texts are checked equal). Reports p50/p99 of both and the p50 ratio (target <= 1.05).
    The API reuses the system prompt's keys/values (prefix cache), which the raw peer does
    not; ``--no-prefix-cache`` measures the serving stack's own overhead alone.
-2. throughput: requests/s with 1 client vs 8 concurrent clients (target >= 2x, from dynamic
-   batching).
+2. throughput: requests/s with 1 client vs 8 concurrent clients (target >= 2x, from
+   iteration-level batching).
 3. hot-swap: 2 clients send short requests (4 tokens) continuously; the registry promotes a
    new adapter version (as the trainer does: pointer in Redis, no admin call); the time until
    the first response produced by that version (target <= 1 s), which includes finishing

@@ -149,8 +149,8 @@ class ApiSettings(CommonSettings):
     vllm_base_url: str = Field(default="", description="Remote vLLM OpenAI server; empty: in-process vLLM.")
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Default answer length in tokens.")
     max_tokens_cap: int = Field(default=512, ge=1, le=8192, description="Largest max_tokens a request may ask.")
-    batch_window_ms: float = Field(default=15.0, ge=0, le=1000, description="Dynamic batching window.")
-    max_batch_size: int = Field(default=8, ge=1, le=256, description="Most requests in one generate call.")
+    batch_window_ms: float = Field(default=15.0, ge=0, le=1000, description="Idle: wait for more requests.")
+    max_batch_size: int = Field(default=8, ge=1, le=256, description="Most requests decoded together.")
     adapter_poll_s: float = Field(
         default=0.25, gt=0, le=1.0, description="How often to check the active pointer (hot-swap within a second)."
     )

@@ -30,7 +30,8 @@ Rules:
   manifest's pointer is written back to Redis. Reconciliation happens under the lock, so a
   reader racing a promote waits for it instead of undoing it.
 - A rollback pops the history stack (previous actives, most recent last), skipping entries
-  that were pruned; it is one Redis SET + INCR, so watchers see it at their next poll.
+  that were pruned; it is one Redis SET + INCR + PUBLISH (transaction): API watchers wake on
+  the message, and see the pointer at their next poll if they missed it.
 - A rejected version is never promoted.
 """
 
