@@ -15,7 +15,9 @@ What it does (one *lane* per algorithm, run one after the other):
 4. Rounds: ``POST /admin/train`` asks the trainer for a round with the lane's algorithm; the
    trainer trains, gates and publishes (or rejects) a version, the API hot-swaps it; the demo
    evaluates the new version on the held-out questions, then (unless it was the last round)
-   sends more traffic, now served by the new version, for the next round to learn from.
+   sends more traffic, now served by the new version, for the next round to learn from. A
+   candidate the gate rejects is never served; the demo generates its held-out answers itself
+   from the adapter folder and judges them the same way, so its like rate is in the table too.
 5. Report: like rate per version with Wilson 95% intervals, lift over base with a one-sided
    two-proportion z-test and Fisher's exact test, a power analysis, quality measures the
    trainer does not optimize (MiniLM relevance, repeated 3-grams, length, cut-offs), answers of
@@ -125,6 +127,9 @@ class DemoConfig:
     """Give up on a round after this long."""
     show_answers: int = 5
     """Held-out questions shown with base and final answers side by side."""
+    judge_rejected: bool = True
+    """Also measure a candidate the gate rejected (never served: generated in the demo process
+    from its adapter folder), so every algorithm has a like rate in the table."""
     keep_redis_state: bool = False
     """Keep the lanes' Redis keys after the run (default: delete them; the machine's Redis is shared)."""
 
@@ -427,6 +432,91 @@ def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say) -> list:
     return sorted(served, key=lambda s: s.index)
 
 
+def judge_offline(cfg: DemoConfig, lane: Lane, version: str, questions, model_path: str, say) -> list:
+    """Held-out answers of a *rejected* candidate, generated here and judged like ``evaluate``'s.
+
+    The API answers 409 for a rejected version (it is never served), yet a table without its
+    like rate hides what the gate stopped. So the demo loads the candidate's adapter folder in
+    this process and answers the same questions with the API's prompt renderer, behavior
+    sentence (the default encoding's most preferred one), token cap and temperature; each answer
+    gets the asker's draw ``evaluate`` would give it (seed + 7919, index i), so the comparison
+    with the served versions stays paired. Batched ``generate`` instead of the API's scheduler:
+    same distribution, not the same samples.
+    """
+    import random
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlhb.simulate.driver import Served
+    from rlhb.simulate.users import load_user_model, sample_reactions
+    from service.aggregator.encoding import most_preferred_sentence
+    from trainer.prompts import render_prompt
+
+    t0 = time.time()
+    torch.set_num_threads(cfg.threads)
+    tok = AutoTokenizer.from_pretrained(model_path)
+    tok.padding_side = "left"
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    model = PeftModel.from_pretrained(base, str(lane.root / "adapters" / version)).eval()
+    behavior = most_preferred_sentence()
+    user = load_user_model(cfg.users)
+    qs = [q for _ in range(cfg.eval_samples) for q in questions]
+    torch.manual_seed(cfg.seed + 7919)
+    served: list[Served] = []
+    for start in range(0, len(qs), 16):
+        batch = qs[start : start + 16]
+        enc = tok(
+            [render_prompt(tok, q, behavior) for q in batch],
+            return_tensors="pt",
+            padding=True,
+            add_special_tokens=False,
+        )
+        with torch.inference_mode():
+            out = model.generate(
+                **enc,
+                max_new_tokens=cfg.max_tokens,
+                do_sample=cfg.temperature > 0,
+                temperature=cfg.temperature if cfg.temperature > 0 else None,
+                top_p=1.0,
+                pad_token_id=tok.pad_token_id,
+            )
+        answers = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for offset, (question, answer) in enumerate(zip(batch, answers, strict=True)):
+            index = start + offset
+            judgement = user.judge(question, answer)
+            asker = sample_reactions(judgement, 1, random.Random(f"{cfg.seed + 7919}:{index}"))[0]
+            served.append(
+                Served(
+                    index=index,
+                    question=question,
+                    answer=answer.strip(),
+                    impression_id="",  # never served: no impression
+                    adapter_version=version,
+                    p_like=judgement.p_like,
+                    degenerate=judgement.degenerate,
+                    asker_liked=asker.like,
+                    asker_disliked=asker.dislike,
+                    views=1,
+                    clicks=int(asker.click),
+                    likes=int(asker.like),
+                    dislikes=int(asker.dislike),
+                    events_sent=0,
+                    latency_s=0.0,
+                )
+            )
+    del model, base
+    rate = sum(s.asker_liked for s in served) / max(1, len(served))
+    say(
+        f"  judged rejected {version} offline (never served): {len(served)} held-out answers, "
+        f"like rate {rate:.3f} ({time.time() - t0:.0f}s)"
+    )
+    return served
+
+
 def wait_round(redis, lane: Lane, rounds_before: int, cfg: DemoConfig, say) -> dict:
     """Wait for the trainer's next finished round, printing its training progress."""
     from trainer.loop import read_rounds
@@ -607,6 +697,11 @@ def run_demo(cfg: DemoConfig) -> dict:
                     f"after {train_s:.0f}s"
                 )
                 if vr.status != "published":
+                    if vr.status == "rejected" and version and cfg.judge_rejected:
+                        t0 = time.time()
+                        vr.served = judge_offline(cfg, lane, version, held_out, model_path, say)
+                        vr.evaluated_at = time.time() - started
+                        phases[f"{algorithm}: round {r} offline judging"] = time.time() - t0
                     continue
                 wait_serving(lane, version)
                 t0 = time.time()
@@ -776,6 +871,8 @@ def format_table(report: dict) -> str:
 def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], say) -> None:
     table = format_table(report)
     say("like rate per adapter version (held-out questions, one simulated user per answer):\n" + table)
+    if any(row["status"] == "rejected" and "n" in row for row in report["versions"]):
+        say("rejected candidates were never served: the demo generated their held-out answers itself")
     if report["power"]:
         p = report["power"]
         say(
@@ -793,7 +890,10 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
         + ", ".join(f"{k} {v:.0f}s" for k, v in report["phases_seconds"].items())
     )
     (cfg.out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
-    md = ["# rlhb demo report", "", "```", table, "```", "", f"Total wall time: {report['total_seconds']:.0f} s", ""]
+    md = ["# rlhb demo report", "", "```", table, "```", ""]
+    if any(row["status"] == "rejected" and "n" in row for row in report["versions"]):
+        md += ["Rejected candidates were never served; their answers were generated in the demo process", ""]
+    md += [f"Total wall time: {report['total_seconds']:.0f} s", ""]
     md += ["## Answers side by side", ""]
     for entry in report["side_by_side"]:
         md.append(f"**Q:** {entry['question']}")
@@ -918,6 +1018,9 @@ def demo(
     eval_samples: int = typer.Option(None, min=1, help="Answers per held-out question per version."),
     users: str = typer.Option("concise", help="Simulated users: concise | example | warm | package.module:Class."),
     seed: int = typer.Option(0, help="Seed."),
+    judge_rejected: bool = typer.Option(
+        True, "--judge-rejected/--no-judge-rejected", help="Measure a rejected candidate offline (never served)."
+    ),
 ) -> None:
     """The closed loop with simulated users: serve, react, aggregate, train, gate, hot-swap, report."""
     overrides = {
@@ -928,6 +1031,7 @@ def demo(
             base_traffic=base_traffic,
             traffic_per_round=traffic_per_round,
             eval_samples=eval_samples,
+            judge_rejected=judge_rejected,
         ).items()
         if v is not None
     }

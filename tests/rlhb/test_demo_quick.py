@@ -47,3 +47,35 @@ def test_quick_demo_runs_the_closed_loop(tmp_path, kafka_bootstrap, redis_url, t
     client = redis_lib.Redis.from_url(redis_url)
     assert not list(client.scan_iter(match=f"rlhbdemo:{report['run_id']}:*", count=1000))
     client.close()
+
+
+@pytest.mark.slow
+def test_a_rejected_candidate_is_judged_offline_and_never_served(
+    tmp_path, kafka_bootstrap, redis_url, tiny_model_dir, monkeypatch
+):
+    """The gate rejects every candidate (KL bound 1e-9): the demo still puts a like rate beside
+    it, from answers it generated itself, while the lane's API never served that version."""
+    monkeypatch.setenv("RLHB_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("RLHB_REDIS_URL", redis_url)
+    monkeypatch.setenv("RLHB_STATE_DIR", str(tmp_path / "state"))
+    cfg = quick_config(
+        tmp_path / "demo",
+        model_path=str(tiny_model_dir),
+        algorithms=("rlhf",),
+        base_traffic=24,
+        eval_questions=5,
+        gate_config={"kl_bound": 1e-9, "reward_tolerance": 0.99},
+    )
+    report = run_demo(cfg)
+
+    rows = {row["algorithm"]: row for row in report["versions"]}
+    row = rows["rlhf"]
+    assert row["status"] == "rejected" and "KL" in row["reason"], row
+    assert row["n"] == 5 and 0 <= row["like_rate"] <= 1 and "vs_base" in row
+    served = [json.loads(x) for x in (cfg.out_dir / "served.jsonl").read_text().splitlines()]
+    offline = [s for s in served if s["algorithm"] == "rlhf"]
+    assert len(offline) == 5 and all(s["adapter_version"] == row["version"] for s in offline)
+    assert all(s["impression_id"] == "" and s["events_sent"] == 0 for s in offline)  # no impression: never served
+    assert "never served" in (cfg.out_dir / "report.md").read_text()
+    manifest = json.loads((cfg.out_dir / "lane-rlhf" / "adapters" / "manifest.json").read_text())
+    assert manifest["active"] == "base" and row["version"] not in json.dumps(manifest["history"])
