@@ -830,7 +830,8 @@ def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, to
             entry = {"question": q, "base": by_q[q].answer}
             for algo, r in finals.items():
                 match = next((s for s in r.served if s.question == q), None)
-                entry[f"{algo}:{r.version}"] = match.answer if match else ""
+                label = f"{algo}:{r.version}" + (" (rejected, never served)" if r.status == "rejected" else "")
+                entry[label] = match.answer if match else ""
             side_by_side.append(entry)
     return {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
