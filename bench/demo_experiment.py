@@ -48,38 +48,18 @@ def behavior_sentence() -> str:
 
 
 def load_generator(adapter: str | None, threads: int):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from rlhb.evaluation.offline_answers import load_generator as load
 
-    torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(model_dir())
-    tok.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(model_dir(), dtype=torch.float32)
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-    return tok, model.eval()
+    return load(model_dir(), adapter, threads)
 
 
 def generate(tok, model, questions, behavior, max_new_tokens, temperature, seed):
     import torch
 
-    from trainer.prompts import render_prompt
+    from rlhb.evaluation.offline_answers import generate_answers
 
-    prompts = [render_prompt(tok, q, behavior) for q in questions]
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
     torch.manual_seed(seed)
-    with torch.inference_mode():
-        out = model.generate(
-            **enc,
-            max_new_tokens=max_new_tokens,
-            do_sample=temperature > 0,
-            temperature=temperature if temperature > 0 else None,
-            top_p=1.0,
-            pad_token_id=tok.pad_token_id,
-        )
-    return [tok.decode(row, skip_special_tokens=True) for row in out[:, enc["input_ids"].shape[1] :]]
+    return generate_answers(tok, model, questions, behavior, max_new_tokens, temperature)
 
 
 def cmd_gen(a) -> None:

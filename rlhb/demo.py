@@ -74,6 +74,9 @@ FULL_ALGORITHM_CONFIG: dict[str, dict] = {
     "rlhbc": dict(PPO_BUDGET),
     "rlhf": dict(PPO_BUDGET),
 }
+EVAL_SEED_OFFSET = 7919
+"""Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
+
 QUICK_ALGORITHM_CONFIG: dict[str, dict] = {
     name: {"batch_size": 4, "rollouts_per_prompt": 2, "max_new_tokens": 8, "threads": 1}
     for name in ("rlhb", "rlhbc", "rlhf", "sft", "pro")
@@ -422,7 +425,7 @@ def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say) -> list:
         max_tokens=cfg.max_tokens,
         temperature=cfg.temperature,
         concurrency=cfg.concurrency,
-        seed=cfg.seed + 7919,  # the same draws for every version: paired luck, fair comparison
+        seed=cfg.seed + EVAL_SEED_OFFSET,  # the same draws for every version: paired luck, fair comparison
     )
     qs = [q for _ in range(cfg.eval_samples) for q in questions]
     t0 = time.time()
@@ -439,56 +442,34 @@ def judge_offline(cfg: DemoConfig, lane: Lane, version: str, questions, model_pa
     like rate hides what the gate stopped. So the demo loads the candidate's adapter folder in
     this process and answers the same questions with the API's prompt renderer, behavior
     sentence (the default encoding's most preferred one), token cap and temperature; each answer
-    gets the asker's draw ``evaluate`` would give it (seed + 7919, index i), so the comparison
+    gets the asker's draw ``evaluate`` would give it (seed + EVAL_SEED_OFFSET, index i), so the comparison
     with the served versions stays paired. Batched ``generate`` instead of the API's scheduler:
     same distribution, not the same samples.
     """
     import random
 
     import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from rlhb.evaluation.offline_answers import generate_answers, load_generator
     from rlhb.simulate.driver import Served
     from rlhb.simulate.users import load_user_model, sample_reactions
     from service.aggregator.encoding import most_preferred_sentence
-    from trainer.prompts import render_prompt
 
     t0 = time.time()
-    torch.set_num_threads(cfg.threads)
-    tok = AutoTokenizer.from_pretrained(model_path)
-    tok.padding_side = "left"
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    model = PeftModel.from_pretrained(base, str(lane.root / "adapters" / version)).eval()
+    tok, model = load_generator(model_path, str(lane.root / "adapters" / version), cfg.threads)
     behavior = most_preferred_sentence()
     user = load_user_model(cfg.users)
     qs = [q for _ in range(cfg.eval_samples) for q in questions]
-    torch.manual_seed(cfg.seed + 7919)
+    eval_seed = cfg.seed + EVAL_SEED_OFFSET
+    torch.manual_seed(eval_seed)
     served: list[Served] = []
     for start in range(0, len(qs), 16):
         batch = qs[start : start + 16]
-        enc = tok(
-            [render_prompt(tok, q, behavior) for q in batch],
-            return_tensors="pt",
-            padding=True,
-            add_special_tokens=False,
-        )
-        with torch.inference_mode():
-            out = model.generate(
-                **enc,
-                max_new_tokens=cfg.max_tokens,
-                do_sample=cfg.temperature > 0,
-                temperature=cfg.temperature if cfg.temperature > 0 else None,
-                top_p=1.0,
-                pad_token_id=tok.pad_token_id,
-            )
-        answers = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        answers = generate_answers(tok, model, batch, behavior, cfg.max_tokens, cfg.temperature)
         for offset, (question, answer) in enumerate(zip(batch, answers, strict=True)):
             index = start + offset
             judgement = user.judge(question, answer)
-            asker = sample_reactions(judgement, 1, random.Random(f"{cfg.seed + 7919}:{index}"))[0]
+            asker = sample_reactions(judgement, 1, random.Random(f"{eval_seed}:{index}"))[0]
             served.append(
                 Served(
                     index=index,
@@ -508,7 +489,7 @@ def judge_offline(cfg: DemoConfig, lane: Lane, version: str, questions, model_pa
                     latency_s=0.0,
                 )
             )
-    del model, base
+    del model
     rate = sum(s.asker_liked for s in served) / max(1, len(served))
     say(
         f"  judged rejected {version} offline (never served): {len(served)} held-out answers, "
@@ -871,8 +852,9 @@ def format_table(report: dict) -> str:
 
 def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], say) -> None:
     table = format_table(report)
+    judged_offline = any(row["status"] == "rejected" and "n" in row for row in report["versions"])
     say("like rate per adapter version (held-out questions, one simulated user per answer):\n" + table)
-    if any(row["status"] == "rejected" and "n" in row for row in report["versions"]):
+    if judged_offline:
         say("rejected candidates were never served: the demo generated their held-out answers itself")
     if report["power"]:
         p = report["power"]
@@ -892,7 +874,7 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
     )
     (cfg.out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     md = ["# rlhb demo report", "", "```", table, "```", ""]
-    if any(row["status"] == "rejected" and "n" in row for row in report["versions"]):
+    if judged_offline:
         md += ["Rejected candidates were never served; their answers were generated in the demo process", ""]
     md += [f"Total wall time: {report['total_seconds']:.0f} s", ""]
     md += ["## Answers side by side", ""]
