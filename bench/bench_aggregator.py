@@ -125,9 +125,9 @@ def main() -> None:
 
     from kafka import KafkaProducer
 
-    from rlhb.infra.broker import EmbeddedBroker, ensure_topics
-    from rlhb.infra.redis_server import resolve_redis_url
-    from rlhb.settings import AggregatorSettings
+    from core.infra.broker import EmbeddedBroker, ensure_topics
+    from core.infra.redis_server import resolve_redis_url
+    from core.settings import AggregatorSettings
     from service.aggregator.export import latest_per_impression, read_records
 
     logging.basicConfig(level=logging.ERROR)

@@ -28,10 +28,10 @@ def main() -> None:
 
     import redis
 
-    from rlhb.infra.redis_server import resolve_redis_url
-    from rlhb.model_prep import prepare_model
+    from core.infra.redis_server import resolve_redis_url
+    from core.model_prep import prepare_model
+    from core.registry import Registry
     from tests.trainer.adapter_factory import write_test_adapter
-    from trainer.registry import Registry
 
     url, server = resolve_redis_url("")
     client = redis.Redis.from_url(url, decode_responses=True)

@@ -88,7 +88,7 @@ def build_tokenizer(out_dir: Path):
     source["added_tokens"] = [t for t in source["added_tokens"] if t["id"] < VOCAB]
     path = out_dir / "tokenizer.json"
     path.write_text(json.dumps(source))
-    # no chat template: trainer.prompts.render_prompt then uses its plain "Question: ... Answer:" layout
+    # no chat template: core.prompts.render_prompt then uses its plain "Question: ... Answer:" layout
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_file=str(path), eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token="<|im_start|>"
     )
@@ -162,7 +162,7 @@ def write_records(path: Path, n: int, seed: int) -> list:
 def write_spec(args, model_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
-    from trainer.prompts import render_prompt
+    from core.prompts import render_prompt
 
     records = write_records(OUT / "records.jsonl", n=64, seed=args.seed)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

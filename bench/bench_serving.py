@@ -3,7 +3,7 @@
 One run, one model (SmolLM2-135M-Instruct unless --model), the same prompts, greedy decoding:
 
 1. overhead at concurrency 1: for each prompt, alternately, (a) a raw ``model.generate`` in
-   this process on the exact prompt the API builds (trainer.prompts.render_prompt + the
+   this process on the exact prompt the API builds (core.prompts.render_prompt + the
    default behavior sentence) and (b) ``POST /v1/query`` to the API (``rlhb api`` in a
    subprocess, so the client never competes with it for the GIL). Same tokens generated
    (the texts are checked equal). Reports p50/p99 of both and the p50 ratio (target <= 1.05).
@@ -69,7 +69,7 @@ def write_adapter(model_dir: Path, root: Path, name: str, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from trainer.registry import sha256_file, weights_file
+    from core.registry import sha256_file, weights_file
 
     torch.manual_seed(seed)
     model = get_peft_model(
@@ -217,14 +217,14 @@ def main() -> None:
     import httpx
     import redis
 
-    from rlhb.infra.broker import EmbeddedBroker, ensure_topics
-    from rlhb.infra.ports import free_port
-    from rlhb.infra.redis_server import resolve_redis_url
-    from rlhb.model_prep import prepare_model
-    from rlhb.settings import ApiSettings
+    from core.infra.broker import EmbeddedBroker, ensure_topics
+    from core.infra.ports import free_port
+    from core.infra.redis_server import resolve_redis_url
+    from core.model_prep import prepare_model
+    from core.prompts import render_prompt
+    from core.registry import Registry
+    from core.settings import ApiSettings
     from service.api.app import default_behavior
-    from trainer.prompts import render_prompt
-    from trainer.registry import Registry
 
     model_dir = Path(args.model) if args.model else prepare_model(log=lambda *_: None)
     emit(

@@ -36,13 +36,13 @@ def log(**kw) -> None:
 
 
 def model_dir() -> str:
-    from rlhb.model_prep import default_model_dir
+    from core.model_prep import default_model_dir
 
     return str(default_model_dir())
 
 
 def behavior_sentence() -> str:
-    from service.aggregator.encoding import most_preferred_sentence
+    from core.behavior.encoding import most_preferred_sentence
 
     return most_preferred_sentence()
 
@@ -114,10 +114,10 @@ def cmd_gen(a) -> None:
 
 def make_records(answers: list[dict], users: str, viewers_mean: float, seed: int):
     """BehaviorRecords exactly as the aggregator would build them from the users' events."""
+    from core.behavior.encoding import RatesEncoding, fit_rate_edges, shaped_reward
     from rlhb.simulate.driver import poisson
     from rlhb.simulate.users import load_user_model, sample_reactions
     from schemas.behavior import BehaviorRecord
-    from service.aggregator.encoding import RatesEncoding, fit_rate_edges, shaped_reward
 
     user = load_user_model(users)
     rows = []

@@ -12,10 +12,16 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 
 import typer
-from pydantic import ValidationError
+
+from core.errors import clear_errors
+from rlhb.demo import demo
+from rlhb.simulate.driver import simulate
+from service.aggregator.cli import aggregator_app, records_app
+from service.api.cli import run_api
+from trainer.cli import train_app
+from trainer.loop_cli import run_trainer
 
 app = typer.Typer(help="rlhb: online continual alignment of LLMs from user behavior.", no_args_is_help=True)
 infra_app = typer.Typer(help="Embedded broker and Redis for one machine.", no_args_is_help=True)
@@ -24,28 +30,8 @@ app.add_typer(infra_app, name="infra")
 app.add_typer(model_app, name="model")
 
 
-def fail(message: str) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-@contextmanager
-def clear_errors():
-    """Turn configuration and infrastructure errors into one clear line (exit 2)."""
-    from rlhb.infra.broker import InfraError
-
-    try:
-        yield
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        fail(f"{where}: {first.get('msg', str(e))}")
-    except (InfraError, FileNotFoundError, ValueError) as e:
-        fail(str(e))
-
-
 def common_settings():
-    from rlhb.settings import CommonSettings
+    from core.settings import CommonSettings
 
     return CommonSettings()
 
@@ -54,7 +40,7 @@ def common_settings():
 @model_app.command("prepare")
 def model_prepare(force: bool = typer.Option(False, help="Rebuild even if the folder exists.")) -> None:
     """Convert the bundled SmolLM2-135M-Instruct GGUF to an HF folder (once)."""
-    from rlhb.model_prep import prepare_model
+    from core.model_prep import prepare_model
 
     with clear_errors():
         prepare_model(force=force)
@@ -64,7 +50,7 @@ def model_prepare(force: bool = typer.Option(False, help="Rebuild even if the fo
 @infra_app.command("up")
 def infra_up() -> None:
     """Start the embedded broker (and Redis if none answers) and keep them running."""
-    from rlhb.infra.resolve import resolve_infra, write_infra_state
+    from core.infra.resolve import resolve_infra, write_infra_state
 
     with clear_errors():
         settings = common_settings()
@@ -86,7 +72,7 @@ def infra_up() -> None:
 @infra_app.command("down")
 def infra_down() -> None:
     """Stop infrastructure started by `rlhb infra up`."""
-    from rlhb.infra.resolve import read_running_infra
+    from core.infra.resolve import read_running_infra
 
     running = read_running_infra(common_settings())
     if not running:
@@ -99,10 +85,10 @@ def infra_down() -> None:
 @infra_app.command("status")
 def infra_status() -> None:
     """Show whether the broker and Redis this deployment would use are reachable."""
-    from rlhb.infra.broker import InfraError, check_kafka
-    from rlhb.infra.redis_server import redis_answers
-    from rlhb.infra.resolve import read_running_infra
-    from rlhb.settings import DEFAULT_REDIS_URL
+    from core.infra.broker import InfraError, check_kafka
+    from core.infra.redis_server import redis_answers
+    from core.infra.resolve import read_running_infra
+    from core.settings import DEFAULT_REDIS_URL
 
     with clear_errors():
         settings = common_settings()
@@ -136,7 +122,7 @@ def up(
     port: int = typer.Option(8000, help="API port."),
 ) -> None:
     """Everything on the embedded defaults: broker, Redis, API, aggregator, trainer."""
-    from rlhb.infra.resolve import resolve_infra, write_infra_state
+    from core.infra.resolve import resolve_infra, write_infra_state
 
     with clear_errors():
         settings = common_settings()
@@ -168,38 +154,21 @@ def up(
 
 
 def _ensure_model() -> None:
-    from rlhb.model_prep import default_model_dir, prepare_model
+    from core.model_prep import default_model_dir, prepare_model
 
     if not (default_model_dir() / "config.json").exists():
         prepare_model()
 
 
-def _register_feature_commands() -> None:
-    """Commands owned by the feature packages (kept in their own modules)."""
-    import importlib
-
-    for module_name, attr, kind, name in FEATURE_COMMANDS:
-        module = importlib.import_module(module_name)
-        obj = getattr(module, attr)
-        if kind == "typer":
-            app.add_typer(obj, name=name)
-        else:
-            app.command(name)(obj)
-
-
-# (module, attribute, "typer" | "command", command name). Each module must import cheaply.
-FEATURE_COMMANDS: list[tuple[str, str, str, str]] = []
-FEATURE_COMMANDS += [
-    ("service.aggregator.cli", "aggregator_app", "typer", "aggregator"),
-    ("service.aggregator.cli", "records_app", "typer", "records"),
-]
-FEATURE_COMMANDS += [("rlhb.simulate.driver", "simulate", "command", "simulate")]
-FEATURE_COMMANDS += [("trainer.loop_cli", "run_trainer", "command", "trainer")]
-FEATURE_COMMANDS += [("service.api.cli", "run_api", "command", "api")]
-FEATURE_COMMANDS += [("rlhb.demo", "demo", "command", "demo")]
-FEATURE_COMMANDS += [("trainer.cli", "train_app", "typer", "train")]
-
-_register_feature_commands()
+# Commands owned by the processes live next to them; the top imports them (never the reverse).
+# Each of these modules imports only typer at module level, so `rlhb --help` stays instant.
+app.add_typer(aggregator_app, name="aggregator")
+app.add_typer(records_app, name="records")
+app.add_typer(train_app, name="train")
+app.command("api")(run_api)
+app.command("trainer")(run_trainer)
+app.command("simulate")(simulate)
+app.command("demo")(demo)
 
 if __name__ == "__main__":
     app()

@@ -268,8 +268,8 @@ class Lane:
 
 
 def make_lane(cfg: DemoConfig, run_id: str, algorithm: str, infra, model_path: str) -> Lane:
-    from rlhb.infra.broker import ensure_topics
-    from rlhb.infra.ports import free_port
+    from core.infra.broker import ensure_topics
+    from core.infra.ports import free_port
 
     root = cfg.out_dir / f"lane-{algorithm}"
     root.mkdir(parents=True, exist_ok=True)
@@ -450,10 +450,10 @@ def judge_offline(cfg: DemoConfig, lane: Lane, version: str, questions, model_pa
 
     import torch
 
+    from core.behavior.encoding import most_preferred_sentence
     from rlhb.evaluation.offline_answers import generate_answers, load_generator
     from rlhb.simulate.driver import Served
     from rlhb.simulate.users import load_user_model, sample_reactions
-    from service.aggregator.encoding import most_preferred_sentence
 
     t0 = time.time()
     tok, model = load_generator(model_path, str(lane.root / "adapters" / version), cfg.threads)
@@ -538,7 +538,7 @@ def wait_serving(lane: Lane, version: str, timeout_s: float = 120.0) -> None:
 
 # --------------------------------------------------------------------------- the model
 def prepare_model(cfg: DemoConfig, say) -> str:
-    from rlhb.model_prep import prepare_model as prepare_smollm2
+    from core.model_prep import prepare_model as prepare_smollm2
 
     if cfg.model_path:
         return cfg.model_path
@@ -595,9 +595,9 @@ class VersionResult:
 def run_demo(cfg: DemoConfig) -> dict:
     import redis as redis_lib
 
-    from rlhb.infra.resolve import resolve_infra
+    from core.infra.resolve import resolve_infra
+    from core.settings import CommonSettings
     from rlhb.queries import split_questions
-    from rlhb.settings import CommonSettings
 
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     say = Console(cfg.out_dir / "demo.log")

@@ -27,7 +27,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
-    from rlhb.infra.broker import EmbeddedBroker, check_kafka
+    from core.infra.broker import EmbeddedBroker, check_kafka
 
     with EmbeddedBroker() as broker:
         check_kafka(broker.bootstrap)
@@ -37,7 +37,7 @@ def kafka_bootstrap():
 @pytest.fixture
 def unique_topics(kafka_bootstrap):
     """A dict of fresh topic names (impressions, feedback, records, dead_letter), 4 partitions."""
-    from rlhb.infra.broker import ensure_topics
+    from core.infra.broker import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     names = {k: f"t-{tag}-{k}" for k in ("impressions", "feedback", "records", "dead_letter")}
@@ -47,7 +47,7 @@ def unique_topics(kafka_bootstrap):
 
 @pytest.fixture(scope="session")
 def redis_url():
-    from rlhb.infra.redis_server import resolve_redis_url
+    from core.infra.redis_server import resolve_redis_url
 
     url, server = resolve_redis_url(os.environ.get("RLHB_TEST_REDIS_URL", ""))
     yield url
@@ -80,7 +80,7 @@ def redis_client(redis_url, redis_prefix):
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    from rlhb.model_prep import prepare_model
+    from core.model_prep import prepare_model
 
     return prepare_model(log=lambda *_: None)
 

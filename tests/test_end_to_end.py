@@ -17,7 +17,8 @@ import time
 
 import pytest
 
-from rlhb.infra.ports import free_port
+from core.infra.ports import free_port
+from core.registry import Registry
 from rlhb.simulate.driver import SimulationConfig, run_simulation
 from rlhb.simulate.users import load_user_model
 from schemas.behavior import BehaviorRecord
@@ -25,7 +26,6 @@ from tests.e2e_helpers import ADMIN_TOKEN, AUTH, Deployment, deployment_env, rea
 from tests.trainer.adapter_factory import write_test_adapter
 from tests.trainer.loop_helpers import trainer_env, wait_for
 from trainer.loop import read_rounds, read_status
-from trainer.registry import Registry
 
 N_ANSWERS = 24  # = M: one round from one pass of simulated traffic
 SEED_VERSION = "seed-v"

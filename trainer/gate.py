@@ -36,9 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.registry import weights_file
 from schemas.adapters import AdapterVersion
 from schemas.behavior import BehaviorRecord
-from trainer.registry import weights_file
 
 
 @dataclass(frozen=True)
@@ -152,7 +152,7 @@ class _Scorer:
         return contextlib.nullcontext()
 
     def _prompts(self, records: Sequence[tuple[str, str]]):
-        from trainer.prompts import render_prompt
+        from core.prompts import render_prompt
 
         texts = [render_prompt(self.tok, q, b) for q, b in records]
         return self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -315,7 +315,7 @@ def gate_and_publish(
     config: GateConfig | None = None,
 ) -> GateResult:
     """Gate a registered candidate against the active version: promote it if it passes,
-    otherwise keep it on disk marked rejected with the reason. ``registry``: trainer.registry.Registry."""
+    otherwise keep it on disk marked rejected with the reason. ``registry``: core.registry.Registry."""
     from schemas.adapters import BASE_VERSION, AdapterStatus
 
     active_name = registry.active()

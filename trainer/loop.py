@@ -21,7 +21,7 @@ latest record per impression, so re-reading is idempotent). Committed offsets on
 which records a finished round has seen: records after them count as *new*, so a round
 killed half-way is redone after a restart. Offsets are committed after the round's registry
 state is stored. A request being served sits in ``{prefix}train:inflight`` and is put back
-on the queue at start. The registry is crash-safe on its own (``trainer.registry``): at
+on the queue at start. The registry is crash-safe on its own (``core.registry``): at
 start, temp folders and finished-but-unregistered folders are removed.
 
 Redis keys written (``P`` = redis_prefix): ``P train:status`` (JSON, every second),
@@ -45,11 +45,11 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from rlhb.settings import TrainerSettings
+from core.registry import Registry, RegistryError
+from core.settings import TrainerSettings
 from schemas.adapters import BASE_VERSION
 from schemas.behavior import BehaviorRecord
 from trainer.guardrail import GuardrailConfig, LiveCounts, drop_test
-from trainer.registry import Registry, RegistryError
 from trainer.replay_buffer import ReplayBuffer
 
 log = logging.getLogger(__name__)

@@ -22,17 +22,11 @@ def run_trainer(
     import signal
     import threading
 
-    from pydantic import ValidationError
-
-    from rlhb.infra.broker import InfraError
+    from core.errors import clear_errors
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)  # "task blocked" notes while a round runs
-
-    def fail(message: str) -> None:
-        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2)
 
     overrides = {
         "algorithm": algorithm,
@@ -40,18 +34,13 @@ def run_trainer(
         "steps_per_round": steps,
         "guardrail": guardrail,
     }
-    try:
-        from rlhb.infra.resolve import resolve_infra
+    with clear_errors():
+        from core.infra.resolve import resolve_infra
         from trainer.loop import LoopSettings, Trainer
 
         settings = LoopSettings(**{k: v for k, v in overrides.items() if v is not None})
         infra = resolve_infra(settings)
         trainer = Trainer(settings, infra.bootstrap, infra.redis_url)
-    except ValidationError as e:
-        first = e.errors()[0]
-        fail(f"{'.'.join(str(p) for p in first.get('loc', ())) or 'settings'}: {first.get('msg', str(e))}")
-    except (InfraError, FileNotFoundError, ValueError) as e:
-        fail(str(e))
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

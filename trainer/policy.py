@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.prompts import render_prompt
 from trainer.config import PPOConfig
-from trainer.prompts import render_prompt
 from trainer.rollouts import Prompt, SequenceBatch, response_mask_from_eos
 
 VALUE_HEAD_FILE = "value_head.safetensors"

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from core.errors import validation_message
 from schemas.behavior import BehaviorRecord
 from trainer.rollouts import Prompt
 
@@ -61,9 +62,7 @@ def _validate(data: object, where: str) -> BehaviorRecord:
     try:
         record = BehaviorRecord.model_validate(data)
     except ValidationError as e:
-        first = e.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "record"
-        raise RecordsError(f"{where}: field {field!r}: {first.get('msg', 'invalid')}") from None
+        raise RecordsError(f"{where}: {validation_message(e, default='record')}") from None
     if not record.query.strip() or not record.response.strip():
         raise RecordsError(f"{where}: query and response must not be empty")
     if not record.behavior_text.strip():
@@ -78,7 +77,7 @@ def preference_keys(record: BehaviorRecord) -> tuple[str, ...]:
     keys = tuple(sorted(record.buckets))
     if record.encoding:
         try:
-            from service.aggregator.encoding import make_encoding
+            from core.behavior.encoding import make_encoding
 
             enc = make_encoding(record.encoding)
             known = tuple(k for k in keys if k in enc.keys() and enc.preference(k))

@@ -1,6 +1,6 @@
 """Answers generated in process (no API): for versions the API will not serve, and for experiments.
 
-The prompt is the API's (``trainer.prompts.render_prompt``), so an answer here comes from the
+The prompt is the API's (``core.prompts.render_prompt``), so an answer here comes from the
 same distribution as one served for the same version, behavior sentence, token cap and
 temperature; only the batching differs (one left-padded ``generate`` per chunk).
 """
@@ -30,7 +30,7 @@ def generate_answers(tok, model, questions, behavior: str, max_new_tokens: int, 
     """One answer per question (sampled at ``temperature``, greedy at 0); seed torch before calling."""
     import torch
 
-    from trainer.prompts import render_prompt
+    from core.prompts import render_prompt
 
     enc = tok(
         [render_prompt(tok, q, behavior) for q in questions],

@@ -7,35 +7,18 @@ from __future__ import annotations
 
 import json
 import logging
-from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+
+from core.errors import clear_errors
 
 aggregator_app = typer.Typer(help="Kafka consumer: feedback + impressions -> counts in Redis -> behavior records.")
 records_app = typer.Typer(help="Behavior records.", no_args_is_help=True)
 
 
-@contextmanager
-def _clear_errors():
-    from pydantic import ValidationError
-
-    from rlhb.infra.broker import InfraError
-
-    try:
-        yield
-    except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(p) for p in first.get("loc", ())) or "settings"
-        typer.secho(f"error: {where}: {first.get('msg', str(e))}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-    except (InfraError, ValueError, TimeoutError) as e:
-        typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(2) from None
-
-
 def _settings():
-    from rlhb.settings import AggregatorSettings
+    from core.settings import AggregatorSettings
 
     return AggregatorSettings()
 
@@ -53,7 +36,7 @@ def aggregator(ctx: typer.Context) -> None:
     from service.aggregator.consumer import run
 
     _logging()
-    with _clear_errors():
+    with clear_errors():
         stats = run(_settings())
     typer.echo(json.dumps(stats.__dict__))
 
@@ -64,7 +47,7 @@ def replay_cmd() -> None:
     from service.aggregator.consumer import replay
 
     _logging()
-    with _clear_errors():
+    with clear_errors():
         summary = replay(_settings())
     typer.echo(json.dumps(summary))
 
@@ -75,10 +58,10 @@ def export_cmd(
     dpo: Path | None = typer.Option(None, "--dpo", help="Also write prompt/chosen/rejected pairs (JSONL)."),
 ) -> None:
     """Write behavior records to JSONL (and an offline-DPO view)."""
-    from rlhb.infra.resolve import resolve_infra
+    from core.infra.resolve import resolve_infra
     from service.aggregator.export import export
 
-    with _clear_errors():
+    with clear_errors():
         settings = _settings()
         infra = resolve_infra(settings, create_topics=False)
         try:

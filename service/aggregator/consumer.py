@@ -27,8 +27,7 @@ import socket
 import time
 from dataclasses import dataclass, field
 
-from rlhb.settings import AggregatorSettings
-from service.aggregator.encoding import (
+from core.behavior.encoding import (
     Encoding,
     RatesEncoding,
     encoding_from_json,
@@ -36,7 +35,8 @@ from service.aggregator.encoding import (
     fit_rate_edges,
     make_encoding,
 )
-from service.aggregator.encoding_store import encoding_key, load_encoding, save_encoding
+from core.behavior.encoding_store import encoding_key, load_encoding, save_encoding
+from core.settings import AggregatorSettings
 from service.aggregator.fold import DeadLetter, RawMessage, build_record, plan_batch
 from service.aggregator.redis_state import AggregatorStore
 from service.aggregator.topic_reader import read_to_end
@@ -365,7 +365,7 @@ def make_clients(settings: AggregatorSettings, bootstrap: str, redis_url: str, g
 
 def run(settings: AggregatorSettings, stop=None) -> Stats:
     """Run one aggregator member until SIGTERM/SIGINT (or ``stop()`` returns True)."""
-    from rlhb.infra.resolve import resolve_infra
+    from core.infra.resolve import resolve_infra
 
     infra = resolve_infra(settings)
     redis, producer, consumer = make_clients(settings, infra.bootstrap, infra.redis_url)
@@ -406,7 +406,7 @@ def replay(settings: AggregatorSettings) -> dict:
     from kafka import TopicPartition
     from kafka.structs import OffsetAndMetadata
 
-    from rlhb.infra.resolve import resolve_infra
+    from core.infra.resolve import resolve_infra
 
     infra = resolve_infra(settings)
     redis, producer, consumer = make_clients(settings, infra.bootstrap, infra.redis_url, group=False)

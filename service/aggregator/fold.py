@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 
 from pydantic import ValidationError
 
+from core.behavior.encoding import Encoding, shaped_reward
+from core.errors import validation_message
 from schemas import BehaviorRecord, FeedbackEvent, Impression
-from service.aggregator.encoding import Encoding, shaped_reward
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,6 @@ class Plan:
     dead: list[DeadLetter] = field(default_factory=list)
 
 
-def _reason(err: ValidationError) -> str:
-    first = err.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "message"
-    return f"{where}: {first['msg']}"
-
-
 def decode(msg: RawMessage) -> Impression | FeedbackEvent | DeadLetter:
     if msg.value is None:
         return DeadLetter("empty message (null value)", msg)
@@ -83,7 +78,7 @@ def decode(msg: RawMessage) -> Impression | FeedbackEvent | DeadLetter:
         return model.model_validate_json(msg.value)
     except ValidationError as e:
         kind = "impression" if msg.role == "impression" else "feedback event"
-        return DeadLetter(f"not a valid {kind}: {_reason(e)}", msg)
+        return DeadLetter(f"not a valid {kind}: {validation_message(e, default='message')}", msg)
 
 
 def plan_batch(messages: Iterable[RawMessage]) -> Plan:

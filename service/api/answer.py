@@ -1,5 +1,5 @@
 """One answer, shared by /v1/query and /v1/chat/completions: validate, pick and pin the
-adapter version, render the prompt (trainer.prompts.render_prompt, the same function the
+adapter version, render the prompt (core.prompts.render_prompt, the same function the
 trainer uses), generate, then log the impression and count it.
 
 A ``Turn`` pins its version from ``start_turn`` to ``end_turn``: a hot-swap in between
@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 
 from fastapi import HTTPException
 
+from core.prompts import render_prompt
 from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
 from schemas.impression import Impression
 from schemas.openai import LATEST_ALIAS
 from service.api.backends.base import Cancellation, GenerationRequest, GenerationResult
 from service.api.state import AppState
-from trainer.prompts import render_prompt
 
 LATEST_ALIASES = {LATEST_ALIAS, "latest", "default"}
 _SENTINEL = "\x00rlhb-query\x00"

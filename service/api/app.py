@@ -27,7 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rlhb.settings import ApiSettings
+from core.settings import ApiSettings
 from service.api.impression_ids import ImpressionSigner
 from service.api.metrics import ApiMetrics
 from service.api.routes import admin, chat, feedback, health, models, ops, query
@@ -77,7 +77,7 @@ def _make_impression_producer(bootstrap: str):
 
 def default_behavior(settings: ApiSettings) -> str:
     """The most preferred behavior sentence of the configured encoding."""
-    from service.aggregator.encoding import make_encoding, most_preferred_sentence
+    from core.behavior.encoding import make_encoding, most_preferred_sentence
 
     return most_preferred_sentence(make_encoding(settings.behavior_encoding))
 
@@ -101,9 +101,9 @@ def make_backend(settings: ApiSettings, metrics: ApiMetrics | None = None):
 
 
 def _resolve_infra(settings: ApiSettings):
-    from rlhb.infra.broker import InfraError
-    from rlhb.infra.redis_server import resolve_redis_url
-    from rlhb.infra.resolve import Infra, resolve_infra
+    from core.infra.broker import InfraError
+    from core.infra.redis_server import resolve_redis_url
+    from core.infra.resolve import Infra, resolve_infra
     from service.api.routes.ops import tcp_reachable
 
     configured = settings.kafka_bootstrap_servers
@@ -150,8 +150,8 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
     async def lifespan(app: FastAPI):
         import redis
 
+        from core.registry import Registry
         from service.api.outbox import ImpressionLog, Outbox
-        from trainer.registry import Registry
 
         infra, broker_up = await asyncio.to_thread(_resolve_infra, settings)
         secret = settings.impression_secret or "dev-only-impression-secret"

@@ -16,8 +16,8 @@ def run_api(
     """Serve /v1/query, /v1/chat/completions, /v1/feedback, /admin/* and /metrics."""
     import uvicorn
 
-    from rlhb.cli import clear_errors
-    from rlhb.settings import ApiSettings
+    from core.errors import clear_errors
+    from core.settings import ApiSettings
     from service.api.app import create_app
     from service.api.logs import configure_json_logging
 

@@ -1,6 +1,6 @@
 """Hot-swap: follow the registry's active pointer in Redis, load first, then switch.
 
-Every ``poll_s`` (<= 0.25 s by default) the watcher reads the pointer (trainer/registry.py
+Every ``poll_s`` (<= 0.25 s by default) the watcher reads the pointer (core/registry.py
 writes it). When it names another version, the watcher validates it (the registry checks
 the folder and the weights' sha256), loads it into the backend next to the current one and
 only then switches ``current``, which new requests read. Requests already running hold a

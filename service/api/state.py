@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from rlhb.settings import ApiSettings
+from core.settings import ApiSettings
 from service.api.impression_ids import ImpressionSigner
 
 
@@ -28,7 +28,7 @@ class AppState:
     backend_error: str = ""
     """Why the backend failed to start, if it did (shown by /readyz)."""
     registry: Any = None
-    """trainer.registry.Registry: adapter versions and the active pointer."""
+    """core.registry.Registry: adapter versions and the active pointer."""
     watcher: Any = None
     """service.api.hot_swap.AdapterWatcher: the version served by default."""
     impressions: Any = None

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from rlhb.settings import AggregatorSettings, ApiSettings, CommonSettings, TrainerSettings
+from core.settings import AggregatorSettings, ApiSettings, CommonSettings, TrainerSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from trainer.registry import sha256_file, weights_file
+from core.registry import sha256_file, weights_file
 
 
 @contextlib.contextmanager
@@ -102,7 +102,7 @@ def write_trained_adapter(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.prompts import render_prompt
+    from core.prompts import render_prompt
 
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)

@@ -12,11 +12,11 @@ import sys
 
 import pytest
 
+from core.registry import Registry
 from tests.trainer.adapter_factory import write_test_adapter
 from tests.trainer.loop_helpers import produce_records, trainer_env, wait_for
 from tests.trainer.toy_task import toy_records
 from trainer.loop import read_rounds, read_status
-from trainer.registry import Registry
 
 
 def assert_loadable(model_dir, version) -> None:

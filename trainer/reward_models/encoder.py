@@ -116,7 +116,7 @@ class PairEncoder(nn.Module):
                 padding=True,
                 return_tensors="pt",
             )
-        from trainer.prompts import render_prompt
+        from core.prompts import render_prompt
 
         texts = [render_prompt(self.tokenizer, q, "") + a for q, a in zip(queries, answers, strict=True)]
         # Keep the end: the answer's last tokens are where the pooled state is read.

@@ -1,7 +1,7 @@
 """The interface every generation backend implements, and the values that cross it.
 
 A backend turns a rendered prompt into text with a given adapter version (or the base
-model). It never builds prompts (routes use trainer.prompts.render_prompt) and never
+model). It never builds prompts (routes use core.prompts.render_prompt) and never
 decides which adapter is active (service.api.hot_swap does): it only loads, pins and
 runs the immutable versions it is given, so a request always finishes on the adapter it
 started with.

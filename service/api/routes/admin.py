@@ -64,7 +64,7 @@ def _registry(state):
 
 
 def _registry_error():
-    from trainer.registry import RegistryError
+    from core.registry import RegistryError
 
     return RegistryError
 

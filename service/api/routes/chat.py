@@ -1,6 +1,6 @@
 """POST /v1/chat/completions, OpenAI-compatible (plain and streaming).
 
-The conversation becomes the query of trainer.prompts.render_prompt (so serving and training
+The conversation becomes the query of core.prompts.render_prompt (so serving and training
 share one prompt layout): a single user message is the query as is; client system
 messages and earlier turns are folded in front of the last user message as plain text
 ("User: ... / Assistant: ..."). The behavior sentence goes where render_prompt puts it (the

@@ -21,6 +21,7 @@ from fastapi import APIRouter, HTTPException, Request
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from core.errors import validation_message
 from schemas import FEEDBACK_BATCH_LIMIT, FeedbackAccepted, FeedbackBatch, FeedbackEvent
 from service.api.deps import State
 
@@ -33,17 +34,6 @@ MAX_BODY_BYTES = FEEDBACK_BATCH_LIMIT * 2048
 ACK_TIMEOUT_S = 10.0
 """Longest wait for the broker's acknowledgements before answering 503."""
 RETRY_AFTER_S = 5
-
-
-def _loc(parts: tuple) -> str:
-    out = ""
-    for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "body"
-
-
-def _validation_message(err: ValidationError, prefix: tuple = ()) -> str:
-    return "; ".join(f"{_loc(prefix + tuple(e['loc']))}: {e['msg']}" for e in err.errors())
 
 
 def parse_events(raw: bytes) -> list[FeedbackEvent]:
@@ -65,13 +55,13 @@ def parse_events(raw: bytes) -> list[FeedbackEvent]:
         try:
             return list(FeedbackBatch.model_validate(body).events)
         except ValidationError as e:
-            raise HTTPException(422, _validation_message(e)) from None
+            raise HTTPException(422, validation_message(e, first_only=False)) from None
     if not isinstance(body, dict):
         raise HTTPException(422, 'body must be a JSON object: one feedback event or {"events": [...]}')
     try:
         return [FeedbackEvent.model_validate(body)]
     except ValidationError as e:
-        raise HTTPException(422, _validation_message(e)) from None
+        raise HTTPException(422, validation_message(e, first_only=False)) from None
 
 
 def check_signatures(events: list[FeedbackEvent], verify) -> None:

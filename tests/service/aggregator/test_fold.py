@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import json
 
+from core.behavior.encoding import PaperEncoding, RatesEncoding
 from schemas import BehaviorRecord, FeedbackEvent, Impression
-from service.aggregator.encoding import PaperEncoding, RatesEncoding
 from service.aggregator.export import dpo_pairs, latest_per_impression
 from service.aggregator.fold import Fold, RawMessage, build_record, plan_batch
 

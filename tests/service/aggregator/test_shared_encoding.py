@@ -3,11 +3,11 @@ read back by the API/trainer with load_encoding."""
 
 from __future__ import annotations
 
-from rlhb.settings import AggregatorSettings
+from core.behavior.encoding import PaperEncoding, RatesEncoding, most_preferred_sentence, prior_edges
+from core.behavior.encoding_store import load_encoding
+from core.settings import AggregatorSettings
 from schemas import FeedbackEvent, Impression
 from service.aggregator.consumer import Aggregator, ensure_encoding
-from service.aggregator.encoding import PaperEncoding, RatesEncoding, most_preferred_sentence, prior_edges
-from service.aggregator.encoding_store import load_encoding
 
 
 def _settings(redis_prefix: str, **kw) -> AggregatorSettings:

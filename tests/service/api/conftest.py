@@ -28,8 +28,8 @@ class Serving:
 def serving(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path_factory):
     import redis
 
+    from core.registry import Registry
     from service.api.app import create_app
-    from trainer.registry import Registry
 
     prefix = f"rlhbtest:{uuid.uuid4().hex[:10]}:"
     topics = new_topics(kafka_bootstrap)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import httpx
 
-from rlhb.infra.ports import free_port
-from rlhb.settings import ApiSettings
+from core.infra.ports import free_port
+from core.settings import ApiSettings
 
 ADMIN = "test-admin-token-0123456789abcdef"
 SECRET = "test-impression-secret-0123456789"
@@ -47,7 +47,7 @@ def serving_settings(
 
 
 def new_topics(bootstrap: str) -> dict[str, str]:
-    from rlhb.infra.broker import ensure_topics
+    from core.infra.broker import ensure_topics
 
     tag = uuid.uuid4().hex[:8]
     names = {k: f"t-{tag}-{k}" for k in ("impressions", "feedback", "records", "dead_letter")}

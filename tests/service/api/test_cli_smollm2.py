@@ -11,7 +11,7 @@ import sys
 
 import httpx
 
-from rlhb.infra.ports import free_port
+from core.infra.ports import free_port
 from tests.service.api.serving_fixtures import ADMIN, SECRET, new_topics, wait_ready
 
 

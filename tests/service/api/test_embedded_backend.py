@@ -8,10 +8,10 @@ import asyncio
 
 import pytest
 
+from core.prompts import render_prompt
 from schemas.adapters import AdapterVersion
 from service.api.backends.base import AdapterLoadError, Cancellation, GenerationRequest
 from service.api.backends.embedded import EmbeddedBackend
-from trainer.prompts import render_prompt
 
 BEHAVIOR = "Users liked this answer at a high rate and disliked it at a low rate."
 QUESTIONS = ["What is the capital of France?", "hi", "Explain in detail how a rainbow forms after the rain."]

@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 
-from rlhb.settings import ApiSettings
+from core.settings import ApiSettings
 from schemas import FEEDBACK_BATCH_LIMIT, FeedbackEvent
 from service.api.app import create_app
 from service.api.impression_ids import ImpressionSigner
@@ -127,7 +127,7 @@ def test_rejected_batch_writes_nothing(api, kafka_bootstrap, unique_topics):
 
 def test_unresponsive_broker_gives_503_with_retry_after_then_recovers(redis_url, redis_prefix, monkeypatch):
     """The broker process is frozen (SIGSTOP): writes time out -> 503; thawed -> 202 again."""
-    from rlhb.infra.broker import EmbeddedBroker
+    from core.infra.broker import EmbeddedBroker
     from service.api.routes import feedback
 
     monkeypatch.setattr(feedback, "ACK_TIMEOUT_S", 2.0)  # a setting, not a fake: keeps the test short

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.prompts import render_prompt
 from tests.service.api.serving_fixtures import AUTH, GreedyOracle
-from trainer.prompts import render_prompt
 
 QUESTION = "What is the capital of France?"
 MAX_TOKENS = 6
@@ -221,10 +221,10 @@ def test_a_pointer_move_reaches_the_watcher_by_pub_sub_before_its_poll(
     for the next poll (here 60 s: only the message can explain a switch within seconds)."""
     import asyncio
 
+    from core.registry import Registry
     from service.api.backends.embedded import EmbeddedBackend
     from service.api.hot_swap import AdapterWatcher
     from tests.service.api.serving_fixtures import register_test_versions
-    from trainer.registry import Registry
 
     registry = Registry(tmp_path / "adapters", redis_client, redis_prefix)
     (version,) = register_test_versions(registry, tiny_model_dir, ["pubsub-v1"])

@@ -8,7 +8,7 @@ import time
 
 from fastapi.testclient import TestClient
 
-from rlhb.infra.broker import EmbeddedBroker, ensure_topics
+from core.infra.broker import EmbeddedBroker, ensure_topics
 from service.api.app import create_app
 from tests.service.api.serving_fixtures import new_topics, serving_settings, wait_ready
 from tests.service.api.test_query import read_impressions

@@ -84,7 +84,7 @@ def fake_vllm(monkeypatch):
 
 
 def _settings(tiny_model_dir, **kw):
-    from rlhb.settings import ApiSettings
+    from core.settings import ApiSettings
 
     return ApiSettings(dev_mode=True, backend="vllm", model_path=str(tiny_model_dir), **kw)
 
@@ -195,9 +195,9 @@ def test_api_with_the_vllm_backend_serves_the_promoted_version(
     import redis
     from fastapi.testclient import TestClient
 
+    from core.registry import Registry
     from service.api.app import create_app
     from tests.service.api.serving_fixtures import wait_ready
-    from trainer.registry import Registry
 
     settings = serving_settings(
         tmp_path,

@@ -9,7 +9,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from rlhb.settings import AggregatorSettings, ApiSettings, CommonSettings, TrainerSettings
+from core.settings import AggregatorSettings, ApiSettings, CommonSettings, TrainerSettings
 
 GOOD_TOKEN = "x" * 32
 

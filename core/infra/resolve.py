@@ -3,7 +3,7 @@
 Order for the broker: the configured bootstrap servers (must answer, else a clear
 error); else an embedded broker already started by `rlhb infra up` / `rlhb up` (its
 address is in ``<state_dir>/infra.json``); else start one now, owned by this process.
-Redis follows rlhb.infra.redis_server.resolve_redis_url, also consulting infra.json.
+Redis follows core.infra.redis_server.resolve_redis_url, also consulting infra.json.
 Topics are created (idempotently) on embedded brokers; on a real cluster only when
 they are missing, with the configured partition count.
 """
@@ -15,9 +15,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhb.infra.broker import EmbeddedBroker, check_kafka, ensure_topics
-from rlhb.infra.redis_server import EmbeddedRedis, redis_answers, resolve_redis_url
-from rlhb.settings import CommonSettings
+from core.infra.broker import EmbeddedBroker, check_kafka, ensure_topics
+from core.infra.redis_server import EmbeddedRedis, redis_answers, resolve_redis_url
+from core.settings import CommonSettings
 
 
 @dataclass

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from core.registry import Registry, RegistryError
 from schemas.adapters import AdapterStatus
 from tests.trainer.adapter_factory import write_test_adapter
-from trainer.registry import Registry, RegistryError
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from rlhb.model_prep import prepare_model
-from trainer.prompts import render_prompt
+from core.model_prep import prepare_model
+from core.prompts import render_prompt
 
 
 def test_prepare_is_idempotent(smollm2_dir):

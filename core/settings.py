@@ -15,12 +15,10 @@ from pathlib import Path
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from core.paths import default_cache_dir, default_model_dir
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 PLACEHOLDER_TOKENS = {"", "changeme", "change-me", "secret", "admin", "token", "password", "dev"}
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "rlhb"
 
 
 def _alias(*names: str) -> AliasChoices:
@@ -117,8 +115,6 @@ class CommonSettings(BaseSettings):
         """The configured model folder, or the prepared SmolLM2 folder."""
         if self.model_path:
             return self.model_path
-        from rlhb.model_prep import default_model_dir
-
         path = default_model_dir()
         if not (path / "config.json").exists():
             raise ValueError(f"no model at {path}; run `rlhb model prepare` or set RLHB_MODEL_PATH")
@@ -200,7 +196,7 @@ class AggregatorSettings(CommonSettings):
         default="rates",
         pattern="^(paper|rates)$",
         description="'paper': log1p counts in N equal buckets up to fixed caps; 'rates': per-view rates, "
-        "quantile-fitted levels (see service/aggregator/encoding docs).",
+        "quantile-fitted levels (see core/behavior/encoding docs).",
     )
     num_buckets: int = Field(default=5, ge=2, le=20, description="N, buckets per indicator (paper encoding).")
     coalesce_ms: float = Field(default=200.0, ge=0, le=60_000, description="Merge bursts into one record.")
@@ -222,7 +218,7 @@ class AggregatorSettings(CommonSettings):
     rates: str = Field(
         default="like_rate,dislike_rate",
         description="Comma-separated rates the 'rates' encoding renders (table RATES in "
-        "service/aggregator/encoding.py: like_rate, dislike_rate, ctr, share_rate, requery_rate).",
+        "core/behavior/encoding.py: like_rate, dislike_rate, ctr, share_rate, requery_rate).",
     )
     caps: dict[str, float] = Field(
         default_factory=dict, description='Paper encoding: per-indicator top-bucket caps, e.g. {"view": 50}.'
@@ -242,14 +238,14 @@ class AggregatorSettings(CommonSettings):
     @field_validator("rates")
     @classmethod
     def _rates(cls, v: str) -> str:
-        from service.aggregator.encoding import RATES
+        from core.behavior.encoding import RATES
 
         names = [r.strip() for r in v.split(",") if r.strip()]
         unknown = [r for r in names if r not in RATES]
         if not names or unknown:
             raise ValueError(
                 f"RLHB_AGG_RATES {v!r}: unknown or empty rates {unknown}; choose from {sorted(RATES)} "
-                "(comma-separated), or add a row to RATES in service/aggregator/encoding.py"
+                "(comma-separated), or add a row to RATES in core/behavior/encoding.py"
             )
         return ",".join(names)
 

@@ -7,8 +7,8 @@ import uuid
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from rlhb.infra.broker import InfraError, check_kafka, ensure_topics
-from rlhb.infra.redis_server import EmbeddedRedis, check_redis, redis_answers
+from core.infra.broker import InfraError, check_kafka, ensure_topics
+from core.infra.redis_server import EmbeddedRedis, check_redis, redis_answers
 
 
 def _consumer(bootstrap: str, topic: str, group: str) -> KafkaConsumer:

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhb.infra.ports import free_port, wait_tcp
+from core.infra.ports import free_port, wait_tcp
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhb.infra.broker import InfraError
-from rlhb.infra.ports import free_port, wait_tcp
-from rlhb.settings import DEFAULT_REDIS_URL
+from core.infra.broker import InfraError
+from core.infra.ports import free_port, wait_tcp
+from core.settings import DEFAULT_REDIS_URL
 
 
 def redis_answers(url: str, timeout_s: float = 1.0) -> bool:

@@ -12,13 +12,9 @@ import shutil
 import time
 from pathlib import Path
 
-from rlhb.settings import default_cache_dir
+from core.paths import MODEL_NAME, default_model_dir
 
-MODEL_NAME = "SmolLM2-135M-Instruct"
-
-
-def default_model_dir() -> Path:
-    return Path(os.environ.get("RLHB_CACHE_DIR", default_cache_dir())) / "models" / MODEL_NAME
+__all__ = ["MODEL_NAME", "bundled_gguf", "default_model_dir", "prepare_model"]
 
 
 def bundled_gguf() -> Path:

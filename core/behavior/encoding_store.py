@@ -9,7 +9,7 @@ The aggregator writes the encoding (name, levels, fitted edges) as JSON under
 
 from __future__ import annotations
 
-from service.aggregator.encoding import DEFAULT_ENCODING, Encoding, encoding_from_json, encoding_to_json
+from core.behavior.encoding import DEFAULT_ENCODING, Encoding, encoding_from_json, encoding_to_json
 
 
 def encoding_key(prefix: str) -> str:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.aggregator.encoding import (
+from core.behavior.encoding import (
     INDICATORS,
     PaperEncoding,
     RateEdges,

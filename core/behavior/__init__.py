@@ -1,0 +1,1 @@
+"""The behavior language: indicators, encodings, the behavior sentence and its polarity."""
