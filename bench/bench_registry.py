@@ -17,7 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.trainer.adapter_factory
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.helpers.adapter_factory
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     from core.infra.redis_server import resolve_redis_url
     from core.model_prep import prepare_model
     from core.registry import Registry
-    from tests.trainer.adapter_factory import write_test_adapter
+    from tests.helpers.adapter_factory import write_test_adapter
 
     url, server = resolve_redis_url("")
     client = redis.Redis.from_url(url, decode_responses=True)

@@ -69,7 +69,7 @@ def write_adapter(model_dir: Path, root: Path, name: str, seed: int) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from core.registry import sha256_file, weights_file
+    from core.checkpoint_format import sha256_file, weights_file
 
     torch.manual_seed(seed)
     model = get_peft_model(
@@ -92,11 +92,12 @@ class RawModel:
 
     def __init__(self, model_dir: Path):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from core.model_loading import load_causal_lm
 
         self.torch = torch
-        self.tok = AutoTokenizer.from_pretrained(model_dir)
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        # one prompt at a time: the tokenizer is used as it comes (no padding side, no pad token)
+        self.model, self.tok = load_causal_lm(model_dir, dtype="float32", padding_side=None, pad_with_eos=False)
 
     def generate(self, prompt: str, max_new_tokens: int) -> tuple[float, str]:
         enc = self.tok(prompt, return_tensors="pt", add_special_tokens=False)

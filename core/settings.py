@@ -1,18 +1,32 @@
 """Settings: one pydantic-settings class per process, all sharing the same common block.
 
+This module is the one place every environment variable of every process is declared
+(``rlhb config env`` prints them all, docs/configuration.md is generated from it and a
+test keeps the two equal; ``rlhb config show`` prints the effective values).
+
 Common fields (broker, Redis, topics, model, adapters, dev mode) are read from
 ``RLHB_*`` variables so that every process of one deployment agrees on them; a few also
 accept the conventional names (``REDIS_URL``, ``KAFKA_BOOTSTRAP_SERVERS``). Process
 fields use their own prefix: ``RLHB_API_``, ``RLHB_AGG_``, ``RLHB_TRAINER_``.
+
+Grouped fields are one variable per field, joined with ``__`` (never JSON inside a
+variable): ``RLHB_TRAINER_GATE__KL_BOUND=0.3`` sets ``GateSettings.kl_bound``,
+``RLHB_TRAINER_ALGO__KL_COEF=0.02`` sets the training algorithm's ``kl_coef``
+(trainer/config.py and the algorithms' ``Config`` classes document those fields),
+``RLHB_TRAINER_ALGO__HEAD_WEIGHTS__VIEW=0.5`` one entry of a dict field.
 
 Every validator says what to do, not only what is wrong.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.paths import default_cache_dir, default_model_dir
@@ -28,7 +42,7 @@ def _alias(*names: str) -> AliasChoices:
 class CommonSettings(BaseSettings):
     """Fields every process needs. Subclasses add their own with their own prefix."""
 
-    model_config = SettingsConfigDict(extra="ignore", env_file=None, populate_by_name=True)
+    model_config = SettingsConfigDict(extra="ignore", env_file=None, populate_by_name=True, env_nested_delimiter="__")
 
     kafka_bootstrap_servers: str = Field(
         default="",
@@ -45,10 +59,26 @@ class CommonSettings(BaseSettings):
         validation_alias=_alias("RLHB_REDIS_PREFIX"),
         description="Prefix of every Redis key this deployment writes (tests use a unique one).",
     )
-    topic_impressions: str = Field(default="impressions", validation_alias=_alias("RLHB_TOPIC_IMPRESSIONS"))
-    topic_feedback: str = Field(default="feedback", validation_alias=_alias("RLHB_TOPIC_FEEDBACK"))
-    topic_records: str = Field(default="behavior-records", validation_alias=_alias("RLHB_TOPIC_RECORDS"))
-    topic_dead_letter: str = Field(default="dead-letter", validation_alias=_alias("RLHB_TOPIC_DEAD_LETTER"))
+    topic_impressions: str = Field(
+        default="impressions",
+        validation_alias=_alias("RLHB_TOPIC_IMPRESSIONS"),
+        description="Topic the API writes served answers (impressions) to.",
+    )
+    topic_feedback: str = Field(
+        default="feedback",
+        validation_alias=_alias("RLHB_TOPIC_FEEDBACK"),
+        description="Topic the API writes user feedback events to.",
+    )
+    topic_records: str = Field(
+        default="behavior-records",
+        validation_alias=_alias("RLHB_TOPIC_RECORDS"),
+        description="Topic the aggregator writes behavior records to; the trainer reads it.",
+    )
+    topic_dead_letter: str = Field(
+        default="dead-letter",
+        validation_alias=_alias("RLHB_TOPIC_DEAD_LETTER"),
+        description="Topic for messages the aggregator cannot read.",
+    )
     topic_partitions: int = Field(
         default=4,
         ge=1,
@@ -221,7 +251,8 @@ class AggregatorSettings(CommonSettings):
         "core/behavior/encoding.py: like_rate, dislike_rate, ctr, share_rate, requery_rate).",
     )
     caps: dict[str, float] = Field(
-        default_factory=dict, description='Paper encoding: per-indicator top-bucket caps, e.g. {"view": 50}.'
+        default_factory=dict,
+        description="Paper encoding: per-indicator top-bucket caps, one variable each: RLHB_AGG_CAPS__VIEW=50.",
     )
     session_timeout_ms: int = Field(
         default=6000, ge=1000, description="Group session timeout: how long a crashed member keeps its partitions."
@@ -254,16 +285,153 @@ class AggregatorSettings(CommonSettings):
         return tuple(self.rates.split(","))
 
 
+def unknown_key_message(variable: str, key: str, known: list[str] | tuple[str, ...], where: str) -> str:
+    """``VAR: no field 'x'`` with the closest names and where the fields are listed (TRL style)."""
+    close = difflib.get_close_matches(key, known, n=3)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return (
+        f"{variable}: {where} has no field {key!r}; {hint}known fields: {', '.join(sorted(known))}. "
+        "Fix or unset the variable (`rlhb config env trainer` lists every trainer variable)."
+    )
+
+
+def nested_env(prefix: str, values: Mapping[str, Any]) -> dict[str, str]:
+    """The variables that set ``values`` in the group ``prefix``: the inverse of the parsing.
+
+    ``nested_env("RLHB_TRAINER_ALGO", {"batch_size": 8, "head_weights": {"view": 0.5}})`` ->
+    ``{"RLHB_TRAINER_ALGO__BATCH_SIZE": "8", "RLHB_TRAINER_ALGO__HEAD_WEIGHTS__VIEW": "0.5"}``.
+    Tuples become comma-separated lists, None ``none``, booleans ``true``/``false``.
+    """
+    env: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}__{key}".upper()
+        if isinstance(value, Mapping):
+            env.update(nested_env(name, value))
+        elif isinstance(value, list | tuple):
+            env[name] = ",".join(str(v) for v in value)
+        elif isinstance(value, bool):
+            env[name] = "true" if value else "false"
+        else:
+            env[name] = "none" if value is None else str(value)
+    return env
+
+
+class GateSettings(BaseModel):
+    """Thresholds and sizes of the publication gate's checks (trainer/gate.py): ``RLHB_TRAINER_GATE__<FIELD>``.
+
+    Also the gate's config object itself (``trainer.gate.GateConfig`` is this class).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kl_bound: float = Field(
+        default=0.5,
+        description="Largest allowed mean per-token KL(candidate || reference) on the candidate's own answers.",
+    )
+    reward_tolerance: float = Field(
+        default=0.05, description="Largest allowed drop of implicit-reward ranking accuracy below the active version's."
+    )
+    max_prompts: int = Field(default=16, description="Held-out prompts the candidate answers for the KL check.")
+    max_new_tokens: int = Field(default=32, description="Length of the candidate's answers for the KL check.")
+    max_records: int = Field(default=64, description="Held-out logged answers scored for the ranking check.")
+    max_response_tokens: int = Field(
+        default=96, description="Logged answers are cut to this many tokens before scoring."
+    )
+    min_reward_gap: float = Field(
+        default=0.1, description="Two records form a pair only if their shaped rewards differ by at least this."
+    )
+    min_pairs: int = Field(
+        default=10, description="Fewer pairs than this: the reward check is skipped (not enough evidence either way)."
+    )
+    batch_size: int = Field(default=8, description="Sequences per forward pass.")
+    seed: int = Field(
+        default=0, description="Sampling seed for the KL answers (trainer: unset means RLHB_TRAINER_SEED)."
+    )
+    threads: int = Field(
+        default=0, description="torch intra-op threads while gating (0 = leave torch's setting; restored afterwards)."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = list(cls.model_fields)
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ValueError(
+                        unknown_key_message(f"RLHB_TRAINER_GATE__{str(key).upper()}", str(key), known, "the gate")
+                    )
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> GateSettings:
+        if not self.kl_bound > 0:
+            raise ValueError(f"kl_bound must be > 0 (nats per token); got {self.kl_bound}. Typical: 0.1-1.0.")
+        if not 0 <= self.reward_tolerance < 1:
+            raise ValueError(f"reward_tolerance must be in [0, 1) (accuracy points); got {self.reward_tolerance}.")
+        for name in ("max_prompts", "max_new_tokens", "max_records", "max_response_tokens", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
+        return self
+
+
+# Variables that held JSON or moved into a group: a deployment that still sets them stops with the new names.
+MOVED_TRAINER_VARIABLES = {
+    "RLHB_TRAINER_ALGORITHM_CONFIG": "one variable per field: RLHB_TRAINER_ALGO__<FIELD>=<value> "
+    "(e.g. RLHB_TRAINER_ALGO__BATCH_SIZE=8)",
+    "RLHB_TRAINER_GATE_CONFIG": "one variable per field: RLHB_TRAINER_GATE__<FIELD>=<value> "
+    "(e.g. RLHB_TRAINER_GATE__MAX_PROMPTS=8)",
+    "RLHB_TRAINER_ALGO": "one variable per field, not JSON: RLHB_TRAINER_ALGO__<FIELD>=<value>",
+    "RLHB_TRAINER_GATE": "one variable per field, not JSON: RLHB_TRAINER_GATE__<FIELD>=<value>",
+    "RLHB_TRAINER_KL_BOUND": "RLHB_TRAINER_GATE__KL_BOUND",
+    "RLHB_TRAINER_REWARD_TOLERANCE": "RLHB_TRAINER_GATE__REWARD_TOLERANCE",
+}
+
+
 class TrainerSettings(CommonSettings):
-    """The background trainer process (`rlhb trainer`)."""
+    """The background trainer process (`rlhb trainer`, trainer/loop.py)."""
 
     model_config = SettingsConfigDict(env_prefix="RLHB_TRAINER_", extra="ignore")
 
     group_id: str = Field(default="rlhb-trainer", description="Kafka consumer group for behavior records.")
-    algorithm: str = Field(default="rlhb", pattern="^(rlhb|rlhbc|rlhf|sft|pro)$")
+    algorithm: str = Field(
+        default="rlhb", pattern="^(rlhb|rlhbc|rlhf|sft|pro)$", description="Algorithm of every round: rlhb, rlhbc, "
+        "rlhf, sft or pro (POST /admin/train may ask for another one for one round)."
+    )  # fmt: skip
     records_per_round: int = Field(default=200, ge=1, description="M: new records that trigger a round.")
     buffer_size: int = Field(default=20_000, ge=10, description="Replay buffer bound (latest per impression).")
     keep_versions: int = Field(default=10, ge=2, description="K: adapter versions kept on disk.")
-    kl_bound: float = Field(default=0.5, gt=0, description="Gate: largest mean KL to the reference.")
-    reward_tolerance: float = Field(default=0.05, ge=0, description="Gate: allowed held-out reward drop.")
-    max_poll_interval_ms: int = Field(default=10_000, ge=1000)
+    max_poll_interval_ms: int = Field(
+        default=10_000, ge=1000, description="kafka-python takes the group rebalance timeout from this."
+    )
+    steps_per_round: int = Field(default=20, ge=1, description="Training iterations per round.")
+    min_records: int = Field(default=16, ge=1, description="A round needs at least this many training records.")
+    sample_size: int = Field(default=2000, ge=1, description="Records drawn from the buffer for one round.")
+    heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of queries held out for the gate.")
+    recency_half_life: float = Field(default=5000, ge=0, description="Sampling half-life in records (0: uniform).")
+    seed: int = Field(default=0, description="Base seed; round r uses seed + r.")
+    poll_timeout_ms: int = Field(default=500, ge=10, le=10_000, description="Consumer poll wait.")
+    session_timeout_ms: int = Field(default=10_000, ge=1000, description="Group session timeout.")
+    guardrail: bool = Field(default=False, description="Roll back automatically on a significant live like-rate drop.")
+    guardrail_alpha: float = Field(default=0.05, gt=0, lt=1, description="Guardrail false-rollback bound.")
+    guardrail_tau: float = Field(default=0.05, gt=0, lt=1, description="Guardrail mSPRT mixture std (rate points).")
+    guardrail_margin: float = Field(default=0.0, ge=0, lt=1, description="Drops below this never roll back.")
+    guardrail_min_views: int = Field(default=100, ge=1, description="Views per version before the guardrail acts.")
+    gate: GateSettings = Field(
+        default_factory=GateSettings,
+        description="The publication gate, one variable per field: RLHB_TRAINER_GATE__KL_BOUND=0.3.",
+    )
+    algo: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Overrides of the algorithm's Config (trainer/config.py), one variable per field: "
+        "RLHB_TRAINER_ALGO__KL_COEF=0.02; dict fields per key: RLHB_TRAINER_ALGO__HEAD_WEIGHTS__VIEW=0.5. "
+        "Checked against the configured algorithm when the trainer starts.",
+    )
+
+    @model_validator(mode="after")
+    def _no_moved_variables(self) -> TrainerSettings:
+        present = {k.upper() for k in os.environ}
+        for old, new in MOVED_TRAINER_VARIABLES.items():
+            if old in present:
+                raise ValueError(f"{old} is no longer read; use {new}, then unset {old}")
+        return self

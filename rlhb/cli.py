@@ -16,6 +16,7 @@ import time
 import typer
 
 from core.errors import clear_errors
+from rlhb.config_cli import config_app
 from rlhb.demo import demo
 from rlhb.simulate.driver import simulate
 from service.aggregator.cli import aggregator_app, records_app
@@ -28,6 +29,7 @@ infra_app = typer.Typer(help="Embedded broker and Redis for one machine.", no_ar
 model_app = typer.Typer(help="Base model preparation.", no_args_is_help=True)
 app.add_typer(infra_app, name="infra")
 app.add_typer(model_app, name="model")
+app.add_typer(config_app, name="config")
 
 
 def common_settings():

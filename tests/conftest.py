@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from rlhb.demo import build_tiny_model  # noqa: F401 - the one builder; tests import it from here
+from core.model_prep import build_tiny_model
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

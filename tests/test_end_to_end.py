@@ -22,9 +22,9 @@ from core.registry import Registry
 from rlhb.simulate.driver import SimulationConfig, run_simulation
 from rlhb.simulate.users import load_user_model
 from schemas.behavior import BehaviorRecord
-from tests.e2e_helpers import ADMIN_TOKEN, AUTH, Deployment, deployment_env, read_topic, wait_ready
-from tests.trainer.adapter_factory import write_test_adapter
-from tests.trainer.loop_helpers import trainer_env, wait_for
+from tests.helpers.adapter_factory import write_test_adapter
+from tests.helpers.e2e import ADMIN_TOKEN, AUTH, Deployment, deployment_env, read_topic, wait_ready
+from tests.helpers.trainer_loop import trainer_env, wait_for
 from trainer.loop import read_rounds, read_status
 
 N_ANSWERS = 24  # = M: one round from one pass of simulated traffic

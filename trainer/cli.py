@@ -28,26 +28,9 @@ train_app = typer.Typer(
 
 def _convert(raw: str, annotation: object, key: str) -> object:
     """A --set value parsed by the config field's type."""
-    text = raw.strip()
-    args = typing.get_args(annotation)
-    if type(None) in args and text.lower() in ("none", "null", ""):
-        return None
-    candidates = [a for a in args if a is not type(None)] or [annotation]
-    for kind in candidates:
-        try:
-            if kind is bool:
-                if text.lower() in ("1", "true", "yes", "on"):
-                    return True
-                if text.lower() in ("0", "false", "no", "off"):
-                    return False
-                raise ValueError
-            if kind in (int, float, str):
-                return kind(text)
-            if typing.get_origin(kind) is tuple:
-                return tuple(p.strip() for p in text.split(",") if p.strip())
-        except ValueError:
-            continue
-    raise ValueError(f"--set {key}={raw}: cannot read {raw!r} as {annotation}")
+    from trainer.config import parse_value
+
+    return parse_value(raw, annotation, f"--set {key}={raw}")
 
 
 def build_config(algo: str, assignments: list[str]):
@@ -73,8 +56,8 @@ def build_config(algo: str, assignments: list[str]):
 
 
 def _parent_version(folder: Path):
+    from core.checkpoint_format import METADATA
     from schemas.adapters import AdapterVersion
-    from trainer.checkpoints import METADATA
 
     folder = folder.expanduser().resolve()
     if not (folder / "adapter_config.json").is_file():

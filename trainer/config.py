@@ -8,7 +8,12 @@ combinations with a message that says what to do (TRL style). No torch import he
 
 from __future__ import annotations
 
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
+
+from core.settings import unknown_key_message
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 DISCRIMINATOR_KINDS = ("minilm", "lm")
@@ -246,3 +251,67 @@ class RLHBConfig(PPOConfig):
             "d_frozen=True with d_warmup_steps=0 rewards the policy with an untrained D: set d_warmup_steps > 0 "
             "(e.g. 50) or d_frozen=False.",
         )
+
+
+# --------------------------------------------------------------------------- overrides from text
+# One parser for `rlhb train --set key=value` and the trainer's RLHB_TRAINER_ALGO__<KEY>=<value> variables.
+
+
+def parse_value(raw: str, annotation: object, label: str) -> object:
+    """A text value read by a config field's type (``label`` names it in the error)."""
+    text = raw.strip()
+    args = typing.get_args(annotation)
+    if type(None) in args and text.lower() in ("none", "null", ""):
+        return None
+    candidates = [a for a in args if a is not type(None)] or [annotation]
+    if "," in text:  # `str | tuple[str, ...]` (lora_target_modules): a comma means the list
+        candidates.sort(key=lambda kind: typing.get_origin(kind) is not tuple)
+    for kind in candidates:
+        try:
+            if kind is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError
+            if kind in (int, float, str):
+                return kind(text)
+            if typing.get_origin(kind) is tuple:
+                return tuple(p.strip() for p in text.split(",") if p.strip())
+        except ValueError:
+            continue
+    raise ConfigError(f"{label}: cannot read {raw!r} as {annotation}")
+
+
+def apply_overrides(config: Any, overrides: Mapping[str, Any], *, variable: str, strict: bool = True) -> Any:
+    """``config`` with ``overrides`` (text values, as environment variables give them) applied and validated.
+
+    ``variable`` is the prefix the keys came from (``RLHB_TRAINER_ALGO``): errors name the
+    full variable. A dict field takes a mapping (``RLHB_TRAINER_ALGO__HEAD_WEIGHTS__VIEW=0.5``)
+    merged over its default. Unknown keys raise (``strict``) or are skipped: a round of another
+    algorithm than the configured one gets only the fields its Config also has.
+    """
+    cls = type(config)
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    changes: dict[str, Any] = {}
+    for key, raw in overrides.items():
+        name = f"{variable}__{key}".upper()
+        if key not in names:
+            if strict:
+                raise ConfigError(unknown_key_message(name, key, names, f"{cls.__module__}.{cls.__qualname__}"))
+            continue
+        annotation = hints[key]
+        if typing.get_origin(annotation) is dict:
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{name}: {key} is a mapping; set one variable per entry: {name}__<KEY>=<value>")
+            value_type = typing.get_args(annotation)[1] if typing.get_args(annotation) else str
+            changes[key] = {
+                **getattr(config, key),
+                **{str(k): parse_value(str(v), value_type, f"{name}__{str(k).upper()}") for k, v in raw.items()},
+            }
+        elif isinstance(raw, Mapping):
+            raise ConfigError(f"{name}: {key} is not a mapping; set {name}=<value> without a __<KEY> suffix")
+        else:
+            changes[key] = parse_value(str(raw), annotation, f"{name}={raw}")
+    return cls(**{**{n: getattr(config, n) for n in names}, **changes})

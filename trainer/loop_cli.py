@@ -36,9 +36,10 @@ def run_trainer(
     }
     with clear_errors():
         from core.infra.resolve import resolve_infra
-        from trainer.loop import LoopSettings, Trainer
+        from core.settings import TrainerSettings
+        from trainer.loop import Trainer
 
-        settings = LoopSettings(**{k: v for k, v in overrides.items() if v is not None})
+        settings = TrainerSettings(**{k: v for k, v in overrides.items() if v is not None})
         infra = resolve_infra(settings)
         trainer = Trainer(settings, infra.bootstrap, infra.redis_url)
 

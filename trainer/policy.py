@@ -69,13 +69,10 @@ class Policy:
     def load(cls, model_path: str, config: PPOConfig, adapter_path: str | Path | None = None) -> Policy:
         """Base model from ``model_path`` with a fresh LoRA, or the adapter at ``adapter_path`` (trainable)."""
         from peft import LoraConfig, PeftModel, get_peft_model
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        from core.model_loading import load_causal_lm
+
+        base, tokenizer = load_causal_lm(model_path, dtype="float32", padding_side="left")
         for p in base.parameters():
             p.requires_grad_(False)
         if adapter_path is not None:

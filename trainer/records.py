@@ -3,7 +3,7 @@
 Swaps: a behavior-swapped triplet (s, a, b') is a fake for the discriminator only if b'
 differs from b in an indicator that reflects the answer (likes, dislikes): swaps that
 differ only in exposure (views, clicks) cannot be told apart from the text even in
-principle (ARCHITECTURE.md). Swapped sentences are taken from the records themselves, so D
+principle (docs/architecture.md). Swapped sentences are taken from the records themselves, so D
 is only ever asked about sentences that occur in the logs. No torch here.
 """
 
@@ -16,8 +16,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from core.behavior.encoding import Encoding, infer_encoding, least_preferred_sentence, most_preferred_sentence
 from core.errors import validation_message
 from schemas.behavior import BehaviorRecord
+from trainer.reward_models.split import query_key
 from trainer.rollouts import Prompt
 
 
@@ -71,41 +73,22 @@ def _validate(data: object, where: str) -> BehaviorRecord:
 
 
 # --------------------------------------------------------------------------- behaviors
-def preference_keys(record: BehaviorRecord) -> tuple[str, ...]:
-    """Bucket keys that reflect the answer: the encoding's preference indicators when the
-    record names a known encoding, else any key mentioning like/dislike."""
-    keys = tuple(sorted(record.buckets))
-    if record.encoding:
-        try:
-            from core.behavior.encoding import make_encoding
-
-            enc = make_encoding(record.encoding)
-            known = tuple(k for k in keys if k in enc.keys() and enc.preference(k))
-            if known:
-                return known
-        except (ImportError, ValueError, KeyError):
-            pass
-    return tuple(k for k in keys if "like" in k)  # "like", "dislike", "like_rate", "dislike_rate"
-
-
-def signature(record: BehaviorRecord) -> tuple[tuple[str, int], ...]:
-    """The record's levels on the preference keys (all keys if it has none)."""
-    keys = preference_keys(record) or tuple(sorted(record.buckets))
-    return tuple((k, int(record.buckets[k])) for k in keys)
-
-
-def _score(sig: tuple[tuple[str, int], ...]) -> int:
-    """Higher = more preferred: likes count up, dislikes down."""
-    return sum(-level if "dislike" in key else level for key, level in sig)
-
-
 class BehaviorPool:
-    """The distinct behavior sentences of a record set and their preference levels."""
+    """The distinct behavior sentences of a record set, their levels on the preference keys
+    (likes, dislikes: ``Encoding.preference``) and the encoding's served sentences.
 
-    def __init__(self, records: Sequence[BehaviorRecord]) -> None:
+    ``encoding``: the deployment's encoding (the trainer loads the one the aggregator
+    stored); None infers it from the records (``infer_encoding``, for offline files). The
+    most and least preferred sentences come from ``core.behavior.encoding`` -- the same
+    function the API serves with -- not from a ranking of whatever happens to be logged."""
+
+    def __init__(self, records: Sequence[BehaviorRecord], encoding: Encoding | None = None) -> None:
+        self.encoding = encoding or infer_encoding(records)
+        keys = [k for k in self.encoding.keys() if self.encoding.preference(k)] or list(self.encoding.keys())
         self.by_text: dict[str, tuple[tuple[str, int], ...]] = {}
         for r in records:
-            self.by_text.setdefault(r.behavior_text, signature(r))
+            own = [k for k in keys if k in r.buckets] or sorted(r.buckets)
+            self.by_text.setdefault(r.behavior_text, tuple((k, int(r.buckets[k])) for k in own))
         self.texts = sorted(self.by_text)
 
     def swap_candidates(self, behavior: str) -> list[str]:
@@ -132,16 +115,16 @@ class BehaviorPool:
         return max(candidates, key=distance)
 
     def most_preferred(self) -> str:
-        """The logged sentence with the most likes and fewest dislikes."""
-        return max(self.texts, key=lambda t: (_score(self.by_text[t]), t))
+        """The served sentence: top level on positive keys, bottom on negative ones."""
+        return most_preferred_sentence(self.encoding)
 
     def least_preferred(self) -> str:
-        return min(self.texts, key=lambda t: (_score(self.by_text[t]), t))
+        return least_preferred_sentence(self.encoding)
 
 
-def check_swappable(records: Sequence[BehaviorRecord]) -> BehaviorPool:
+def check_swappable(records: Sequence[BehaviorRecord], encoding: Encoding | None = None) -> BehaviorPool:
     """The pool, or a clear error when no record can be behavior-swapped."""
-    pool = BehaviorPool(records)
+    pool = BehaviorPool(records, encoding)
     if len({pool.by_text[t] for t in pool.texts}) < 2:
         raise RecordsError(
             "every record has the same like/dislike levels, so no behavior-swapped fake exists and the "
@@ -160,12 +143,29 @@ def sample_prompts(records: Sequence[BehaviorRecord], n: int, rng: random.Random
 def split_heldout(
     records: Sequence[BehaviorRecord], fraction: float, cap: int, seed: int
 ) -> tuple[list[BehaviorRecord], list[BehaviorRecord]]:
-    """(train, heldout): a seeded random share of records kept away from D's training."""
-    order = list(range(len(records)))
-    random.Random(seed).shuffle(order)
-    n_held = min(cap, max(1, int(round(len(records) * fraction))))
-    if len(records) - n_held < 2:
-        raise RecordsError(f"{len(records)} records are too few: need at least {n_held + 2} (training + held-out)")
-    held = sorted(order[:n_held])
-    train = sorted(order[n_held:])
-    return [records[i] for i in train], [records[i] for i in held]
+    """(train, heldout) by query: whole queries (seeded) go to the held-out side until it
+    holds about ``fraction`` of the records (at most ``cap``), so no held-out query was seen
+    in D's training (answers to one query share most of their words: a split by record
+    leaks them and makes D's held-out accuracy, and its at-chance alarm, read too high)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(query_key(r.query), []).append(i)
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    target = min(cap, max(1, int(round(len(records) * fraction))))
+    held: list[int] = []
+    for key in keys[:-1]:  # never every query
+        if len(held) >= target:
+            break
+        if len(held) + len(groups[key]) > cap:
+            continue
+        held.extend(groups[key])
+    if not held and len(keys) > 1:  # every query has more than `cap` answers: hold out the smallest one
+        held = list(min((groups[k] for k in keys), key=len))
+    if not held or len(records) - len(held) < 2:
+        raise RecordsError(
+            f"{len(records)} records over {len(groups)} queries are too few to hold out whole queries: need at "
+            "least 2 queries and 2 training records"
+        )
+    held_set = set(held)
+    return [r for i, r in enumerate(records) if i not in held_set], [records[i] for i in sorted(held)]

@@ -13,7 +13,7 @@ Two encodings share one interface (``encode``, ``render``, ``keys``, ``levels``)
 
 ``RatesEncoding`` -- the default for deployments. Raw counts mostly measure how often an
     answer was *shown*: with realistic exposure the paper's most-preferred pattern (all top
-    buckets) never occurred in 400 logged records (ARCHITECTURE.md, first experiment). So:
+    buckets) never occurred in 400 logged records (docs/architecture.md, first experiment). So:
     exposure-normalized rates (like rate and dislike rate per view; click-through rate
     optional), each cut into L levels (default 3: low/medium/high) at edges fitted as
     quantiles of recent records (``fit_rate_edges``). The most-preferred pattern then
@@ -57,7 +57,7 @@ class Indicator:
     preference: bool = False
     """True for indicators that express approval/disapproval (likes, dislikes): a
     behavior-swapped triplet must differ in one of these (differences in exposure alone are
-    indistinguishable from the text, see ARCHITECTURE.md)."""
+    indistinguishable from the text, see docs/architecture.md)."""
 
 
 INDICATORS: dict[str, Indicator] = {
@@ -293,22 +293,6 @@ def fit_rate_edges(
     return RateEdges(edges=edges, fitted_on=n)
 
 
-class EdgeFitter:
-    """Keeps the raw counts of the most recent records (bounded) and fits edges on demand."""
-
-    def __init__(self, rates: Sequence[str] = DEFAULT_RATES, levels: int = 3, size: int = 5000, min_records: int = 20):
-        from collections import deque
-
-        self.rates, self.levels, self.min_records = tuple(rates), levels, min_records
-        self._recent: deque[Mapping[str, float]] = deque(maxlen=size)
-
-    def add(self, counts: Mapping[str, float]) -> None:
-        self._recent.append(dict(counts))
-
-    def fit(self) -> RateEdges:
-        return fit_rate_edges(self._recent, self.rates, self.levels, self.min_records)
-
-
 @dataclass(frozen=True)
 class RatesEncoding:
     """Per-view rates in L levels at fitted edges (default: like rate, dislike rate; L=3)."""
@@ -381,9 +365,51 @@ def least_preferred(encoding: Encoding | None = None) -> dict[str, int]:
 
 
 def most_preferred_sentence(encoding: Encoding | None = None) -> str:
-    """The behavior sentence served by default: what users say about the best answers."""
+    """The behavior sentence served by default: what users say about the best answers.
+
+    The one definition: the API serves it and the trainer trains toward it, both from the
+    encoding the aggregator stored (``core.behavior.encoding_store.load_encoding``), so the
+    same fitted encoding gives the same sentence everywhere."""
     enc = encoding or DEFAULT_ENCODING
     return enc.render(most_preferred(enc))
+
+
+def least_preferred_sentence(encoding: Encoding | None = None) -> str:
+    """What users say about the worst answers (the mirror of ``most_preferred_sentence``)."""
+    enc = encoding or DEFAULT_ENCODING
+    return enc.render(least_preferred(enc))
+
+
+def is_positive(key: str) -> bool:
+    """Polarity of a bucket key of either encoding (``Indicator.positive`` / ``Rate.positive``):
+    True when more is preferred (likes, like rate, clicks), False when less is (dislikes,
+    dislike rate, re-queries)."""
+    if key in INDICATORS:
+        return INDICATORS[key].positive
+    if key in RATES:
+        return RATES[key].positive
+    raise KeyError(f"unknown behavior key {key!r}; known: {sorted(INDICATORS) + sorted(RATES)}")
+
+
+def infer_encoding(records: Iterable) -> Encoding:
+    """The encoding behind a set of behavior records when no stored encoding is at hand (an
+    exported records file trained offline). Records name their encoding and carry their
+    bucket keys but not the level count, so the count is the configured default (5 buckets,
+    3 levels) unless a record shows a higher level; the key order (which orders the
+    sentence's clauses) is the records' own, as the aggregator wrote them. In the running loop the trainer loads
+    the stored encoding instead, so this guess is only for offline files."""
+    name, top = "", {}  # top: key -> highest level seen, in first-seen order
+    for r in records:
+        name = name or getattr(r, "encoding", "")
+        for k, level in r.buckets.items():
+            top[k] = max(top.get(k, 0), int(level))
+    paper = [k for k in top if k in INDICATORS]
+    rates = [k for k in top if k in RATES]
+    if not paper and not rates:
+        return DEFAULT_ENCODING
+    if name == "paper" or len(paper) > len(rates):
+        return PaperEncoding(indicators=tuple(paper), num_buckets=max(5, *(top[k] + 1 for k in paper)))
+    return RatesEncoding(rates=tuple(rates), num_levels=max(3, *(top[k] + 1 for k in rates)))
 
 
 def all_patterns(encoding: Encoding | None = None) -> list[dict[str, int]]:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from core.infra.ports import free_port, wait_tcp
+from core.infra.ports import any_tcp_open, free_port, wait_tcp
+from core.infra.processes import stop_process
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,7 @@ class EmbeddedBroker:
         raise InfraError("the embedded tansu broker did not start; is the loopback interface up?")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> EmbeddedBroker:
@@ -94,15 +88,34 @@ class EmbeddedBroker:
         self.stop()
 
 
-def _tcp_open(server: str, timeout_s: float) -> bool:
-    import socket
+def group_consumer(
+    bootstrap: str,
+    *,
+    group_id: str,
+    client_id: str,
+    max_poll_interval_ms: int,
+    session_timeout_ms: int,
+    poll_timeout_ms: int,
+    **extra: object,
+):
+    """A kafka-python consumer-group member as the aggregator and the trainer run one: offsets
+    committed by the caller only, the earliest offset when the group has none, heartbeats at a
+    sixth of the session timeout, fetches that wait at most min(100 ms, the poll timeout).
+    ``extra``: more KafkaConsumer arguments (e.g. max_poll_records)."""
+    from kafka import KafkaConsumer
 
-    host, _, port = server.strip().rpartition(":")
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s):
-            return True
-    except (OSError, ValueError):
-        return False
+    return KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group_id,
+        client_id=client_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=max_poll_interval_ms,
+        session_timeout_ms=session_timeout_ms,
+        heartbeat_interval_ms=max(100, session_timeout_ms // 6),
+        fetch_max_wait_ms=min(100, poll_timeout_ms),
+        **extra,
+    )
 
 
 def check_kafka(bootstrap: str, timeout_s: float = 10.0) -> None:
@@ -115,7 +128,7 @@ def check_kafka(bootstrap: str, timeout_s: float = 10.0) -> None:
     while time.monotonic() < deadline:
         # A plain TCP connect first: kafka-python's client retries a refused address for
         # tens of seconds on its own, far past our deadline; a socket answers at once.
-        if not any(_tcp_open(server, min(1.0, timeout_s)) for server in bootstrap.split(",")):
+        if not any_tcp_open(bootstrap, min(1.0, timeout_s)):
             last = ConnectionRefusedError(f"nothing listens at {bootstrap}")
             time.sleep(0.2)
             continue

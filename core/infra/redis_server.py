@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import atexit
 import shutil
-import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from core.infra.broker import InfraError
 from core.infra.ports import free_port, wait_tcp
+from core.infra.processes import stop_process
 from core.settings import DEFAULT_REDIS_URL
 
 
@@ -94,12 +94,7 @@ class EmbeddedRedis:
         raise InfraError("the embedded Redis-compatible server did not start")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+        stop_process(self.proc)
         self.proc = None
         if self._dir:
             shutil.rmtree(self._dir, ignore_errors=True)

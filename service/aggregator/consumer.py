@@ -332,7 +332,9 @@ class Aggregator:
 # -------------------------------------------------------------------- process wiring
 def make_clients(settings: AggregatorSettings, bootstrap: str, redis_url: str, group: bool = True):
     import redis as redis_lib
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
+
+    from core.infra.broker import group_consumer
 
     redis = redis_lib.Redis.from_url(redis_url, decode_responses=True)
     # gzip (zlib, in C): behavior records are repetitive JSON, and kafka-python checksums every
@@ -346,17 +348,14 @@ def make_clients(settings: AggregatorSettings, bootstrap: str, redis_url: str, g
         max_block_ms=10_000,
         batch_size=256 * 1024,
     )
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
+    consumer = group_consumer(
+        bootstrap,
         group_id=settings.group_id,
         client_id=f"rlhb-aggregator-{socket.gethostname()}",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
         max_poll_interval_ms=settings.max_poll_interval_ms,
         session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=max(100, settings.session_timeout_ms // 6),
+        poll_timeout_ms=settings.poll_timeout_ms,
         max_poll_records=settings.max_poll_records,
-        fetch_max_wait_ms=min(100, settings.poll_timeout_ms),
     )
     if group:
         consumer.subscribe([settings.topic_impressions, settings.topic_feedback])
@@ -391,12 +390,17 @@ def run(settings: AggregatorSettings, stop=None) -> Stats:
         try:
             agg.close()
         finally:
-            consumer.close(autocommit=False)
-            producer.flush(10)
-            producer.close(10)
-            redis.close()
-            infra.stop()
+            _close_clients(redis, producer, consumer, infra)
     return agg.stats
+
+
+def _close_clients(redis, producer, consumer, infra) -> None:
+    """Close what ``make_clients`` and ``resolve_infra`` opened (no offset commit on close)."""
+    consumer.close(autocommit=False)
+    producer.flush(10)
+    producer.close(10)
+    redis.close()
+    infra.stop()
 
 
 def replay(settings: AggregatorSettings) -> dict:
@@ -436,8 +440,4 @@ def replay(settings: AggregatorSettings) -> dict:
             "end_offsets": {f"{tp.topic}[{tp.partition}]": end[tp] for tp in parts},
         }
     finally:
-        consumer.close(autocommit=False)
-        producer.flush(10)
-        producer.close(10)
-        redis.close()
-        infra.stop()
+        _close_clients(redis, producer, consumer, infra)

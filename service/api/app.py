@@ -75,11 +75,31 @@ def _make_impression_producer(bootstrap: str):
     )
 
 
-def default_behavior(settings: ApiSettings) -> str:
-    """The most preferred behavior sentence of the configured encoding."""
+def default_behavior(settings: ApiSettings, redis=None) -> str:
+    """The most preferred behavior sentence of the encoding the aggregator stored in Redis
+    (its rates, levels and fitted edges), the same function the trainer trains toward;
+    ``settings.behavior_encoding`` only when none is stored yet or Redis does not answer."""
     from core.behavior.encoding import make_encoding, most_preferred_sentence
+    from core.behavior.encoding_store import load_encoding
 
-    return most_preferred_sentence(make_encoding(settings.behavior_encoding))
+    configured = make_encoding(settings.behavior_encoding)
+    if redis is None:
+        return most_preferred_sentence(configured)
+    try:
+        return most_preferred_sentence(load_encoding(redis, settings.redis_prefix, default=configured))
+    except Exception as e:  # Redis down or a foreign value: serve the configured sentence, say why
+        log.warning("behavior encoding not readable from Redis (%s); serving the configured one", e)
+        return most_preferred_sentence(configured)
+
+
+ENCODING_REFRESH_S = 10.0
+"""How often the API re-reads the stored encoding (the aggregator may start later or refit)."""
+
+
+async def _follow_encoding(state: AppState, settings: ApiSettings) -> None:
+    while True:
+        await asyncio.sleep(ENCODING_REFRESH_S)
+        state.default_behavior = await asyncio.to_thread(default_behavior, settings, state.redis)
 
 
 def make_backend(settings: ApiSettings, metrics: ApiMetrics | None = None):
@@ -102,13 +122,13 @@ def make_backend(settings: ApiSettings, metrics: ApiMetrics | None = None):
 
 def _resolve_infra(settings: ApiSettings):
     from core.infra.broker import InfraError
+    from core.infra.ports import any_tcp_open
     from core.infra.redis_server import resolve_redis_url
     from core.infra.resolve import Infra, resolve_infra
-    from service.api.routes.ops import tcp_reachable
 
     configured = settings.kafka_bootstrap_servers
     try:
-        if configured and not tcp_reachable(configured, timeout_s=2.0):
+        if configured and not any_tcp_open(configured, timeout_s=2.0):
             # Nothing listens there (connection refused): no point waiting for Kafka clients' timeouts.
             raise InfraError(f"nothing listens at {configured!r}")
         return resolve_infra(settings), True
@@ -169,7 +189,7 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
             redis_url=infra.redis_url,
         )
         state.metrics = metrics
-        state.default_behavior = default_behavior(settings)
+        state.default_behavior = await asyncio.to_thread(default_behavior, settings, state.redis)
         state.registry = registry or await asyncio.to_thread(
             Registry, Path(settings.adapter_dir), state.redis, settings.redis_prefix
         )
@@ -192,13 +212,15 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
                 log.error("no generation backend: %s", e)
             if state.backend is not None:
                 startup = asyncio.get_running_loop().create_task(_start_generation(state, state.backend))
+        behavior_refresh = asyncio.get_running_loop().create_task(_follow_encoding(state, settings))
         try:
             yield
         finally:
-            if startup is not None:
-                startup.cancel()
-                with contextlib.suppress(BaseException):
-                    await startup
+            for task in (startup, behavior_refresh):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
             if state.watcher is not None:
                 await state.watcher.close()
             if state.backend is not None:

@@ -82,18 +82,17 @@ class AdapterWatcher:
             log.warning("adapter watcher: %s", self.last_error)
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._loop(), name="rlhb-adapter-watcher")
-        if getattr(self.registry, "pointer_channel", None):
+        if hasattr(self.registry, "subscribe_pointer"):
             self._closing.clear()
             threading.Thread(target=self._listen, args=(loop,), name="rlhb-pointer-listener", daemon=True).start()
 
     def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Wake the watcher on every message of the registry's pointer channel (a thread: the
+        """Wake the watcher on every pointer move the registry publishes (a thread: the
         registry's Redis client is synchronous). Reconnects after an error; ends on close()."""
         while not self._closing.is_set():
             pubsub = None
             try:
-                pubsub = self.registry.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self.registry.pointer_channel)
+                pubsub = self.registry.subscribe_pointer()
                 while not self._closing.is_set():
                     if pubsub.get_message(timeout=1.0) is not None:
                         loop.call_soon_threadsafe(self._wake.set)
@@ -172,19 +171,11 @@ class AdapterWatcher:
                 if await self.backend.unload_adapter(v):
                     log.info("unloaded rejected adapter", extra={"event": "adapter_unloaded", "version": v.name})
 
-    def _read_pointer(self) -> str:
-        value = self.registry.redis.get(self.registry.active_key)
-        if isinstance(value, bytes):
-            value = value.decode()
-        if not value:
-            # No pointer (Redis flushed or restarted): the registry restores it from the
-            # manifest on disk, so we keep serving the active version instead of the base.
-            return self.registry.active()
-        return value
-
     async def check(self) -> None:
         async with self._switching:
-            name = await asyncio.to_thread(self._read_pointer)
+            # A missing pointer (Redis flushed or restarted) is restored from the manifest by
+            # the registry, so we keep serving the active version instead of the base.
+            name = await asyncio.to_thread(self.registry.pointer)
             self.pointer = name
             if name == self.current_name:
                 self.last_error = ""  # the pointer is back on what we serve: nothing is wrong any more

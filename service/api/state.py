@@ -19,8 +19,6 @@ class AppState:
     producer: Any  # kafka.KafkaProducer, acks="all" (None while the broker has been unreachable since start)
     bootstrap: str
     redis_url: str
-    extras: dict[str, Any] = field(default_factory=dict)
-    """Components added by features that have no field here."""
     metrics: Any = None
     """service.api.metrics.ApiMetrics of this app."""
     backend: Any = None

@@ -8,7 +8,7 @@ import pytest
 
 from core.registry import Registry, RegistryError
 from schemas.adapters import AdapterStatus
-from tests.trainer.adapter_factory import write_test_adapter
+from tests.helpers.adapter_factory import write_test_adapter
 
 
 @pytest.fixture
@@ -137,3 +137,29 @@ def test_clean_removes_temp_and_unregistered_folders_only(registry, tiny_model_d
     assert removed == {"temp": [".half.tmp-123"], "unregistered": ["orphan"]}
     assert sorted(p.name for p in registry.root.iterdir() if p.is_dir()) == ["kept", "notes"]
     registry.promote("kept")
+
+
+def test_rollback_target_predicts_rollback_and_pointer_reads_or_restores_redis(registry, tiny_model_dir, redis_client):
+    assert registry.rollback_target() is None
+    _add(registry, tiny_model_dir, "t-a", seed=1)
+    _add(registry, tiny_model_dir, "t-b", seed=2)
+    _add(registry, tiny_model_dir, "t-c", seed=3)
+    for name in ("t-a", "t-b", "t-c"):
+        registry.promote(name)
+    registry.rollback()  # t-c -> t-b; history is now [base, t-a]
+    registry.promote("t-c")  # history [base, t-a, t-b]
+    registry.mark("t-b", AdapterStatus.rejected, "test")
+    history = registry.history()
+    assert registry.rollback_target() == "t-a"  # skips the rejected t-b, like rollback()
+    assert registry.history() == history and registry.active() == "t-c"  # nothing changed
+    assert registry.rollback() == "t-a"
+
+    with registry.subscribe_pointer() as pubsub:
+        registry.promote("t-c")
+        message = None
+        for _ in range(50):
+            message = message or pubsub.get_message(timeout=0.1)
+        assert message is not None and message["data"] in ("t-c", b"t-c")
+    assert registry.pointer() == "t-c"
+    redis_client.delete(registry.active_key)  # a Redis flush: pointer() restores it from the manifest
+    assert registry.pointer() == "t-c" and redis_client.get(registry.active_key) == "t-c"

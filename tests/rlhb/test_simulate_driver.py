@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from rlhb.simulate.driver import SimulationConfig, feedback_events, poisson, question_stream, run_simulation
 from rlhb.simulate.users import Reaction
 from schemas import FeedbackEvent
-from tests.service.api.serving_fixtures import LiveServer, new_topics, serving_settings
+from tests.helpers.serving import LiveServer, new_topics, serving_settings
 
 
 def _read_topic(bootstrap: str, topic: str, want: int, timeout_s: float = 15) -> list:

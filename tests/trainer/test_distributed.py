@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.trainer.behavior_toy import toy_records
+from tests.helpers.behavior_toy import toy_records
 from trainer import distributed
 
 TINY_RLHB = {

@@ -7,7 +7,7 @@ import pytest
 from core.registry import Registry, RegistryError
 from schemas.adapters import AdapterStatus
 from schemas.behavior import BehaviorRecord
-from tests.trainer.adapter_factory import write_test_adapter, write_trained_adapter
+from tests.helpers.adapter_factory import write_test_adapter, write_trained_adapter
 from trainer.gate import GateConfig, evaluate, gate_and_publish, nonfinite_weights, ranking_accuracy
 
 BEHAVIOR = "Users liked this answer at a high rate and disliked it at a low rate."

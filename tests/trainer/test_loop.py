@@ -10,9 +10,9 @@ import pytest
 
 from schemas.adapters import AdapterStatus
 from schemas.behavior import BehaviorRecord
-from tests.trainer.adapter_factory import write_test_adapter
-from tests.trainer.loop_helpers import produce_records, trainer_env
-from tests.trainer.toy_task import toy_records
+from tests.helpers.adapter_factory import write_test_adapter
+from tests.helpers.toy_task import toy_records
+from tests.helpers.trainer_loop import produce_records, trainer_env
 from trainer.loop import LoopSettings, Trainer, read_rounds, read_status
 
 
@@ -82,13 +82,14 @@ def test_rounds_publish_on_m_records_and_on_request_and_rejected_never_go_live(t
 
 
 def test_bad_algorithm_override_fails_at_start_with_the_field_names(monkeypatch, redis_url):
-    monkeypatch.setenv("RLHB_TRAINER_ALGORITHM_CONFIG", '{"batch_sizee": 4}')
-    with pytest.raises(ValueError, match="batch_sizee.*known"):
+    monkeypatch.setenv("RLHB_TRAINER_ALGO__BATCH_SIZEE", "4")
+    with pytest.raises(ValueError, match="RLHB_TRAINER_ALGO__BATCH_SIZEE.*did you mean batch_size.*known"):
         from trainer.loop import build_algorithm_config
 
         build_algorithm_config(LoopSettings(), "rlhb")
-    monkeypatch.setenv("RLHB_TRAINER_ALGORITHM_CONFIG", "[1]")
-    with pytest.raises(ValueError, match="JSON object"):
+    monkeypatch.delenv("RLHB_TRAINER_ALGO__BATCH_SIZEE")
+    monkeypatch.setenv("RLHB_TRAINER_ALGORITHM_CONFIG", '{"batch_size": 4}')
+    with pytest.raises(ValueError, match="no longer read; use one variable per field: RLHB_TRAINER_ALGO__"):
         LoopSettings()
 
 

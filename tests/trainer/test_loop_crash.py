@@ -13,9 +13,9 @@ import sys
 import pytest
 
 from core.registry import Registry
-from tests.trainer.adapter_factory import write_test_adapter
-from tests.trainer.loop_helpers import produce_records, trainer_env, wait_for
-from tests.trainer.toy_task import toy_records
+from tests.helpers.adapter_factory import write_test_adapter
+from tests.helpers.toy_task import toy_records
+from tests.helpers.trainer_loop import produce_records, trainer_env, wait_for
 from trainer.loop import read_rounds, read_status
 
 
@@ -30,9 +30,29 @@ def assert_loadable(model_dir, version) -> None:
     assert torch.isfinite(logits).all()
 
 
-def start_trainer(env: dict, log_path) -> subprocess.Popen:
+# Runs `rlhb trainer` with os.replace wrapped so that the rename of a finished temp checkpoint
+# folder (metadata.json written) sleeps first: the test kills the process at that exact point,
+# which it observes from outside (a temp folder holding metadata.json). Test-only code: the
+# trainer itself has no pause hook.
+PAUSE_BEFORE_RENAME = """
+import os, runpy, sys, time
+from pathlib import Path
+from core.checkpoint_format import METADATA, is_temp_name
+_replace = os.replace
+def _paused_replace(src, dst, *args, **kwargs):
+    if is_temp_name(Path(src).name) and (Path(src) / METADATA).is_file():
+        time.sleep(120)
+    return _replace(src, dst, *args, **kwargs)
+os.replace = _paused_replace
+sys.argv = ["rlhb", "trainer"]
+runpy.run_module("rlhb.cli", run_name="__main__", alter_sys=True)
+"""
+
+
+def start_trainer(env: dict, log_path, pause_before_rename: bool = False) -> subprocess.Popen:
+    argv = ["-c", PAUSE_BEFORE_RENAME] if pause_before_rename else ["-m", "rlhb.cli", "trainer"]
     return subprocess.Popen(
-        [sys.executable, "-m", "rlhb.cli", "trainer"], env={**os.environ, **env},
+        [sys.executable, *argv], env={**os.environ, **env},
         stdout=open(log_path, "ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -52,7 +72,7 @@ def test_kill_while_writing_a_checkpoint_then_resume(
     produce_records(kafka_bootstrap, unique_topics["records"], toy_records(40))
     log = tmp_path / "trainer.log"
 
-    proc = start_trainer({**env, "RLHB_TEST_CHECKPOINT_PAUSE_S": "120"}, log)
+    proc = start_trainer(env, log, pause_before_rename=True)
     try:
         half = wait_for(
             lambda: [p for p in adapters.glob(".rlhb-r*.tmp-*") if (p / "metadata.json").exists()],

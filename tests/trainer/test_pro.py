@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.trainer.behavior_toy import LIKED_TEXT, toy_record, toy_records
-from tests.trainer.param_checks import assert_peft_checkpoint, assert_trained_only_trainable, snapshot
+from tests.helpers.behavior_toy import LIKED_TEXT, toy_record, toy_records
+from tests.helpers.param_checks import assert_peft_checkpoint, assert_trained_only_trainable, snapshot
 from trainer.algorithms import pro
 from trainer.algorithms.base import TrainRequest
 from trainer.rollouts import Prompt

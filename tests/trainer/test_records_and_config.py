@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from tests.trainer.toy_task import DISLIKED, LIKED, toy_record, toy_records
+from tests.helpers.toy_task import DISLIKED, LIKED, toy_record, toy_records
 from trainer.config import ConfigError, PPOConfig, RLHBConfig
 from trainer.records import BehaviorPool, RecordsError, as_records, check_swappable, load_records, split_heldout
 
@@ -32,7 +32,7 @@ def test_load_records_reads_jsonl_and_skips_blank_lines(tmp_path):
         (["", "  "], r"no records"),
         (["{not json"], r"r\.jsonl:1: not valid JSON"),
         (["GOOD", "[1, 2]"], r"r\.jsonl:2: expected a JSON object"),
-        (["GOOD", "GOOD", '{"query": "q"}'], r"r\.jsonl:3: field 'impression_id': Field required"),
+        (["GOOD", "GOOD", '{"query": "q"}'], r"r\.jsonl:3: impression_id: Field required"),
         (["BLANK_BEHAVIOR"], r"r\.jsonl:1: behavior_text is empty"),
     ],
 )
@@ -49,7 +49,7 @@ def test_missing_file_and_in_memory_records(tmp_path):
         load_records(tmp_path / "absent.jsonl")
     record = toy_records(1)[0]
     assert as_records([json.loads(record.model_dump_json()), record]) == [record, record]
-    with pytest.raises(RecordsError, match="record 0: field 'query'"):
+    with pytest.raises(RecordsError, match="record 0: query: Field required"):
         as_records([{"impression_id": "x"}])
 
 
@@ -83,12 +83,16 @@ def test_records_that_cannot_be_swapped_are_refused():
 
 def test_heldout_split_is_seeded_and_disjoint():
     records = toy_records(40)
+    # Several answers per query: a split by record would put one query on both sides.
+    records = [r.model_copy(update={"impression_id": f"{r.impression_id}-{k}"}) for r in records for k in range(3)]
     train, held = split_heldout(records, 0.2, 64, seed=3)
-    assert len(held) == 8 and len(train) == 32
-    assert {r.impression_id for r in train}.isdisjoint(r.impression_id for r in held)
+    assert len(train) + len(held) == len(records) and 0.15 <= len(held) / len(records) <= 0.25
+    assert {r.query.lower() for r in train}.isdisjoint(r.query.lower() for r in held)
     assert split_heldout(records, 0.2, 64, seed=3) == (train, held)
+    assert split_heldout(records, 0.2, 64, seed=4) != (train, held)
+    assert len(split_heldout(records, 0.5, 10, seed=0)[1]) <= 10  # the cap holds with whole queries
     with pytest.raises(RecordsError, match="too few"):
-        split_heldout(records[:2], 0.5, 64, seed=0)
+        split_heldout([r for r in records if r.query == records[0].query], 0.5, 64, seed=0)  # one query only
 
 
 @pytest.mark.parametrize(

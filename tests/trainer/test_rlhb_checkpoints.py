@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from tests.trainer.toy_task import toy_records
+from core.checkpoint_format import read_metadata, sha256_file
+from tests.helpers.toy_task import toy_records
 from trainer.algorithms import default_config, get_algorithm
 from trainer.algorithms.base import TrainingDiverged, TrainRequest
 from trainer.algorithms.rlhb import Config, RLHBTrainer
-from trainer.checkpoints import read_metadata, sha256_file
 
 TINY = dict(
     batch_size=4, rollouts_per_prompt=2, max_new_tokens=3, d_batch_size=4, heldout_max=4, lora_r=4,

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from tests.trainer.toy_task import DISLIKED, LIKED, toy_records
+from tests.helpers.toy_task import DISLIKED, LIKED, toy_records
 from trainer.algorithms.base import TrainRequest
 from trainer.algorithms.rlhb import Config, RLHBTrainer
 from trainer.rollouts import Prompt
@@ -49,9 +49,11 @@ def test_one_step_trains_every_trainable_parameter_and_no_frozen_one(tiny_model_
     before = {name: snapshot(m) for name, m in modules(trainer).items()}
     with caplog.at_level("WARNING", logger="trainer.algorithms.rlhb"):
         metrics = trainer.iteration(0)
-    # PPO on a D at chance (here: anything within 0.49 of 0.5) is flagged and logged loudly
-    assert abs(untrained_acc - 0.5) <= 0.49
-    assert metrics["d_at_chance"] == 1.0 and "THE DISCRIMINATOR IS AT CHANCE" in caplog.text
+    # PPO on a D at chance (within chance_margin of 0.5) is flagged and logged loudly. An untrained D
+    # on 4 held-out queries (by query: 7-8 pairs) can read anywhere in [0, 1]: the flag must follow it.
+    at_chance = abs(untrained_acc - 0.5) <= 0.49
+    assert metrics["d_at_chance"] == float(at_chance)
+    assert ("THE DISCRIMINATOR IS AT CHANCE" in caplog.text) == at_chance
     trained, frozen = [], []
     for name, module in modules(trainer).items():
         for param_name, param in module.named_parameters():

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from tests.trainer.behavior_toy import toy_records
-from tests.trainer.param_checks import assert_peft_checkpoint, assert_trained_only_trainable, snapshot
+from tests.helpers.behavior_toy import toy_records
+from tests.helpers.param_checks import assert_peft_checkpoint, assert_trained_only_trainable, snapshot
 from trainer.algorithms import rlhbc
 from trainer.algorithms.base import TrainRequest
 

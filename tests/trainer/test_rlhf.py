@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from tests.trainer.behavior_toy import toy_record, toy_records
-from tests.trainer.param_checks import assert_peft_checkpoint, assert_trained_only_trainable, snapshot
+from tests.helpers.behavior_toy import toy_record, toy_records
+from tests.helpers.param_checks import assert_peft_checkpoint, assert_trained_only_trainable, snapshot
 from trainer.algorithms import rlhb, rlhf
 from trainer.algorithms.base import TrainRequest
 from trainer.checkpoints import read_metadata

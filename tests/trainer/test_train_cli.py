@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rlhb.cli import app
-from tests.trainer.toy_task import toy_records
+from tests.helpers.toy_task import toy_records
 
 runner = CliRunner()
 SMALL = [
@@ -45,7 +45,7 @@ def test_train_then_plot(tiny_model_dir, tmp_path):
     ("content", "message"),
     [
         ("", "no records (the file is empty)"),
-        ('{"impression_id": "x"}\n', "records.jsonl:1: field 'query': Field required"),
+        ('{"impression_id": "x"}\n', "records.jsonl:1: query: Field required"),
         ("GOOD\nnot json\n", "records.jsonl:2: not valid JSON"),
     ],
 )

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.behavior.encoding import Encoding
 from schemas.adapters import AdapterVersion
 from schemas.behavior import BehaviorRecord
 
@@ -37,6 +38,10 @@ class TrainRequest:
     """Number of training iterations."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    encoding: Encoding | None = None
+    """The deployment's behavior encoding (the loop loads the one the aggregator stored);
+    None: inferred from the records. It fixes the most preferred sentence the policy is
+    trained toward, the same one the API serves."""
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from core.behavior.encoding import Encoding
 from schemas.behavior import BehaviorRecord
 
 PROMPT_BEHAVIORS = ("preferred", "record", "none")
@@ -26,11 +27,14 @@ def check_prompt_behavior(mode: str) -> None:
         )
 
 
-def behavior_chooser(records: Sequence[BehaviorRecord], mode: str) -> Callable[[BehaviorRecord], str]:
+def behavior_chooser(
+    records: Sequence[BehaviorRecord], mode: str, encoding: Encoding | None = None
+) -> Callable[[BehaviorRecord], str]:
     """record -> the behavior sentence to put in its training prompt.
 
-    'preferred': the logged sentence with the most likes and fewest dislikes (the serving
-    default whenever the logs contain it); 'record': the record's own sentence; 'none': ''.
+    'preferred': the encoding's most preferred sentence (what the server sends by default;
+    ``core.behavior.encoding.most_preferred_sentence``); 'record': the record's own
+    sentence; 'none': ''.
     """
     check_prompt_behavior(mode)
     if mode == "record":
@@ -39,5 +43,5 @@ def behavior_chooser(records: Sequence[BehaviorRecord], mode: str) -> Callable[[
         return lambda r: ""
     from trainer.records import BehaviorPool
 
-    preferred = BehaviorPool(records).most_preferred()
+    preferred = BehaviorPool(records, encoding).most_preferred()
     return lambda r: preferred

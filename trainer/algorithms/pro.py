@@ -166,7 +166,7 @@ class PROTrainer:
         records = as_records(request.records)
         self.request, self.config = request, config
         seed_everything(request.seed, config.threads)
-        behavior = behavior_chooser(records, config.prompt_behavior)
+        behavior = behavior_chooser(records, config.prompt_behavior, request.encoding)
         self.lists = build_lists(records, config.max_list_len, behavior, min_len=1 if config.bootstrap else 2)
         if not self.lists:
             raise RecordsError(

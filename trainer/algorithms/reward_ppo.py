@@ -70,7 +70,7 @@ class RewardModelPPO:
         self.reward_model = reward_model
         self.rm_metrics = {f"rm_{k}": v for k, v in rm_metrics.items()}
         self.rng = random.Random(request.seed)
-        self.behavior_of = behavior_chooser(self.records, config.prompt_behavior)
+        self.behavior_of = behavior_chooser(self.records, config.prompt_behavior, request.encoding)
         parent = Path(request.parent.path) if request.parent is not None else None
         self.policy = Policy.load(request.model_path, config, adapter_path=parent)
         self.core = PPOCore(self.policy, config)

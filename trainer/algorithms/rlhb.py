@@ -23,7 +23,7 @@ Programmatic use (benchmarks, DDP tests)::
 
 Departures from the paper:
 - Reward: besides log D (eq. 2) the default is the contrast z(s, a; b) - z(s, a; b_opp)
-  with b_opp the logged sentence farthest from b in likes/dislikes (ARCHITECTURE.md: the raw
+  with b_opp the logged sentence farthest from b in likes/dislikes (docs/architecture.md: the raw
   D barely tracked preference, the contrast did). ``config.reward`` picks one.
 - Bootstrap: the paper bootstraps "highly-rewarded demonstrations as fake"; we read that as
   the highest-rewarded generations so far (a small replay buffer ranked by reward).
@@ -65,7 +65,7 @@ class RLHBTrainer:
         seed_everything(request.seed, config.threads)
         self.rng = random.Random(request.seed)
         records = as_records(request.records)
-        self.pool = check_swappable(records)
+        self.pool = check_swappable(records, request.encoding)
         self.train_records, self.heldout_records = split_heldout(
             records, config.heldout_fraction, config.heldout_max, request.seed
         )

@@ -93,7 +93,7 @@ class SFTTrainer:
                 f"SFT found no record with shaped reward > min_reward={config.min_reward} among {len(records)} "
                 "records: there is nothing to imitate yet (collect likes first, or lower min_reward)"
             )
-        behavior_of = behavior_chooser(records, config.prompt_behavior)
+        behavior_of = behavior_chooser(records, config.prompt_behavior, request.encoding)
         self.examples = [(Prompt(r.query, behavior_of(r)), r.response) for r in self.selected]
         parent = Path(request.parent.path) if request.parent is not None else None
         self.policy = Policy.load(request.model_path, config.policy_config(), adapter_path=parent)

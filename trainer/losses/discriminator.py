@@ -25,7 +25,7 @@ Departures from the paper:
   both ways). ``contrastive_reward`` is our addition: on this project's data the raw D
   under the most-preferred behavior barely tracked true preference (it keeps an
   (s, a)-only component that behavior-swapped fakes never train), while the contrast
-  z(s, a; b_preferred) - z(s, a; b_opposite) did (see ARCHITECTURE.md).
+  z(s, a; b_preferred) - z(s, a; b_opposite) did (see docs/architecture.md).
 - All rewards are detached: PPO treats them as constants.
 """
 

@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from core.behavior.encoding import is_positive
 from schemas.behavior import BehaviorRecord
 from trainer.losses.classifier import classifier_reward, multihead_ce
 from trainer.reward_models.encoder import EncoderConfig, PairEncoder
+from trainer.reward_models.optim import step_or_diverge
 from trainer.reward_models.split import split_by_query
 
 
@@ -46,8 +48,6 @@ class ClassifierConfig:
     """Backbone that encodes (query, answer)."""
     num_classes: int | None = None
     """C, buckets per indicator; None: one more than the largest bucket in the records (at least 2)."""
-    negative_indicators: tuple[str, ...] = ("dislike", "requery")
-    """Indicators where more is worse (matched by name or name prefix, e.g. 'dislike_rate')."""
     head_weights: dict[str, float] = field(default_factory=lambda: {"view": 0.0, "click": 0.0})
     """Reward weight per indicator (name or prefix); unlisted indicators weigh 1."""
     epochs: int = 3
@@ -84,7 +84,10 @@ class BehaviorClassifier(nn.Module):
         self.config = config
         self.encoder = PairEncoder(config.encoder)
         self.head = nn.Linear(self.encoder.dim, len(self.heads) * num_classes)  # all heads in one matmul
-        positive = [not any(_matches(h, k) for k in config.negative_indicators) for h in self.heads]
+        try:  # polarity from the behavior language (Indicator.positive / Rate.positive), not a list here
+            positive = [is_positive(h) for h in self.heads]
+        except KeyError as e:
+            raise ValueError(f"the behavior classifier cannot score {e.args[0]}") from None
         weights = [next((w for k, w in config.head_weights.items() if _matches(h, k)), 1.0) for h in self.heads]
         if sum(weights) <= 0:
             raise ValueError(
@@ -175,14 +178,7 @@ def train_behavior_classifier(
             batch = [train[j] for j in order[i : i + config.batch_size]]
             logits = model([r.query for r in batch], [r.response for r in batch])  # (b, H, C)
             loss = multihead_ce(logits, model.targets(batch))  # eq. 1
-            if not torch.isfinite(loss):
-                from trainer.algorithms.base import TrainingDiverged
-
-                raise TrainingDiverged(f"behavior classifier loss became {loss.item()}; lower lr (now {config.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(step_or_diverge(loss, optimizer, "behavior classifier", config.lr))
     model.eval()
     metrics = {"train_loss": sum(losses[-10:]) / len(losses[-10:]), "train_records": float(len(train))}
     metrics.update({f"held_out_{k}" if k == "loss" else k: v for k, v in evaluate_classifier(model, held_out).items()})

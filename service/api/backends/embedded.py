@@ -157,21 +157,13 @@ class EmbeddedBackend(Backend):
         self._thread.start()
 
     def _load_model(self) -> None:
-        import os
-
-        # Everything is loaded from local folders: never wait on (or call) a model hub.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from core.model_loading import load_causal_lm
 
         if not (self.model_path / "config.json").exists():
             raise BackendError(f"no model at {self.model_path} (config.json missing); set RLHB_MODEL_PATH")
-        tok = AutoTokenizer.from_pretrained(self.model_path, local_files_only=True)
-        tok.padding_side = "left"  # decoder-only batching: prompts end where generation starts
-        if tok.pad_token_id is None:
-            tok.pad_token = tok.eos_token
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, local_files_only=True)
-        model.eval()
+        # Left padding: decoder-only batching, prompts end where generation starts. Everything
+        # is loaded from local folders: never wait on (or call) a model hub.
+        model, tok = load_causal_lm(self.model_path, dtype="float32", padding_side="left", local_files_only=True)
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self._eos = {int(e) for e in [*eos, tok.eos_token_id] if e is not None}

@@ -12,8 +12,9 @@ cannot run on CPU-only machines). Two modes:
 Every adapter version is an immutable (name, unique int id, path) value and is passed as
 ``LoRARequest(lora_name=name, lora_int_id=id, lora_path=path)``: vLLM keys its LoRA slots
 and prefix cache by the int id, and the registry never reuses one, so a cache can never
-serve text from a stale adapter. Prompts are rendered here with core.prompts.render_prompt
-(tokenizer from ``RLHB_MODEL_PATH``) and sent as plain text, so vLLM applies no template.
+serve text from a stale adapter. Prompts arrive rendered: the routes render them with
+core.prompts.render_prompt (service/api/answer.py), using this backend's ``tokenizer`` (loaded
+from ``RLHB_MODEL_PATH``), and they are sent as plain text, so vLLM applies no template.
 
 Running it on a GPU machine::
 

@@ -16,7 +16,7 @@ import time
 from fastapi import APIRouter, Body, HTTPException
 from pydantic import BaseModel, ConfigDict, Field
 
-from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
+from schemas.adapters import BASE_VERSION, AdapterVersion
 from service.api.deps import Admin, State
 
 router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Admin])
@@ -135,18 +135,6 @@ async def promote(version: str, state: State, wait: bool = False) -> PointerMove
     return await _moved(state, previous, active, wait)
 
 
-def rollback_target(registry) -> str | None:
-    """The version ``registry.rollback()`` would make active (same rules), or None."""
-    active = registry.active()
-    versions = {v.name: v for v in registry.list()}
-    for name in reversed(registry.history()):
-        if name == active:
-            continue
-        if name == BASE_VERSION or (name in versions and versions[name].status != AdapterStatus.rejected):
-            return name
-    return None
-
-
 @router.post("/rollback", response_model=PointerMoved)
 async def rollback(state: State, wait: bool = False) -> PointerMoved:
     """Make the previously active version active again (validated first)."""
@@ -154,7 +142,7 @@ async def rollback(state: State, wait: bool = False) -> PointerMoved:
 
     def move() -> tuple[str, str]:
         previous = registry.active()
-        target = rollback_target(registry)
+        target = registry.rollback_target()
         if target is None:
             raise HTTPException(
                 409,

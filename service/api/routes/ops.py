@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 
+from core.infra.ports import any_tcp_open
 from service.api.deps import State
 
 router = APIRouter(tags=["operations"])
-
-
-def tcp_reachable(bootstrap: str, timeout_s: float = 0.5) -> bool:
-    for part in filter(None, bootstrap.split(",")):
-        host, _, port = part.strip().rpartition(":")
-        try:
-            with socket.create_connection((host, int(port)), timeout=timeout_s):
-                return True
-        except (OSError, ValueError):
-            continue
-    return False
 
 
 def _redis_ok(redis) -> bool:
@@ -37,7 +26,7 @@ async def readyz(state: State) -> JSONResponse:
     but do not fail readiness (a failed hot-swap keeps the old version serving)."""
     backend, watcher, impressions = state.backend, state.watcher, state.impressions
     broker_up, redis_up = await asyncio.gather(
-        asyncio.to_thread(tcp_reachable, state.bootstrap), asyncio.to_thread(_redis_ok, state.redis)
+        asyncio.to_thread(any_tcp_open, state.bootstrap), asyncio.to_thread(_redis_ok, state.redis)
     )
     # Ready once the active adapter version is loaded too (the watcher exists), not on the base alone.
     model_ok = backend is not None and backend.ready and (state.registry is None or watcher is not None)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.service.api.serving_fixtures import LiveServer, new_topics, register_test_versions, serving_settings
+from tests.helpers.serving import LiveServer, new_topics, register_test_versions, serving_settings
 
 
 @dataclass

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from schemas.api import QUERY_MAX_CHARS
-from tests.service.api.serving_fixtures import AUTH
+from tests.helpers.serving import AUTH
 
 CHAT = "/v1/chat/completions"
 

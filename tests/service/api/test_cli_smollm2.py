@@ -12,7 +12,7 @@ import sys
 import httpx
 
 from core.infra.ports import free_port
-from tests.service.api.serving_fixtures import ADMIN, SECRET, new_topics, wait_ready
+from tests.helpers.serving import ADMIN, SECRET, new_topics, wait_ready
 
 
 def api_env(tmp_path, kafka_bootstrap, redis_url, redis_prefix, model_dir, topics) -> dict[str, str]:

@@ -19,7 +19,7 @@ QUESTIONS = ["What is the capital of France?", "hi", "Explain in detail how a ra
 
 @pytest.fixture(scope="module")
 def versions(tiny_model_dir, tmp_path_factory):
-    from tests.trainer.adapter_factory import write_test_adapter
+    from tests.helpers.adapter_factory import write_test_adapter
 
     root = tmp_path_factory.mktemp("adapters")
     return [
@@ -71,7 +71,7 @@ def test_a_request_joins_the_running_batch_and_answers_before_a_long_one(backend
     prefilled and joins at the next decode step (here on another version: a mixed-adapter step),
     and answers as soon as its own limit is reached, not when the long one ends. Both texts equal
     plain generate (an oracle with no API code), so joining and leaving change nothing."""
-    from tests.service.api.serving_fixtures import GreedyOracle
+    from tests.helpers.serving import GreedyOracle
 
     oracle = GreedyOracle(tiny_model_dir)
     long_prompt, short_prompt = prompts(backend)[2], prompts(backend)[1]
@@ -192,7 +192,7 @@ def test_shared_prefix_cache_gives_the_plain_greedy_texts(backend, versions, tin
     """Batches whose prompts share the system prompt reuse its keys/values (per version): the
     texts must equal plain, uncached generate (an oracle with no API code)."""
     from service.api.answer import shared_prefix
-    from tests.service.api.serving_fixtures import GreedyOracle
+    from tests.helpers.serving import GreedyOracle
 
     oracle = GreedyOracle(tiny_model_dir)
     prefix = shared_prefix(backend.tokenizer, BEHAVIOR)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from core.prompts import render_prompt
-from tests.service.api.serving_fixtures import AUTH, GreedyOracle
+from tests.helpers.serving import AUTH, GreedyOracle
 
 QUESTION = "What is the capital of France?"
 MAX_TOKENS = 6
@@ -44,7 +44,7 @@ def admin(c: httpx.Client, path: str) -> dict:
 def test_registered_versions_are_preloaded_before_promotion(serving, tiny_model_dir):
     """The trainer registers a candidate before promoting it: the API loads it meanwhile (free slots
     only), so the later swap is only the switch."""
-    from tests.service.api.serving_fixtures import register_test_versions
+    from tests.helpers.serving import register_test_versions
 
     with httpx.Client(base_url=serving.url, timeout=60) as c:
         loaded = c.get("/readyz").json()["checks"]["adapter"]["loaded"]
@@ -164,7 +164,7 @@ def test_in_flight_request_finishes_on_the_version_it_started_with(serving, orac
 
 
 def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_is_reported(serving, tiny_model_dir):
-    from tests.trainer.adapter_factory import write_test_adapter
+    from tests.helpers.adapter_factory import write_test_adapter
 
     folder = write_test_adapter(tiny_model_dir, serving.registry.root, "broken", seed=9)
     config = json.loads((Path(folder) / "adapter_config.json").read_text())
@@ -199,7 +199,7 @@ def test_a_version_that_fails_to_load_leaves_the_old_one_serving_and_is_reported
 
 
 def test_promote_refuses_a_version_whose_weights_changed(serving, tiny_model_dir):
-    from tests.trainer.adapter_factory import write_test_adapter
+    from tests.helpers.adapter_factory import write_test_adapter
 
     folder = Path(write_test_adapter(tiny_model_dir, serving.registry.root, "tampered", seed=11))
     serving.registry.register(folder)
@@ -224,7 +224,7 @@ def test_a_pointer_move_reaches_the_watcher_by_pub_sub_before_its_poll(
     from core.registry import Registry
     from service.api.backends.embedded import EmbeddedBackend
     from service.api.hot_swap import AdapterWatcher
-    from tests.service.api.serving_fixtures import register_test_versions
+    from tests.helpers.serving import register_test_versions
 
     registry = Registry(tmp_path / "adapters", redis_client, redis_prefix)
     (version,) = register_test_versions(registry, tiny_model_dir, ["pubsub-v1"])

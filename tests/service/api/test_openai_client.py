@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from service.api.impression_ids import ImpressionSigner
-from tests.service.api.serving_fixtures import SECRET
+from tests.helpers.serving import SECRET
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 

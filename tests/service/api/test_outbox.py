@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from core.infra.broker import EmbeddedBroker, ensure_topics
 from service.api.app import create_app
-from tests.service.api.serving_fixtures import new_topics, serving_settings, wait_ready
+from tests.helpers.serving import new_topics, serving_settings, wait_ready
 from tests.service.api.test_query import read_impressions
 
 Q = {"query": "Is the sky blue?", "max_tokens": 3}

@@ -11,7 +11,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from schemas.impression import Impression
 from service.api.impression_ids import ImpressionSigner
-from tests.service.api.serving_fixtures import AUTH, SECRET
+from tests.helpers.serving import AUTH, SECRET
 
 
 def read_impressions(bootstrap: str, topic: str, want: set[str], timeout_s: float = 20) -> dict[str, Impression]:

@@ -16,7 +16,7 @@ import pytest
 from schemas.adapters import AdapterVersion
 from service.api.backends.base import GenerationRequest, GenerationResult
 from service.api.backends.vllm import VllmBackend, completion_payload, lora_request_args, sampling_kwargs
-from tests.service.api.serving_fixtures import AUTH, new_topics, register_test_versions, serving_settings
+from tests.helpers.serving import AUTH, new_topics, register_test_versions, serving_settings
 
 V1 = AdapterVersion(name="v-one", id=7, path="/adapters/v-one")
 V1_AGAIN = AdapterVersion(name="v-one-b", id=8, path="/adapters/v-one")  # same folder, new version
@@ -197,7 +197,7 @@ def test_api_with_the_vllm_backend_serves_the_promoted_version(
 
     from core.registry import Registry
     from service.api.app import create_app
-    from tests.service.api.serving_fixtures import wait_ready
+    from tests.helpers.serving import wait_ready
 
     settings = serving_settings(
         tmp_path,

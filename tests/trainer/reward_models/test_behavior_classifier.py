@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import pytest
 
-from tests.trainer.behavior_toy import KEYWORD, toy_records
+from tests.helpers.behavior_toy import KEYWORD, toy_records
 from trainer.reward_models.behavior_classifier import ClassifierConfig, train_behavior_classifier
 from trainer.reward_models.encoder import EncoderConfig
 
 
+def paper_keyed(records):
+    """The toy records in the paper encoding's keys (views, likes, dislikes): one head per indicator."""
+    return [
+        r.model_copy(
+            update={
+                "buckets": {
+                    "view": int(r.counts["view"]) % 3,
+                    "like": r.buckets["like_rate"],
+                    "dislike": r.buckets["dislike_rate"],
+                },
+                "encoding": "paper",
+            }
+        )
+        for r in records
+    ]
+
+
 @pytest.fixture(scope="module")
 def trained():
-    records = toy_records(n_queries=40)
+    records = paper_keyed(toy_records(n_queries=40))
     # two of MiniLM's six layers and one epoch learn the keyword; keeps the test fast on busy cores
     config = ClassifierConfig(
         encoder=EncoderConfig(num_layers=2), epochs=1, batch_size=16, lr=3e-4, held_out_fraction=0.25
@@ -23,7 +40,7 @@ def test_heads_and_classes_come_from_records(trained):
     model, _ = trained
     assert model.heads == ("dislike", "like", "view")
     assert model.num_classes == 3
-    # dislike is the negative indicator; views are exposure and carry no reward weight
+    # dislike is the negative indicator (Indicator.positive); views are exposure and carry no reward weight
     assert model.positive_mask.tolist() == [False, True, True]
     assert model.head_weights.tolist() == [1.0, 1.0, 0.0]
 

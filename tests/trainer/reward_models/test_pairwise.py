@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.trainer.behavior_toy import KEYWORD, toy_record, toy_records
+from tests.helpers.behavior_toy import KEYWORD, toy_record, toy_records
 from trainer.reward_models.encoder import EncoderConfig
 from trainer.reward_models.pairwise import PairwiseConfig, build_pairs, train_pairwise_rm
 

@@ -96,7 +96,7 @@ def wait_ready(url: str, timeout_s: float = 180.0, client=None) -> dict:
 
 
 def register_test_versions(registry, model_dir: Path, names: list[str]) -> list:
-    from tests.trainer.adapter_factory import write_test_adapter
+    from tests.helpers.adapter_factory import write_test_adapter
 
     return [
         registry.register(write_test_adapter(model_dir, registry.root, name, seed=i + 1))

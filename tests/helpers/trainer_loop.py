@@ -3,9 +3,10 @@ trainer process and a producer of behavior records."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
+
+from core.settings import nested_env
 
 # A tiny RLHB round: one iteration, 4-token answers, D on the base LM (no MiniLM load).
 TINY_RLHB = {
@@ -36,9 +37,8 @@ def trainer_env(
         "RLHB_TRAINER_RECORDS_PER_ROUND": str(records_per_round),
         "RLHB_TRAINER_STEPS_PER_ROUND": "1",
         "RLHB_TRAINER_MIN_RECORDS": "8",
-        "RLHB_TRAINER_ALGORITHM_CONFIG": json.dumps(TINY_RLHB),
-        "RLHB_TRAINER_GATE_CONFIG": json.dumps(TINY_GATE),
-        "RLHB_TRAINER_REWARD_TOLERANCE": "0.5",
+        **nested_env("RLHB_TRAINER_ALGO", TINY_RLHB),
+        **nested_env("RLHB_TRAINER_GATE", {**TINY_GATE, "reward_tolerance": 0.5}),
         "RLHB_TRAINER_MAX_POLL_INTERVAL_MS": "3000",
         "RLHB_TRAINER_SESSION_TIMEOUT_MS": "3000",
         "RLHB_TRAINER_POLL_TIMEOUT_MS": "200",

@@ -21,7 +21,7 @@ PROCESSES = ("api", "aggregator", "trainer")
 
 
 def deployment_env(trainer_env: dict[str, str], port: int, prefix: str) -> dict[str, str]:
-    """The trainer's RLHB_* variables (tests/trainer/loop_helpers.trainer_env) plus the API's
+    """The trainer's RLHB_* variables (tests/helpers/trainer_loop.trainer_env) plus the API's
     and the aggregator's, one torch thread everywhere (2 busy cores), real admin secrets."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RLHB_")}
     env.update(trainer_env)

@@ -65,9 +65,11 @@ def toy_record(i: int, query: str, response: str, liked: bool, views: int = 4) -
         behavior_prompt=LIKED_TEXT,
         adapter_version="base",
         counts={"view": views, "like": likes, "dislike": dislikes},
-        buckets={"view": views % 3, "like": 2 if liked else 0, "dislike": 0 if liked else 2},
+        # as the aggregator's default rates encoding writes them: levels and sentence agree
+        buckets={"like_rate": 2 if liked else 0, "dislike_rate": 0 if liked else 2},
         behavior_text=LIKED_TEXT if liked else DISLIKED_TEXT,
         reward=(likes - dislikes) / views,
+        encoding="rates",
     )
 
 

@@ -1,0 +1,132 @@
+"""Demo settings: ``DemoConfig`` (the ``rlhb demo`` options), the ``--quick`` preset, the
+per-algorithm trainer overrides both use, and the algorithms' display labels."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ALGORITHM_LABELS = {"rlhb": "RLHB", "rlhbc": "RLHBC", "rlhf": "direct-reward RL", "sft": "SFT", "pro": "PRO"}
+
+PPO_BUDGET: dict = {
+    "batch_size": 16,
+    "rollouts_per_prompt": 4,
+    "max_new_tokens": 48,
+    "kl_coef": 0.02,
+    "learning_rate": 5e-4,
+    "threads": 2,
+}
+"""The PPO budget every full-demo lane shares (so the comparison is like with like)."""
+
+FULL_ALGORITHM_CONFIG: dict[str, dict] = {
+    # Found by the experiments in bench/demo_experiments.md (E3: like rate 0.244 -> 0.474 on 352
+    # held-out answers, in process). RLHB: D learns the behavior from real vs behavior-swapped
+    # records during warm-up (R1: its reward ranks held-out answers with Spearman 0.74 against
+    # the users' true like probability), then stays frozen: the adversarial updates against
+    # generated answers dragged it to chance in 3 iterations (E1). Every PPO prompt carries the
+    # served sentence (E2, half of them: +0.03 only). The same PPO budget for every lane.
+    "rlhb": {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True, "preferred_prompt_share": 1.0},
+    "rlhbc": dict(PPO_BUDGET),
+    "rlhf": dict(PPO_BUDGET),
+}
+EVAL_SEED_OFFSET = 7919
+"""Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
+
+QUICK_ALGORITHM_CONFIG: dict[str, dict] = {
+    name: {"batch_size": 4, "rollouts_per_prompt": 2, "max_new_tokens": 8, "threads": 1}
+    for name in ("rlhb", "rlhbc", "rlhf", "sft", "pro")
+}
+
+
+@dataclass
+class DemoConfig:
+    """Everything one demo run needs (the ``rlhb demo`` options)."""
+
+    out_dir: Path = Path("rlhb-demo")
+    """Where report.md, report.json, demo.png and the processes' logs go."""
+    algorithms: tuple[str, ...] = ("rlhb", "rlhbc", "rlhf")
+    """One lane per algorithm, in this order; the first lane's base traffic is shared."""
+    rounds: int = 1
+    """Training rounds per lane (each further round costs ~30 min per lane on 2 cores: traffic,
+    24 iterations, evaluation)."""
+    base_traffic: int = 640
+    """Answers served by base (with feedback) before the first round (E3 learned from 640)."""
+    traffic_per_round: int = 300
+    """Answers served by each new version (with feedback) before the next round."""
+    eval_samples: int = 2
+    """Answers per held-out question per version (evaluation, no feedback)."""
+    eval_questions: int = 0
+    """Held-out questions to evaluate on (0: all)."""
+    train_questions: int = 0
+    """Training questions traffic draws from (0: all); few questions make queries repeat."""
+    steps: int = 24
+    """Training iterations per round (E3's 24: ~50 s each with SmolLM2 on 2 cores)."""
+    users: str = "concise"
+    """Simulated user model (preset or package.module:Class)."""
+    viewers_mean: float = 5.0
+    """Mean viewers per answer during traffic."""
+    max_tokens: int = 48
+    """Answer length cap (serving and training)."""
+    temperature: float = 0.7
+    """Serving temperature for traffic and evaluation."""
+    seed: int = 0
+    model_path: str = ""
+    """Base model folder ('' = the prepared SmolLM2; --quick builds a tiny one)."""
+    algorithm_config: dict[str, dict] = field(default_factory=lambda: json.loads(json.dumps(FULL_ALGORITHM_CONFIG)))
+    """Per-algorithm Config overrides passed to the trainer (as RLHB_TRAINER_ALGO__<FIELD> variables)."""
+    gate_config: dict = field(default_factory=dict)
+    """trainer.gate.GateConfig overrides (as RLHB_TRAINER_GATE__<FIELD> variables)."""
+    concurrency: int = 8
+    """Requests in flight (the API batches up to max_batch_size of them)."""
+    threads: int = 2
+    """torch threads per process."""
+    quick: bool = False
+    round_timeout_s: float = 3 * 3600
+    """Give up on a round after this long."""
+    show_answers: int = 5
+    """Held-out questions shown with base and final answers side by side."""
+    judge_rejected: bool = True
+    """Also measure a candidate the gate rejected (never served: generated in the demo process
+    from its adapter folder), so every algorithm has a like rate in the table."""
+    keep_redis_state: bool = False
+    """Keep the lanes' Redis keys after the run (default: delete them; the machine's Redis is shared)."""
+
+    def __post_init__(self) -> None:
+        from trainer.algorithms import ALGORITHMS
+
+        unknown = [a for a in self.algorithms if a not in ALGORITHMS]
+        if unknown or not self.algorithms:
+            raise ValueError(f"unknown algorithms {unknown}; choose from {', '.join(ALGORITHMS)}")
+        for name in ("rounds", "base_traffic", "eval_samples", "steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
+        if self.traffic_per_round < 0:
+            raise ValueError("traffic_per_round must be >= 0")
+
+
+def quick_config(out_dir: Path, **overrides) -> DemoConfig:
+    """The --quick settings: tiny model, a few answers, one short round per algorithm."""
+    base = dict(
+        out_dir=out_dir,
+        rounds=1,
+        base_traffic=40,
+        traffic_per_round=0,
+        eval_samples=1,
+        eval_questions=8,
+        train_questions=8,
+        steps=1,
+        max_tokens=8,
+        viewers_mean=5.0,
+        concurrency=4,
+        threads=1,
+        quick=True,
+        show_answers=2,
+        algorithm_config=json.loads(json.dumps(QUICK_ALGORITHM_CONFIG)),
+        round_timeout_s=600,
+        # The tiny random model's candidates are noise; let the gate's reward check pass them so
+        # the quick run exercises publish, hot-swap and evaluation (finite and KL checks still apply).
+        gate_config={"reward_tolerance": 0.99},
+    )
+    base.update(overrides)
+    return DemoConfig(**base)

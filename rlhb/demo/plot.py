@@ -1,0 +1,104 @@
+"""``demo.png``: like rate per version, quality measures and training curves, per algorithm."""
+
+from __future__ import annotations
+
+from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig
+from rlhb.demo.judging import VersionResult
+
+
+def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
+    ax = axes[0]
+    rows = [r for r in report["versions"] if "n" in r]
+    base = next((r for r in rows if r["algorithm"] == "base"), None)
+    colors = {"rlhb": "tab:blue", "rlhbc": "tab:orange", "rlhf": "tab:green", "sft": "tab:purple", "pro": "tab:red"}
+    for algo in cfg.algorithms:
+        pts = ([base] if base else []) + [r for r in rows if r["algorithm"] == algo]
+        if not pts:
+            continue
+        x = [r["round"] for r in pts]
+        y = [r["like_rate"] for r in pts]
+        err = [
+            [max(0.0, r["like_rate"] - r["ci_low"]) for r in pts],
+            [max(0.0, r["ci_high"] - r["like_rate"]) for r in pts],
+        ]
+        ax.errorbar(
+            x, y, yerr=err, marker="o", capsize=4, label=ALGORITHM_LABELS.get(algo, algo), color=colors.get(algo)
+        )
+    ax.set_xlabel("training round (0 = base)")
+    ax.set_ylabel("held-out like rate (95% Wilson CI)")
+    ax.set_title("Like rate per adapter version")
+    ax.legend()
+    ax = axes[1]
+    for algo in cfg.algorithms:
+        pts = ([base] if base else []) + [r for r in rows if r["algorithm"] == algo]
+        if not pts:
+            continue
+        x = [r["round"] for r in pts]
+        ax.plot(
+            x,
+            [r["quality"].get("relevance") or 0 for r in pts],
+            marker="o",
+            color=colors.get(algo),
+            label=f"{ALGORITHM_LABELS.get(algo, algo)} relevance",
+        )
+        ax.plot(
+            x,
+            [r["quality"]["repeated_ngram_rate"] for r in pts],
+            marker="x",
+            linestyle="--",
+            color=colors.get(algo),
+            label=f"{ALGORITHM_LABELS.get(algo, algo)} repeated 3-grams",
+        )
+        ax.plot(
+            x,
+            [r["quality"]["cut_off_share"] for r in pts],
+            marker=".",
+            linestyle=":",
+            color=colors.get(algo),
+            label=f"{ALGORITHM_LABELS.get(algo, algo)} cut-off share",
+        )
+    ax.set_xlabel("training round (0 = base)")
+    ax.set_title("Quality (not optimized by the trainer)")
+    ax.legend(fontsize=7)
+    ax = axes[2]
+    for algo in cfg.algorithms:
+        series, offset = [], 0
+        for r in results:
+            if r.algorithm != algo:
+                continue
+            for m in r.train_metrics:
+                score = m.get("d_reward", m.get("mean_score"))
+                if isinstance(score, int | float):
+                    series.append((offset + m.get("iteration", 0), score, m.get("kl")))
+            offset += max(1, len(r.train_metrics))
+        if series:
+            ax.plot(
+                [s[0] for s in series],
+                [s[1] for s in series],
+                marker="o",
+                color=colors.get(algo),
+                label=f"{ALGORITHM_LABELS.get(algo, algo)} reward",
+            )
+            kl = [(s[0], s[2]) for s in series if isinstance(s[2], int | float)]
+            if kl:
+                ax.plot(
+                    [s[0] for s in kl],
+                    [s[1] for s in kl],
+                    marker="x",
+                    linestyle="--",
+                    color=colors.get(algo),
+                    label=f"{ALGORITHM_LABELS.get(algo, algo)} KL",
+                )
+    ax.set_xlabel("training iteration (all rounds)")
+    ax.set_title("Training curves")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"rlhb demo: users '{cfg.users}', total {report['total_seconds'] / 60:.1f} min")
+    fig.tight_layout()
+    fig.savefig(cfg.out_dir / "demo.png", dpi=110)
+    plt.close(fig)

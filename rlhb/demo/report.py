@@ -1,0 +1,165 @@
+"""The report: ``summarize`` (one version's like rate, Wilson interval, test against base and
+quality), ``build_report`` (all versions, power analysis, answers side by side), ``format_table``
+and ``write_report`` (console, report.json, report.md, served.jsonl and the plot)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig
+from rlhb.demo.judging import VersionResult
+from rlhb.demo.plot import plot
+
+
+def summarize(vr: VersionResult, base: VersionResult | None, relevance: bool = True) -> dict:
+    from rlhb.evaluation.quality import quality_report
+    from rlhb.evaluation.stats import compare_to_base, wilson_interval
+
+    row = {
+        "algorithm": vr.algorithm,
+        "label": ALGORITHM_LABELS.get(vr.algorithm, vr.algorithm),
+        "version": vr.version,
+        "round": vr.round,
+        "status": vr.status,
+        "reason": vr.reason,
+        "train_seconds": round(vr.train_seconds, 1),
+        "evaluated_at_s": round(vr.evaluated_at, 1),
+    }
+    if vr.round_info:
+        row["round_info"] = {
+            k: vr.round_info.get(k)
+            for k in ("records", "train_records", "heldout_records", "gate", "parent", "train_seconds", "seconds")
+        }
+    if not vr.served:
+        return row
+    k, n = sum(s.asker_liked for s in vr.served), len(vr.served)
+    ci = wilson_interval(k, n)
+    row.update(
+        likes=k,
+        n=n,
+        like_rate=ci.rate,
+        ci_low=ci.low,
+        ci_high=ci.high,
+        mean_p_like=sum(s.p_like for s in vr.served) / n,
+        degenerate_share=sum(bool(s.degenerate) for s in vr.served) / n,
+    )
+    if base is not None and base.served and vr is not base:
+        kb, nb = sum(s.asker_liked for s in base.served), len(base.served)
+        row["vs_base"] = compare_to_base(k, n, kb, nb).as_dict()
+    quality = quality_report([s.question for s in vr.served], [s.answer for s in vr.served], relevance=relevance)
+    row["quality"] = quality.as_dict()
+    if vr.train_metrics:
+        last = vr.train_metrics[-1]
+        row["train_last"] = {k: v for k, v in last.items() if isinstance(v, int | float)}
+    return row
+
+
+def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, total: float, model_path: str) -> dict:
+    from rlhb.evaluation.stats import power_at_n, required_n_per_arm
+
+    base = next((r for r in results if r.algorithm == "base"), None)
+    rows = [summarize(r, base) for r in results]
+    power = {}
+    if base is not None and base.served:
+        p0 = sum(s.asker_liked for s in base.served) / len(base.served)
+        n = len(base.served)
+        p0c = min(max(p0, 0.01), 0.98)
+        power = {
+            "base_rate": p0,
+            "n_per_arm": n,
+            "power_for_lift": {f"+{d:.2f}": power_at_n(p0c, min(0.99, p0c + d), n) for d in (0.05, 0.1, 0.15)},
+            "n_needed_for_lift_0.10_at_80pct": required_n_per_arm(p0c, min(0.99, p0c + 0.1)),
+        }
+    side_by_side = []
+    finals = {}
+    for r in results:
+        if r.algorithm != "base" and r.served:
+            finals[r.algorithm] = r
+    if base is not None and base.served:
+        by_q = {}
+        for s in base.served:
+            by_q.setdefault(s.question, s)
+        for q in list(by_q)[: cfg.show_answers]:
+            entry = {"question": q, "base": by_q[q].answer}
+            for algo, r in finals.items():
+                match = next((s for s in r.served if s.question == q), None)
+                label = f"{algo}:{r.version}" + (" (rejected, never served)" if r.status == "rejected" else "")
+                entry[label] = match.answer if match else ""
+            side_by_side.append(entry)
+    return {
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "model_path": model_path,
+        "total_seconds": round(total, 1),
+        "phases_seconds": {k: round(v, 1) for k, v in phases.items()},
+        "versions": rows,
+        "power": power,
+        "side_by_side": side_by_side,
+    }
+
+
+def format_table(report: dict) -> str:
+    head = (
+        f"{'algorithm':<18}{'version':<40}{'status':<10}{'n':>5}{'like rate':>10}{'95% CI':>16}"
+        f"{'lift':>8}{'p (z)':>9}{'p (Fisher)':>11}{'sig':>5}{'relev.':>8}{'rep3':>7}{'words':>7}{'cut':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for row in report["versions"]:
+        if "n" not in row:
+            lines.append(f"{row['label']:<18}{row['version'][:39]:<40}{row['status']:<10}  ({row.get('reason', '')})")
+            continue
+        vs = row.get("vs_base", {})
+        q = row.get("quality", {})
+        lines.append(
+            f"{row['label']:<18}{row['version'][:39]:<40}{row['status']:<10}{row['n']:>5}{row['like_rate']:>10.3f}"
+            f"{'[' + format(row['ci_low'], '.3f') + ', ' + format(row['ci_high'], '.3f') + ']':>16}"
+            f"{(format(vs['lift'], '+.3f') if vs else ''):>8}"
+            f"{(format(vs['p_z_one_sided'], '.3g') if vs else ''):>9}"
+            f"{(format(vs['p_fisher_one_sided'], '.3g') if vs else ''):>11}"
+            f"{('yes' if vs.get('significant') else 'no') if vs else '':>5}"
+            f"{(q.get('relevance') or 0):>8.3f}{q.get('repeated_ngram_rate', 0):>7.3f}"
+            f"{q.get('mean_words', 0):>7.1f}{q.get('cut_off_share', 0):>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], say) -> None:
+    table = format_table(report)
+    judged_offline = any(row["status"] == "rejected" and "n" in row for row in report["versions"])
+    say("like rate per adapter version (held-out questions, one simulated user per answer):\n" + table)
+    if judged_offline:
+        say("rejected candidates were never served: the demo generated their held-out answers itself")
+    if report["power"]:
+        p = report["power"]
+        say(
+            f"power: base rate {p['base_rate']:.3f}, n={p['n_per_arm']} per arm; power to detect "
+            + ", ".join(f"{k}: {v:.2f}" for k, v in p["power_for_lift"].items())
+            + f"; n per arm for +0.10 at 80%: {p['n_needed_for_lift_0.10_at_80pct']}"
+        )
+    for entry in report["side_by_side"]:
+        say(f"Q: {entry['question']}")
+        for key, answer in entry.items():
+            if key != "question":
+                say(f"   {key:>30}: {answer.strip()[:300]!r}")
+    say(
+        f"total wall time {report['total_seconds']:.0f}s; phases: "
+        + ", ".join(f"{k} {v:.0f}s" for k, v in report["phases_seconds"].items())
+    )
+    (cfg.out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    md = ["# rlhb demo report", "", "```", table, "```", ""]
+    if judged_offline:
+        md += ["Rejected candidates were never served; their answers were generated in the demo process", ""]
+    md += [f"Total wall time: {report['total_seconds']:.0f} s", ""]
+    md += ["## Answers side by side", ""]
+    for entry in report["side_by_side"]:
+        md.append(f"**Q:** {entry['question']}")
+        md += [f"- *{k}*: {v.strip()}" for k, v in entry.items() if k != "question"]
+        md.append("")
+    (cfg.out_dir / "report.md").write_text("\n".join(md))
+    with open(cfg.out_dir / "served.jsonl", "w", encoding="utf-8") as f:
+        for r in results:
+            for s in r.served:
+                f.write(json.dumps({"algorithm": r.algorithm, "version": r.version, **asdict(s)}) + "\n")
+    plot(cfg, report, results)
+    say(f"wrote {cfg.out_dir / 'report.md'}, report.json, served.jsonl and demo.png")
