@@ -42,7 +42,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from core.behavior.encoding_store import load_encoding
+from core.behavior.encoding_store import encoding_key, load_encoding
 from core.registry import Registry, RegistryError
 from core.settings import TrainerSettings
 from schemas.adapters import BASE_VERSION
@@ -310,7 +310,7 @@ class Trainer:
             seed=s.seed + round_no,
             steps=s.steps_per_round,
             progress=False,
-            encoding=load_encoding(self.redis, s.redis_prefix),  # the aggregator's: what the API serves
+            encoding=self._stored_encoding(),  # the aggregator's: what the API serves
         )
         try:
             result = get_algorithm(algorithm)(train_request, build_algorithm_config(s, algorithm))
@@ -398,6 +398,16 @@ class Trainer:
         return event
 
     # ------------------------------------------------------------------ status
+    def _stored_encoding(self):
+        """The encoding the aggregator stored (the API serves its most preferred sentence), or None
+        (inferred from the records) when Redis has none or cannot be read."""
+        try:
+            prefix = self.settings.redis_prefix
+            return load_encoding(self.redis, prefix) if self.redis.exists(encoding_key(prefix)) else None
+        except Exception as e:  # a round must not fail on this: the records carry their own encoding
+            log.warning("stored behavior encoding unreadable (%s); inferring it from the records", e)
+            return None
+
     def status(self) -> dict:
         return {
             "state": self._state,
