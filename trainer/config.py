@@ -18,6 +18,7 @@ from core.settings import unknown_key_message
 KL_ESTIMATORS = ("k1", "k2", "k3")
 DISCRIMINATOR_KINDS = ("minilm", "lm")
 D_REWARD_KINDS = ("contrastive", "log_d", "prob", "logit")
+KAPPA_SOURCES = ("records", "generations")
 
 
 class ConfigError(ValueError):
@@ -193,10 +194,27 @@ class RLHBConfig(PPOConfig):
     from a record: the policy learns every behavior, the served one in ~30% of its updates). The demo
     uses 1.0: D still judges answers under their behavior, but PPO spends its small CPU budget on the
     sentence that is served (bench/demo_experiments.md E2/E3: 0.5 gave +0.03, 1.0 gave +0.23)."""
-    swap_share: float = 0.5
-    """Share of the fake batch made of behavior-swapped real triplets (the rest: generations)."""
+    swap_share: float = 0.3
+    """Share of the fake batch made of behavior-swapped real triplets (the rest: kappa, then fresh generations;
+    with the defaults half the fake batch is this iteration's rollouts)."""
     kappa: float = 0.2
-    """Share of the fake batch filled with the highest-rewarded generations (bootstrap; the paper: 50% collapses D)."""
+    """Bootstrap share of the fake batch (section 4.3; the paper: 50% makes D collapse). What fills it:
+    ``kappa_source``."""
+    kappa_source: str = "records"
+    """"records": real logged triplets with the highest shaped rewards, labelled fake -- the paper's "highly-rewarded
+    demonstrations as fake-real data", a brake on D's confidence exactly where the policy should go (and why 50%
+    collapses D: half its fakes are then real). "generations": the highest-rewarded rollouts so far (an earlier
+    reading; those are fakes anyway, so it is a replay of the policy's best, not a brake)."""
+    d_label_smoothing: float = 0.0
+    """One-sided label smoothing: D trains reals toward 1 - this (Salimans et al. 2016). 0 = the paper."""
+    d_replay_size: int = 0
+    """Reservoir of earlier generations kept for D (0: off). Replaying older rollouts keeps D from forgetting
+    what the policy did a few iterations ago and chasing only its latest answers."""
+    d_replay_share: float = 0.5
+    """With a replay reservoir: share of the generated part of the fake batch drawn from it."""
+    d_max_acc: float = 1.0
+    """Skip a D step when D already classifies this step's batch better than this (1.0: never skip). Keeps D
+    from overpowering the policy (its reward then saturates and PPO gets no gradient)."""
     reward: str = "contrastive"
     """Reward from D: "contrastive" z(s,a;b) - z(s,a;opposite b), or raw "log_d" (eq. 2), "prob", "logit"."""
     heldout_fraction: float = 0.2
@@ -230,6 +248,17 @@ class RLHBConfig(PPOConfig):
             f"preferred_prompt_share must be in [0, 1]; got {self.preferred_prompt_share}.",
         )
         _require(0.0 <= self.swap_share <= 1.0, f"swap_share must be in [0, 1]; got {self.swap_share}.")
+        _require(
+            self.kappa_source in KAPPA_SOURCES,
+            f"kappa_source must be one of {KAPPA_SOURCES}; got {self.kappa_source!r}.",
+        )
+        _require(
+            0.0 <= self.d_label_smoothing < 0.5,
+            f"d_label_smoothing must be in [0, 0.5); got {self.d_label_smoothing} (0.1 is a common choice).",
+        )
+        _require(self.d_replay_size >= 0, f"d_replay_size must be >= 0; got {self.d_replay_size}.")
+        _require(0.0 <= self.d_replay_share <= 1.0, f"d_replay_share must be in [0, 1]; got {self.d_replay_share}.")
+        _require(0.5 < self.d_max_acc <= 1.0, f"d_max_acc must be in (0.5, 1]; got {self.d_max_acc}.")
         _require(
             0.0 <= self.kappa < 1.0,
             f"kappa must be in [0, 1); got {self.kappa}. The paper uses 0-0.5; 0.5 made D collapse.",

@@ -9,6 +9,20 @@ from pathlib import Path
 
 ALGORITHM_LABELS = {"rlhb": "RLHB", "rlhbc": "RLHBC", "rlhf": "direct-reward RL", "sft": "SFT", "pro": "PRO"}
 
+
+def algorithm_label(name: str, overrides: dict) -> str:
+    """The algorithm's label with the departures from the paper its overrides make, so a report
+    never calls a variant by the method's plain name (e.g. RLHB with a frozen discriminator is
+    the paper's own negative ablation, section 6.4)."""
+    notes = []
+    if overrides.get("d_frozen"):
+        notes.append("frozen discriminator, paper section 6.4")
+    if float(overrides.get("preferred_prompt_share", 0.0)) >= 1.0:
+        notes.append("every PPO prompt on the served sentence")
+    base = ALGORITHM_LABELS.get(name, name)
+    return f"{base} ({'; '.join(notes)})" if notes else base
+
+
 PPO_BUDGET: dict = {
     "batch_size": 16,
     "rollouts_per_prompt": 4,

@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig
+from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig, algorithm_label
 from rlhb.demo.judging import VersionResult
 from rlhb.demo.plot import plot
 
@@ -61,6 +61,8 @@ def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, to
 
     base = next((r for r in results if r.algorithm == "base"), None)
     rows = [summarize(r, base) for r in results]
+    for row, r in zip(rows, results, strict=True):  # name the variant for what it is (d_frozen: paper 6.4)
+        row["variant"] = algorithm_label(r.algorithm, cfg.algorithm_config.get(r.algorithm, {}))
     power = {}
     if base is not None and base.served:
         p0 = sum(s.asker_liked for s in base.served) / len(base.served)
@@ -121,6 +123,8 @@ def format_table(report: dict) -> str:
             f"{(q.get('relevance') or 0):>8.3f}{q.get('repeated_ngram_rate', 0):>7.3f}"
             f"{q.get('mean_words', 0):>7.1f}{q.get('cut_off_share', 0):>6.2f}"
         )
+    variants = {r["label"]: r["variant"] for r in report["versions"] if r.get("variant", r["label"]) != r["label"]}
+    lines += ["", *(f"variant: {v}" for v in variants.values())] if variants else []
     return "\n".join(lines)
 
 

@@ -132,3 +132,54 @@ def test_preferred_prompt_share_puts_the_served_sentence_in_that_share_of_prompt
     expected = share + (1 - share) * natural  # the rest keep their record's behavior, which may be it too
     assert abs(got - expected) <= 0.15, (got, expected)
     assert {p.query for p in prompts} <= {r.query for r in trainer.train_records}
+
+
+def test_kappa_relabels_the_highest_rewarded_real_records_as_fake(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, kappa=0.25, swap_share=0.25, d_batch_size=8)
+    top = {(r.query, r.response, r.behavior_text) for r in trainer.top_records}
+    assert min(r.reward for r in trainer.top_records) >= max(
+        r.reward for r in trainer.train_records if (r.query, r.response, r.behavior_text) not in top
+    )
+    real = {(r.query, r.response, r.behavior_text) for r in trainer.train_records}
+    generated = [("q", f"generated {i}", LIKED) for i in range(8)]
+    fake = trainer._fake_batch(generated)
+    boot = [t for t in fake if t in top]
+    assert len(fake) == 8 and len(boot) == 2  # kappa * d_batch_size, all real logged triplets
+    assert all(t in real for t in boot)
+    assert sum(t in generated for t in fake) == 4  # the rest: swapped reals (2) and fresh rollouts (4)
+    # the other reading: the best generations so far fill the bootstrap share
+    other = make_trainer(tiny_model_dir, tmp_path / "g", kappa=0.25, kappa_source="generations", d_batch_size=8)
+    other._remember(generated, torch.arange(8.0))
+    assert sum(t in generated for t in other._fake_batch(generated[:1])) >= 2
+
+
+def test_replay_reservoir_feeds_older_generations_to_d(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, d_replay_size=4, d_replay_share=1.0, d_batch_size=8)
+    old = [("q", f"old {i}", LIKED) for i in range(20)]
+    trainer._keep_for_replay(old)
+    assert len(trainer.replay) == 4 and set(trainer.replay) <= set(old)
+    fake = trainer._fake_batch([("q", "new", LIKED)])
+    assert ("q", "new", LIKED) not in fake and any(t in trainer.replay for t in fake)
+
+
+def test_d_step_is_skipped_when_d_already_separates_the_batch(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, d_max_acc=0.51)
+    for _ in range(30):  # at 0.51 almost any trained batch counts as separated
+        stats = trainer.d_step([])
+        if stats["d_skipped"]:
+            break
+    assert stats["d_skipped"] == 1.0
+    before = {n: p.detach().clone() for n, p in trainer.discriminator.named_parameters() if p.requires_grad}
+    # the same batch again (same rng state is not needed: only the skip decision matters)
+    while not (stats := trainer.d_step([]))["d_skipped"]:
+        before = {n: p.detach().clone() for n, p in trainer.discriminator.named_parameters() if p.requires_grad}
+    after = dict(trainer.discriminator.named_parameters())
+    assert all(torch.equal(before[n], after[n].detach()) for n in before)
+    never = make_trainer(tiny_model_dir, tmp_path / "n")
+    assert all(never.d_step([])["d_skipped"] == 0.0 for _ in range(3))
+
+
+def test_heldout_metrics_include_auroc(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path)
+    held = trainer.heldout_accuracy()
+    assert 0.0 <= held["d_heldout_auroc"] <= 1.0 and 0.0 <= held["d_heldout_acc"] <= 1.0

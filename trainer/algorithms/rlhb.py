@@ -8,7 +8,7 @@ One iteration, in the paper's order:
     4. GAE (eq. 7-9); PPO epochs on the actor (eq. 5-6), then the critic (eq. 11)
     5. update D (eq. 4): real logged triplets (s, a, b) vs fakes made of rollouts (s, a_hat, b),
        behavior-swapped real triplets (s, a, b') whose b' differs in likes/dislikes, and a
-       share kappa of the highest-rewarded generations (bootstrap, section 4.3)
+       bootstrap share kappa (section 4.3) of highly-rewarded real records labelled fake
 
 Every iteration D's accuracy on held-out records (real vs swapped, never trained on) is
 measured; when PPO starts from a D at chance, a loud warning is logged and ``d_at_chance``
@@ -25,8 +25,17 @@ Departures from the paper:
 - Reward: besides log D (eq. 2) the default is the contrast z(s, a; b) - z(s, a; b_opp)
   with b_opp the logged sentence farthest from b in likes/dislikes (docs/architecture.md: the raw
   D barely tracked preference, the contrast did). ``config.reward`` picks one.
-- Bootstrap: the paper bootstraps "highly-rewarded demonstrations as fake"; we read that as
-  the highest-rewarded generations so far (a small replay buffer ranked by reward).
+- Bootstrap: the paper bootstraps "highly-rewarded demonstrations as fake-real data" with a
+  proportion kappa "to avoid overfitting" of D, and reports that kappa = 50% collapses D. We
+  read it as real logged triplets with the highest shaped reward (the top fifth of the
+  training records) relabelled as fake (``kappa_source="records"``): it brakes D exactly
+  where the policy is heading, and at 50% half of D's fakes are real, which is why D would
+  collapse. The other reading, the highest-rewarded generations so far, stays available
+  (``kappa_source="generations"``); those are fakes anyway, so it cannot collapse D.
+- Stabilisers (all off by default, for this CPU scale): one-sided label smoothing of the
+  reals (``d_label_smoothing``), a reservoir of older generations replayed to D
+  (``d_replay_size``, ``d_replay_share``), and skipping D's step when it already separates
+  the batch better than ``d_max_acc``.
 - D's fake batch also holds behavior-swapped real triplets (``swap_share``): without them
   D can ignore b entirely and still separate real from generated text.
 """
@@ -45,7 +54,7 @@ from trainer.algorithms.ppo_core import PPOCore, check_finite
 from trainer.algorithms.runner import check_request, run_iterations, seed_everything
 from trainer.config import RLHBConfig
 from trainer.discriminator import build_discriminator, make_optimizer
-from trainer.losses.discriminator import contrastive_reward, discriminator_loss, discriminator_reward
+from trainer.losses.discriminator import contrastive_reward, discriminator_loss, discriminator_reward, pairwise_auroc
 from trainer.policy import Policy
 from trainer.records import as_records, check_swappable, sample_prompts, split_heldout
 from trainer.rollouts import Prompt
@@ -55,6 +64,14 @@ ALGORITHM = "rlhb"
 log = logging.getLogger(__name__)
 
 Triplet = tuple[str, str, str]  # (query, answer, behavior)
+TOP_RECORD_SHARE = 0.2
+"""kappa_source="records": the bootstrap draws from this top share of training records by shaped reward."""
+
+
+def top_rewarded(records, share: float) -> list:
+    """The ``share`` of records with the highest shaped reward (at least one)."""
+    ranked = sorted(records, key=lambda r: r.reward, reverse=True)
+    return ranked[: max(1, round(share * len(ranked)))]
 
 
 class RLHBTrainer:
@@ -80,6 +97,9 @@ class RLHBTrainer:
         swap_rng = random.Random(request.seed + 1)  # fixed held-out swaps: the metric compares like with like
         self.heldout_swaps = [self.pool.swap(r.behavior_text, swap_rng) for r in self.heldout_records]
         self.top_generations: list[tuple[float, int, Triplet]] = []  # min-heap of the best (reward, tiebreak, triplet)
+        self.top_records = top_rewarded(self.train_records, TOP_RECORD_SHARE)  # kappa_source="records"
+        self.replay: list[Triplet] = []  # reservoir of earlier generations (d_replay_size)
+        self._generated_seen = 0
         self._pushed = 0
         self._warmup_summary: dict[str, float] = {}
         self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
@@ -112,22 +132,42 @@ class RLHBTrainer:
                 out.append((r.query, r.response, swapped))
         return out
 
+    def _bootstrap_pool(self) -> list[Triplet]:
+        if self.config.kappa_source == "records":
+            return [(r.query, r.response, r.behavior_text) for r in self.top_records]
+        return [t for _, _, t in self.top_generations]
+
     def _fake_batch(self, generated: list[Triplet]) -> list[Triplet]:
-        """swap_share swapped reals + kappa top-rewarded generations + the rest fresh rollouts."""
+        """swap_share swapped reals + kappa bootstrap + the rest generations (fresh, or replayed)."""
         cfg = self.config
         size = cfg.d_batch_size
+        pool = self._bootstrap_pool()
+        n_boot = round(cfg.kappa * size) if pool else 0
+        boot = [pool[self.rng.randrange(len(pool))] for _ in range(n_boot)]
         if not generated:  # warm-up: no generations yet
-            return self._swapped_batch(size)
+            return self._swapped_batch(size - n_boot) + boot
         n_swap = round(cfg.swap_share * size)
-        n_boot = round(cfg.kappa * size) if self.top_generations else 0
         n_gen = size - n_swap - n_boot
-        best = [t for _, _, t in self.top_generations]
-        boot = [best[self.rng.randrange(len(best))] for _ in range(n_boot)]
-        if n_gen <= len(generated):
-            fresh = self.rng.sample(generated, n_gen)
+        n_old = round(cfg.d_replay_share * n_gen) if self.replay else 0
+        old = [self.replay[self.rng.randrange(len(self.replay))] for _ in range(n_old)]
+        n_new = n_gen - n_old
+        if n_new <= len(generated):
+            fresh = self.rng.sample(generated, n_new)
         else:
-            fresh = [generated[self.rng.randrange(len(generated))] for _ in range(n_gen)]
-        return self._swapped_batch(n_swap) + boot + fresh
+            fresh = [generated[self.rng.randrange(len(generated))] for _ in range(n_new)]
+        return self._swapped_batch(n_swap) + boot + old + fresh
+
+    def _keep_for_replay(self, triplets: list[Triplet]) -> None:
+        """Reservoir sampling (Vitter's algorithm R): a uniform sample of every generation so far."""
+        size = self.config.d_replay_size
+        for t in triplets:
+            self._generated_seen += 1
+            if len(self.replay) < size:
+                self.replay.append(t)
+            elif size:
+                j = self.rng.randrange(self._generated_seen)
+                if j < size:
+                    self.replay[j] = t
 
     def _remember(self, triplets: list[Triplet], rewards: torch.Tensor) -> None:
         """Keep the batch_size highest-rewarded generations seen so far (the bootstrap pool)."""
@@ -146,9 +186,14 @@ class RLHBTrainer:
         both = real + fake
         with torch.set_grad_enabled(train):
             z = self.discriminator.logits([t[0] for t in both], [t[1] for t in both], [t[2] for t in both])
-            loss, stats = discriminator_loss(z[: len(real)], z[len(real) :])
+            loss, stats = discriminator_loss(
+                z[: len(real)], z[len(real) :], real_label=1.0 - self.config.d_label_smoothing
+            )
         check_finite("discriminator loss", loss)
-        if train:
+        batch_acc = 0.5 * (stats["acc_real"] + stats["acc_fake"])
+        skipped = train and batch_acc > self.config.d_max_acc
+        stats["skipped"] = float(skipped)
+        if train and not skipped:
             self.d_optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.config.max_grad_norm:
@@ -162,7 +207,7 @@ class RLHBTrainer:
         """D on held-out records: pairwise accuracy z(real) > z(swapped), and threshold accuracy."""
         pairs = [(r, s) for r, s in zip(self.heldout_records, self.heldout_swaps, strict=True) if s is not None]
         if not pairs:
-            return {"d_heldout_acc": float("nan"), "d_heldout_cls_acc": float("nan")}
+            return {"d_heldout_acc": float("nan"), "d_heldout_cls_acc": float("nan"), "d_heldout_auroc": float("nan")}
         z_real, z_swap = self.discriminator.logits_pair(
             [r.query for r, _ in pairs],
             [r.response for r, _ in pairs],
@@ -171,7 +216,11 @@ class RLHBTrainer:
         )  # (N,), (N,)
         pairwise = (z_real > z_swap).float().mean().item()
         threshold = 0.5 * ((z_real > 0).float().mean() + (z_swap < 0).float().mean()).item()
-        return {"d_heldout_acc": pairwise, "d_heldout_cls_acc": threshold}
+        return {
+            "d_heldout_acc": pairwise,
+            "d_heldout_cls_acc": threshold,
+            "d_heldout_auroc": pairwise_auroc(z_real, z_swap),
+        }
 
     def warmup(self) -> list[dict[str, float]]:
         """``d_warmup_steps`` D updates on real vs behavior-swapped triplets, before any PPO."""
@@ -216,6 +265,7 @@ class RLHBTrainer:
         batch, scores = result.rollouts.batch, result.rollouts.scores
         generated = list(zip(batch.queries, batch.responses, batch.behaviors, strict=True))
         self._remember(generated, scores)
+        self._keep_for_replay(generated)
         d_prob = self._last_prob.mean().item()
         train_d = not cfg.d_frozen and cfg.d_updates_per_iteration > 0  # 5
         d_stats: dict[str, float] = {}

@@ -18,6 +18,10 @@ Departures from the paper:
   fake, so each side counts equally whatever N and M are. ``fake_weights`` lets bootstrapped
   fakes (the kappa share of top-rewarded generations) or behavior-swapped reals weigh
   differently from plain rollouts; the paper weighs them all equally (the default).
+- ``real_label`` < 1 is one-sided label smoothing (Salimans et al. 2016, "Improved Techniques
+  for Training GANs"): reals are trained toward ``real_label`` instead of 1, fakes toward 0, so
+  D cannot grow arbitrarily confident on the logged answers and its gradient to the policy
+  stays informative; 1.0 (no smoothing) is the paper.
 - Logits, not probabilities, are taken everywhere (numerically stable log-sigmoid).
 - Rewards: eq. 2 uses log D as the action value (``kind="log_d"``, the default). The
   paper's training curves report a reward "around 0.5" that declines to ~0.4, i.e. D
@@ -41,6 +45,7 @@ def discriminator_loss(
     real_logits: torch.Tensor,
     fake_logits: torch.Tensor,
     fake_weights: torch.Tensor | None = None,
+    real_label: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Negative of eq. 4 as binary cross-entropy with logits.
 
@@ -48,6 +53,7 @@ def discriminator_loss(
         real_logits: (N,) discriminator logits on logged (real) triplets.
         fake_logits: (M,) logits on fakes (rollouts, behavior-swapped reals, bootstrapped).
         fake_weights: (M,) non-negative weights of the fakes, or None for equal weights.
+        real_label: target for the reals, in (0.5, 1]; below 1 is one-sided label smoothing.
 
     Returns:
         scalar loss and stats: acc_real (share of reals with D > 0.5), acc_fake (share of
@@ -59,8 +65,10 @@ def discriminator_loss(
         )
     if real_logits.numel() == 0 or fake_logits.numel() == 0:
         raise ValueError("the discriminator needs at least one real and one fake example")
-    # -log D(real) = softplus(-z); -log(1 - D(fake)) = softplus(z)
-    loss_real = F.softplus(-real_logits).mean()  # ()
+    if not 0.5 < real_label <= 1.0:
+        raise ValueError(f"real_label must be in (0.5, 1]; got {real_label}")
+    # -log D(real) = softplus(-z); -log(1 - D(fake)) = softplus(z); a smoothed real target t mixes both
+    loss_real = (real_label * F.softplus(-real_logits) + (1.0 - real_label) * F.softplus(real_logits)).mean()  # ()
     bce_fake = F.softplus(fake_logits)  # (M,)
     if fake_weights is None:
         loss_fake = bce_fake.mean()
@@ -84,6 +92,16 @@ def discriminator_loss(
             "loss_fake": loss_fake.item(),
         }
     return loss, stats
+
+
+def pairwise_auroc(positive: torch.Tensor, negative: torch.Tensor) -> float:
+    """AUROC of scores: P(a positive outranks a negative), ties 1/2 (Mann-Whitney U / (N M)).
+
+    positive: (N,) scores of the real triplets; negative: (M,) scores of the fakes."""
+    if positive.numel() == 0 or negative.numel() == 0:
+        return float("nan")
+    diff = positive.detach().reshape(-1, 1) - negative.detach().reshape(1, -1)  # (N, M)
+    return ((diff > 0).float() + 0.5 * (diff == 0).float()).mean().item()
 
 
 def discriminator_reward(logits: torch.Tensor, kind: str = "log_d") -> torch.Tensor:

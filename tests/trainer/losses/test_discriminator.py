@@ -107,3 +107,33 @@ def test_contrastive_reward_cancels_the_behavior_independent_part():
     assert not contrastive_reward(preferred.requires_grad_(), opposite).requires_grad
     with pytest.raises(ValueError, match="must match"):
         contrastive_reward(torch.zeros(2), torch.zeros(3))
+
+
+def test_one_sided_label_smoothing_targets_the_smoothed_label():
+    from trainer.losses.discriminator import discriminator_loss
+
+    # The smoothed optimum for a real logit is log(t / (1 - t)): confident reals are pulled back.
+    z = torch.tensor([5.0, 0.0], requires_grad=True)
+    fake = torch.tensor([-5.0])
+    loss, _ = discriminator_loss(z, fake, real_label=0.9)
+    loss.backward()
+    assert z.grad[0] > 0  # descending the loss lowers the over-confident real logit
+    assert z.grad[1] < 0  # and still raises an undecided one
+    at_optimum = torch.tensor([math.log(9.0)], requires_grad=True)
+    discriminator_loss(at_optimum, fake, real_label=0.9)[0].backward()
+    assert abs(at_optimum.grad.item()) < 1e-6
+    plain, _ = discriminator_loss(torch.tensor([5.0]), fake)
+    smoothed, _ = discriminator_loss(torch.tensor([5.0]), fake, real_label=0.9)
+    assert smoothed > plain
+    with pytest.raises(ValueError, match="real_label"):
+        discriminator_loss(z, fake, real_label=0.4)
+
+
+def test_pairwise_auroc_counts_ties_as_half():
+    from trainer.losses.discriminator import pairwise_auroc
+
+    assert pairwise_auroc(torch.tensor([3.0, 2.0]), torch.tensor([1.0, 0.0])) == 1.0
+    assert pairwise_auroc(torch.tensor([0.0, 1.0]), torch.tensor([2.0, 3.0])) == 0.0
+    assert pairwise_auroc(torch.tensor([1.0]), torch.tensor([1.0])) == 0.5
+    assert pairwise_auroc(torch.tensor([2.0, 0.0]), torch.tensor([1.0])) == 0.5
+    assert math.isnan(pairwise_auroc(torch.tensor([]), torch.tensor([1.0])))
