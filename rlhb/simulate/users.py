@@ -267,15 +267,40 @@ class WarmUser(PresetUser):
         return min(1.0, 0.1 + 0.35 * warmth + 0.2 * addresses_reader)
 
 
+SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
+
+
+@dataclass(frozen=True)
+class ThoroughUser(PresetUser):
+    """Likes thorough, complete answers of several sentences that stay on the question: the
+    opposite taste to ``concise``, so a policy biased toward brevity cannot pass with it."""
+
+    name: str = "thorough"
+    sentences: int = 3
+    """Complete sentences for full marks on structure."""
+    words: int = 40
+    """Words for full marks on substance (answers past ``limit_words`` lose it again)."""
+    limit_words: int = 200
+    topic_weight: float = 0.3
+
+    def preference(self, question: str, answer: str, features: AnswerFeatures) -> float:
+        n_sentences = len(SENTENCE_END.findall(answer.strip()))
+        structure = min(1.0, n_sentences / self.sentences)
+        substance = min(1.0, features.n_words / self.words) * _length_score(features.n_words, 150, self.limit_words)
+        topic = 1.0 if features.topic_overlap is None else min(1.0, 2.0 * features.topic_overlap)
+        return (0.5 * structure + 0.5 * substance) * (1.0 - self.topic_weight + self.topic_weight * topic)
+
+
 PRESETS: dict[str, Callable[..., PresetUser]] = {
     "concise": ConciseUser,
     "example": ExampleUser,
     "warm": WarmUser,
+    "thorough": ThoroughUser,
 }
 
 
 def load_user_model(spec: str, **overrides) -> UserModel:
-    """A preset name (``concise``, ``example``, ``warm``), ``package.module:ClassName``, or
+    """A preset name (``concise``, ``example``, ``warm``, ``thorough``), ``package.module:ClassName``, or
     the name of an ``rlhb.user_models`` entry point. ``overrides`` go to the constructor."""
     if spec in PRESETS:
         factory = PRESETS[spec]

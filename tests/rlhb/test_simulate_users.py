@@ -35,7 +35,7 @@ DEGENERATE = {
 }
 
 
-@pytest.mark.parametrize("preset", ["concise", "example", "warm"])
+@pytest.mark.parametrize("preset", ["concise", "example", "warm", "thorough"])
 @pytest.mark.parametrize("kind", sorted(DEGENERATE))
 def test_every_preset_dislikes_degenerate_answers(preset, kind):
     user = load_user_model(preset)
@@ -62,6 +62,19 @@ def test_single_token_runs_count_as_repetition():
 def test_concise_prefers_short_complete_answers():
     user = ConciseUser()
     assert user.judge(Q, GOOD).p_like > user.judge(Q, LONG).p_like + 0.2
+
+
+def test_thorough_prefers_several_complete_sentences_the_opposite_of_concise():
+    thorough, concise = load_user_model("thorough"), ConciseUser()
+    full = (
+        "Jupiter is the largest planet in the solar system. It is a gas giant made mostly of hydrogen and "
+        "helium. Its mass is more than twice that of all the other planets combined, and it has dozens of "
+        "moons, including Ganymede, the largest moon in the solar system."
+    )
+    assert thorough.judge(Q, full).p_like > thorough.judge(Q, GOOD).p_like + 0.1
+    assert thorough.judge(Q, GOOD).p_like > thorough.judge(Q, "Jupiter is the largest one.").p_like
+    # the two tastes disagree: what one likes best the other likes less
+    assert concise.judge(Q, GOOD).p_like > concise.judge(Q, full).p_like
 
 
 def test_example_and_warm_presets_reward_their_trait():
