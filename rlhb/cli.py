@@ -12,10 +12,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import typer
 
 from core.errors import clear_errors
+from rlhb.ablate import VARIANTS
 from rlhb.config_cli import config_app
 from rlhb.demo import demo
 from rlhb.simulate.driver import simulate
@@ -23,6 +25,8 @@ from service.aggregator.cli import aggregator_app, records_app
 from service.api.cli import run_api
 from trainer.cli import train_app
 from trainer.loop_cli import run_trainer
+
+VARIANT_NAMES = tuple(VARIANTS)
 
 app = typer.Typer(help="rlhb: online continual alignment of LLMs from user behavior.", no_args_is_help=True)
 infra_app = typer.Typer(help="Embedded broker and Redis for one machine.", no_args_is_help=True)
@@ -160,6 +164,38 @@ def _ensure_model() -> None:
 
     if not (default_model_dir() / "config.json").exists():
         prepare_model()
+
+
+@app.command("ablate")
+def ablate(
+    out: Path = typer.Option(Path("rlhb-ablate"), help="Output folder (results.json, table.md, curves.png)."),
+    users: str = typer.Option("concise", help="Simulated user model (preset or package.module:Class)."),
+    steps: int = typer.Option(24, min=1, help="RLHB iterations per variant."),
+    base_answers: int = typer.Option(640, min=8, help="Logged base answers the records are made of."),
+    eval_questions: int = typer.Option(0, min=0, help="Held-out questions (0: all)."),
+    variants: str = typer.Option("", help="Comma-separated subset of: " + ", ".join(VARIANT_NAMES)),
+    quick: bool = typer.Option(False, help="Tiny random model and tiny sizes (about a minute)."),
+) -> None:
+    """The RLHB paper's ablations (kappa, frozen D, rollouts, batch) in process: table, claims, figure-6 curves."""
+    from rlhb.ablate import AblateConfig, quick_config, run_ablation
+
+    chosen = tuple(v.strip() for v in variants.split(",") if v.strip()) or VARIANT_NAMES
+    with clear_errors():
+        if quick:
+            from core.model_prep import build_tiny_model, default_model_dir, prepare_model
+
+            prepare_model(log=lambda *_: None)
+            tiny = build_tiny_model(out / "tiny-model", default_model_dir())
+            cfg = quick_config(out, str(tiny), users=users, variants=chosen)
+        else:
+            _ensure_model()
+            cfg = AblateConfig(
+                out_dir=out, users=users, steps=steps, base_answers=base_answers, eval_questions=eval_questions,
+                variants=chosen,
+            )  # fmt: skip
+        report = run_ablation(cfg)
+    typer.echo((out / "table.md").read_text())
+    typer.echo(json.dumps({"out": str(out), "variants": [r["variant"] for r in report["rows"]]}))
 
 
 # Commands owned by the processes live next to them; the top imports them (never the reverse).

@@ -1,0 +1,258 @@
+"""``rlhb ablate``: the RLHB paper's ablations (section 6.4, figure 6) at this project's scale.
+
+In process (no broker), on one fixed set of logged data, so that only the variant differs:
+
+1. the base model answers ``base_answers`` training questions under the served sentence; the
+   simulated users react (1 + Poisson(4) viewers each) and the answers become behavior records
+   exactly as the aggregator builds them (``rlhb.simulate.records``);
+2. every variant trains RLHB from the base on those records for ``steps`` iterations with the
+   same budget, its own change applied (kappa, frozen D, rollouts per prompt, batch size);
+3. every version (base included) answers the same held-out questions under the served
+   sentence; one simulated asker per answer (the same draw for every version) gives the like
+   rate, with its Wilson CI, the lift over base and a one-sided p-value; the guards beside
+   it: mean words, near-empty share, repeated 3-grams, relevance.
+
+Outputs in ``out_dir``: ``results.json``, ``table.md`` (with the paper's qualitative claims
+and whether each held here) and ``curves.png`` (figure 6: D loss, D reward, mean return and
+KL per iteration, one line per variant).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VARIANTS: dict[str, dict] = {
+    "default": {},
+    "kappa=0": {"kappa": 0.0},
+    "kappa=0.5": {"kappa": 0.5},
+    "frozen D": {"d_frozen": True},
+    "rollouts=1": {"rollouts_per_prompt": 1},
+    "batch=8": {"batch_size": 8},
+}
+"""The paper's ablations: kappa in {0, 0.2, 0.5}, adversarial vs frozen D, rollouts {1, 4}, batch {8, 16}."""
+
+BUDGET: dict = {
+    "batch_size": 16,
+    "rollouts_per_prompt": 4,
+    "max_new_tokens": 48,
+    "kl_coef": 0.02,
+    "learning_rate": 5e-4,
+    "d_warmup_steps": 150,
+    "ppo_epochs": 2,
+    "minibatch_size": 8,
+    "threads": 2,
+}
+"""What every variant shares (the demo's PPO budget; D warmed up before PPO in every variant)."""
+
+QUICK_BUDGET: dict = {
+    "batch_size": 4,
+    "rollouts_per_prompt": 2,
+    "max_new_tokens": 8,
+    "d_warmup_steps": 2,
+    "d_batch_size": 4,
+    "heldout_max": 4,
+    "minibatch_size": 2,
+    "threads": 1,
+}
+
+
+@dataclass
+class AblateConfig:
+    out_dir: Path = Path("rlhb-ablate")
+    users: str = "concise"
+    """Simulated user model (preset or package.module:Class)."""
+    model_path: str = ""
+    """Base model folder ('' = the prepared SmolLM2)."""
+    base_answers: int = 640
+    """Logged base answers the records are made of (the demo's base traffic)."""
+    eval_questions: int = 0
+    """Held-out questions (0: all), each answered ``eval_samples`` times per version."""
+    eval_samples: int = 2
+    steps: int = 24
+    max_new_tokens: int = 48
+    temperature: float = 0.7
+    threads: int = 2
+    seed: int = 0
+    budget: dict = field(default_factory=lambda: dict(BUDGET))
+    variants: tuple[str, ...] = tuple(VARIANTS)
+
+
+def quick_config(out_dir: Path, model_path: str, **overrides) -> AblateConfig:
+    """A tiny model and tiny sizes: the whole runner in a minute (tests, smoke runs)."""
+    base = dict(
+        out_dir=out_dir, model_path=model_path, base_answers=24, eval_questions=4, eval_samples=1, steps=2,
+        max_new_tokens=8, threads=1, budget=dict(QUICK_BUDGET),
+    )  # fmt: skip
+    base.update(overrides)
+    return AblateConfig(**base)
+
+
+def _say(**kw) -> None:
+    print(json.dumps(kw, default=str), flush=True)
+
+
+def _answers(cfg: AblateConfig, questions: list[str], adapter: str | None, behavior: str, seed: int) -> list[str]:
+    import torch
+
+    from rlhb.evaluation.offline_answers import generate_answers, load_generator
+
+    tok, model = load_generator(cfg.model_path, adapter, cfg.threads)
+    out = []
+    for i in range(0, len(questions), 32):
+        torch.manual_seed(seed * 100003 + i)
+        out += generate_answers(tok, model, questions[i : i + 32], behavior, cfg.max_new_tokens, cfg.temperature)
+    return out
+
+
+def _judge(cfg: AblateConfig, questions: list[str], answers: list[str]) -> dict:
+    """Like rate (one asker per answer, the same draws for every version) and the guards."""
+    from rlhb.evaluation.quality import quality_report
+    from rlhb.evaluation.stats import wilson_interval
+    from rlhb.simulate.users import load_user_model, sample_reaction
+
+    user = load_user_model(cfg.users)
+    liked = [
+        sample_reaction(user.judge(q, a), random.Random(f"ablate-eval{cfg.seed}:{i}")).like
+        for i, (q, a) in enumerate(zip(questions, answers, strict=True))
+    ]
+    ci = wilson_interval(sum(liked), len(liked))
+    q = quality_report(questions, answers).as_dict()
+    return {"likes": sum(liked), "n": len(liked), "like_rate": ci.rate, "ci": [ci.low, ci.high], "guards": q}
+
+
+def run_ablation(cfg: AblateConfig) -> dict:
+    import dataclasses
+
+    from core.behavior.encoding import most_preferred_sentence
+    from core.model_prep import default_model_dir
+    from rlhb.evaluation.stats import compare_to_base
+    from rlhb.queries import split_questions
+    from rlhb.simulate.records import records_from_answers
+    from trainer.algorithms import TrainRequest, default_config, get_algorithm
+
+    cfg.model_path = cfg.model_path or str(default_model_dir())
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    unknown = [v for v in cfg.variants if v not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    served = most_preferred_sentence()
+    split = split_questions()
+    rng = random.Random(cfg.seed)
+    train_q = [rng.choice(split.train) for _ in range(cfg.base_answers)]
+    held = split.held_out[: cfg.eval_questions or None]
+    eval_q = [q for q in held for _ in range(cfg.eval_samples)]
+
+    t0 = time.time()
+    logged = _answers(cfg, train_q, None, served, cfg.seed)
+    answers = [{"question": q, "answer": a, "behavior": served} for q, a in zip(train_q, logged, strict=True)]
+    records, _, _ = records_from_answers(answers, cfg.users, 5.0, cfg.seed)
+    base = _judge(cfg, eval_q, _answers(cfg, eval_q, None, served, cfg.seed + 1))
+    _say(event="base", records=len(records), like_rate=base["like_rate"], seconds=round(time.time() - t0, 1))
+
+    rows = [{"variant": "base", **base}]
+    for name in cfg.variants:
+        started = time.time()
+        config = dataclasses.replace(default_config("rlhb"), **{**cfg.budget, **VARIANTS[name]})
+        slug = name.replace("=", "").replace(" ", "-").replace(".", "")
+        request = TrainRequest(
+            records=records, model_path=cfg.model_path, output_root=cfg.out_dir / "adapters", version_name=slug,
+            metrics_path=cfg.out_dir / f"{slug}.metrics.jsonl", seed=cfg.seed, steps=cfg.steps, progress=False,
+        )  # fmt: skip
+        result = get_algorithm("rlhb")(request, config)
+        train_s = time.time() - started
+        judged = _judge(cfg, eval_q, _answers(cfg, eval_q, str(result.checkpoint), served, cfg.seed + 1))
+        vs = compare_to_base(judged["likes"], judged["n"], base["likes"], base["n"]).as_dict()
+        curves = {k: [m.get(k) for m in result.metrics] for k in ("d_loss", "d_reward", "mean_return", "kl")}
+        row = {"variant": name, "changes": VARIANTS[name], **judged, "vs_base": vs, "train_seconds": train_s}
+        row["curves"] = curves
+        row["final_d_heldout_acc"] = result.metrics[-1].get("d_heldout_acc") if result.metrics else None
+        rows.append(row)
+        _say(event="variant", variant=name, like_rate=judged["like_rate"], lift=vs.get("lift"), seconds=train_s)
+    report = {"config": {**dataclasses.asdict(cfg), "out_dir": str(cfg.out_dir)}, "served": served, "rows": rows}
+    report["claims"] = check_claims(rows)
+    (cfg.out_dir / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    (cfg.out_dir / "table.md").write_text(format_table(report))
+    plot_curves(rows, cfg.out_dir / "curves.png")
+    return report
+
+
+def _row(rows: list[dict], name: str) -> dict | None:
+    return next((r for r in rows if r["variant"] == name), None)
+
+
+def check_claims(rows: list[dict]) -> list[dict]:
+    """The paper's qualitative claims (section 6.4), each with what this run measured."""
+    out = []
+    default, k5, frozen, r1 = (_row(rows, n) for n in ("default", "kappa=0.5", "frozen D", "rollouts=1"))
+    if default and k5:
+        acc = (default.get("final_d_heldout_acc"), k5.get("final_d_heldout_acc"))
+        held = None if None in acc else acc[1] < acc[0]
+        out.append({"claim": "kappa = 0.5 collapses D", "measured": f"D held-out accuracy {acc[0]} vs {acc[1]}",
+                    "held": held})  # fmt: skip
+    if default and frozen:
+        from rlhb.evaluation.stats import two_proportion_z
+
+        _, p_adv_better, p_two = two_proportion_z(default["likes"], default["n"], frozen["likes"], frozen["n"])
+        held = True if p_adv_better < 0.05 else False if p_two < 0.05 else f"not significant (p={p_two:.2g})"
+        out.append({"claim": "a frozen D loses to the adversarial one", "measured": f"like rate "
+                    f"{default['like_rate']:.3f} (adversarial) vs {frozen['like_rate']:.3f} (frozen)",
+                    "held": held})  # fmt: skip
+    if default and r1:
+
+        def spread(row: dict) -> float:
+            values = [v for v in row["curves"]["mean_return"] if v is not None]
+            return (sum((v - sum(values) / len(values)) ** 2 for v in values) / len(values)) ** 0.5 if values else 0.0
+
+        s4, s1 = spread(default), spread(r1)
+        out.append({"claim": "more rollouts per prompt train more stably", "measured": f"std of mean return per "
+                    f"iteration {s4:.3f} (4) vs {s1:.3f} (1)", "held": s4 < s1})  # fmt: skip
+    return out
+
+
+def format_table(report: dict) -> str:
+    lines = [
+        "| variant | like rate | 95% CI | lift | p (one-sided) | words | near-empty | rep. 3-grams | relevance | "
+        "D held-out acc | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["rows"]:
+        g, vs = r["guards"], r.get("vs_base", {})
+        lift = f"{vs['lift']:+.3f}" if vs else ""
+        p = f"{vs['p_z_one_sided']:.3g}" if vs else ""
+        acc = r.get("final_d_heldout_acc")
+        acc_text = "" if acc is None else format(acc, ".3f")
+        lines.append(
+            f"| {r['variant']} | {r['like_rate']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {lift} | {p} | "
+            f"{g.get('mean_words', 0):.1f} | {g.get('near_empty_share', 0):.3f} | "
+            f"{g.get('repeated_ngram_rate', 0):.3f} | {(g.get('relevance') or 0):.3f} | {acc_text} | "
+            f"{r.get('train_seconds', 0):.0f} |"
+        )
+    lines += ["", "| the paper's claim | measured here | held |", "|---|---|---|"]
+    for c in report["claims"]:
+        lines.append(f"| {c['claim']} | {c['measured']} | {c['held']} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("d_loss", "d_reward", "mean_return", "kl")
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for ax, key in zip(axes, keys, strict=True):
+        for r in rows:
+            values = r.get("curves", {}).get(key)
+            if values:
+                ax.plot(range(len(values)), [float("nan") if v is None else v for v in values], label=r["variant"])
+        ax.set_title(key.replace("_", " "))
+        ax.set_xlabel("iteration")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
