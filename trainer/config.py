@@ -212,6 +212,10 @@ class RLHBConfig(PPOConfig):
     what the policy did a few iterations ago and chasing only its latest answers."""
     d_replay_share: float = 0.5
     """With a replay reservoir: share of the generated part of the fake batch drawn from it."""
+    d_adversarial_lr_scale: float = 1.0
+    """D's learning rates during PPO, as a share of the warm-up ones (1: the same). Below 1 D keeps
+    what it learned about behaviors from the logs while it adapts to the policy's answers; at full rate
+    the adversarial updates dragged its real-vs-swapped accuracy to chance (bench/demo_experiments.md)."""
     d_max_acc: float = 1.0
     """Skip a D step when D already classifies this step's batch better than this (1.0: never skip). Keeps D
     from overpowering the policy (its reward then saturates and PPO gets no gradient)."""
@@ -259,6 +263,10 @@ class RLHBConfig(PPOConfig):
         _require(self.d_replay_size >= 0, f"d_replay_size must be >= 0; got {self.d_replay_size}.")
         _require(0.0 <= self.d_replay_share <= 1.0, f"d_replay_share must be in [0, 1]; got {self.d_replay_share}.")
         _require(0.5 < self.d_max_acc <= 1.0, f"d_max_acc must be in (0.5, 1]; got {self.d_max_acc}.")
+        _require(
+            0.0 < self.d_adversarial_lr_scale <= 1.0,
+            f"d_adversarial_lr_scale must be in (0, 1]; got {self.d_adversarial_lr_scale}.",
+        )
         _require(
             0.0 <= self.kappa < 1.0,
             f"kappa must be in [0, 1); got {self.kappa}. The paper uses 0-0.5; 0.5 made D collapse.",

@@ -183,3 +183,13 @@ def test_heldout_metrics_include_auroc(tiny_model_dir, tmp_path):
     trainer = make_trainer(tiny_model_dir, tmp_path)
     held = trainer.heldout_accuracy()
     assert 0.0 <= held["d_heldout_auroc"] <= 1.0 and 0.0 <= held["d_heldout_acc"] <= 1.0
+
+
+def test_d_learning_rates_scale_once_ppo_starts(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, d_adversarial_lr_scale=0.1)
+    warm = [g["lr"] for g in trainer.d_optimizer.param_groups]
+    trainer.d_step([])  # warm-up steps keep the full rates
+    assert [g["lr"] for g in trainer.d_optimizer.param_groups] == warm
+    trainer.iteration(0)
+    trainer.iteration(1)  # scaled once, not once per iteration
+    assert [g["lr"] for g in trainer.d_optimizer.param_groups] == pytest.approx([lr * 0.1 for lr in warm])

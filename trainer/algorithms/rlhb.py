@@ -34,8 +34,9 @@ Departures from the paper:
   (``kappa_source="generations"``); those are fakes anyway, so it cannot collapse D.
 - Stabilisers (all off by default, for this CPU scale): one-sided label smoothing of the
   reals (``d_label_smoothing``), a reservoir of older generations replayed to D
-  (``d_replay_size``, ``d_replay_share``), and skipping D's step when it already separates
-  the batch better than ``d_max_acc``.
+  (``d_replay_size``, ``d_replay_share``), skipping D's step when it already separates
+  the batch better than ``d_max_acc``, and a lower learning rate for D once PPO starts
+  (``d_adversarial_lr_scale``).
 - D's fake batch also holds behavior-swapped real triplets (``swap_share``): without them
   D can ignore b entirely and still separate real from generated text.
 """
@@ -100,6 +101,7 @@ class RLHBTrainer:
         self.top_records = top_rewarded(self.train_records, TOP_RECORD_SHARE)  # kappa_source="records"
         self.replay: list[Triplet] = []  # reservoir of earlier generations (d_replay_size)
         self._generated_seen = 0
+        self._adversarial = False  # set at the first PPO iteration (D's learning rates then scale)
         self._pushed = 0
         self._warmup_summary: dict[str, float] = {}
         self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
@@ -268,6 +270,10 @@ class RLHBTrainer:
         self._keep_for_replay(generated)
         d_prob = self._last_prob.mean().item()
         train_d = not cfg.d_frozen and cfg.d_updates_per_iteration > 0  # 5
+        if train_d and not self._adversarial:  # warm-up is over: D adapts to the policy at its own pace
+            self._adversarial = True
+            for group in self.d_optimizer.param_groups:
+                group["lr"] *= cfg.d_adversarial_lr_scale
         d_stats: dict[str, float] = {}
         for _ in range(cfg.d_updates_per_iteration if train_d else 1):
             d_stats = self.d_step(generated, train=train_d)
