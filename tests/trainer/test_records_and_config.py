@@ -104,7 +104,13 @@ def test_heldout_split_is_seeded_and_disjoint():
         ),
         ({"clip_range": 0}, r"clip_range must be in \(0, 1\)"),
         ({"kl_estimator": "k9"}, r"kl_estimator must be one of"),
-        ({"minibatch_size": 99}, r"minibatch_size must be 0 \(whole batch\) or in \[1, batch_size=16\]"),
+        ({"minibatch_size": 99}, r"minibatch_size \(99\) must divide batch_size \(16\) .*: one of \[1, 2, 4, 8, 16\]"),
+        ({"minibatch_size": 6}, r"minibatch_size \(6\) must divide batch_size \(16\)"),
+        ({"num_minibatches": 3}, r"num_minibatches \(3\) must divide batch_size \(16\): one of \[1, 2, 4, 8, 16\]"),
+        ({"ppo_epochs": 0}, r"ppo_epochs must be >= 1"),
+        ({"target_kl": 0.0}, r"target_kl must be > 0 or None"),
+        ({"kl_target": -1.0}, r"kl_target must be > 0"),
+        ({"kl_horizon": 8}, r"kl_horizon \(8\) must be >= batch_size \(16\)"),
         ({"learning_rate": 3.0}, r"learning_rate must be in \(0, 1\)"),
         ({"kappa": 0.6, "swap_share": 0.5}, r"swap_share \(0\.5\) \+ kappa \(0\.6\) must be <= 1"),
         ({"kappa_source": "best"}, r"kappa_source must be one of"),
@@ -127,3 +133,13 @@ def test_config_defaults_follow_the_paper():
     assert config.rollouts_per_prompt == 4 and config.batch_size == 16 and config.prompts_per_batch == 4
     assert RLHBConfig(d_frozen=True, d_warmup_steps=5).d_frozen
     assert PPOConfig(lora_target_modules=["q_proj", "v_proj"]).lora_target_modules == ("q_proj", "v_proj")
+
+
+def test_ppo_defaults_make_the_clip_act():
+    """Several epochs over several minibatches (CleanRL/TRL): with 1 x 1 the ratio is always 1."""
+    config = PPOConfig()
+    assert config.ppo_epochs > 1 and config.effective_minibatch < config.batch_size
+    assert config.batch_size % config.effective_minibatch == 0
+    assert PPOConfig(minibatch_size=8).effective_minibatch == 8  # an explicit size wins over num_minibatches
+    assert PPOConfig(batch_size=8, rollouts_per_prompt=4).effective_minibatch == 4  # scales with the batch
+    assert config.target_kl is None and not config.adaptive_kl  # both off by default

@@ -69,6 +69,8 @@ def test_one_step_trains_every_trainable_parameter_and_no_frozen_one(tiny_model_
     assert len(frozen) > len(trained) // 4  # the base weights really are there, and frozen
     for key in ("d_loss", "d_reward", "mean_return", "kl", "value_loss", "entropy", "clipfrac", "d_heldout_acc"):
         assert math.isfinite(metrics[key]), key
+    for key in ("approx_kl", "old_approx_kl", "value_clipfrac", "explained_var", "kl_coef", "ppo_updates"):
+        assert key in metrics, key  # PPO's metrics reach every algorithm's row
 
 
 def test_reference_policy_is_the_base_model_with_the_adapter_disabled(tiny_model_dir, tmp_path):
@@ -110,7 +112,10 @@ def test_fused_first_forward_gives_the_same_update(tiny_model_dir, tmp_path):
     """One epoch over one minibatch reuses the rollout-time forward; the update must not change."""
     weights = []
     for fused in (True, False):
-        trainer = make_trainer(tiny_model_dir, tmp_path / str(fused), seed=3, minibatch_size=0, discriminator="lm")
+        trainer = make_trainer(
+            tiny_model_dir, tmp_path / str(fused), seed=3, ppo_epochs=1, minibatch_size=0, num_minibatches=1,
+            discriminator="lm",
+        )  # fmt: skip
         trainer.core.fuse_first_forward = fused
         metrics = trainer.iteration(0)
         lora = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if p.requires_grad}

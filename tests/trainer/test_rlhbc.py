@@ -52,8 +52,10 @@ def test_run_writes_a_loadable_peft_checkpoint_with_metadata(finished, tiny_mode
     meta = result.version.metrics
     assert 0.0 <= meta["rm_win_rate"] <= 1.0
     assert 0.0 <= meta["rm_accuracy"] <= 1.0 and meta["rm_held_out_records"] > 0
-    for key in ("mean_score", "kl", "value_loss", "policy_loss", "rm_reward"):
+    for key in ("mean_score", "kl", "value_loss", "policy_loss", "rm_reward", "clipfrac", "approx_kl", "kl_coef"):
         assert math.isfinite(meta[key]), key
+    for key in ("old_approx_kl", "value_clipfrac", "explained_var", "entropy", "ppo_updates"):
+        assert key in meta, key  # PPO's per-iteration metrics, as in RLHB
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == STEPS and rows[0]["rm_win_rate"] == meta["rm_win_rate"]
 

@@ -52,8 +52,10 @@ def test_run_writes_a_loadable_peft_checkpoint_with_metadata(finished, tiny_mode
     meta = result.version.metrics
     assert 0.0 <= meta["rm_win_rate"] <= 1.0 and 0.0 <= meta["rm_held_out_accuracy"] <= 1.0
     assert meta["rm_train_pairs"] + meta["rm_held_out_pairs"] == 12  # one pair per toy query
-    for key in ("mean_score", "kl", "value_loss", "policy_loss", "rm_reward"):
+    for key in ("mean_score", "kl", "value_loss", "policy_loss", "rm_reward", "clipfrac", "approx_kl", "kl_coef"):
         assert math.isfinite(meta[key]), key
+    for key in ("old_approx_kl", "value_clipfrac", "explained_var", "entropy", "ppo_updates"):
+        assert key in meta, key  # PPO's per-iteration metrics, as in RLHB
 
 
 def test_win_rate_compares_rollouts_with_the_logged_answers(finished):

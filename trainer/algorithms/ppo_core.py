@@ -7,9 +7,21 @@ In the paper's order (section 4.2-4.3):
     2. score each answer with ``score_fn`` (the discriminator, classifier or reward model)
     3. per-token rewards: the score at the last token minus eta * KL to the reference (eq. 10)
     4. advantages and returns by GAE (eq. 7-9)
-    5. PPO epochs on the actor (clipped surrogate, eq. 5-6), then on the critic (eq. 11)
+    5. PPO epochs on the actor (clipped surrogate, eq. 5-6), then on the critic (eq. 11), each
+       epoch over shuffled minibatches (defaults: 4 epochs x 4 minibatches, as CleanRL and TRL)
+    6. with ``adaptive_kl``: move eta toward ``kl_target`` for the next iteration
 
 The caller updates its own reward model afterwards (RLHB: the discriminator).
+
+Metrics of the update, as CleanRL logs them, each averaged over the actor's (or critic's)
+minibatch steps: ``clipfrac`` (share of tokens whose ratio left [1 - eps, 1 + eps]),
+``approx_kl`` (k3) and ``old_approx_kl`` (k1) between pi_old and the policy being updated,
+``entropy``, ``policy_loss``; ``value_loss`` and ``value_clipfrac``; once per batch:
+``explained_var`` of the rollout-time values against the GAE returns, ``kl_coef`` (the eta
+used for this batch), ``ppo_epochs_run`` and ``ppo_updates`` (actor steps taken; fewer than
+ppo_epochs x minibatches when ``target_kl`` stopped the epochs early, ``ppo_early_stop`` = 1).
+At the very first minibatch of an iteration the ratio is exactly 1, so with one epoch over one
+minibatch every one of clipfrac, approx_kl and old_approx_kl is 0: PPO's clip never acts.
 
 Usage::
 
@@ -22,6 +34,10 @@ Usage::
 Departures from the paper: see ``trainer.losses`` for the math; here, the critic trains on
 the features recorded at rollout time (see ``trainer.policy``), advantages are whitened, and
 the sequence score may be clipped (``score_clip``) so one wild reward cannot blow up an update.
+``target_kl`` stops only the actor's epochs (the critic is a separate head on detached
+features here, so its epochs do not move the policy). Under ``torch.distributed`` the KL that
+decides an early stop and the KL fed to the adaptive controller are averaged over ranks, so
+every rank takes the same number of steps and keeps the same eta.
 """
 
 from __future__ import annotations
@@ -32,13 +48,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 
 from trainer.algorithms.base import TrainingDiverged
 from trainer.config import PPOConfig
 from trainer.losses.gae import gae, whiten
-from trainer.losses.kl import kl_penalized_rewards
+from trainer.losses.kl import adaptive_kl_coef, kl_penalized_rewards
 from trainer.losses.masked import masked_mean
-from trainer.losses.ppo import entropy_from_logits, ppo_policy_loss, value_loss
+from trainer.losses.ppo import entropy_from_logits, explained_variance, ppo_policy_loss, value_loss
 from trainer.policy import Policy
 from trainer.rollouts import Prompt, Rollouts, SequenceBatch
 
@@ -61,17 +78,30 @@ def check_finite(name: str, value: torch.Tensor | float) -> None:
         )
 
 
+def mean_over_ranks(value: float, device: torch.device) -> float:
+    """``value`` averaged over the ranks of a ``torch.distributed`` job (itself when single-process)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.item() / dist.get_world_size()
+
+
 class PPOCore:
-    """The policy, its two optimizers, and the PPO iteration."""
+    """The policy, its two optimizers, the current KL coefficient, and the PPO iteration."""
 
     fuse_first_forward: bool = True
-    """With one epoch over one minibatch (the defaults), the rollout-time policy forward doubles as
-    the update's forward: it runs once with gradient and pi_old is its detached log-probs. Same
-    numbers (the ratio is exactly 1 at the first update either way), one policy forward fewer."""
+    """With one epoch over one minibatch, the rollout-time policy forward doubles as the update's
+    forward: it runs once with gradient and pi_old is its detached log-probs. Same numbers (the
+    ratio is exactly 1 at the first update either way), one policy forward fewer."""
 
     def __init__(self, policy: Policy, config: PPOConfig) -> None:
         self.policy = policy
         self.config = config
+        self.kl_coef = config.kl_coef
+        """eta of eq. 10 for the next batch: constant, or moved by the adaptive controller."""
+        self.actor_steps: list[dict[str, float]] = []
+        """The last update's actor steps in order, each with its epoch and its loss's stats (diagnostics)."""
         self.actor_optimizer = torch.optim.AdamW(policy.actor_parameters(), lr=config.learning_rate, weight_decay=0.0)
         self.critic_optimizer = torch.optim.AdamW(
             policy.critic_parameters(), lr=config.critic_learning_rate, weight_decay=0.0
@@ -128,8 +158,9 @@ class PPOCore:
         rollouts.scores = scores
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+        kl_coef = self.kl_coef
         rewards, kl = kl_penalized_rewards(
-            scores, rollouts.logprobs, rollouts.ref_logprobs, mask, cfg.kl_coef, cfg.kl_estimator
+            scores, rollouts.logprobs, rollouts.ref_logprobs, mask, kl_coef, cfg.kl_estimator
         )  # (B, T), (B, T)
         advantages, returns = gae(rewards, rollouts.values, mask, cfg.gamma, cfg.lam)  # (B, T), (B, T)
         if cfg.whiten_advantages:
@@ -138,12 +169,19 @@ class PPOCore:
         actor_stats = self._actor_epochs(rollouts, advantages)
         critic_stats = self._critic_epochs(rollouts, returns)
         lengths = mask.sum(1).float()
+        mean_kl = (kl * mask).sum(1).mean().item()  # KL(pi || pi_ref) per answer (sum over tokens)
+        if cfg.adaptive_kl:  # step 6: eta for the next batch (TRL updates after the step, too)
+            batch_kl = mean_over_ranks(mean_kl, scores.device)
+            self.kl_coef = adaptive_kl_coef(kl_coef, batch_kl, cfg.kl_target, len(rollouts.batch), cfg.kl_horizon)
         return {
             "mean_score": scores.mean().item(),
             "mean_return": (rewards * mask).sum(1).mean().item(),  # score - eta * KL, per answer
-            "kl": (kl * mask).sum(1).mean().item(),  # KL(pi || pi_ref) per answer (sum over tokens)
+            "kl": mean_kl,
+            "kl_coef": kl_coef,  # the eta these rewards used
             "response_length": lengths.mean().item(),
             "mean_value": masked_mean(rollouts.values, mask).item(),
+            # CleanRL: how well the rollout-time values predicted the returns, over the whole batch
+            "explained_var": explained_variance(rollouts.values, returns, mask),
             **actor_stats,
             **critic_stats,
         }
@@ -155,10 +193,13 @@ class PPOCore:
 
     def _actor_epochs(self, rollouts: Rollouts, advantages: torch.Tensor) -> dict[str, float]:
         cfg = self.config
-        totals = {"policy_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "entropy": 0.0}
-        count = 0
+        totals = {"policy_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "old_approx_kl": 0.0, "entropy": 0.0}
+        count = epochs_run = 0
+        stopped = False
         live, rollouts.live_forward = rollouts.live_forward, None  # the graph is used once, then freed
-        for _ in range(cfg.ppo_epochs):
+        self.actor_steps = []
+        for epoch in range(cfg.ppo_epochs):
+            epoch_kl, epoch_steps = 0.0, 0
             for rows in self._minibatches(len(rollouts.batch)) if live is None else [torch.arange(len(rollouts.batch))]:
                 sub = rollouts.batch.select(rows)
                 mask = sub.response_mask
@@ -179,15 +220,29 @@ class PPOCore:
                     torch.nn.utils.clip_grad_norm_(self.policy.actor_parameters(), cfg.max_grad_norm)
                 self.actor_optimizer.step()
                 totals["policy_loss"] += loss.item()
-                totals["clipfrac"] += stats["clipfrac"]
-                totals["approx_kl"] += stats["approx_kl"]
+                for key in ("clipfrac", "approx_kl", "old_approx_kl"):
+                    totals[key] += stats[key]
                 totals["entropy"] += entropy.item()
                 count += 1
-        return {k: v / count for k, v in totals.items()}
+                self.actor_steps.append({"epoch": float(epoch), **stats})
+                epoch_kl += stats["approx_kl"]
+                epoch_steps += 1
+            epochs_run += 1
+            if cfg.target_kl is not None:  # CleanRL: stop the epochs once the policy moved too far from pi_old
+                device = rollouts.logprobs.device
+                if mean_over_ranks(epoch_kl / epoch_steps, device) > cfg.target_kl:
+                    stopped = epochs_run < cfg.ppo_epochs
+                    break
+        return {
+            **{k: v / count for k, v in totals.items()},
+            "ppo_epochs_run": float(epochs_run),
+            "ppo_updates": float(count),
+            "ppo_early_stop": float(stopped),
+        }
 
     def _critic_epochs(self, rollouts: Rollouts, returns: torch.Tensor) -> dict[str, float]:
         cfg = self.config
-        totals = {"value_loss": 0.0, "value_clipfrac": 0.0, "explained_var": 0.0}
+        totals = {"value_loss": 0.0, "value_clipfrac": 0.0}
         count = 0
         for _ in range(cfg.ppo_epochs):
             for rows in self._minibatches(len(rollouts.batch)):
@@ -202,7 +257,6 @@ class PPOCore:
                 self.critic_optimizer.step()
                 totals["value_loss"] += loss.item()
                 totals["value_clipfrac"] += stats["clipfrac"]
-                totals["explained_var"] += stats["explained_var"]
                 count += 1
         return {k: v / count for k, v in totals.items()}
 

@@ -17,6 +17,12 @@ Departures from the paper:
   never negative, lower variance; ``kind="k2"`` gives 0.5 * (log r)^2 (biased, >= 0).
 - r_t is a sequence-level score (discriminator, classifier or RM), so it is added at the
   last real token and every earlier token gets only the KL term.
+- eta is a constant in the paper. ``adaptive_kl_coef`` optionally adapts it between
+  iterations toward a target KL (Ziegler et al. 2019, "Fine-Tuning Language Models from
+  Human Preferences", section 2.2; TRL's ``AdaptiveKLController``):
+
+      e_t     = clip(KL_t / KL_target - 1, -0.2, 0.2)
+      eta_t+1 = eta_t * (1 + K_beta * e_t),  K_beta = n_steps / horizon
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from __future__ import annotations
 import torch
 
 KL_KINDS = ("k1", "k2", "k3")
+KL_CONTROL_ERROR_CLIP = 0.2
+"""Bound on the proportional error of the adaptive KL controller (Ziegler et al. 2019)."""
 
 
 def per_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, kind: str = "k1") -> torch.Tensor:
@@ -92,3 +100,29 @@ def kl_penalized_rewards(
         rows = torch.arange(mask.shape[0], device=mask.device)  # (B,)
         rewards[rows, last] += score.to(rewards.dtype)
     return rewards, kl
+
+
+def adaptive_kl_coef(kl_coef: float, current_kl: float, target: float, n_steps: int, horizon: int) -> float:
+    """One step of the adaptive KL controller (Ziegler et al. 2019; TRL ``AdaptiveKLController``).
+
+    Args:
+        kl_coef: eta used for this batch (eq. 10), >= 0.
+        current_kl: the batch's KL(pi || pi_ref) per answer (sum over its tokens, mean over answers).
+        target: the KL per answer to steer toward, > 0.
+        n_steps: samples in the batch (TRL passes the batch size).
+        horizon: samples over which the error is corrected, > 0 (TRL: 10000).
+
+    Returns:
+        the next eta: larger when current_kl > target (a stronger pull back to the reference),
+        smaller when below; the proportional error is clipped to [-0.2, 0.2], so one step moves
+        eta by at most 20% * n_steps / horizon.
+    """
+    if target <= 0 or horizon <= 0 or n_steps < 0 or kl_coef < 0:
+        raise ValueError(
+            f"need target > 0, horizon > 0, n_steps >= 0, kl_coef >= 0; got target={target}, "
+            f"horizon={horizon}, n_steps={n_steps}, kl_coef={kl_coef}"
+        )
+    if not abs(current_kl) < float("inf"):
+        raise ValueError(f"current_kl must be finite; got {current_kl}")
+    error = min(max(current_kl / target - 1.0, -KL_CONTROL_ERROR_CLIP), KL_CONTROL_ERROR_CLIP)
+    return kl_coef * (1.0 + error * n_steps / horizon)

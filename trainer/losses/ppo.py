@@ -13,16 +13,19 @@ Departures from the paper:
   TRL): the new value may move at most ``clip_range_value`` from the rollout-time value, and
   the larger (pessimistic) of the clipped and unclipped errors is taken.
 - ``entropy_from_logits`` is a diagnostic (and an optional bonus); the paper has no entropy term.
-- Stats are detached Python floats, for logging.
+- Stats are detached Python floats, for logging, named and computed as CleanRL logs them
+  (``ppo_continuous_action.py``): clipfrac = share of real tokens with |l_t - 1| > eps,
+  approx_kl = k3 = E[(l_t - 1) - log l_t], old_approx_kl = k1 = E[-log l_t] (both estimate
+  KL(pi_old || pi_theta), tokens sampled from pi_old), explained variance of the values.
 """
 
 from __future__ import annotations
 
 import torch
 
-from trainer.losses.masked import masked_mean
+from trainer.losses.masked import masked_mean, masked_var
 
-__all__ = ["entropy_from_logits", "masked_mean", "ppo_policy_loss", "value_loss"]
+__all__ = ["entropy_from_logits", "explained_variance", "masked_mean", "ppo_policy_loss", "value_loss"]
 
 
 def ppo_policy_loss(
@@ -42,8 +45,11 @@ def ppo_policy_loss(
         clip_range: eps in eq. 5, > 0.
 
     Returns:
-        scalar loss and stats: clipfrac (share of real tokens where the clipped term was
-        chosen), approx_kl (k3 estimate of KL(pi_old || pi_theta)), ratio_mean.
+        scalar loss and stats: clipfrac (share of real tokens whose ratio l_t lies outside
+        [1 - eps, 1 + eps], CleanRL / OpenAI baselines), approx_kl (k3 estimate of
+        KL(pi_old || pi_theta), CleanRL's ``approx_kl``), old_approx_kl (k1 estimate, CleanRL's
+        ``old_approx_kl``), ratio_mean. At the first step after the rollout theta = theta_old:
+        l_t = 1 exactly, so clipfrac = approx_kl = old_approx_kl = 0.
     """
     if clip_range <= 0:
         raise ValueError(f"clip_range must be > 0; got {clip_range}")
@@ -57,8 +63,9 @@ def ppo_policy_loss(
     loss = masked_mean(torch.maximum(unclipped, clipped), mask)  # ()
     with torch.no_grad():
         stats = {
-            "clipfrac": masked_mean((clipped > unclipped).to(ratio.dtype), mask).item(),
-            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask).item(),
+            "clipfrac": masked_mean(((ratio - 1.0).abs() > clip_range).to(ratio.dtype), mask).item(),
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, mask).item(),  # k3
+            "old_approx_kl": masked_mean(-log_ratio, mask).item(),  # k1
             "ratio_mean": masked_mean(ratio, mask).item(),
         }
     return loss, stats
@@ -99,16 +106,26 @@ def value_loss(
         clipfrac = masked_mean((err_clipped > err_unclipped).to(values.dtype), mask).item()
     loss = 0.5 * masked_mean(err, mask)  # ()  eq. 11
     with torch.no_grad():
-        resid = values - returns
-        var_returns = masked_mean((returns - masked_mean(returns, mask)) ** 2, mask)
-        var_resid = masked_mean((resid - masked_mean(resid, mask)) ** 2, mask)
-        explained = 1.0 - var_resid / var_returns if var_returns > 0 else torch.tensor(float("nan"))
         stats = {
             "clipfrac": clipfrac,
             "mse": masked_mean(err_unclipped, mask).item(),
-            "explained_var": float(explained),
+            "explained_var": explained_variance(values, returns, mask),
         }
     return loss, stats
+
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
+    """1 - Var[R - V] / Var[R] over real tokens (CleanRL's ``explained_variance``).
+
+    values: (B, T) the critic's predictions; returns: (B, T) the GAE targets (eq. 9); mask: (B, T).
+    1 = perfect, 0 = no better than a constant, < 0 = worse; NaN when the returns do not vary.
+    """
+    with torch.no_grad():
+        values, returns = values.detach().float(), returns.detach().float()
+        var_returns = masked_var(returns, mask)  # ()
+        if not var_returns > 0:
+            return float("nan")
+        return float(1.0 - masked_var(returns - values, mask) / var_returns)
 
 
 def entropy_from_logits(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses.kl import kl_penalized_rewards, per_token_kl
+from trainer.losses.kl import adaptive_kl_coef, kl_penalized_rewards, per_token_kl
 
 
 def test_estimators_hand_computed():
@@ -94,3 +94,44 @@ def test_outputs_detached_and_empty_rows_rejected():
         kl_penalized_rewards(torch.ones(2), logp, torch.zeros(2, 3), torch.ones(2, 3), -1.0)
     with pytest.raises(ValueError, match="score"):
         kl_penalized_rewards(torch.ones(3), logp, torch.zeros(2, 3), torch.ones(2, 3), 0.1)
+
+
+def test_adaptive_kl_coefficient_moves_toward_the_target():
+    # KL above the target: a stronger pull back to the reference; below: a weaker one; at it: unchanged
+    assert adaptive_kl_coef(0.1, current_kl=7.0, target=6.0, n_steps=16, horizon=1000) > 0.1
+    assert adaptive_kl_coef(0.1, current_kl=5.0, target=6.0, n_steps=16, horizon=1000) < 0.1
+    assert adaptive_kl_coef(0.1, current_kl=6.0, target=6.0, n_steps=16, horizon=1000) == pytest.approx(0.1)
+    # TRL's formula, inside the clip: e = 6.6 / 6 - 1 = 0.1 -> coef * (1 + 0.1 * 16 / 1000)
+    assert adaptive_kl_coef(0.1, 6.6, 6.0, 16, 1000) == pytest.approx(0.1 * (1 + 0.1 * 16 / 1000))
+
+
+def test_adaptive_kl_error_is_clipped_at_twenty_percent():
+    up = adaptive_kl_coef(0.1, current_kl=600.0, target=6.0, n_steps=100, horizon=100)
+    assert up == pytest.approx(0.1 * 1.2)
+    assert adaptive_kl_coef(0.1, current_kl=8.0, target=6.0, n_steps=100, horizon=100) == pytest.approx(up)
+    down = adaptive_kl_coef(0.1, current_kl=-5.0, target=6.0, n_steps=100, horizon=100)  # k1 can be negative
+    assert down == pytest.approx(0.1 * 0.8)
+    assert adaptive_kl_coef(0.1, current_kl=0.0, target=6.0, n_steps=100, horizon=100) == pytest.approx(down)
+    # iterated, the coefficient keeps moving the same way; zero stays zero
+    coef = 0.1
+    for _ in range(10):
+        coef = adaptive_kl_coef(coef, 60.0, 6.0, 16, 160)
+    assert coef == pytest.approx(0.1 * 1.02**10)
+    assert adaptive_kl_coef(0.0, 60.0, 6.0, 16, 160) == 0.0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"target": 0.0},
+        {"horizon": 0},
+        {"n_steps": -1},
+        {"kl_coef": -0.1},
+        {"current_kl": float("nan")},
+        {"current_kl": float("inf")},
+    ],
+)
+def test_adaptive_kl_rejects_bad_arguments(kwargs):
+    args = {"kl_coef": 0.1, "current_kl": 1.0, "target": 6.0, "n_steps": 16, "horizon": 100, **kwargs}
+    with pytest.raises(ValueError):
+        adaptive_kl_coef(**args)

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses.ppo import entropy_from_logits, masked_mean, ppo_policy_loss, value_loss
+from trainer.losses.ppo import entropy_from_logits, explained_variance, masked_mean, ppo_policy_loss, value_loss
 
 
 def test_masked_mean_variants():
@@ -26,7 +26,7 @@ def reference_policy_loss(logp, old, adv, lengths, eps):
             ratio = math.exp(logp[b][t] - old[b][t])
             surrogate = min(ratio * adv[b][t], max(1 - eps, min(1 + eps, ratio)) * adv[b][t])  # eq. 5
             terms.append(-surrogate)
-            clipped += -max(1 - eps, min(1 + eps, ratio)) * adv[b][t] > -ratio * adv[b][t]
+            clipped += abs(ratio - 1) > eps  # CleanRL's clipfrac: the ratio left the trust region
     return sum(terms) / len(terms), clipped / len(terms)
 
 
@@ -76,7 +76,8 @@ def test_clipping_zeroes_the_gradient_only_in_the_clipped_direction(ratio, advan
     logp = (old + math.log(ratio)).requires_grad_(True)
     loss, stats = ppo_policy_loss(logp, old, torch.tensor([[advantage]]), torch.ones(1, 1), clip_range=0.2)
     loss.backward()
-    assert stats["clipfrac"] == (1.0 if clipped else 0.0)
+    # clipfrac counts ratios outside [1 - eps, 1 + eps] (CleanRL), whichever way the advantage points
+    assert stats["clipfrac"] == (1.0 if abs(ratio - 1) > 0.2 else 0.0)
     if clipped:
         assert logp.grad.item() == 0.0
         assert loss.item() == pytest.approx(-advantage * min(max(ratio, 0.8), 1.2))
@@ -173,3 +174,31 @@ def test_bad_clip_ranges_rejected():
         ppo_policy_loss(x, x, x, x, clip_range=0.0)
     with pytest.raises(ValueError, match="clip_range_value"):
         value_loss(x, x, x, x, clip_range_value=-1.0)
+
+
+def test_kl_stats_between_old_and_new_policy():
+    """approx_kl = k3 and old_approx_kl = k1 of KL(pi_old || pi_theta), CleanRL's two estimators."""
+    old = torch.tensor([[-1.0, -2.0, -0.5]])
+    mask = torch.tensor([[1, 1, 0]])
+    _, at_one = ppo_policy_loss(old.clone(), old, torch.ones(1, 3), mask, 0.2)
+    assert at_one["approx_kl"] == 0.0 and at_one["old_approx_kl"] == 0.0 and at_one["clipfrac"] == 0.0
+    logp = old + torch.tensor([[0.1, -0.3, 9.0]])  # the padded token's huge ratio must not count
+    _, stats = ppo_policy_loss(logp, old, torch.ones(1, 3), mask, 0.2)
+    log_ratios = [0.1, -0.3]
+    k3 = sum(math.expm1(r) - r for r in log_ratios) / 2
+    assert stats["approx_kl"] == pytest.approx(k3) and stats["approx_kl"] > 0
+    assert stats["old_approx_kl"] == pytest.approx(sum(-r for r in log_ratios) / 2)
+    assert stats["clipfrac"] == pytest.approx(0.5)  # exp(-0.3) = 0.74 < 0.8; exp(0.1) inside
+
+
+def test_explained_variance():
+    returns = torch.tensor([[1.0, 2.0, 3.0, 99.0], [4.0, 5.0, 6.0, 99.0]])
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 0]])
+    assert explained_variance(returns.clone(), returns, mask) == pytest.approx(1.0)
+    assert explained_variance(torch.full_like(returns, 3.5), returns, mask) == pytest.approx(0.0)
+    assert explained_variance(returns + 1.0, returns, mask) == pytest.approx(1.0)  # a constant offset is free
+    noisy = returns + torch.tensor([[0.5, -0.5, 0.5, 0.0], [-0.5, 0.5, -0.5, 0.0]])
+    real = returns[mask.bool()]
+    expected = 1 - (noisy - returns)[mask.bool()].var(unbiased=False) / real.var(unbiased=False)
+    assert explained_variance(noisy, returns, mask) == pytest.approx(expected.item())
+    assert math.isnan(explained_variance(returns, torch.ones_like(returns), mask))  # returns do not vary

@@ -1,0 +1,101 @@
+"""The PPO update on the tiny model: the clip acts with the defaults, its metrics, early stop
+on target_kl and the adaptive KL coefficient."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from trainer.algorithms.ppo_core import PPOCore
+from trainer.config import PPOConfig
+from trainer.losses.kl import adaptive_kl_coef
+from trainer.policy import Policy
+from trainer.rollouts import Prompt
+
+PROMPTS = [Prompt(f"Tell me about item {i}.", "The answer was liked by most users.") for i in range(2)]
+METRICS = (
+    "clipfrac", "approx_kl", "old_approx_kl", "entropy", "policy_loss", "value_loss", "value_clipfrac",
+    "explained_var", "kl", "kl_coef", "ppo_epochs_run", "ppo_updates", "ppo_early_stop",
+)  # fmt: skip
+
+
+def score(queries: list[str], responses: list[str], behaviors: list[str]) -> torch.Tensor:
+    """A reward that varies across rollouts: longer answers score higher."""
+    return torch.tensor([len(r) / 20.0 for r in responses])
+
+
+def make_core(model_dir, **overrides) -> PPOCore:
+    base = dict(
+        batch_size=8, rollouts_per_prompt=4, max_new_tokens=6, lora_r=4, value_head_hidden=16, threads=1,
+        learning_rate=2e-2,  # a big step, so the ratio leaves [0.8, 1.2] within a few minibatches
+    )  # fmt: skip
+    base.update(overrides)
+    torch.manual_seed(0)
+    config = PPOConfig(**base)
+    return PPOCore(Policy.load(str(model_dir), config), config)
+
+
+def test_one_epoch_over_one_minibatch_never_clips(tiny_model_dir):
+    """The old defaults: the ratio is exactly 1, so eq. 5's clip never acts (a plain policy gradient)."""
+    for fused in (True, False):
+        core = make_core(tiny_model_dir, ppo_epochs=1, num_minibatches=1)
+        core.fuse_first_forward = fused
+        metrics = core.iteration(PROMPTS, score).metrics
+        assert metrics["ppo_updates"] == 1 and len(core.actor_steps) == 1
+        assert metrics["clipfrac"] == 0.0
+        assert abs(metrics["approx_kl"]) < 1e-9 and abs(metrics["old_approx_kl"]) < 1e-6
+        assert core.actor_steps[0]["ratio_mean"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_the_defaults_take_several_epochs_and_the_clip_acts(tiny_model_dir):
+    core = make_core(tiny_model_dir)  # default epochs and minibatches
+    config = core.config
+    metrics = core.iteration(PROMPTS, score).metrics
+    for key in METRICS:
+        assert key in metrics and math.isfinite(metrics[key]), key
+    minibatches = config.batch_size // config.effective_minibatch
+    assert config.ppo_epochs > 1 and minibatches > 1
+    assert metrics["ppo_updates"] == config.ppo_epochs * minibatches == len(core.actor_steps)
+    assert metrics["ppo_epochs_run"] == config.ppo_epochs and metrics["ppo_early_stop"] == 0.0
+    first = core.actor_steps[0]  # first minibatch of the first epoch: theta is still theta_old
+    assert first["epoch"] == 0 and first["clipfrac"] == 0.0 and abs(first["approx_kl"]) < 1e-9
+    later = core.actor_steps[minibatches:]  # every later epoch sees a policy that has moved
+    assert all(step["approx_kl"] > 0 for step in later)
+    assert metrics["clipfrac"] > 0 and max(step["clipfrac"] for step in later) > 0
+    assert metrics["approx_kl"] > 0
+    # the metrics are means over the minibatch steps
+    for key in ("clipfrac", "approx_kl", "old_approx_kl"):
+        assert metrics[key] == pytest.approx(sum(s[key] for s in core.actor_steps) / len(core.actor_steps))
+    assert metrics["kl_coef"] == config.kl_coef and core.kl_coef == config.kl_coef  # constant by default
+
+
+def test_target_kl_stops_the_epochs_early(tiny_model_dir):
+    core = make_core(tiny_model_dir, ppo_epochs=4, num_minibatches=2, target_kl=1e-8)
+    metrics = core.iteration(PROMPTS, score).metrics
+    # the first epoch's second minibatch already sees a moved policy: its KL > 1e-8 stops after epoch 1
+    assert metrics["ppo_epochs_run"] == 1 and metrics["ppo_updates"] == 2 and metrics["ppo_early_stop"] == 1.0
+    assert len(core.actor_steps) == 2
+    relaxed = make_core(tiny_model_dir, ppo_epochs=4, num_minibatches=2, target_kl=1e6)
+    metrics = relaxed.iteration(PROMPTS, score).metrics
+    assert metrics["ppo_epochs_run"] == 4 and metrics["ppo_updates"] == 8 and metrics["ppo_early_stop"] == 0.0
+
+
+@pytest.mark.parametrize(("kl_target", "direction"), [(1e-6, 1), (1e6, -1)])
+def test_adaptive_kl_coefficient_follows_the_controller(tiny_model_dir, kl_target, direction):
+    start = 0.05
+    core = make_core(
+        tiny_model_dir, ppo_epochs=1, num_minibatches=2, adaptive_kl=True, kl_coef=start, kl_target=kl_target,
+        kl_horizon=8, kl_estimator="k3",  # k3 >= 0 per token
+    )  # fmt: skip
+    first = core.iteration(PROMPTS, score).metrics
+    # a fresh LoRA is the reference: KL 0, below any target -> the coefficient falls, by the clipped 20%
+    assert first["kl"] == 0.0 and first["kl_coef"] == start
+    assert core.kl_coef == pytest.approx(start * 0.8)
+    second = core.iteration(PROMPTS, score).metrics
+    assert second["kl_coef"] == pytest.approx(start * 0.8)  # the next batch's rewards use the new coefficient
+    assert second["kl"] > 0  # the policy has moved away from the reference
+    assert core.kl_coef == pytest.approx(adaptive_kl_coef(start * 0.8, second["kl"], kl_target, 8, 8))
+    # KL above a tiny target -> rises; below a huge one -> falls; the error clipped at +-20%
+    assert core.kl_coef == pytest.approx(start * 0.8 * (1 + 0.2 * direction))
