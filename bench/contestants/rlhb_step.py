@@ -38,6 +38,8 @@ def main() -> None:
         learning_rate=spec.learning_rate,
         discriminator="lm",
         d_lora_r=8,
+        ppo_epochs=1,  # like the TRL contestants (num_ppo_epochs=1, num_mini_batches=1): the same work per step
+        num_minibatches=1,
         threads=spec.threads,
     )
     total_steps = spec.warmup + spec.steps
