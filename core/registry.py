@@ -16,6 +16,8 @@ Redis keys (``prefix`` = ``RLHB_REDIS_PREFIX``)::
     {prefix}adapter:active_seq   INCR'd on every pointer move, so watchers notice any change
                                  (including a move back to a name they saw before)
     {prefix}adapter:next_id      INCR counter for unique int ids
+    {prefix}adapter:trial        the running A/B trial (``schemas.adapters.ABTrial`` JSON), "" when none;
+                                 written in the same transaction as the pointer
 
 Rules:
 
@@ -34,6 +36,16 @@ Rules:
   that were pruned; it is one Redis SET + INCR + PUBLISH (transaction): API watchers wake on
   the message, and see the pointer at their next poll if they missed it.
 - A rejected version is never promoted.
+
+A/B trials (``start_trial``): a gated candidate serves a share of new requests next to the
+active version until the trainer's guardrail ends the trial (``end_trial``): promoted to
+active, or rejected (with the reason) and removed from traffic. The trial lives in the
+manifest (so a Redis loss does not forget it) and in Redis next to the pointer, both written
+by the same transaction as the pointer and its pub/sub message, so a watcher reading
+``serving()`` sees the pointer and the trial of one moment. One trial at a time. Moving the
+pointer by hand (``promote`` of another version, ``rollback``) cancels a running trial (its
+candidate stays a candidate); ``promote`` of the trial's candidate ends it as promoted;
+``mark(rejected)`` of it ends it as rejected. Decided trials are kept in ``manifest.trials``.
 """
 
 from __future__ import annotations
@@ -61,12 +73,13 @@ from core.checkpoint_format import (
     sha256_file,
     weights_file,
 )
-from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
+from schemas.adapters import BASE_VERSION, ABTrial, AdapterStatus, AdapterVersion
 
 __all__ = ["Manifest", "Registry", "RegistryError", "atomic_write_json", "sha256_file", "weights_file"]
 
 MANIFEST = "manifest.json"
 LOCK = ".registry.lock"
+TRIALS_KEPT = 200
 
 
 class RegistryError(Exception):
@@ -87,7 +100,16 @@ class Manifest(BaseModel):
     """Largest int id ever handed out, pruned versions included."""
     retired: dict[str, int] = Field(default_factory=dict)
     """Pruned versions: name -> id (names and ids are never reused)."""
+    trial: ABTrial | None = None
+    """The running A/B trial (a candidate serving a share of traffic), if any."""
+    trials: list[dict[str, Any]] = Field(default_factory=list)
+    """Decided trials, oldest first: the trial's fields plus outcome (promoted | rejected |
+    cancelled), reason and decided_at (last TRIALS_KEPT)."""
     updated_at: float = 0.0
+
+
+def _trial_text(trial: ABTrial | None) -> str:
+    return trial.model_dump_json() if trial is not None else ""
 
 
 # --------------------------------------------------------------------------- files
@@ -146,6 +168,7 @@ class Registry:
         self.pointer_channel = f"{prefix}adapter:pointer-moved"  # pub/sub: the new pointer value
         self.seq_key = f"{prefix}adapter:active_seq"
         self.id_key = f"{prefix}adapter:next_id"
+        self.trial_key = f"{prefix}adapter:trial"
         if sync:
             self.sync()
 
@@ -179,12 +202,26 @@ class Registry:
         manifest.updated_at = time.time()
         atomic_write_json(self.manifest_path, manifest.model_dump(mode="json"))
 
-    def _set_pointer(self, name: str) -> None:
+    def _set_pointer(self, manifest: Manifest) -> None:
+        """Write the manifest's pointer and trial to Redis, bump the sequence and publish (one transaction)."""
+        name = manifest.active
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.active_key, name)
+        pipe.set(self.trial_key, _trial_text(manifest.trial))
         pipe.incr(self.seq_key)
         pipe.publish(self.pointer_channel, name)  # API instances swap now instead of at their next poll
         pipe.execute()
+
+    def _end_trial_locked(self, manifest: Manifest, outcome: str, reason: str) -> None:
+        """Record the running trial as decided and clear it (the caller saves and sets the pointer)."""
+        trial = manifest.trial
+        if trial is None:
+            return
+        manifest.trials.append(
+            {**trial.model_dump(mode="json"), "outcome": outcome, "reason": reason, "decided_at": time.time()}
+        )
+        del manifest.trials[:-TRIALS_KEPT]
+        manifest.trial = None
 
     def _pointer_target_ok(self, manifest: Manifest, name: str) -> bool:
         if name == BASE_VERSION:
@@ -198,15 +235,21 @@ class Registry:
             return self._sync_locked(self._load())
 
     def _sync_locked(self, manifest: Manifest) -> str:
-        in_redis = _text(self.redis.get(self.active_key))
+        raw_pointer, raw_trial = self.redis.mget(self.active_key, self.trial_key)
+        in_redis, trial_in_redis = _text(raw_pointer), _text(raw_trial)
         if in_redis == manifest.active:
+            if trial_in_redis != _trial_text(manifest.trial):  # the trial: the manifest is written first, it wins
+                self._set_pointer(manifest)
             return in_redis
         if in_redis is not None and self._pointer_target_ok(manifest, in_redis):
             manifest.history.append(manifest.active)
             manifest.active = in_redis
+            self._end_trial_locked(manifest, "cancelled", f"the active pointer was moved to {in_redis!r} in Redis")
             self._save(manifest)
+            if trial_in_redis != _trial_text(manifest.trial):
+                self._set_pointer(manifest)
             return in_redis
-        self._set_pointer(manifest.active)
+        self._set_pointer(manifest)
         return manifest.active
 
     # ----------------------------------------------------------------- reads
@@ -244,6 +287,36 @@ class Registry:
         Redis has none (restart, flush) it is restored from the manifest, see ``active``."""
         in_redis = _text(self.redis.get(self.active_key))
         return in_redis if in_redis else self.active()
+
+    def serving(self) -> tuple[str, ABTrial | None]:
+        """What the API serves: the pointer and the running A/B trial, as one moment's pair (one
+        MGET; both are written by one transaction). Restored from the manifest when Redis lost them."""
+        raw_pointer, raw_trial = self.redis.mget(self.active_key, self.trial_key)
+        pointer, trial_text = _text(raw_pointer), _text(raw_trial)
+        if not pointer or trial_text is None:
+            with self._locked():
+                manifest = self._load()
+                self._sync_locked(manifest)
+                manifest = self._load()
+                return manifest.active, manifest.trial
+        try:
+            return pointer, (ABTrial.model_validate_json(trial_text) if trial_text else None)
+        except ValueError:  # not written by a registry: restore what the manifest says
+            with self._locked():
+                manifest = self._load()
+                self._set_pointer(manifest)
+                return manifest.active, manifest.trial
+
+    def trial(self) -> ABTrial | None:
+        """The running A/B trial, or None (the manifest's, after reconciling Redis with it)."""
+        with self._locked():
+            manifest = self._load()
+            self._sync_locked(manifest)
+            return self._load().trial
+
+    def trials(self) -> list[dict[str, Any]]:
+        """Decided A/B trials, oldest first (see ``Manifest.trials``)."""
+        return list(self._load().trials)
 
     def subscribe_pointer(self) -> Any:
         """A Redis pub/sub subscribed to the pointer channel: one message per pointer move
@@ -348,7 +421,13 @@ class Registry:
                 raise RegistryError(f"{name!r} is active; roll back before rejecting it")
             version = manifest.versions[name].model_copy(update={"status": AdapterStatus(status), "reason": reason})
             manifest.versions[name] = version
+            trial = manifest.trial
+            in_trial = status == AdapterStatus.rejected and trial is not None and trial.candidate == name
+            if in_trial:
+                self._end_trial_locked(manifest, "rejected", reason)
             self._save(manifest)
+            if in_trial:
+                self._set_pointer(manifest)
         return version
 
     def promote(self, name: str) -> AdapterVersion:
@@ -367,12 +446,70 @@ class Registry:
                 raise RegistryError(f"version {name!r} was pruned while being promoted; pick another")
             version = manifest.versions[name].model_copy(update={"status": AdapterStatus.published})
             manifest.versions[name] = version
+            if manifest.trial is not None and manifest.trial.candidate == name:
+                self._end_trial_locked(manifest, "promoted", "promoted by hand during its trial")
+            elif manifest.trial is not None and manifest.active != name:
+                self._end_trial_locked(manifest, "cancelled", f"{name!r} was made active by hand")
             if manifest.active != name:
                 manifest.history.append(manifest.active)
                 manifest.active = name
             self._save(manifest)
-            self._set_pointer(name)
+            self._set_pointer(manifest)
         return version
+
+    def start_trial(self, name: str, share: float) -> ABTrial:
+        """Let the gated candidate ``name`` answer ``share`` of new requests next to the active
+        version (an A/B trial) instead of making it active now; ``end_trial`` decides it."""
+        if not 0 < share < 1:
+            raise RegistryError(f"an A/B share must be in (0, 1), got {share}; 0 means promote at once (promote)")
+        version = self.validate(name)
+        if version.status == AdapterStatus.rejected:
+            raise RegistryError(f"version {name!r} was rejected ({version.reason or 'no reason recorded'}); not served")
+        with self._locked():
+            manifest = self._load()
+            self._sync_locked(manifest)
+            manifest = self._load()
+            if name not in manifest.versions:
+                raise RegistryError(f"version {name!r} was pruned before its trial; pick another")
+            if manifest.active == name:
+                raise RegistryError(f"version {name!r} is already active; a trial needs another version")
+            if manifest.trial is not None and manifest.trial.candidate != name:
+                raise RegistryError(
+                    f"an A/B trial of {manifest.trial.candidate!r} is running; "
+                    "end it (end_trial) before starting another"
+                )
+            if manifest.trial is None:
+                manifest.trial = ABTrial(candidate=name, active=manifest.active, share=share)
+                self._save(manifest)
+                self._set_pointer(manifest)
+            return manifest.trial
+
+    def end_trial(self, candidate: str, promote: bool, reason: str = "") -> str:
+        """Decide the running trial of ``candidate``: promote it to active (the old active goes on
+        the history) or reject it with ``reason`` (traffic returns to the active version). One
+        manifest write, then one Redis transaction. The active name afterwards. RegistryError if
+        no trial of ``candidate`` is running (another process decided it already)."""
+        with self._locked():
+            manifest = self._load()
+            self._sync_locked(manifest)
+            manifest = self._load()
+            trial = manifest.trial
+            if trial is None or trial.candidate != candidate:
+                running = trial.candidate if trial else "none"
+                raise RegistryError(f"no A/B trial of {candidate!r} is running (running: {running}); nothing to end")
+            version = manifest.versions.get(candidate)
+            if promote and (version is None or not self._pointer_target_ok(manifest, candidate)):
+                promote, reason = False, f"{reason}; but its folder is gone, so it cannot be promoted".lstrip("; ")
+            if version is not None:
+                status = AdapterStatus.published if promote else AdapterStatus.rejected
+                manifest.versions[candidate] = version.model_copy(update={"status": status, "reason": reason})
+            self._end_trial_locked(manifest, "promoted" if promote else "rejected", reason)
+            if promote and manifest.active != candidate:
+                manifest.history.append(manifest.active)
+                manifest.active = candidate
+            self._save(manifest)
+            self._set_pointer(manifest)
+            return manifest.active
 
     def _pop_rollback_target(self, manifest: Manifest) -> str | None:
         """Pop ``manifest.history`` down to the version a rollback goes to (the most recent
@@ -411,8 +548,9 @@ class Registry:
                 manifest.versions[current] = manifest.versions[current].model_copy(
                     update={"status": AdapterStatus.rejected, "reason": reject_current}
                 )
+            self._end_trial_locked(manifest, "cancelled", f"rolled back from {current!r} to {previous!r}")
             self._save(manifest)
-            self._set_pointer(previous)
+            self._set_pointer(manifest)
         return previous
 
     def prune(self, keep: int) -> list[str]:
@@ -424,6 +562,8 @@ class Registry:
             manifest = self._load()
             active = manifest.versions.get(manifest.active)
             protected = {manifest.active, active.parent if active else None}
+            if manifest.trial is not None:
+                protected.add(manifest.trial.candidate)
             by_age = sorted(manifest.versions.values(), key=lambda v: v.id)
             newest = {v.name for v in by_age[-keep:]}
             doomed = [v for v in by_age if v.name not in newest and v.name not in protected]

@@ -350,6 +350,42 @@ class GateSettings(BaseModel):
     threads: int = Field(
         default=0, description="torch intra-op threads while gating (0 = leave torch's setting; restored afterwards)."
     )
+    # behavior guard: the candidate's and its parent's answers to the same held-out prompts
+    behavior_guard: bool = Field(
+        default=True,
+        description="Compare the candidate's answers with its parent's (the active version, or the base model) "
+        "on the KL check's held-out prompts, same sampling and seed, and block a move past the bounds below "
+        "(reward hacking: terse, empty, repetitive, off-topic or refusing answers). false skips it.",
+    )
+    near_empty_words: int = Field(
+        default=3, description="An answer with fewer words than this counts as near-empty (behavior guard)."
+    )
+    max_near_empty_increase: float = Field(
+        default=0.10,
+        description="Largest allowed rise of the near-empty share, candidate minus parent, in absolute share "
+        "points (0.10: from 0.02 to 0.12). Behavior guard.",
+    )
+    max_length_drop: float = Field(
+        default=0.6,
+        description="Largest allowed relative drop of the mean answer length in words, 1 - candidate/parent "
+        "(0.6: 25 words may become 10, not 9). Behavior guard.",
+    )
+    max_repetition_increase: float = Field(
+        default=0.10,
+        description="Largest allowed rise of the mean share of repeated 3-grams per answer, candidate minus "
+        "parent. Behavior guard.",
+    )
+    max_relevance_drop: float = Field(
+        default=0.25,
+        description="Largest allowed relative drop of the mean question-answer relevance (MiniLM cosine), "
+        "(parent - candidate) / parent, the parent's read as at least 0.2 (unrelated text scores 0-0.15: "
+        "nothing to lose). Behavior guard.",
+    )
+    max_refusal_increase: float = Field(
+        default=0.10,
+        description='Largest allowed rise of the share of answers that open like a refusal ("I cannot", '
+        '"I\'m sorry, but", "As an AI"; core/text_measures.py), in absolute share points. Behavior guard.',
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -369,9 +405,20 @@ class GateSettings(BaseModel):
             raise ValueError(f"kl_bound must be > 0 (nats per token); got {self.kl_bound}. Typical: 0.1-1.0.")
         if not 0 <= self.reward_tolerance < 1:
             raise ValueError(f"reward_tolerance must be in [0, 1) (accuracy points); got {self.reward_tolerance}.")
-        for name in ("max_prompts", "max_new_tokens", "max_records", "max_response_tokens", "batch_size"):
+        for name in (
+            "max_prompts", "max_new_tokens", "max_records", "max_response_tokens", "batch_size", "near_empty_words",
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
+        for name in (
+            "max_near_empty_increase", "max_length_drop", "max_repetition_increase", "max_relevance_drop",
+            "max_refusal_increase",
+        ):  # fmt: skip
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(
+                    f"{name} must be in [0, 1] (a share or a relative drop; 1 disables the bound); "
+                    f"got {getattr(self, name)}."
+                )
         return self
 
 
@@ -417,6 +464,19 @@ class TrainerSettings(CommonSettings):
     guardrail_tau: float = Field(default=0.05, gt=0, lt=1, description="Guardrail mSPRT mixture std (rate points).")
     guardrail_margin: float = Field(default=0.0, ge=0, lt=1, description="Drops below this never roll back.")
     guardrail_min_views: int = Field(default=100, ge=1, description="Views per version before the guardrail acts.")
+    ab_share: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Share of live traffic a candidate that passed the gate serves next to the active version "
+        "(an A/B trial) until the live guardrail promotes or rejects it; 0: promote at once.",
+    )
+    ab_min_views: int = Field(
+        default=200,
+        ge=1,
+        description="Views each A/B arm needs without a significant drop before the candidate is promoted "
+        "(a significant drop rejects it earlier; the RLHB_TRAINER_GUARDRAIL_* thresholds apply).",
+    )
     gate: GateSettings = Field(
         default_factory=GateSettings,
         description="The publication gate, one variable per field: RLHB_TRAINER_GATE__KL_BOUND=0.3.",

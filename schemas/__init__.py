@@ -5,7 +5,7 @@ the trainer all read and write these shapes, and a Kafka client in any language 
 produce them as JSON.
 """
 
-from schemas.adapters import AdapterStatus, AdapterVersion
+from schemas.adapters import ABTrial, AdapterStatus, AdapterVersion
 from schemas.api import (
     FEEDBACK_BATCH_LIMIT,
     FeedbackAccepted,
@@ -18,6 +18,7 @@ from schemas.feedback import FeedbackEvent, FeedbackKind
 from schemas.impression import Impression
 
 __all__ = [
+    "ABTrial",
     "AdapterStatus",
     "AdapterVersion",
     "BehaviorRecord",

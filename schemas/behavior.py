@@ -10,6 +10,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from schemas.impression import Arm
+
 Count = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 SCHEMA_VERSION = 1
@@ -31,4 +33,6 @@ class BehaviorRecord(BaseModel):
         allow_inf_nan=False, description="(likes - dislikes) / (views + clicks); 0 when the denominator is 0."
     )
     encoding: str = Field(default="", description="Name of the encoding that produced buckets/text.")
+    arm: Arm | None = Field(default=None, description="The impression's A/B arm (schemas.impression), if any.")
+    trial: str | None = Field(default=None, description="The impression's A/B trial (candidate name), if any.")
     updated_at: float = Field(default_factory=time.time)

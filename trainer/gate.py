@@ -1,4 +1,4 @@
-"""The publication gate: a candidate adapter goes live only if it passes three checks.
+"""The publication gate: a candidate adapter goes live only if it passes four checks.
 
 1. **Finite weights.** Every tensor in the adapter file is finite (a NaN/inf LoRA would
    make every answer garbage). Checked from the file, before any model is built.
@@ -23,13 +23,46 @@
    saved), uses only the logged behavior, and is computed for the candidate and for the
    active version on the same records. The check: ``acc_cand >= acc_active - reward_tolerance``.
    With fewer than ``min_pairs`` pairs the check is skipped (and the metrics say so).
+4. **Behavior guard** (reward hacking: every report of RL on live feedback met it; here a run
+   made a third of its answers near-empty and direct-reward RL collapsed to 1-token answers).
+   The parent (the active version, or the base model when base is active) answers the KL
+   check's held-out prompts with the same sampling and the same seed as the candidate (common
+   random numbers: a close candidate gives the same answers, so a difference is not sampling
+   noise). Over both sets of answers: mean words, near-empty share (fewer than
+   ``near_empty_words`` words), refusal share (``core.text_measures.REFUSAL_OPENINGS``), mean
+   repeated-3-gram rate, and relevance (MiniLM cosine of question and answer,
+   ``core/relevance.py``; the relative drop is taken against at least ``RELEVANCE_FLOOR``).
+   A move past a bound blocks: near-empty share up by more than ``max_near_empty_increase``,
+   mean length down by more than ``max_length_drop`` (relative), repetition up by more than
+   ``max_repetition_increase``, relevance down by more than ``max_relevance_drop`` (relative),
+   refusal share up by more than ``max_refusal_increase``. Every guard metric, candidate's and
+   parent's (suffix ``_parent``), goes into the metrics; ``behavior_guard=False`` skips it.
 
-A failed candidate is kept on disk and marked rejected with the reason (trainer/loop.py).
+   The default bounds come from the measured runs (bench/demo_experiments.md, 352 answers
+   each, base: 28.5 words, near-empty 0.9%, relevance 0.59, repeated 3-grams 0.03). Healthy
+   candidates that users liked got much shorter but stayed on topic: E3 RLHB 16.3 words (-43%),
+   near-empty 2.6%, relevance 0.64; RLHBC 15.7 words (-44%), 3.1%, 0.73. The hacked ones: E4
+   RLHBC 6.9 words (-76%), near-empty 32%; direct-reward RL 3.2 words (-89%), near-empty 62%,
+   relevance 0.11 (-81%), and in a second run empty answers only. So: length drop 0.6 and
+   near-empty +0.10 sit between the two groups; near-empty +0.10 also tolerates one extra
+   near-empty answer of the 16 default prompts (1/16 = 0.0625), and relevance -25% is about
+   three standard errors of a 16-answer mean (per-answer cosines scatter by about 0.2).
+   Repetition: base 0.03-0.04 and healthy runs lower, a looping policy 0.3-0.9, so +0.10.
+   Refusals: base about 0, so +0.10 (two refusals more in 16 answers). The demo's published
+   RLHB (11.5 words, -59%, near-empty 9.9%) sits just inside both bounds.
+   The guard's answers are as long as the KL check's (``max_new_tokens``), so answers longer
+   than that are compared cut: the length drop of verbose parents reads smaller than in full.
+
+Every failed check is named in the reason (KL and guards are measured together; the reward
+check runs only when they pass). A failed candidate is kept on disk and marked rejected with
+the reason in the registry (``gate_and_publish``; trainer/loop.py puts it in the round's
+summary) and the reason is logged.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 from collections.abc import Sequence
@@ -38,11 +71,14 @@ from pathlib import Path
 
 from core.checkpoint_format import weights_file
 from core.settings import GateSettings
+from core.text_measures import near_empty_share, refusal_share, repeated_ngram_rate, words
 from schemas.adapters import AdapterVersion
 from schemas.behavior import BehaviorRecord
 
 GateConfig = GateSettings
 """The gate's thresholds and sizes: declared in core/settings.py (``RLHB_TRAINER_GATE__<FIELD>``)."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,6 +122,77 @@ def ranking_accuracy(rewards: Sequence[float], scores: Sequence[float], min_gap:
                 pairs += 1
                 hits += 1.0 if scores[i] > scores[j] else 0.5 if scores[i] == scores[j] else 0.0
     return (hits / pairs if pairs else 0.5), pairs
+
+
+RELEVANCE_FLOOR = 0.2
+"""Smallest denominator of the relative relevance drop. MiniLM's cosine of a question and an
+unrelated text is about 0-0.15, so a parent below this has no relevance to lose: a relative
+drop from there would be noise (a fluent model's answers score about 0.55, bench/demo_experiments.md)."""
+
+
+def answer_measures(answers: Sequence[str], relevance: Sequence[float], near_empty_words: int) -> dict[str, float]:
+    """What the behavior guard compares, over one version's answers: mean words, near-empty share
+    (fewer than ``near_empty_words`` words), refusal share, mean repeated-3-gram rate and mean
+    relevance (``relevance``: one question-answer score per answer)."""
+    n = max(len(answers), 1)
+    return {
+        "mean_words": sum(len(words(a)) for a in answers) / n,
+        "near_empty_share": near_empty_share(answers, near_empty_words),
+        "refusal_share": refusal_share(answers),
+        "repeated_ngram_rate": sum(repeated_ngram_rate(a) for a in answers) / n,
+        "relevance": sum(relevance) / max(len(relevance), 1),
+    }
+
+
+def compare_behavior(
+    parent: dict[str, float], candidate: dict[str, float], cfg: GateConfig
+) -> tuple[dict[str, float], list[str]]:
+    """(metrics, reasons): the candidate's ``answer_measures``, the parent's (suffix ``_parent``) and
+    the relative drops ``length_drop`` (1 - candidate/parent) and ``relevance_drop`` ((parent -
+    candidate) / max(parent, ``RELEVANCE_FLOOR``)), negative when the measure rose; one reason per
+    bound crossed, naming the guard, both numbers and the bound."""
+    length_drop = 1 - candidate["mean_words"] / parent["mean_words"] if parent["mean_words"] > 0 else 0.0
+    relevance_drop = (parent["relevance"] - candidate["relevance"]) / max(parent["relevance"], RELEVANCE_FLOOR)
+    metrics = {
+        **candidate,
+        **{f"{k}_parent": v for k, v in parent.items()},
+        "length_drop": length_drop,
+        "relevance_drop": relevance_drop,
+    }
+    eps = 1e-9  # a share exactly at its bound passes
+    reasons = []
+    for key, label, bound in (
+        ("near_empty_share", f"near-empty answers (< {cfg.near_empty_words} words)", cfg.max_near_empty_increase),
+        ("repeated_ngram_rate", "repeated 3-grams", cfg.max_repetition_increase),
+        ("refusal_share", "refusals", cfg.max_refusal_increase),
+    ):
+        if candidate[key] - parent[key] > bound + eps:
+            reasons.append(f"{label} {parent[key]:.2f} -> {candidate[key]:.2f} (bound +{bound:.2f})")
+    if length_drop > cfg.max_length_drop + eps:
+        reasons.append(
+            f"mean answer length {parent['mean_words']:.1f} -> {candidate['mean_words']:.1f} words "
+            f"(-{length_drop:.0%}, bound -{cfg.max_length_drop:.0%})"
+        )
+    if relevance_drop > cfg.max_relevance_drop + eps:
+        reasons.append(
+            f"relevance to the question {parent['relevance']:.2f} -> {candidate['relevance']:.2f} "
+            f"(-{relevance_drop:.0%}, bound -{cfg.max_relevance_drop:.0%})"
+        )
+    return metrics, [f"behavior guard: {r}" for r in reasons]
+
+
+def behavior_guard(
+    questions: Sequence[str], parent_answers: Sequence[str], candidate_answers: Sequence[str], cfg: GateConfig
+) -> tuple[dict[str, float], list[str]]:
+    """``compare_behavior`` of the parent's and the candidate's answers to the same ``questions``
+    (relevance: MiniLM cosine of question and answer, ``core/relevance.py``)."""
+    from core.relevance import relevance_scores
+
+    n = len(questions)
+    scores = relevance_scores([*questions, *questions], [*parent_answers, *candidate_answers])
+    parent = answer_measures(parent_answers, scores[:n], cfg.near_empty_words)
+    candidate = answer_measures(candidate_answers, scores[n:], cfg.near_empty_words)
+    return compare_behavior(parent, candidate, cfg)
 
 
 # --------------------------------------------------------------------------- models
@@ -136,14 +243,18 @@ class _Scorer:
         logits = self._logits(ids, mask, adapter, answer.shape[1])  # (B, T, V)
         return self.torch.gather(logits.log_softmax(-1), 2, answer.unsqueeze(-1)).squeeze(-1)
 
-    def kl_on_own_answers(self, prompts: Sequence[tuple[str, str]], cfg: GateConfig) -> tuple[float, float]:
-        """(mean per-token KL, mean per-answer KL) of candidate vs reference on the candidate's samples."""
+    def sample_answers(self, prompts: Sequence[tuple[str, str]], adapter: str | None, cfg: GateConfig) -> list:
+        """``adapter``'s sampled answers to ``prompts`` (None = the reference: adapter disabled), as
+        batches of (prompt encoding, answer ids (B, T), answer mask (B, T), up to and including the
+        first EOS). Full-vocabulary sampling at temperature 1 reseeded with ``cfg.seed``, so two
+        adapters answer the same prompts with the same random numbers (close policies give the
+        same answers, and their differences are not sampling noise)."""
         torch = self.torch
-        total_kl, total_tokens, seq_kls = 0.0, 0, []
+        batches = []
         torch.manual_seed(cfg.seed)
         for start in range(0, len(prompts), cfg.batch_size):
             enc = self._prompts(prompts[start : start + cfg.batch_size])
-            with self._adapter("candidate"), torch.no_grad():
+            with self._adapter(adapter), torch.no_grad():
                 out = self.model.generate(
                     **enc,
                     do_sample=True,
@@ -158,6 +269,25 @@ class _Scorer:
             is_eos = torch.isin(answer, torch.tensor(self.eos_ids))
             # real tokens: up to and including the first EOS
             answer_mask = (is_eos.cumsum(1) - is_eos.long()) == 0  # (B, T)
+            batches.append((enc, answer, answer_mask))
+        return batches
+
+    def answer_texts(self, batches: list) -> list[str]:
+        """The decoded answers of ``sample_answers`` batches (EOS and padding dropped), in prompt order."""
+        eos = set(self.eos_ids)
+        texts = []
+        for _, answer, answer_mask in batches:
+            for row, keep in zip(answer.tolist(), answer_mask.tolist(), strict=True):
+                ids = [t for t, k in zip(row, keep, strict=True) if k and t not in eos]
+                texts.append(self.tok.decode(ids, skip_special_tokens=True).strip())
+        return texts
+
+    def kl_on_answers(self, batches: list) -> tuple[float, float]:
+        """(mean per-token KL, mean per-answer KL) of candidate vs reference along the candidate's
+        sampled answers (``sample_answers(prompts, "candidate", cfg)``)."""
+        torch = self.torch
+        total_kl, total_tokens, seq_kls = 0.0, 0, []
+        for enc, answer, answer_mask in batches:
             ids = torch.cat([enc["input_ids"], answer], 1)
             mask = torch.cat([enc["attention_mask"], answer_mask.long()], 1)
             T = answer.shape[1]
@@ -209,7 +339,8 @@ def evaluate(
     heldout: Sequence[BehaviorRecord],
     config: GateConfig | None = None,
 ) -> GateResult:
-    """Run the three checks on ``candidate`` (``active``: the version it would replace, None = base)."""
+    """Run the four checks on ``candidate`` (``active``: the version it would replace and the behavior
+    guard's parent, None = base)."""
     cfg = config or GateConfig()
     bad = nonfinite_weights(Path(candidate.path))
     if bad:
@@ -243,12 +374,25 @@ def _threads(n: int):
 
 def _score(candidate, active, model_path, records, prompts, cfg: GateConfig) -> GateResult:
     scorer = _Scorer(model_path, candidate, active)
-    kl_token, kl_seq = scorer.kl_on_own_answers(prompts, cfg)
+    sampled = scorer.sample_answers(prompts, "candidate", cfg)
+    kl_token, kl_seq = scorer.kl_on_answers(sampled)
     metrics = {"finite": 1.0, "kl_token": kl_token, "kl_seq": kl_seq, "kl_prompts": float(len(prompts))}
+    reasons = []
     if not math.isfinite(kl_token) or kl_token > cfg.kl_bound:
-        return GateResult(
-            False, f"KL to the reference {kl_token:.3f} nats/token exceeds the bound {cfg.kl_bound}", metrics
+        reasons.append(f"KL to the reference {kl_token:.3f} nats/token exceeds the bound {cfg.kl_bound}")
+    if cfg.behavior_guard:  # the parent answers the same prompts with the same random numbers
+        parent_answers = scorer.answer_texts(
+            scorer.sample_answers(prompts, "active" if active is not None else None, cfg)
         )
+        guard_metrics, guard_reasons = behavior_guard(
+            [q for q, _ in prompts], parent_answers, scorer.answer_texts(sampled), cfg
+        )
+        metrics.update(guard_metrics)
+        reasons.extend(guard_reasons)
+    else:
+        metrics["behavior_guard_skipped"] = 1.0
+    if reasons:  # every failed check is named, so a rejection says all that went wrong
+        return GateResult(False, "; ".join(reasons), metrics)
 
     rewards = [r.reward for r in records]
     z = scorer.implicit_rewards(records, ["candidate"] + (["active"] if active is not None else []), cfg)
@@ -289,7 +433,15 @@ def gate_and_publish(
     except Exception as e:  # a candidate the gate cannot even evaluate is not publishable
         result = GateResult(False, f"gate could not evaluate the candidate: {type(e).__name__}: {e}")
     if result.passed:
+        log.info("gate passed %s (parent %s): %s", candidate.name, active_name, _brief(result.metrics))
         registry.promote(candidate.name)
     else:
+        log.warning(
+            "gate rejected %s (parent %s): %s [%s]", candidate.name, active_name, result.reason, _brief(result.metrics)
+        )
         registry.mark(candidate.name, AdapterStatus.rejected, result.reason)
     return result
+
+
+def _brief(metrics: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3g}" for k, v in metrics.items())

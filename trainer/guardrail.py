@@ -24,7 +24,19 @@ Thresholds (``GuardrailConfig`` defaults; documented in the README):
 
 Counts: each view is one trial, each like one success (likes are capped at views). They
 come from behavior records (the aggregator's joined totals), ``LiveCounts`` keeps the
-latest record of every impression and sums per adapter version.
+latest record of every impression and sums per adapter version, and per A/B trial arm.
+
+Two uses:
+- **parent vs child** (``drop_test`` on version totals; ``RLHB_TRAINER_AB_SHARE=0``): the new
+  active version against its parent's earlier counts. Simple, but confounded by time: users'
+  taste may have drifted between the two periods.
+- **A/B trial** (``ab_test``; ``RLHB_TRAINER_AB_SHARE>0``): the candidate's arm against the
+  active version's arm, counting only impressions served during that trial (the impression
+  records its arm and trial), so both arms saw the same users over the same period. The same
+  mSPRT, checked at every look: a significant drop rejects the candidate at once (always
+  valid: the chance of ever rejecting a candidate that is not worse stays below alpha); once
+  both arms have ``min_views`` views with no significant drop the candidate is promoted (an
+  optional stop, which cannot raise the false-rejection rate).
 """
 
 from __future__ import annotations
@@ -102,29 +114,89 @@ def drop_test(
     return Decision(fire, statistic, diff, reason)
 
 
+@dataclass(frozen=True)
+class TrialDecision:
+    """One look at an A/B trial: ``outcome`` is "reject", "promote" or "wait"."""
+
+    outcome: str
+    statistic: float
+    diff: float
+    """candidate like rate - active like rate (same period)."""
+    reason: str
+    candidate: tuple[float, float]
+    """(views, likes) of the candidate's arm."""
+    active: tuple[float, float]
+    """(views, likes) of the active version's arm."""
+
+
+def ab_test(
+    candidate_likes: float,
+    candidate_views: float,
+    active_likes: float,
+    active_views: float,
+    min_views: int,
+    config: GuardrailConfig | None = None,
+) -> TrialDecision:
+    """One look at an A/B trial (module docstring): reject on a significant drop of the
+    candidate's like rate below the active arm's, promote once both arms have
+    ``max(min_views, config.min_views)`` views without one, else wait."""
+    cfg = config or GuardrailConfig()
+    counts = dict(candidate=(candidate_views, candidate_likes), active=(active_views, active_likes))
+    drop = drop_test(candidate_likes, candidate_views, active_likes, active_views, cfg)
+    if drop.rollback:
+        reason = drop.reason.replace("is below the parent's", "is below the active arm's (same period)")
+        return TrialDecision("reject", drop.statistic, drop.diff, f"A/B {reason}", **counts)
+    need = max(min_views, cfg.min_views)
+    if min(candidate_views, active_views) >= need:
+        reason = (
+            f"A/B guardrail: live like rate {_rate(candidate_likes, candidate_views):.3f} "
+            f"({candidate_likes:g}/{candidate_views:g} views) vs the active arm's "
+            f"{_rate(active_likes, active_views):.3f} ({active_likes:g}/{active_views:g}) over the same period: "
+            f"no significant drop after {need} views per arm (mSPRT Lambda={drop.statistic:.3g} < "
+            f"1/alpha={1 / cfg.alpha:g})"
+        )
+        return TrialDecision("promote", drop.statistic, drop.diff, reason, **counts)
+    return TrialDecision("wait", drop.statistic, drop.diff, f"waiting for {need} views per arm", **counts)
+
+
 class LiveCounts:
-    """Views and likes per adapter version, from the latest record of each impression."""
+    """Views and likes per adapter version and per A/B trial arm, from the latest record of
+    each impression."""
 
     def __init__(self) -> None:
-        self._by_impression: dict[str, tuple[str, float, float, float]] = {}  # iid -> (version, views, likes, t)
+        # iid -> (version, arm key or None, views, likes, t)
+        self._by_impression: dict[str, tuple[str, tuple[str, str] | None, float, float, float]] = {}
         self.totals: dict[str, list[float]] = {}  # version -> [views, likes]
+        self.arms: dict[tuple[str, str], list[float]] = {}  # (trial, arm) -> [views, likes]
 
     def add(self, record: BehaviorRecord) -> None:
         old = self._by_impression.get(record.impression_id)
-        if old is not None and old[3] > record.updated_at:
+        if old is not None and old[4] > record.updated_at:
             return
         views = float(record.counts.get("view", 0.0))
         likes = float(record.counts.get("like", 0.0))
         if old is not None:
-            total = self.totals[old[0]]
-            total[0] -= old[1]
-            total[1] -= old[2]
-        total = self.totals.setdefault(record.adapter_version, [0.0, 0.0])
-        total[0] += views
-        total[1] += likes
-        self._by_impression[record.impression_id] = (record.adapter_version, views, likes, record.updated_at)
+            for total in (self.totals[old[0]], self.arms[old[1]] if old[1] else None):
+                if total is not None:
+                    total[0] -= old[2]
+                    total[1] -= old[3]
+        arm = (record.trial, record.arm) if record.trial and record.arm else None
+        for total in (
+            self.totals.setdefault(record.adapter_version, [0.0, 0.0]),
+            self.arms.setdefault(arm, [0.0, 0.0]) if arm else None,
+        ):
+            if total is not None:
+                total[0] += views
+                total[1] += likes
+        self._by_impression[record.impression_id] = (record.adapter_version, arm, views, likes, record.updated_at)
 
     def get(self, version: str) -> tuple[float, float]:
         """(views, likes) of ``version`` (zeros if it never served)."""
         views, likes = self.totals.get(version, (0.0, 0.0))
+        return views, likes
+
+    def get_arm(self, trial: str, arm: str) -> tuple[float, float]:
+        """(views, likes) of one arm ("active" | "candidate") of the A/B trial ``trial``
+        (its candidate's name), counting only impressions served during that trial."""
+        views, likes = self.arms.get((trial, arm), (0.0, 0.0))
         return views, likes

@@ -24,6 +24,17 @@ state is stored. A request being served sits in ``{prefix}train:inflight`` and i
 on the queue at start. The registry is crash-safe on its own (``core.registry``): at
 start, temp folders and finished-but-unregistered folders are removed.
 
+A/B trials (``ab_share`` > 0, ``RLHB_TRAINER_AB_SHARE``): a candidate that passes the gate is
+not made active; it serves that share of live traffic next to the active version (the
+registry's ``start_trial``). Every step the trainer compares the two arms' like rates over the
+same period (``trainer.guardrail.ab_test``) and ends the trial (``Registry.end_trial``): a
+significant drop rejects the candidate (traffic returns to the active version), ``ab_min_views``
+views per arm without one promote it. No round starts while a trial runs, so every version
+serves live traffic before the next one is trained on top of the active version. The trial
+lives in the registry (manifest + Redis) and the counts are rebuilt from the records topic,
+so a restarted trainer picks the trial up where it was. With ``ab_share`` = 0 the candidate is
+promoted at once and the parent-vs-child guardrail (``guardrail``) watches it.
+
 Redis keys written (``P`` = redis_prefix): ``P train:status`` (JSON, every second),
 ``P train:rounds`` (list of round results as JSON, newest last, last 200),
 ``P train:round_seq`` (round counter), ``P train:inflight``.
@@ -47,7 +58,7 @@ from core.registry import Registry, RegistryError
 from core.settings import TrainerSettings
 from schemas.adapters import BASE_VERSION
 from schemas.behavior import BehaviorRecord
-from trainer.guardrail import GuardrailConfig, LiveCounts, drop_test
+from trainer.guardrail import GuardrailConfig, LiveCounts, ab_test, drop_test
 from trainer.replay_buffer import ReplayBuffer
 
 log = logging.getLogger(__name__)
@@ -91,6 +102,24 @@ def build_algorithm_config(settings: TrainerSettings, algorithm: str):
     return apply_overrides(default_config(algorithm), settings.algo, variable="RLHB_TRAINER_ALGO", strict=strict)
 
 
+class TrialRegistry:
+    """The registry as the gate sees it when ``ab_share`` > 0: ``promote`` starts an A/B trial
+    (the candidate serves that share of traffic) instead of moving the pointer; everything else
+    is the registry's."""
+
+    def __init__(self, registry: Registry, share: float):
+        self._registry, self._share = registry, share
+        self.trial_started = False
+
+    def promote(self, name: str):
+        self._registry.start_trial(name, self._share)
+        self.trial_started = True
+        return self._registry.get(name)
+
+    def __getattr__(self, attr: str):
+        return getattr(self._registry, attr)
+
+
 class Trainer:
     """One trainer process: call ``start()``, then ``step()`` in a loop (or ``run()``)."""
 
@@ -119,6 +148,8 @@ class Trainer:
         self.rounds_done = 0
         self.last_round: dict = {}
         self.guardrail_rollbacks: list[dict] = []
+        self.trial_decisions: list[dict] = []
+        self.trial_look: dict = {}  # the last look at the running trial (status)
         self._committed_at_start: dict = {}  # TopicPartition -> committed offset when first assigned
         self._seen_upto: dict = {}  # TopicPartition -> next offset not yet processed
         self._unknown_committed: set = set()  # assigned partitions whose committed offset is not fetched yet
@@ -201,8 +232,9 @@ class Trainer:
         for tp, messages in batch.items():
             for message in messages:
                 self._ingest(tp, message)
-        if self.settings.guardrail:
+        if self.settings.guardrail and self.settings.ab_share == 0:
             self.check_guardrail()
+        self.check_trial()
         if self._round is not None and not self._round.is_alive():
             self._finish_round()
         if self._round is None:
@@ -232,6 +264,8 @@ class Trainer:
     # ------------------------------------------------------------------ rounds
     def _maybe_start_round(self) -> None:
         request = None
+        if self._trial_running():
+            return  # every version serves live traffic (and is decided) before the next round
         raw = self.redis.lmove(self.requests_key, self.inflight_key, "LEFT", "RIGHT")
         if raw is not None:
             try:
@@ -324,12 +358,17 @@ class Trainer:
         gate_cfg = self.gate_cfg
         if isinstance(request.get("gate"), dict):  # per-round gate overrides (tests, experiments)
             gate_cfg = gate_with(gate_cfg, request["gate"])
-        gate = gate_and_publish(self.registry, version, self.model_path, heldout, gate_cfg)
+        publisher = TrialRegistry(self.registry, s.ab_share) if s.ab_share > 0 else self.registry
+        gate = gate_and_publish(publisher, version, self.model_path, heldout, gate_cfg)
         pruned = self.registry.prune(s.keep_versions)
         final = {k: v for k, v in (result.metrics[-1] if result.metrics else {}).items() if isinstance(v, int | float)}
+        outcome = "published" if gate.passed else "rejected"
+        if gate.passed and s.ab_share > 0:
+            outcome = "trial"  # serving ab_share of traffic; check_trial promotes or rejects it
+            summary["ab_share"] = s.ab_share
         return {
             **summary,
-            "outcome": "published" if gate.passed else "rejected",
+            "outcome": outcome,
             "version": version.name,
             "version_id": version.id,
             "parent": parent.name if parent else None,
@@ -397,6 +436,63 @@ class Trainer:
         self._publish_status(force=True)
         return event
 
+    def _trial_running(self) -> bool:
+        try:
+            return self.registry.serving()[1] is not None
+        except Exception as e:  # noqa: BLE001 - Redis away: do not start a round on a guess
+            log.warning("cannot read the A/B trial (%s); not starting a round now", e)
+            return True
+
+    def check_trial(self) -> dict | None:
+        """Look at the running A/B trial (if any) and end it when the guardrail decides: reject
+        the candidate on a significant live like-rate drop against the active arm over the same
+        period, promote it after ``ab_min_views`` views per arm without one. The decision, or None."""
+        trial = self.registry.serving()[1]
+        if trial is None:
+            self.trial_look = {}
+            return None
+        cand_views, cand_likes = self.live.get_arm(trial.candidate, "candidate")
+        act_views, act_likes = self.live.get_arm(trial.candidate, "active")
+        look = ab_test(cand_likes, cand_views, act_likes, act_views, self.settings.ab_min_views, self.guardrail_cfg)
+        self.trial_look = {
+            "candidate": trial.candidate,
+            "active": trial.active,
+            "share": trial.share,
+            "arms": {
+                "candidate": {"views": cand_views, "likes": cand_likes},
+                "active": {"views": act_views, "likes": act_likes},
+            },
+            "statistic": look.statistic,
+            "diff": look.diff,
+        }
+        if look.outcome == "wait":
+            return None
+        try:
+            now_active = self.registry.end_trial(trial.candidate, promote=look.outcome == "promote", reason=look.reason)
+        except RegistryError as e:  # decided elsewhere (another trainer, an admin) meanwhile
+            log.info("A/B trial of %s not ended here: %s", trial.candidate, e)
+            return None
+        event = {
+            "at": time.time(),
+            "candidate": trial.candidate,
+            "active": trial.active,
+            "share": trial.share,
+            "decision": "promoted" if look.outcome == "promote" else "rejected",
+            "now_active": now_active,
+            "reason": look.reason,
+            "diff": look.diff,
+            "statistic": look.statistic,
+            "arms": self.trial_look["arms"],
+        }
+        self.trial_decisions.append(event)
+        self.trial_look = {}
+        if look.outcome == "reject":
+            log.warning("%s -> rejected %s, traffic back on %s", look.reason, trial.candidate, now_active)
+        else:
+            log.info("%s -> promoted %s", look.reason, trial.candidate)
+        self._publish_status(force=True)
+        return event
+
     # ------------------------------------------------------------------ status
     def _stored_encoding(self):
         """The encoding the aggregator stored (the API serves its most preferred sentence), or None
@@ -423,6 +519,9 @@ class Trainer:
             "last_round": self.last_round,
             "guardrail": self.settings.guardrail,
             "guardrail_rollbacks": self.guardrail_rollbacks[-10:],
+            "ab_share": self.settings.ab_share,
+            "trial": self.trial_look,
+            "trial_decisions": self.trial_decisions[-10:],
             "live_counts": {v: {"views": c[0], "likes": c[1]} for v, c in self.live.totals.items()},
             "updated_at": time.time(),
         }

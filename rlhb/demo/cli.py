@@ -21,6 +21,19 @@ def demo(
     eval_samples: int = typer.Option(None, min=1, help="Answers per held-out question per version."),
     users: str = typer.Option("concise", help="Simulated users: concise | example | warm | package.module:Class."),
     seed: int = typer.Option(0, help="Seed."),
+    drift: str = typer.Option(
+        "", help="PRESET_A:PRESET_B@ROUND: the users switch taste at that round (its traffic and evaluation use B)."
+    ),
+    poison_round: int = typer.Option(
+        0, min=0, help="This round trains on inverted feedback (likes and dislikes swapped in the traffic before it)."
+    ),
+    ab_share: float = typer.Option(
+        0.0,
+        min=0.0,
+        max=0.99,
+        help="RLHB_TRAINER_AB_SHARE: a gated candidate serves this share of live traffic "
+        "until the live guardrail promotes or rejects it (0: promote at once).",
+    ),
     judge_rejected: bool = typer.Option(
         True, "--judge-rejected/--no-judge-rejected", help="Measure a rejected candidate offline (never served)."
     ),
@@ -35,6 +48,9 @@ def demo(
             traffic_per_round=traffic_per_round,
             eval_samples=eval_samples,
             judge_rejected=judge_rejected,
+            drift=drift or None,
+            poison_round=poison_round or None,
+            ab_share=ab_share or None,
         ).items()
         if v is not None
     }

@@ -3,7 +3,9 @@ per-algorithm trainer overrides both use, and the algorithms' display labels."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,6 +107,16 @@ class DemoConfig:
     from its adapter folder), so every algorithm has a like rate in the table."""
     keep_redis_state: bool = False
     """Keep the lanes' Redis keys after the run (default: delete them; the machine's Redis is shared)."""
+    drift: str = ""
+    """``PRESET_A:PRESET_B@ROUND``: the simulated users have taste A until round ROUND, then B (the
+    traffic and evaluation after round ROUND's training use B). '' = no drift (``users`` throughout)."""
+    poison_round: int = 0
+    """This round trains on inverted feedback: the traffic served just before it sends every like
+    as a dislike and vice versa (round 1: the base traffic; later: an extra batch of
+    ``traffic_per_round`` answers). 0 = none."""
+    ab_share: float = 0.0
+    """RLHB_TRAINER_AB_SHARE of every lane: a candidate that passes the gate serves this share of
+    the next traffic next to the active version until the live guardrail decides it. 0: promote at once."""
 
     def __post_init__(self) -> None:
         from trainer.algorithms import ALGORITHMS
@@ -117,6 +129,44 @@ class DemoConfig:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
         if self.traffic_per_round < 0:
             raise ValueError("traffic_per_round must be >= 0")
+        if self.drift:
+            self.drift_parts()
+        if not 0 <= self.poison_round <= self.rounds:
+            raise ValueError(f"poison_round must be in 0..rounds ({self.rounds}); got {self.poison_round}")
+        if not 0 <= self.ab_share < 1:
+            raise ValueError(f"ab_share must be in [0, 1); got {self.ab_share}")
+        if self.ab_share > 0 and self.traffic_per_round < 1:
+            raise ValueError("ab_share > 0 needs traffic_per_round >= 1: the A/B arms are decided on live traffic")
+
+    def drift_parts(self) -> tuple[str, str, int]:
+        """(users before, users after, round) of ``drift``."""
+        from rlhb.simulate.users import PRESETS
+
+        m = re.fullmatch(r"(\w+):(\w+)@(\d+)", self.drift)
+        if not m or m.group(1) not in PRESETS or m.group(2) not in PRESETS:
+            raise ValueError(
+                f"drift must be PRESET_A:PRESET_B@ROUND with presets from {', '.join(PRESETS)}; got {self.drift!r}"
+            )
+        at = int(m.group(3))
+        if not 1 <= at <= self.rounds:
+            raise ValueError(f"the drift round must be in 1..rounds ({self.rounds}); got {at}")
+        return m.group(1), m.group(2), at
+
+    def users_at(self, round_no: int) -> str:
+        """The users' taste for the traffic and evaluation after round ``round_no`` (0: base traffic)."""
+        if not self.drift:
+            return self.users
+        before, after, at = self.drift_parts()
+        return after if round_no >= at else before
+
+    def at_round(self, round_no: int) -> DemoConfig:
+        """This config with the users of round ``round_no``."""
+        return dataclasses.replace(self, users=self.users_at(round_no))
+
+    def ab_min_views(self) -> int:
+        """Views per arm the live guardrail waits for: about 60% of what one traffic batch gives the smaller arm."""
+        smaller = min(self.ab_share, 1 - self.ab_share)
+        return max(1, int(0.6 * self.traffic_per_round * smaller * self.viewers_mean))
 
 
 def quick_config(out_dir: Path, **overrides) -> DemoConfig:

@@ -114,6 +114,10 @@ def make_lane(cfg: DemoConfig, run_id: str, algorithm: str, infra, model_path: s
         "RLHB_TRAINER_MIN_RECORDS": "8",
     }
     env.update(nested_env("RLHB_TRAINER_GATE", cfg.gate_config))
+    if cfg.ab_share > 0:
+        env["RLHB_TRAINER_AB_SHARE"] = str(cfg.ab_share)
+        env["RLHB_TRAINER_AB_MIN_VIEWS"] = str(cfg.ab_min_views())
+        env["RLHB_TRAINER_GUARDRAIL_MIN_VIEWS"] = str(min(100, cfg.ab_min_views()))
     for key in ("RLHB_API_ADMIN_TOKEN", "RLHB_API_IMPRESSION_SECRET"):
         env.pop(key, None)  # dev mode: the demo's own throwaway deployment
     return Lane(algorithm=algorithm, root=root, prefix=prefix, topics=topics, port=port, env=env)
@@ -185,7 +189,10 @@ def copy_records(bootstrap: str, source: str, target: str, version: str = "base"
     return copied
 
 
-def traffic(cfg: DemoConfig, lane: Lane, questions, n: int, start_index: int, say, label: str) -> list:
+def traffic(
+    cfg: DemoConfig, lane: Lane, questions, n: int, start_index: int, say, label: str, invert: bool = False
+) -> list:
+    """``n`` answers from the lane's API with simulated users' feedback (``invert``: poisoned)."""
     from rlhb.simulate.driver import SimulationConfig, question_stream, run_simulation
 
     sim = SimulationConfig(
@@ -197,6 +204,7 @@ def traffic(cfg: DemoConfig, lane: Lane, questions, n: int, start_index: int, sa
         concurrency=cfg.concurrency,
         seed=cfg.seed,
         run_tag=f"{lane.algorithm}-{label}",
+        invert_feedback=invert,
     )
     qs = list(question_stream(questions, n, cfg.seed + start_index))
     counter = {"n": 0, "liked": 0}
@@ -247,6 +255,20 @@ def wait_serving(lane: Lane, version: str, timeout_s: float = 120.0) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(f"the API did not start serving {version} within {timeout_s:.0f}s")
+
+
+def wait_trial_decision(redis, lane: Lane, version: str, timeout_s: float = 60.0) -> dict | None:
+    """The trainer's A/B decision on ``version`` (its status's ``trial_decisions``), or None if
+    it has not decided within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lane.check_alive()
+        for d in trainer_status(redis, lane).get("trial_decisions", []):
+            if d.get("candidate") == version:
+                return d
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(1.0)
 
 
 def post_admin(lane: Lane, path: str, body: dict) -> dict:

@@ -102,3 +102,53 @@ def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
     fig.tight_layout()
     fig.savefig(cfg.out_dir / "demo.png", dpi=110)
     plt.close(fig)
+
+
+def plot_live(cfg: DemoConfig, report: dict) -> None:
+    """``live.png``: the live like rate (95% CI) of the traffic after each round, per algorithm,
+    with the A/B arms when there were trials; drift and the poisoned round marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report.get("live_rounds", [])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    base = [r for r in rows if r["algorithm"] == "base"]
+    for algo in cfg.algorithms:
+        pts = base + [r for r in rows if r["algorithm"] == algo]
+        if not pts:
+            continue
+        for key, style in (("all", "-o"), ("candidate", "--^")):
+            sel = [(r["round"], r if key == "all" else r.get("arms", {}).get(key)) for r in pts]
+            sel = [(x, p) for x, p in sel if p and p["n"]]
+            if not sel:
+                continue
+            ax.errorbar(
+                [x for x, _ in sel],
+                [p["like_rate"] for _, p in sel],
+                yerr=[
+                    [max(0.0, p["like_rate"] - p["ci_low"]) for _, p in sel],
+                    [max(0.0, p["ci_high"] - p["like_rate"]) for _, p in sel],
+                ],
+                fmt=style,
+                capsize=3,
+                label=f"{ALGORITHM_LABELS.get(algo, algo)}" + (" (candidate arm)" if key != "all" else ""),
+            )
+        for r in pts:
+            if r.get("decision") in ("promoted", "rejected", "undecided"):
+                ax.annotate(
+                    r["decision"], (r["round"], r["like_rate"]), fontsize=7, xytext=(3, 6), textcoords="offset points"
+                )
+    if cfg.drift:
+        _, after, at = cfg.drift_parts()
+        ax.axvline(at - 0.5, color="gray", linestyle=":", label=f"drift -> {after}")
+    if cfg.poison_round:
+        ax.axvspan(cfg.poison_round - 0.5, cfg.poison_round + 0.5, color="red", alpha=0.08, label="poisoned round")
+    ax.set_xlabel("round (0: base traffic)")
+    ax.set_ylabel("live like rate (95% CI)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(cfg.out_dir / "live.png", dpi=110)
+    plt.close(fig)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig, algorithm_label
 from rlhb.demo.judging import VersionResult
-from rlhb.demo.plot import plot
+from rlhb.demo.plot import plot, plot_live
 
 
 def summarize(vr: VersionResult, base: VersionResult | None, relevance: bool = True) -> dict:
@@ -32,6 +32,9 @@ def summarize(vr: VersionResult, base: VersionResult | None, relevance: bool = T
             k: vr.round_info.get(k)
             for k in ("records", "train_records", "heldout_records", "gate", "parent", "train_seconds", "seconds")
         }
+        for k in ("outcome", "users", "poisoned", "guardrail", "ab_share"):  # live trials, drift, poisoning
+            if k in vr.round_info:
+                row["round_info"][k] = vr.round_info[k]
     if not vr.served:
         return row
     k, n = sum(s.asker_liked for s in vr.served), len(vr.served)
@@ -128,8 +131,31 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def format_live_table(report: dict) -> str:
+    """Per round: the live like rate (95% CI) of the traffic served after it, overall and per A/B
+    arm, the users' taste, whether its training feedback was poisoned, and the guardrail's decision."""
+    head = (
+        f"{'algorithm':<10}{'round':>6}  {'users':<10}{'poison':<7}{'n':>5}{'like rate':>10}{'95% CI':>16}"
+        f"{'active arm':>12}{'cand. arm':>12}  decision"
+    )
+    lines = [head, "-" * len(head)]
+    for row in report.get("live_rounds", []):
+        arms = row.get("arms", {})
+        shown = {k: f"{a['like_rate']:.3f}/{a['n']}" for k, a in arms.items()}
+        lines.append(
+            f"{row['algorithm']:<10}{row['round']:>6}  {row['users']:<10}{('yes' if row.get('poisoned') else ''):<7}"
+            f"{row['n']:>5}{row['like_rate']:>10.3f}"
+            f"{'[' + format(row['ci_low'], '.3f') + ', ' + format(row['ci_high'], '.3f') + ']':>16}"
+            f"{shown.get('active', ''):>12}{shown.get('candidate', ''):>12}  {row.get('decision', '')}"
+        )
+    return "\n".join(lines)
+
+
 def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], say) -> None:
     table = format_table(report)
+    live_table = format_live_table(report) if report.get("live_rounds") else ""
+    if live_table:
+        say("live like rate per round (traffic served after each round; arms: like rate/answers):\n" + live_table)
     judged_offline = any(row["status"] == "rejected" and "n" in row for row in report["versions"])
     say("like rate per adapter version (held-out questions, one simulated user per answer):\n" + table)
     if judged_offline:
@@ -152,6 +178,14 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
     )
     (cfg.out_dir / "report.json").write_text(json.dumps(report, indent=2, default=str))
     md = ["# rlhb demo report", "", "```", table, "```", ""]
+    if live_table:
+        md += ["## Live traffic per round", "", "```", live_table, "```", ""]
+        md += [f"drift: {cfg.drift or 'none'}; poisoned round: {cfg.poison_round or 'none'}; A/B share: {cfg.ab_share}"]
+        md += ["", "![like rate per round](live.png)", ""]
+        for row in report["live_rounds"]:
+            if row.get("reason"):
+                md.append(f"- {row['algorithm']} round {row['round']}: {row['decision']}: {row['reason']}")
+        md.append("")
     if judged_offline:
         md += ["Rejected candidates were never served; their answers were generated in the demo process", ""]
     md += [f"Total wall time: {report['total_seconds']:.0f} s", ""]
@@ -166,4 +200,6 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
             for s in r.served:
                 f.write(json.dumps({"algorithm": r.algorithm, "version": r.version, **asdict(s)}) + "\n")
     plot(cfg, report, results)
+    if live_table:
+        plot_live(cfg, report)
     say(f"wrote {cfg.out_dir / 'report.md'}, report.json, served.jsonl and demo.png")

@@ -24,6 +24,7 @@ from rlhb.demo.lanes import (
     wait_records,
     wait_round,
     wait_serving,
+    wait_trial_decision,
 )
 from rlhb.demo.report import build_report, write_report
 
@@ -60,6 +61,24 @@ def prepare_model(cfg: DemoConfig, say) -> str:
     return str(target)
 
 
+def live_row(algorithm: str, round_no: int, users: str, served: list, candidate: str = "", **extra) -> dict:
+    """One row of the per-round live table: the like rate (95% Wilson CI) of the answers served
+    after a round, overall and per A/B arm (the candidate's answers vs the rest)."""
+    from rlhb.evaluation.stats import wilson_interval
+
+    def rate(rows: list) -> dict:
+        ci = wilson_interval(sum(s.asker_liked for s in rows), len(rows))
+        return {"n": ci.n, "like_rate": ci.rate, "ci_low": ci.low, "ci_high": ci.high}
+
+    row = {"algorithm": algorithm, "round": round_no, "users": users, **rate(served), **extra}
+    if candidate:
+        row["arms"] = {
+            "active": rate([s for s in served if s.adapter_version != candidate]),
+            "candidate": rate([s for s in served if s.adapter_version == candidate]),
+        }
+    return row
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     import redis as redis_lib
 
@@ -87,6 +106,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     first_records_topic = ""
     base_count = 0
     lane_info: dict[str, dict] = {}
+    live: list[dict] = []
+    if cfg.drift:
+        before, after, at = cfg.drift_parts()
+        say(f"drift: users '{before}' until round {at}, then '{after}'")
     try:
         for lane_no, algorithm in enumerate(cfg.algorithms):
             t_lane = time.time()
@@ -102,9 +125,13 @@ def run_demo(cfg: DemoConfig) -> dict:
             phases[f"{algorithm}: start"] = time.time() - t_lane
             if lane_no == 0:
                 t0 = time.time()
-                say(f"  base traffic: {cfg.base_traffic} answers from base, users react")
-                base_traffic = traffic(cfg, lane, train_qs, cfg.base_traffic, 0, say, "base traffic")
+                poisoned = cfg.poison_round == 1
+                say(f"  base traffic: {cfg.base_traffic} answers from base, users react{' (POISONED)' * poisoned}")
+                base_traffic = traffic(
+                    cfg.at_round(0), lane, train_qs, cfg.base_traffic, 0, say, "base traffic", invert=poisoned
+                )
                 base_count = len(base_traffic)
+                live.append(live_row("base", 0, cfg.users_at(0), base_traffic, poisoned=poisoned, decision=""))
                 lane_info[algorithm] = {
                     "base_traffic_answers": base_count,
                     "records_in_buffer": wait_records(redis, lane, base_count, say),
@@ -113,7 +140,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 phases["base traffic"] = time.time() - t0
                 t0 = time.time()
                 base = VersionResult("base", "base", 0, "base")
-                base.served = evaluate(cfg, lane, "base", held_out, say)
+                base.served = evaluate(cfg.at_round(0), lane, "base", held_out, say)
                 base.evaluated_at = time.time() - started
                 results.append(base)
                 phases["base evaluation"] = time.time() - t0
@@ -121,6 +148,18 @@ def run_demo(cfg: DemoConfig) -> dict:
                 wait_records(redis, lane, base_count, say)
             next_index = cfg.base_traffic
             for r in range(1, cfg.rounds + 1):
+                rcfg = cfg.at_round(r)  # the users' taste after this round's training (drift)
+                if cfg.poison_round == r and r > 1:
+                    t0 = time.time()
+                    say(f"  round {r} is poisoned: {cfg.traffic_per_round} answers with likes and dislikes swapped")
+                    bad = traffic(
+                        cfg.at_round(r - 1), lane, train_qs, cfg.traffic_per_round, next_index, say, f"poison r{r}",
+                        invert=True,
+                    )  # fmt: skip
+                    next_index += cfg.traffic_per_round
+                    have = int(trainer_status(redis, lane).get("buffer", 0))
+                    wait_records(redis, lane, have + len(bad) - 5, say)
+                    phases[f"{algorithm}: round {r} poisoned traffic"] = time.time() - t0
                 t0 = time.time()
                 rounds_before = len(trainer_rounds(redis, lane))
                 post_admin(lane, "/admin/train", {"algorithm": algorithm, "reason": f"demo round {r}"})
@@ -145,21 +184,54 @@ def run_demo(cfg: DemoConfig) -> dict:
                     f"  round {r}: {vr.status} {version} {('(' + vr.reason + ')') if vr.reason else ''} "
                     f"after {train_s:.0f}s"
                 )
+                vr.round_info["users"] = rcfg.users
+                vr.round_info["poisoned"] = cfg.poison_round == r
+                if vr.status == "trial":  # serving ab_share of live traffic: the guardrail decides
+                    t0 = time.time()
+                    served_ab: list = []
+                    decision = None
+                    for chunk in range(4):
+                        served_ab += traffic(
+                            rcfg, lane, train_qs, cfg.traffic_per_round, next_index, say, f"A/B r{r}.{chunk}"
+                        )
+                        next_index += cfg.traffic_per_round
+                        decision = wait_trial_decision(redis, lane, version, timeout_s=60)
+                        if decision is not None:
+                            break
+                    phases[f"{algorithm}: round {r} A/B traffic"] = time.time() - t0
+                    verdict = decision["decision"] if decision else "undecided"
+                    vr.round_info["guardrail"] = decision or {"decision": "undecided"}
+                    live.append(
+                        live_row(algorithm, r, rcfg.users, served_ab, candidate=version,
+                                 poisoned=cfg.poison_round == r, version=version, decision=verdict,
+                                 reason=(decision or {}).get("reason", ""))
+                    )  # fmt: skip
+                    say(f"  round {r}: live guardrail {verdict} {version} {(decision or {}).get('reason', '')}")
+                    if decision is None:
+                        say("  the A/B trial is still undecided: no further round can start on this lane")
+                        vr.status = "undecided"
+                        break
+                    vr.status = "published" if verdict == "promoted" else "rejected"
+                    vr.reason = decision.get("reason", vr.reason)
                 if vr.status != "published":
                     if vr.status == "rejected" and version and cfg.judge_rejected:
                         t0 = time.time()
-                        vr.served = judge_offline(cfg, lane, version, held_out, model_path, say)
+                        vr.served = judge_offline(rcfg, lane, version, held_out, model_path, say)
                         vr.evaluated_at = time.time() - started
                         phases[f"{algorithm}: round {r} offline judging"] = time.time() - t0
                     continue
                 wait_serving(lane, version)
                 t0 = time.time()
-                vr.served = evaluate(cfg, lane, version, held_out, say)
+                vr.served = evaluate(rcfg, lane, version, held_out, say)
                 vr.evaluated_at = time.time() - started
                 phases[f"{algorithm}: round {r} evaluation"] = time.time() - t0
-                if r < cfg.rounds and cfg.traffic_per_round:
+                if r < cfg.rounds and cfg.traffic_per_round and cfg.ab_share == 0:
                     t0 = time.time()
-                    served = traffic(cfg, lane, train_qs, cfg.traffic_per_round, next_index, say, f"traffic r{r}")
+                    served = traffic(rcfg, lane, train_qs, cfg.traffic_per_round, next_index, say, f"traffic r{r}")
+                    live.append(
+                        live_row(algorithm, r, rcfg.users, served, poisoned=cfg.poison_round == r, version=version,
+                                 decision="published")
+                    )  # fmt: skip
                     next_index += cfg.traffic_per_round
                     have = int(trainer_status(redis, lane).get("buffer", 0))
                     wait_records(redis, lane, have + len(served) - 5, say)
@@ -169,6 +241,10 @@ def run_demo(cfg: DemoConfig) -> dict:
         total = time.time() - started
         report = build_report(cfg, results, phases, total, model_path)
         report["lanes"] = lane_info
+        report["live_rounds"] = live
+        report["drift"] = cfg.drift
+        report["poison_round"] = cfg.poison_round
+        report["ab_share"] = cfg.ab_share
         report["run_id"] = run_id
         write_report(cfg, report, results, say)
         return report

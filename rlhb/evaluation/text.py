@@ -1,22 +1,16 @@
 """Pure text features shared by the simulated users and the quality report.
 
 Standard library only (no numpy, no torch): the simulated users call these on every
-answer, and a user model must stay fast and deterministic.
+answer, and a user model must stay fast and deterministic. The measures the trainer's
+publication gate also needs (tokens, words, repeated n-grams, clean endings) live in
+``core/text_measures.py`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
-TOKEN_RE = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?|[^\sA-Za-z0-9]")
-"""Words (with an apostrophe suffix, "don't") and single punctuation marks, so that
-"!!!!!!" counts as a repetition just like "the cat the cat the cat"."""
-
-WORD_RE = re.compile(r"[A-Za-z0-9]+(?:['’][A-Za-z]+)?")
-TERMINAL_RE = re.compile(r"(?:[.!?…]|```)[\"'”’)\]*_]*\s*$")
-"""An answer ends cleanly when its last sentence is closed (optionally followed by a
-closing quote, bracket or markdown emphasis) or a code block is closed."""
+from core.text_measures import ends_cleanly, repeated_ngram_rate, tokens, words  # the one copy lives in core
 
 STOPWORDS = frozenset(
     """a an the and or but if of to in on at by for with from as into about over under is are was were be been
@@ -33,24 +27,6 @@ STEM_CHARS = 5
 share a prefix; good enough to tell on-topic from unrelated text without a model."""
 
 
-def tokens(text: str) -> list[str]:
-    return [t.lower() for t in TOKEN_RE.findall(text)]
-
-
-def words(text: str) -> list[str]:
-    return [w.lower() for w in WORD_RE.findall(text)]
-
-
-def repeated_ngram_rate(text: str, n: int = 3) -> float:
-    """Fraction of the answer's n-grams (over tokens) that repeat an earlier n-gram; 0 when
-    the answer has fewer than n + 1 tokens."""
-    toks = tokens(text)
-    grams = [tuple(toks[i : i + n]) for i in range(len(toks) - n + 1)]
-    if len(grams) < 2:
-        return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
-
-
 def longest_token_run(text: str) -> int:
     """Longest run of one token repeated back to back ("no no no no" -> 4)."""
     toks = tokens(text)
@@ -59,10 +35,6 @@ def longest_token_run(text: str) -> int:
         run = run + 1 if i and t == toks[i - 1] else 1
         best = max(best, run)
     return best
-
-
-def ends_cleanly(text: str) -> bool:
-    return bool(TERMINAL_RE.search(text.strip())) if text.strip() else False
 
 
 def content_stems(text: str) -> set[str]:

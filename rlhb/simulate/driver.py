@@ -57,6 +57,9 @@ class SimulationConfig:
     """HTTP timeout per request (a generation waits behind a batch on a busy CPU)."""
     admin_token: str = ""
     """Bearer token for /admin calls (empty: dev mode)."""
+    invert_feedback: bool = False
+    """Send every like as a dislike and every dislike as a like (a poisoned batch; ``Served``
+    keeps the users' true reactions)."""
 
     def __post_init__(self) -> None:
         if not self.api_url.startswith(("http://", "https://")):
@@ -106,9 +109,13 @@ def poisson(lam: float, rng: random.Random) -> int:
         k += 1
 
 
-def feedback_events(impression_id: str, reactions: Sequence[Reaction], tag: str, index: int) -> list[dict]:
+def feedback_events(
+    impression_id: str, reactions: Sequence[Reaction], tag: str, index: int, invert: bool = False
+) -> list[dict]:
+    """The viewers' events; ``invert`` swaps likes and dislikes (poisoned feedback)."""
+    swap = {"like": "dislike", "dislike": "like"} if invert else {}
     return [
-        {"event_id": f"{tag}-{index}-{v}-{kind}", "impression_id": impression_id, "kind": kind}
+        {"event_id": f"{tag}-{index}-{v}-{kind}", "impression_id": impression_id, "kind": swap.get(kind, kind)}
         for v, reaction in enumerate(reactions)
         for kind in reaction.kinds()
     ]
@@ -194,7 +201,7 @@ def simulate_one(client: ApiClient, user: UserModel, config: SimulationConfig, t
     reactions = sample_reactions(judgement, viewers, rng)
     sent = 0
     if config.send_feedback:
-        sent = client.feedback(feedback_events(impression_id, reactions, tag, index))
+        sent = client.feedback(feedback_events(impression_id, reactions, tag, index, config.invert_feedback))
     return Served(
         index=index,
         question=question,

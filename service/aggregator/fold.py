@@ -152,5 +152,7 @@ def build_record(
         behavior_text=encoding.render(buckets),
         reward=shaped_reward(counts),
         encoding=encoding.name,
+        arm=impression.arm,
+        trial=impression.trial,
         updated_at=time.time() if now is None else now,
     )

@@ -36,6 +36,10 @@ class Turn:
     cancel: Cancellation = field(default_factory=Cancellation)
     started: float = field(default_factory=time.perf_counter)
     released: bool = False
+    arm: str | None = None
+    """The A/B trial arm that answers ("active" | "candidate"), None outside a trial."""
+    trial: str | None = None
+    """The A/B trial (its candidate's name) when ``arm`` is set."""
 
     @property
     def version(self) -> AdapterVersion | None:
@@ -63,9 +67,21 @@ def backend_or_503(state: AppState):
 
 async def resolve_version(state: AppState, model: str | None) -> AdapterVersion | None:
     """``model`` -> the version to use (None: base). 404 unknown, 409 rejected or unloadable."""
+    return (await resolve_arm(state, model, ""))[0]
+
+
+async def resolve_arm(
+    state: AppState, model: str | None, impression_id: str
+) -> tuple[AdapterVersion | None, str | None, str | None]:
+    """``resolve_version`` plus the A/B arm: a default request (``model`` unset or latest) during
+    a trial goes to the arm ``impression_id`` hashes to; returns (version, arm, trial)."""
     backend = backend_or_503(state)
     if model is None or model in LATEST_ALIASES:
-        return state.watcher.current if state.watcher is not None else None
+        return state.watcher.pick(impression_id) if state.watcher is not None else (None, None, None)
+    return await _named_version(state, backend, model), None, None
+
+
+async def _named_version(state: AppState, backend, model: str) -> AdapterVersion | None:
     if model == BASE_VERSION or model == backend.model_id:
         return None
     if state.registry is None:
@@ -122,8 +138,9 @@ async def start_turn(
             f"query too long: the prompt is {prompt_tokens} tokens and max_tokens is {max_new}, "
             f"more than the model's context of {backend.max_context} tokens; shorten the query",
         )
+    impression_id = state.signer.new_id()
     for _ in range(3):  # the version may be evicted between resolving and pinning: resolve again
-        version = await resolve_version(state, model)
+        version, arm, trial = await resolve_arm(state, model, impression_id)
         if backend.acquire(version):
             break
     else:
@@ -136,7 +153,7 @@ async def start_turn(
         adapter=version,
         prefix=prefix if prompt.startswith(prefix) else "",
     )
-    return Turn(impression_id=state.signer.new_id(), query=query, behavior=behavior, request=request)
+    return Turn(impression_id=impression_id, query=query, behavior=behavior, request=request, arm=arm, trial=trial)
 
 
 @functools.lru_cache(maxsize=256)
@@ -162,6 +179,8 @@ async def record(state: AppState, turn: Turn, result: GenerationResult, endpoint
         response=result.text,
         adapter_version=result.adapter_version,
         model=state.backend.model_id,
+        arm=turn.arm,
+        trial=turn.trial,
     )
     if state.metrics is not None:
         state.metrics.generated_tokens.labels(result.adapter_version).inc(result.completion_tokens)

@@ -22,6 +22,14 @@ time the pointer moves the weights are usually in memory and the swap is only th
 A preload failure is only logged; it is reported if and when that version is promoted.
 A preloaded candidate that the gate then rejects is unloaded at the next preload tick
 (unless a request still holds it), so a rejected version never keeps a slot.
+
+A/B trials: the registry's ``serving()`` gives the pointer and the running trial together
+(one transaction writes both). While a trial runs the watcher keeps its candidate loaded
+and protected next to the active version, and ``pick`` sends each new request to an arm by
+a hash of its impression id (``ABTrial.arm_of``: reproducible, and every instance agrees);
+the impression records the arm and the trial. The trial serves only once the candidate is
+loaded and the active arm is the version the trial names; until then every request goes to
+the active version, unlabelled. When the trial ends, the next check stops labelling.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import threading
 import time
 from typing import Any
 
-from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
+from schemas.adapters import BASE_VERSION, ABTrial, AdapterStatus, AdapterVersion
 from service.api.backends.base import Backend
 
 log = logging.getLogger(__name__)
@@ -63,6 +71,10 @@ class AdapterWatcher:
         """The pointer's value at the last poll."""
         self.last_error: str = ""
         self.swapped_at: float = 0.0
+        self.trial: ABTrial | None = None
+        """The A/B trial being served (its candidate loaded, its active arm the current version)."""
+        self.trial_version: AdapterVersion | None = None
+        """The trial's candidate, loaded."""
         self._failed: dict[str, float] = {}  # name -> monotonic time of the next retry
         self._wake = asyncio.Event()
         self._closing = threading.Event()  # stops the pointer listener thread
@@ -168,21 +180,68 @@ class AdapterWatcher:
         loaded = set(self.backend.loaded_adapters())
         for v in versions:
             if v.status == AdapterStatus.rejected and v.name in loaded and v.name != self.current_name:
+                if self.trial_version is not None and v.name == self.trial_version.name:
+                    continue  # still served until the next check sees the trial end
                 if await self.backend.unload_adapter(v):
                     log.info("unloaded rejected adapter", extra={"event": "adapter_unloaded", "version": v.name})
+
+    def pick(self, impression_id: str) -> tuple[AdapterVersion | None, str | None, str | None]:
+        """The version a new default request uses: (version, arm, trial). Outside a trial the
+        current version with no arm; during one, the arm ``impression_id`` hashes to."""
+        trial, candidate = self.trial, self.trial_version
+        if trial is None or candidate is None:
+            return self.current, None, None
+        arm = trial.arm_of(impression_id)
+        return (candidate if arm == "candidate" else self.current), arm, trial.candidate
 
     async def check(self) -> None:
         async with self._switching:
             # A missing pointer (Redis flushed or restarted) is restored from the manifest by
             # the registry, so we keep serving the active version instead of the base.
-            name = await asyncio.to_thread(self.registry.pointer)
+            if hasattr(self.registry, "serving"):
+                name, trial = await asyncio.to_thread(self.registry.serving)
+            else:
+                name, trial = await asyncio.to_thread(self.registry.pointer), None
             self.pointer = name
-            if name == self.current_name:
+            if name != self.current_name and time.monotonic() >= self._failed.get(name, 0.0):
+                await self._switch(name)
+            elif name == self.current_name:
                 self.last_error = ""  # the pointer is back on what we serve: nothing is wrong any more
-                return
-            if time.monotonic() < self._failed.get(name, 0.0):
-                return
-            await self._switch(name)
+            await self._follow_trial(trial if trial is not None and trial.active == self.current_name else None)
+
+    async def _follow_trial(self, trial: ABTrial | None) -> None:
+        """Serve ``trial`` (load its candidate first) or stop serving the one that ended."""
+        if trial == self.trial:
+            return
+        if trial is None:
+            ended = self.trial
+            self.trial, self.trial_version = None, None
+            self.backend.set_protected(self.current)
+            log.info("A/B trial ended", extra={"event": "ab_trial_ended", "candidate": ended.candidate})
+            return
+        if time.monotonic() < self._failed.get(trial.candidate, 0.0):
+            return
+        try:
+            version = await asyncio.to_thread(self.registry.validate, trial.candidate)
+            await self.backend.load_adapter(version)
+        except Exception as e:  # noqa: BLE001 - the active version keeps answering every request
+            self._failed[trial.candidate] = time.monotonic() + self.retry_s
+            self.last_error = f"could not load A/B candidate {trial.candidate!r}: {type(e).__name__}: {e}"
+            log.error("A/B candidate not loaded", extra={"event": "ab_load_failed", "target": trial.candidate})
+            if self.metrics is not None:
+                self.metrics.adapter_load_failures.inc()
+            return
+        self.backend.set_protected(self.current, version)
+        self.trial, self.trial_version = trial, version
+        log.info(
+            "A/B trial serving",
+            extra={
+                "event": "ab_trial_started",
+                "candidate": trial.candidate,
+                "active": trial.active,
+                "share": trial.share,
+            },
+        )
 
     async def _switch(self, name: str) -> None:
         started = time.perf_counter()
@@ -203,8 +262,10 @@ class AdapterWatcher:
                 self.metrics.adapter_load_failures.inc()
             return
         previous = self.current_name
-        self.backend.set_protected(version)
+        self.backend.set_protected(version, self.trial_version if self.trial and self.trial.active == name else None)
         self.current = version  # the switch: requests that start from now on use it
+        if self.trial is not None and self.trial.active != name:  # the trial's active arm is gone
+            self.trial, self.trial_version = None, None
         self._failed.pop(name, None)
         self.last_error = ""
         self.swapped_at = time.time()

@@ -163,3 +163,69 @@ def test_rollback_target_predicts_rollback_and_pointer_reads_or_restores_redis(r
     assert registry.pointer() == "t-c"
     redis_client.delete(registry.active_key)  # a Redis flush: pointer() restores it from the manifest
     assert registry.pointer() == "t-c" and redis_client.get(registry.active_key) == "t-c"
+
+
+def test_ab_trial_lives_next_to_the_pointer_survives_redis_loss_and_ends_promoted_or_rejected(
+    registry, tiny_model_dir, redis_client
+):
+    _add(registry, tiny_model_dir, "ab-a", seed=1)
+    _add(registry, tiny_model_dir, "ab-b", seed=2, parent="ab-a")
+    _add(registry, tiny_model_dir, "ab-c", seed=3, parent="ab-a")
+    registry.promote("ab-a")
+    assert registry.serving() == ("ab-a", None) and registry.trial() is None
+    with pytest.raises(RegistryError, match="share must be in"):
+        registry.start_trial("ab-b", 0.0)
+
+    pubsub = registry.subscribe_pointer()
+    pubsub.get_message(timeout=1)
+    seq = registry.active_seq()
+    trial = registry.start_trial("ab-b", 0.3)
+    assert (trial.candidate, trial.active, trial.share) == ("ab-b", "ab-a", 0.3)
+    assert registry.serving() == ("ab-a", trial) and registry.active() == "ab-a"  # the pointer did not move
+    assert registry.active_seq() == seq + 1  # one transaction: pointer, trial, seq, message
+    message = pubsub.get_message(timeout=2)
+    assert message is not None and message["data"] == "ab-a"
+    pubsub.close()
+    with pytest.raises(RegistryError, match="trial of 'ab-b' is running"):
+        registry.start_trial("ab-c", 0.3)
+    assert "ab-b" not in registry.prune(keep=2)  # a candidate in trial is never pruned
+
+    # Redis loses everything: the manifest brings the trial back with the pointer.
+    redis_client.delete(registry.active_key, registry.trial_key)
+    assert Registry(registry.root, redis_client, registry.prefix).serving() == ("ab-a", trial)
+    redis_client.delete(registry.trial_key)
+    assert registry.serving() == ("ab-a", trial)
+
+    # Rejected: traffic returns to the active version, the reason is kept.
+    with pytest.raises(RegistryError, match="no A/B trial of 'ab-c'"):
+        registry.end_trial("ab-c", promote=False, reason="x")
+    assert registry.end_trial("ab-b", promote=False, reason="A/B guardrail: worse") == "ab-a"
+    assert registry.serving() == ("ab-a", None)
+    assert (
+        registry.get("ab-b").status == AdapterStatus.rejected and registry.get("ab-b").reason == "A/B guardrail: worse"
+    )
+    with pytest.raises(RegistryError, match="rejected"):
+        registry.start_trial("ab-b", 0.3)
+
+    # Promoted: the candidate becomes active, the old active goes on the history.
+    registry.start_trial("ab-c", 0.5)
+    assert registry.end_trial("ab-c", promote=True, reason="as good") == "ab-c"
+    assert registry.serving() == ("ab-c", None) and registry.get("ab-c").status == AdapterStatus.published
+    assert registry.history()[-1] == "ab-a"
+    assert [(t["candidate"], t["outcome"]) for t in registry.trials()] == [("ab-b", "rejected"), ("ab-c", "promoted")]
+
+
+def test_moving_the_pointer_by_hand_cancels_a_trial_and_marking_its_candidate_rejected_ends_it(
+    registry, tiny_model_dir
+):
+    _add(registry, tiny_model_dir, "h-a", seed=1)
+    _add(registry, tiny_model_dir, "h-b", seed=2)
+    _add(registry, tiny_model_dir, "h-c", seed=3)
+    registry.promote("h-a")
+    registry.start_trial("h-b", 0.5)
+    registry.promote("h-c")  # another version by hand: the trial's active arm is gone
+    assert registry.serving() == ("h-c", None) and registry.get("h-b").status == AdapterStatus.candidate
+    registry.start_trial("h-b", 0.5)
+    registry.mark("h-b", AdapterStatus.rejected, "by hand")
+    assert registry.serving() == ("h-c", None)
+    assert [t["outcome"] for t in registry.trials()] == ["cancelled", "rejected"]

@@ -95,9 +95,11 @@ def write_trained_adapter(
     lr: float = 5e-3,
     seed: int = 0,
     parent: str | None = None,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj", "o_proj", "down_proj"),
 ) -> Path:
     """Like ``write_test_adapter``, but the LoRA is fitted (plain SFT) to ``examples`` =
-    [(query, behavior sentence, answer)], so it prefers answers like those."""
+    [(query, behavior sentence, answer)], so it prefers answers like those. Add "lm_head" to
+    ``target_modules`` to make the preferred answers dominate sampling on the tiny random model."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -107,7 +109,7 @@ def write_trained_adapter(
     torch.manual_seed(seed)
     tok = AutoTokenizer.from_pretrained(model_dir)
     base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    config = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+    config = LoraConfig(r=8, lora_alpha=16, target_modules=list(target_modules))
     model = get_peft_model(base, config)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     rows = []

@@ -80,3 +80,42 @@ def test_a_rejected_candidate_is_judged_offline_and_never_served(
     assert any(k.endswith("(rejected, never served)") for k in report["side_by_side"][0])
     manifest = json.loads((cfg.out_dir / "lane-rlhf" / "adapters" / "manifest.json").read_text())
     assert manifest["active"] == "base" and row["version"] not in json.dumps(manifest["history"])
+
+
+@pytest.mark.slow
+def test_quick_demo_with_drift_a_poisoned_round_and_ab_trials(
+    tmp_path, kafka_bootstrap, redis_url, tiny_model_dir, monkeypatch
+):
+    """--drift concise:warm@2 --poison-round 2 --ab-share 0.5, two rounds, one lane: every
+    candidate that passes the gate serves half of the next traffic until the live guardrail
+    decides it. With the tiny random model like rates are noise: the plumbing is asserted."""
+    from rlhb.demo.report import format_live_table
+
+    monkeypatch.setenv("RLHB_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("RLHB_REDIS_URL", redis_url)
+    monkeypatch.setenv("RLHB_STATE_DIR", str(tmp_path / "state"))
+    cfg = quick_config(
+        tmp_path / "demo", model_path=str(tiny_model_dir), algorithms=("rlhb",), base_traffic=32, eval_questions=4,
+        rounds=2, traffic_per_round=24, drift="concise:warm@2", poison_round=2, ab_share=0.5,
+    )  # fmt: skip
+    report = run_demo(cfg)
+
+    live = {(row["algorithm"], row["round"]): row for row in report["live_rounds"]}
+    assert live[("base", 0)]["users"] == "concise" and not live[("base", 0)]["poisoned"]
+    rounds = {row["round"]: row for row in report["versions"] if row["algorithm"] == "rlhb"}
+    assert set(rounds) == {1, 2}, rounds
+    assert rounds[1]["round_info"]["users"] == "concise" and rounds[2]["round_info"]["users"] == "warm"  # the drift
+    assert rounds[2]["round_info"]["poisoned"] and not rounds[1]["round_info"]["poisoned"]
+    trials = [r for r in (1, 2) if rounds[r]["round_info"].get("outcome") == "trial"]
+    assert trials, "no candidate passed the gate: nothing was A/B tested"
+    for r in trials:
+        row = live[("rlhb", r)]
+        assert row["decision"] in ("promoted", "rejected"), row  # the live guardrail decided it
+        assert rounds[r]["round_info"]["guardrail"]["decision"] == row["decision"]
+        assert rounds[r]["status"] == ("published" if row["decision"] == "promoted" else "rejected")
+        assert row["arms"]["active"]["n"] > 0 and row["arms"]["candidate"]["n"] > 0  # both arms served
+        assert row["users"] == ("warm" if r == 2 else "concise") and row["poisoned"] == (r == 2)
+        assert 0 <= row["ci_low"] <= row["like_rate"] <= row["ci_high"] <= 1
+    assert "decision" in format_live_table(report)
+    assert "Live traffic per round" in (cfg.out_dir / "report.md").read_text()
+    assert (cfg.out_dir / "live.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -42,6 +42,18 @@ def test_quality_report_counts_degenerate_answers():
     assert repetition_and_length(["One two three four five."])["median_words"] == 5
 
 
+def test_the_text_measures_and_relevance_have_one_copy_in_core():
+    """The trainer's gate (behavior guard) measures answers with these very functions."""
+    import core.relevance
+    import core.text_measures
+    import rlhb.evaluation.quality as quality
+    import rlhb.evaluation.text as text
+
+    assert text.repeated_ngram_rate is quality.repeated_ngram_rate is core.text_measures.repeated_ngram_rate
+    assert text.words is core.text_measures.words and text.ends_cleanly is core.text_measures.ends_cleanly
+    assert relevance_scores is core.relevance.relevance_scores
+
+
 def test_wilson_interval_matches_reference_values():
     # Reference: Wilson 95% interval for 30/100 is [0.2189, 0.3958] (e.g. statsmodels proportion_confint).
     p = wilson_interval(30, 100)

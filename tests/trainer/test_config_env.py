@@ -17,6 +17,11 @@ OLD_GATE_DEFAULTS = {
     "kl_bound": 0.5, "reward_tolerance": 0.05, "max_prompts": 16, "max_new_tokens": 32, "max_records": 64,
     "max_response_tokens": 96, "min_reward_gap": 0.1, "min_pairs": 10, "batch_size": 8, "seed": 0, "threads": 0,
 }  # fmt: skip
+# Added with the behavior guard (issue 14): the reasons for these values are in trainer/gate.py.
+BEHAVIOR_GUARD_DEFAULTS = {
+    "behavior_guard": True, "near_empty_words": 3, "max_near_empty_increase": 0.10, "max_length_drop": 0.6,
+    "max_repetition_increase": 0.10, "max_relevance_drop": 0.25, "max_refusal_increase": 0.10,
+}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)
@@ -30,7 +35,9 @@ def _clean_env(monkeypatch):
 
 def test_defaults_are_unchanged():
     settings = TrainerSettings()
-    assert settings.algo == {} and build_gate_config(settings).model_dump() == OLD_GATE_DEFAULTS
+    gate = build_gate_config(settings).model_dump()
+    assert settings.algo == {} and {k: gate[k] for k in OLD_GATE_DEFAULTS} == OLD_GATE_DEFAULTS
+    assert {k: gate[k] for k in set(gate) - set(OLD_GATE_DEFAULTS)} == BEHAVIOR_GUARD_DEFAULTS
     for algorithm in ALGORITHMS:
         assert build_algorithm_config(settings, algorithm) == default_config(algorithm)
     assert (settings.steps_per_round, settings.min_records, settings.sample_size, settings.poll_timeout_ms) == (

@@ -141,3 +141,96 @@ def test_guardrail_rolls_back_a_version_users_like_less_from_live_records(
     event = trainer.guardrail_rollbacks[-1]
     assert event["rolled_back"] == "worse" and "like rate" in event["reason"]
     assert reg.get("worse").status == AdapterStatus.rejected and "guardrail" in reg.get("worse").reason
+
+
+def arm_served(trial: str, arm: str, version: str, start: int, n: int, like_rate: float, seed: int):
+    """n impressions of one A/B arm, one view each, liked with probability like_rate."""
+    return [
+        r.model_copy(update={"arm": arm, "trial": trial, "impression_id": f"{trial}-{arm}-{r.impression_id}"})
+        for r in served(version, start, n, like_rate, seed)
+    ]
+
+
+def both_arms(trial: str, active: str, start: int, n: int, active_rate: float, candidate_rate: float, seed: int):
+    return arm_served(trial, "active", active, start, n, active_rate, seed) + arm_served(
+        trial, "candidate", trial, start, n, candidate_rate, seed + 1000
+    )
+
+
+def test_ab_trial_rejects_a_worse_candidate_promotes_an_as_good_one_and_survives_a_restart(
+    make_trainer, kafka_bootstrap, tiny_model_dir
+):
+    ab = dict(RLHB_TRAINER_AB_SHARE="0.5", RLHB_TRAINER_AB_MIN_VIEWS="300", RLHB_TRAINER_GUARDRAIL_MIN_VIEWS="50")
+    trainer = make_trainer(records_per_round=100_000, **ab)
+    reg = trainer.registry
+    for name, seed in (("act", 1), ("worse", 2), ("good", 3)):
+        reg.register(write_test_adapter(tiny_model_dir, reg.root, name, seed=seed, scale=0.01, parent="act"))
+    reg.promote("act")
+    topic = trainer.settings.topic_records
+
+    def feed(t: Trainer, records, total: int) -> None:
+        produce_records(kafka_bootstrap, topic, records)
+        deadline = time.monotonic() + 30
+        while t.buffer.added < total:
+            assert time.monotonic() < deadline, "records did not arrive"
+            t.step()
+
+    # The active version's earlier, better counts (another period) must not count: only the arms.
+    feed(trainer, served("act", 0, 200, 0.9, seed=1), 200)
+    reg.start_trial("worse", 0.5)
+    feed(trainer, both_arms("worse", "act", 0, 30, 0.3, 0.1, seed=2), 260)
+    assert reg.trial() is not None and not trainer.trial_decisions  # below guardrail_min_views: waiting
+
+    # Restart mid-trial: the trial comes from the registry, the counts from the topic.
+    trainer.close()
+    trainer = make_trainer(records_per_round=100_000, **ab)
+    feed(trainer, [], 260)
+    assert trainer.registry.trial().candidate == "worse"
+    total = 260
+    for k in range(1, 6):
+        feed(trainer, both_arms("worse", "act", 100 * k, 60, 0.3, 0.1, seed=10 + k), total + 120)
+        total += 120
+        if reg.trial() is None:
+            break
+    decision = trainer.trial_decisions[-1]
+    assert decision["candidate"] == "worse" and decision["decision"] == "rejected" and decision["now_active"] == "act"
+    assert "same period" in decision["reason"]
+    assert reg.serving() == ("act", None)
+    assert reg.get("worse").status == AdapterStatus.rejected and "A/B guardrail" in reg.get("worse").reason
+    assert reg.trials()[-1]["outcome"] == "rejected"
+
+    # An as-good candidate is promoted after ab_min_views views per arm, not before.
+    reg.start_trial("good", 0.5)
+    for k in range(6):
+        feed(trainer, both_arms("good", "act", 100 * k, 60, 0.3, 0.3, seed=30 + k), total + 120)
+        total += 120
+        if reg.trial() is None:
+            break
+    decision = trainer.trial_decisions[-1]
+    assert decision["candidate"] == "good" and decision["decision"] == "promoted", decision
+    assert min(decision["arms"]["candidate"]["views"], decision["arms"]["active"]["views"]) >= 300
+    assert reg.serving() == ("good", None) and reg.get("good").status == AdapterStatus.published
+
+    # A third trainer finds the decisions in the registry and leaves them alone.
+    trainer.close()
+    trainer = make_trainer(records_per_round=100_000, **ab)
+    feed(trainer, [], total)
+    assert trainer.check_trial() is None and reg.serving() == ("good", None)
+    assert [t["outcome"] for t in reg.trials()] == ["rejected", "promoted"]
+
+
+def test_with_ab_share_a_round_that_passes_the_gate_starts_a_trial_and_no_round_starts_during_it(
+    make_trainer, kafka_bootstrap, redis_client
+):
+    trainer = make_trainer(records_per_round=40, RLHB_TRAINER_AB_SHARE="0.25")
+    produce_records(kafka_bootstrap, trainer.settings.topic_records, toy_records(40))
+    step_until(trainer, 1)
+    first = trainer.last_round
+    assert first["outcome"] == "trial" and first["ab_share"] == 0.25, first
+    assert trainer.registry.serving() == ("base", trainer.registry.trial())
+    assert trainer.registry.trial().candidate == first["version"] and trainer.registry.trial().share == 0.25
+    redis_client.rpush(trainer.requests_key, json.dumps({"reason": "test"}))
+    for _ in range(10):
+        trainer.step()
+    assert trainer.rounds_done == 1 and not trainer.training  # deferred until the trial is decided
+    assert trainer.status()["trial"]["candidate"] == first["version"]

@@ -102,8 +102,8 @@ class Backend(abc.ABC):
         it is gone. Optional: a backend without it (False) relies on its own eviction."""
         return False
 
-    def set_protected(self, version: AdapterVersion | None) -> None:  # noqa: B027 - optional hook
-        """The active version: never evicted while it is active."""
+    def set_protected(self, version: AdapterVersion | None, *also: AdapterVersion | None) -> None:  # noqa: B027
+        """The active version (and ``also``: an A/B trial's candidate): never evicted while served. Optional hook."""
 
     def acquire(self, version: AdapterVersion | None) -> bool:
         """Pin ``version`` for one request (it cannot be evicted until ``release``).

@@ -143,7 +143,7 @@ class EmbeddedBackend(Backend):
         self._peft: Any = None  # PeftModel wrapping _model once the first adapter is loaded
         self._mode: str | None = None  # adapter state the model is in (_adapter_mode); None: unknown
         self._adapters: dict[int, _Loaded] = {}
-        self._protected: int | None = None
+        self._protected: frozenset[int] = frozenset()
         self._lock = threading.Lock()
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -189,8 +189,8 @@ class EmbeddedBackend(Backend):
         with self._lock:
             return [a.version.name for a in self._adapters.values()]
 
-    def set_protected(self, version: AdapterVersion | None) -> None:
-        self._protected = None if version is None else version.id
+    def set_protected(self, version: AdapterVersion | None, *also: AdapterVersion | None) -> None:
+        self._protected = frozenset(v.id for v in (version, *also) if v is not None)
 
     def acquire(self, version: AdapterVersion | None) -> bool:
         if version is None:
@@ -277,7 +277,11 @@ class EmbeddedBackend(Backend):
             if spare <= 0:
                 return
             idle = sorted(
-                (a for a in self._adapters.values() if a.refs == 0 and a.version.id not in (self._protected, keep)),
+                (
+                    a
+                    for a in self._adapters.values()
+                    if a.refs == 0 and a.version.id not in self._protected and a.version.id != keep
+                ),
                 key=lambda a: a.last_used,
             )
             victims = idle[:spare]
@@ -305,7 +309,7 @@ class EmbeddedBackend(Backend):
             loaded = self._adapters.get(version.id)
             if loaded is None:
                 return True
-            if loaded.refs > 0 or version.id == self._protected:
+            if loaded.refs > 0 or version.id in self._protected:
                 return False  # a request still runs on it, or it is active: keep it
             del self._adapters[version.id]
         self._delete_adapter(version)

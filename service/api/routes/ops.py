@@ -49,6 +49,11 @@ async def readyz(state: State) -> JSONResponse:
             "pointer": watcher.pointer if watcher else None,
             "loaded": backend.loaded_adapters() if model_ok else [],
             "last_error": watcher.last_error if watcher else "",
+            "trial": (
+                {"candidate": watcher.trial.candidate, "share": watcher.trial.share}
+                if watcher and watcher.trial
+                else None
+            ),
         },
         "outbox": {"pending": await asyncio.to_thread(impressions.outbox.count) if impressions else 0},
     }

@@ -1,0 +1,170 @@
+"""The gate's behavior guard: the candidate and its parent answer the same held-out prompts and
+a terse, empty or repetitive candidate is blocked (real LoRAs on the tiny model, real registry,
+real MiniLM); plus the guard's comparison on the measured runs the default bounds come from."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.registry import Registry
+from schemas.adapters import AdapterStatus, AdapterVersion
+from tests.helpers.adapter_factory import write_test_adapter, write_trained_adapter
+from tests.trainer.test_gate import BEHAVIOR, TOPICS, record
+from trainer.gate import GateConfig, compare_behavior, evaluate, gate_and_publish
+
+GUARD = GateConfig(max_prompts=6, max_new_tokens=16, max_records=16, batch_size=8, threads=1)
+GUARD_ONLY = GUARD.model_copy(update={"kl_bound": 100.0})  # these candidates are far in KL too
+GUARD_METRICS = ("mean_words", "near_empty_share", "refusal_share", "repeated_ngram_rate", "relevance")
+# On the tiny random model a LoRA on the attention/MLP layers alone barely moves sampling; with
+# the LM head too, 30 SFT steps make the trained answers dominate temperature-1 sampling.
+SFT_MODULES = ("q_proj", "v_proj", "o_proj", "down_proj", "lm_head")
+TRAIN_QUESTIONS = [f"How do I {t}?" for t in TOPICS[:6]]
+
+
+@pytest.fixture
+def heldout():
+    return [record(2 * i + g, t, bool(g)) for i, t in enumerate(TOPICS[6:]) for g in (0, 1)]
+
+
+@pytest.fixture
+def registry(tmp_path, redis_client, redis_prefix):
+    return Registry(tmp_path / "adapters", redis_client, redis_prefix)
+
+
+@pytest.fixture(scope="module")
+def terse_dir(tiny_model_dir, tmp_path_factory):
+    """Trained to stop at once (every answer is EOS): the 1-token collapse of direct-reward RL."""
+    return write_trained_adapter(
+        tiny_model_dir,
+        tmp_path_factory.mktemp("terse"),
+        "terse",
+        [(q, BEHAVIOR, "") for q in TRAIN_QUESTIONS],
+        steps=20,
+        lr=1e-2,
+        target_modules=SFT_MODULES,
+    )
+
+
+def test_a_terse_candidate_is_blocked_with_the_reason_in_the_registry(registry, tiny_model_dir, heldout, terse_dir):
+    import shutil
+
+    shutil.copytree(terse_dir, registry.root / "terse")
+    terse = registry.register(registry.root / "terse")
+    result = gate_and_publish(registry, terse, str(tiny_model_dir), heldout, GUARD)
+    assert not result.passed
+    assert "behavior guard: near-empty answers (< 3 words) 0.00 -> 1.00 (bound +0.10)" in result.reason
+    assert "behavior guard: mean answer length" in result.reason and "-100%, bound -60%" in result.reason
+    assert "KL" in result.reason  # every failed check is named
+    assert registry.active() == "base"
+    assert registry.get("terse").status == AdapterStatus.rejected and registry.get("terse").reason == result.reason
+    m = result.metrics
+    assert m["near_empty_share"] == 1.0 and m["near_empty_share_parent"] == 0.0
+    assert m["mean_words"] == 0.0 and m["mean_words_parent"] > 5 and m["length_drop"] == 1.0
+    for key in GUARD_METRICS:
+        assert key in m and f"{key}_parent" in m
+
+    # the guard alone blocks it (KL bound out of the way)
+    alone = evaluate(terse, None, str(tiny_model_dir), heldout, GUARD_ONLY)
+    assert not alone.passed and "near-empty answers" in alone.reason and "KL" not in alone.reason
+
+
+def test_the_parent_is_the_active_version(tiny_model_dir, heldout, terse_dir):
+    """Against a parent that is just as terse, nothing moved: the guard passes."""
+    terse = AdapterVersion(name="terse", id=1, path=str(terse_dir))
+    same = evaluate(terse, terse, str(tiny_model_dir), heldout, GUARD_ONLY)
+    assert same.passed, same.reason
+    assert same.metrics["near_empty_share_parent"] == same.metrics["near_empty_share"] == 1.0
+
+
+def test_a_repetitive_candidate_is_blocked(tmp_path, tiny_model_dir, heldout):
+    # one word repeated: the tiny random model learns which tokens to emit, not their order,
+    # so a longer phrase comes out shuffled (and shorter); "good good good ..." stays a loop
+    looping = write_trained_adapter(
+        tiny_model_dir,
+        tmp_path,
+        "looping",
+        [(q, BEHAVIOR, " ".join(["good"] * 24)) for q in TRAIN_QUESTIONS],
+        steps=30,
+        lr=2e-2,
+        target_modules=SFT_MODULES,
+    )
+    result = evaluate(
+        AdapterVersion(name="looping", id=1, path=str(looping)), None, str(tiny_model_dir), heldout, GUARD_ONLY
+    )
+    assert not result.passed
+    assert "behavior guard: repeated 3-grams" in result.reason and "(bound +0.10)" in result.reason
+    assert result.metrics["repeated_ngram_rate"] > 0.5 > result.metrics["repeated_ngram_rate_parent"]
+    assert "near-empty" not in result.reason and "answer length" not in result.reason
+
+
+def test_a_candidate_close_to_its_parent_passes_the_guard(registry, tiny_model_dir, heldout):
+    registry.register(write_test_adapter(tiny_model_dir, registry.root, "parent", seed=1, scale=0.01))
+    registry.promote("parent")
+    near = registry.register(write_test_adapter(tiny_model_dir, registry.root, "near", seed=2, scale=0.01))
+    result = gate_and_publish(registry, near, str(tiny_model_dir), heldout, GUARD)  # default bounds
+    assert result.passed, result.reason
+    assert registry.active() == "near"
+    m = result.metrics
+    for key in GUARD_METRICS:
+        assert key in m and f"{key}_parent" in m
+    assert m["near_empty_share"] - m["near_empty_share_parent"] <= GUARD.max_near_empty_increase
+    assert m["length_drop"] < 0.2 and m["repeated_ngram_rate"] - m["repeated_ngram_rate_parent"] < 0.05
+
+    skipped = evaluate(near, None, str(tiny_model_dir), heldout, GUARD.model_copy(update={"behavior_guard": False}))
+    assert skipped.passed and skipped.metrics["behavior_guard_skipped"] == 1.0 and "mean_words" not in skipped.metrics
+
+
+def measures(words: float, near_empty: float, relevance: float, repetition: float = 0.03, refusals: float = 0.0):
+    return {
+        "mean_words": words,
+        "near_empty_share": near_empty,
+        "refusal_share": refusals,
+        "repeated_ngram_rate": repetition,
+        "relevance": relevance,
+    }
+
+
+# The runs in bench/demo_experiments.md (352 held-out answers each; near-empty there: < 4 words)
+BASE = measures(28.5, 0.009, 0.587, 0.029)
+HEALTHY = {
+    "E3 RLHB, shorter and on topic": measures(16.3, 0.026, 0.637, 0.019),
+    "demo RLHBC": measures(15.7, 0.031, 0.733, 0.012),
+}
+HACKED = {
+    "E4 RLHBC, a third near-empty": (measures(6.9, 0.324, 0.576, 0.005), ("near-empty", "answer length")),
+    "direct-reward RL, stock phrases": (measures(3.2, 0.625, 0.110, 0.0), ("near-empty", "length", "relevance")),
+    "direct-reward RL, empty answers": (measures(0.0, 1.0, 0.0, 0.0), ("near-empty", "length", "relevance")),
+    "a looping policy": (measures(30.0, 0.0, 0.5, 0.45), ("repeated 3-grams",)),
+    "a refusing policy": (measures(14.0, 0.0, 0.45, 0.03, refusals=0.3), ("refusals",)),
+}
+
+
+@pytest.mark.parametrize("name", HEALTHY)
+def test_default_bounds_pass_the_healthy_measured_runs(name):
+    metrics, reasons = compare_behavior(BASE, HEALTHY[name], GateConfig())
+    assert reasons == [] and metrics["length_drop"] > 0.4  # much shorter, and still fine
+
+
+@pytest.mark.parametrize("name", HACKED)
+def test_default_bounds_block_the_hacked_runs(name):
+    candidate, guards = HACKED[name]
+    _, reasons = compare_behavior(BASE, candidate, GateConfig())
+    assert len(reasons) == len(guards)
+    for guard in guards:
+        assert any(guard in r for r in reasons), (guard, reasons)
+
+
+def test_a_reason_names_the_guard_both_numbers_and_the_bound():
+    _, reasons = compare_behavior(BASE, HACKED["direct-reward RL, stock phrases"][0], GateConfig())
+    assert reasons == [
+        "behavior guard: near-empty answers (< 3 words) 0.01 -> 0.62 (bound +0.10)",
+        "behavior guard: mean answer length 28.5 -> 3.2 words (-89%, bound -60%)",
+        "behavior guard: relevance to the question 0.59 -> 0.11 (-81%, bound -25%)",
+    ]
+
+
+def test_relevance_near_zero_has_nothing_to_lose():
+    """A parent whose answers are unrelated to the questions (MiniLM cosine < 0.2): a relative
+    drop there is noise, not a lost topic."""
+    metrics, reasons = compare_behavior(measures(12, 0, 0.05), measures(12, 0, 0.03), GateConfig())
+    assert reasons == [] and metrics["relevance_drop"] == pytest.approx(0.1)
