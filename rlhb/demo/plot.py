@@ -5,6 +5,13 @@ from __future__ import annotations
 from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig
 from rlhb.demo.judging import VersionResult
 
+QUALITY_LINES = (
+    ("relevance", "o", "-", "relevance"),
+    ("repeated_ngram_rate", "x", "--", "repeated 3-grams"),
+    ("cut_off_share", ".", ":", "cut-off share"),
+)
+"""(quality key, marker, line style, label) of the quality panel's lines."""
+
 
 def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
     import matplotlib
@@ -40,29 +47,15 @@ def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
         if not pts:
             continue
         x = [r["round"] for r in pts]
-        ax.plot(
-            x,
-            [r["quality"].get("relevance") or 0 for r in pts],
-            marker="o",
-            color=colors.get(algo),
-            label=f"{ALGORITHM_LABELS.get(algo, algo)} relevance",
-        )
-        ax.plot(
-            x,
-            [r["quality"]["repeated_ngram_rate"] for r in pts],
-            marker="x",
-            linestyle="--",
-            color=colors.get(algo),
-            label=f"{ALGORITHM_LABELS.get(algo, algo)} repeated 3-grams",
-        )
-        ax.plot(
-            x,
-            [r["quality"]["cut_off_share"] for r in pts],
-            marker=".",
-            linestyle=":",
-            color=colors.get(algo),
-            label=f"{ALGORITHM_LABELS.get(algo, algo)} cut-off share",
-        )
+        for key, marker, style, name in QUALITY_LINES:
+            ax.plot(
+                x,
+                [r["quality"].get(key) or 0 for r in pts],
+                marker=marker,
+                linestyle=style,
+                color=colors.get(algo),
+                label=f"{ALGORITHM_LABELS.get(algo, algo)} {name}",
+            )
     ax.set_xlabel("training round (0 = base)")
     ax.set_title("Quality (not optimized by the trainer)")
     ax.legend(fontsize=7)
