@@ -6,20 +6,26 @@ from pathlib import Path
 
 import typer
 
-from rlhb.demo.config import DemoConfig, quick_config
+from rlhb.demo.config import DemoConfig, parse_sets, quick_config
 from rlhb.demo.run import run_demo
 
 
 def demo(
     quick: bool = typer.Option(False, "--quick", help="Tiny model, a few answers, one short round (about a minute)."),
     out: Path = typer.Option(Path("rlhb-demo"), help="Output folder (report.md, report.json, demo.png, logs)."),
-    algorithms: str = typer.Option("rlhb,rlhbc,rlhf", help="Comma-separated lanes: rlhb, rlhbc, rlhf, sft, pro."),
+    algorithms: str = typer.Option(
+        "rlhb,rlhbc,rlhf",
+        help="Comma-separated lanes: rlhb, rlhbc, rlhf, sft, pro, or a variant ALGO-NAME "
+        "(rlhb-frozen: the paper's frozen-D ablation).",
+    ),
     rounds: int = typer.Option(None, min=1, help="Training rounds per algorithm."),
     steps: int = typer.Option(None, min=1, help="Training iterations per round."),
     base_traffic: int = typer.Option(None, min=1, help="Answers served by base before round 1."),
     traffic_per_round: int = typer.Option(None, min=0, help="Answers served by each new version."),
     eval_samples: int = typer.Option(None, min=1, help="Answers per held-out question per version."),
-    users: str = typer.Option("concise", help="Simulated users: concise | example | warm | package.module:Class."),
+    users: str = typer.Option(
+        "concise", help="Simulated users: concise | example | warm | thorough | package.module:Class."
+    ),
     seed: int = typer.Option(0, help="Seed."),
     drift: str = typer.Option(
         "", help="PRESET_A:PRESET_B@ROUND: the users switch taste at that round (its traffic and evaluation use B)."
@@ -33,6 +39,12 @@ def demo(
         max=0.99,
         help="RLHB_TRAINER_AB_SHARE: a gated candidate serves this share of live traffic "
         "until the live guardrail promotes or rejects it (0: promote at once).",
+    ),
+    sets: list[str] = typer.Option(
+        [],
+        "--set",
+        help="Trainer override FIELD=VALUE for every lane, or LANE.FIELD=VALUE for one (repeatable), "
+        "e.g. --set rlhb.kappa=0.5; a lane ALGO-NAME (rlhb-x) is a variant of ALGO with its own --set.",
     ),
     judge_rejected: bool = typer.Option(
         True, "--judge-rejected/--no-judge-rejected", help="Measure a rejected candidate offline (never served)."
@@ -60,6 +72,8 @@ def demo(
             cfg = quick_config(out, algorithms=names, users=users, seed=seed, **overrides)
         else:
             cfg = DemoConfig(out_dir=out, algorithms=names, users=users, seed=seed, **overrides)
+        for lane, fields in parse_sets(sets, cfg.algorithms).items():
+            cfg.algorithm_config[lane] = {**cfg.lane_overrides(lane), **fields}
         from rlhb.simulate.users import load_user_model
 
         load_user_model(users)

@@ -25,6 +25,40 @@ def algorithm_label(name: str, overrides: dict) -> str:
     return f"{base} ({'; '.join(notes)})" if notes else base
 
 
+def lane_algorithm(lane: str) -> str:
+    """The algorithm a lane trains: a lane is named ``ALGO`` or ``ALGO-VARIANT`` (e.g. ``rlhb-frozen``),
+    a variant with its own overrides next to the plain one in the same run (same base traffic)."""
+    return lane.split("-", 1)[0]
+
+
+def parse_sets(items: list[str] | tuple[str, ...], lanes: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    """``--set`` items (``FIELD=VALUE`` for every lane, ``LANE.FIELD=VALUE`` for one) as per-lane overrides,
+    each checked against its algorithm's Config so a typo fails before any process starts."""
+    from trainer.algorithms import default_config
+    from trainer.config import ConfigError, apply_overrides
+
+    out: dict[str, dict[str, str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes FIELD=VALUE or LANE.FIELD=VALUE; got {item!r}")
+        lane, dot, name = key.strip().rpartition(".")
+        targets = [lane] if dot else list(lanes)
+        if dot and lane not in lanes:
+            raise ValueError(f"--set {item!r}: no lane {lane!r} in this run (lanes: {', '.join(lanes)})")
+        for target in targets:
+            config = default_config(lane_algorithm(target))
+            if name not in {f.name for f in dataclasses.fields(config)}:
+                known = ", ".join(sorted(f.name for f in dataclasses.fields(config)))
+                raise ValueError(f"--set {item!r}: {lane_algorithm(target)} has no field {name!r}; known: {known}")
+            try:
+                apply_overrides(config, {name: value}, variable=f"--set {target}")
+            except ConfigError as e:
+                raise ValueError(str(e)) from None
+            out.setdefault(target, {})[name] = value
+    return out
+
+
 PPO_BUDGET: dict = {
     "batch_size": 16,
     "rollouts_per_prompt": 4,
@@ -36,16 +70,26 @@ PPO_BUDGET: dict = {
 """The PPO budget every full-demo lane shares (so the comparison is like with like)."""
 
 FULL_ALGORITHM_CONFIG: dict[str, dict] = {
-    # Found by the experiments in bench/demo_experiments.md (E3: like rate 0.244 -> 0.474 on 352
-    # held-out answers, in process). RLHB: D learns the behavior from real vs behavior-swapped
-    # records during warm-up (R1: its reward ranks held-out answers with Spearman 0.74 against
-    # the users' true like probability), then stays frozen: the adversarial updates against
-    # generated answers dragged it to chance in 3 iterations (E1). Every PPO prompt carries the
-    # served sentence (E2, half of them: +0.03 only). The same PPO budget for every lane.
-    "rlhb": {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True, "preferred_prompt_share": 1.0},
+    # RLHB: D learns the behavior from real vs behavior-swapped records during warm-up, then keeps
+    # training against the policy's answers (eqs. 3-4) with the stabilisers that held its held-out
+    # AUROC in bench/demo_experiments.md E6 (0.683 -> 0.668 where plain adversarial updates fell to
+    # 0.519): half the fake batch behavior-swapped reals, one-sided label smoothing 0.1, a replay of
+    # 256 older generations, D's learning rates x0.2 once PPO starts. Every PPO prompt carries the
+    # served sentence (E2/E3: on this CPU budget that share decided the lift; the label says so).
+    "rlhb": {
+        **PPO_BUDGET,
+        "d_warmup_steps": 150,
+        "preferred_prompt_share": 1.0,
+        "swap_share": 0.5,
+        "d_label_smoothing": 0.1,
+        "d_replay_size": 256,
+        "d_adversarial_lr_scale": 0.2,
+    },
     "rlhbc": dict(PPO_BUDGET),
     "rlhf": dict(PPO_BUDGET),
 }
+FULL_ALGORITHM_CONFIG["rlhb-frozen"] = {**FULL_ALGORITHM_CONFIG["rlhb"], "d_frozen": True}
+"""The paper's frozen-D ablation (section 6.4) as a lane of its own: ``--algorithms rlhb,rlhb-frozen``."""
 EVAL_SEED_OFFSET = 7919
 """Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
 
@@ -53,6 +97,7 @@ QUICK_ALGORITHM_CONFIG: dict[str, dict] = {
     name: {"batch_size": 4, "rollouts_per_prompt": 2, "max_new_tokens": 8, "threads": 1}
     for name in ("rlhb", "rlhbc", "rlhf", "sft", "pro")
 }
+QUICK_ALGORITHM_CONFIG["rlhb-frozen"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], "d_frozen": True, "d_warmup_steps": 2}
 
 
 @dataclass
@@ -121,9 +166,13 @@ class DemoConfig:
     def __post_init__(self) -> None:
         from trainer.algorithms import ALGORITHMS
 
-        unknown = [a for a in self.algorithms if a not in ALGORITHMS]
+        unknown = [a for a in self.algorithms if lane_algorithm(a) not in ALGORITHMS]
         if unknown or not self.algorithms:
-            raise ValueError(f"unknown algorithms {unknown}; choose from {', '.join(ALGORITHMS)}")
+            raise ValueError(
+                f"unknown algorithms {unknown}; choose from {', '.join(ALGORITHMS)} (a variant lane: ALGO-NAME)"
+            )
+        if len(set(self.algorithms)) != len(self.algorithms):
+            raise ValueError(f"each lane once; got {', '.join(self.algorithms)}")
         for name in ("rounds", "base_traffic", "eval_samples", "steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (got {getattr(self, name)})")
@@ -137,6 +186,14 @@ class DemoConfig:
             raise ValueError(f"ab_share must be in [0, 1); got {self.ab_share}")
         if self.ab_share > 0 and self.traffic_per_round < 1:
             raise ValueError("ab_share > 0 needs traffic_per_round >= 1: the A/B arms are decided on live traffic")
+
+    def lane_overrides(self, lane: str) -> dict:
+        """The trainer overrides of ``lane``: its own entry, else its algorithm's."""
+        return dict(self.algorithm_config.get(lane, self.algorithm_config.get(lane_algorithm(lane), {})))
+
+    def label(self, lane: str) -> str:
+        """The lane's display label, naming its departures from the paper."""
+        return algorithm_label(lane_algorithm(lane), self.lane_overrides(lane))
 
     def drift_parts(self) -> tuple[str, str, int]:
         """(users before, users after, round) of ``drift``."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.settings import nested_env
-from rlhb.demo.config import DemoConfig
+from rlhb.demo.config import DemoConfig, lane_algorithm
 
 
 @dataclass
@@ -79,7 +79,7 @@ def make_lane(cfg: DemoConfig, run_id: str, algorithm: str, infra, model_path: s
     ensure_topics(infra.bootstrap, list(topics.values()), partitions=2)
     prefix = f"rlhbdemo:{run_id}:{algorithm}:"
     port = free_port()
-    algo_cfg = dict(cfg.algorithm_config.get(algorithm, {}))
+    algo_cfg = cfg.lane_overrides(algorithm)
     algo_cfg.setdefault("max_new_tokens", cfg.max_tokens)
     env = {
         **os.environ,
@@ -106,7 +106,7 @@ def make_lane(cfg: DemoConfig, run_id: str, algorithm: str, infra, model_path: s
         "RLHB_API_TORCH_THREADS": str(cfg.threads),
         "RLHB_AGG_GROUP_ID": f"{tag}-aggregator",
         "RLHB_TRAINER_GROUP_ID": f"{tag}-trainer",
-        "RLHB_TRAINER_ALGORITHM": algorithm,
+        "RLHB_TRAINER_ALGORITHM": lane_algorithm(algorithm),
         "RLHB_TRAINER_RECORDS_PER_ROUND": str(10**9),  # rounds only when the demo asks
         "RLHB_TRAINER_STEPS_PER_ROUND": str(cfg.steps),
         **nested_env("RLHB_TRAINER_ALGO", algo_cfg),  # one variable per field: RLHB_TRAINER_ALGO__BATCH_SIZE=8
@@ -172,7 +172,10 @@ def copy_records(bootstrap: str, source: str, target: str, version: str = "base"
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all")
     copied, last = 0, time.monotonic()
     deadline = last + 600
-    while time.monotonic() - last < idle_s and time.monotonic() < deadline:
+    first_wait_s = 60.0  # joining and the first fetch can take longer than idle_s on a loaded machine
+    while (time.monotonic() - last < idle_s or (copied == 0 and time.monotonic() - last < first_wait_s)) and (
+        time.monotonic() < deadline
+    ):
         for messages in consumer.poll(timeout_ms=500).values():
             for m in messages:
                 last = time.monotonic()

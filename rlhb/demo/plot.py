@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig
+from rlhb.demo.config import DemoConfig
 from rlhb.demo.judging import VersionResult
 
 QUALITY_LINES = (
@@ -23,7 +23,8 @@ def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
     ax = axes[0]
     rows = [r for r in report["versions"] if "n" in r]
     base = next((r for r in rows if r["algorithm"] == "base"), None)
-    colors = {"rlhb": "tab:blue", "rlhbc": "tab:orange", "rlhf": "tab:green", "sft": "tab:purple", "pro": "tab:red"}
+    known = {"rlhb": "tab:blue", "rlhbc": "tab:orange", "rlhf": "tab:green", "sft": "tab:purple", "pro": "tab:red"}
+    colors = {a: known.get(a, f"C{5 + i}") for i, a in enumerate(cfg.algorithms)}  # variant lanes: unused colors
     for algo in cfg.algorithms:
         pts = ([base] if base else []) + [r for r in rows if r["algorithm"] == algo]
         if not pts:
@@ -34,9 +35,7 @@ def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
             [max(0.0, r["like_rate"] - r["ci_low"]) for r in pts],
             [max(0.0, r["ci_high"] - r["like_rate"]) for r in pts],
         ]
-        ax.errorbar(
-            x, y, yerr=err, marker="o", capsize=4, label=ALGORITHM_LABELS.get(algo, algo), color=colors.get(algo)
-        )
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=cfg.label(algo), color=colors.get(algo))
     ax.set_xlabel("training round (0 = base)")
     ax.set_ylabel("held-out like rate (95% Wilson CI)")
     ax.set_title("Like rate per adapter version")
@@ -54,7 +53,7 @@ def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
                 marker=marker,
                 linestyle=style,
                 color=colors.get(algo),
-                label=f"{ALGORITHM_LABELS.get(algo, algo)} {name}",
+                label=f"{cfg.label(algo)} {name}",
             )
     ax.set_xlabel("training round (0 = base)")
     ax.set_title("Quality (not optimized by the trainer)")
@@ -76,7 +75,7 @@ def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
                 [s[1] for s in series],
                 marker="o",
                 color=colors.get(algo),
-                label=f"{ALGORITHM_LABELS.get(algo, algo)} reward",
+                label=f"{cfg.label(algo)} reward",
             )
             kl = [(s[0], s[2]) for s in series if isinstance(s[2], int | float)]
             if kl:
@@ -86,7 +85,7 @@ def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
                     marker="x",
                     linestyle="--",
                     color=colors.get(algo),
-                    label=f"{ALGORITHM_LABELS.get(algo, algo)} KL",
+                    label=f"{cfg.label(algo)} KL",
                 )
     ax.set_xlabel("training iteration (all rounds)")
     ax.set_title("Training curves")
@@ -126,7 +125,7 @@ def plot_live(cfg: DemoConfig, report: dict) -> None:
                 ],
                 fmt=style,
                 capsize=3,
-                label=f"{ALGORITHM_LABELS.get(algo, algo)}" + (" (candidate arm)" if key != "all" else ""),
+                label=f"{cfg.label(algo)}" + (" (candidate arm)" if key != "all" else ""),
             )
         for r in pts:
             if r.get("decision") in ("promoted", "rejected", "undecided"):

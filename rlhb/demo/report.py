@@ -8,7 +8,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig, algorithm_label
+from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig, lane_algorithm
 from rlhb.demo.judging import VersionResult
 from rlhb.demo.plot import plot, plot_live
 
@@ -19,7 +19,7 @@ def summarize(vr: VersionResult, base: VersionResult | None, relevance: bool = T
 
     row = {
         "algorithm": vr.algorithm,
-        "label": ALGORITHM_LABELS.get(vr.algorithm, vr.algorithm),
+        "label": ALGORITHM_LABELS.get(lane_algorithm(vr.algorithm), vr.algorithm),
         "version": vr.version,
         "round": vr.round,
         "status": vr.status,
@@ -65,7 +65,7 @@ def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, to
     base = next((r for r in results if r.algorithm == "base"), None)
     rows = [summarize(r, base) for r in results]
     for row, r in zip(rows, results, strict=True):  # name the variant for what it is (d_frozen: paper 6.4)
-        row["variant"] = algorithm_label(r.algorithm, cfg.algorithm_config.get(r.algorithm, {}))
+        row["variant"] = cfg.label(r.algorithm)
     power = {}
     if base is not None and base.served:
         p0 = sum(s.asker_liked for s in base.served) / len(base.served)

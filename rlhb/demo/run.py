@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from rlhb.demo.config import ALGORITHM_LABELS, DemoConfig
+from rlhb.demo.config import DemoConfig, lane_algorithm
 from rlhb.demo.judging import VersionResult, evaluate, judge_offline
 from rlhb.demo.lanes import (
     Lane,
@@ -115,7 +115,7 @@ def run_demo(cfg: DemoConfig) -> dict:
             t_lane = time.time()
             lane = make_lane(cfg, run_id, algorithm, infra, model_path)
             lanes.append(lane)
-            say(f"[{ALGORITHM_LABELS.get(algorithm, algorithm)}] starting api, aggregator, trainer ({lane.root})")
+            say(f"[{cfg.label(algorithm)}] starting api, aggregator, trainer ({lane.root})")
             if lane_no > 0:
                 copied = copy_records(infra.bootstrap, first_records_topic, lane.topics["records"])
                 lane_info[algorithm] = {"replayed_records": copied}
@@ -162,8 +162,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                     phases[f"{algorithm}: round {r} poisoned traffic"] = time.time() - t0
                 t0 = time.time()
                 rounds_before = len(trainer_rounds(redis, lane))
-                post_admin(lane, "/admin/train", {"algorithm": algorithm, "reason": f"demo round {r}"})
-                say(f"  round {r}: training {ALGORITHM_LABELS.get(algorithm, algorithm)} ({cfg.steps} steps)")
+                post_admin(lane, "/admin/train", {"algorithm": lane_algorithm(algorithm), "reason": f"demo round {r}"})
+                say(f"  round {r}: training {cfg.label(algorithm)} ({cfg.steps} steps)")
                 outcome = wait_round(redis, lane, rounds_before, cfg, say)
                 train_s = time.time() - t0
                 phases[f"{algorithm}: round {r} training"] = train_s
