@@ -150,6 +150,10 @@ class DemoConfig:
     judge_rejected: bool = True
     """Also measure a candidate the gate rejected (never served: generated in the demo process
     from its adapter folder), so every algorithm has a like rate in the table."""
+    behavior_gap: bool = True
+    """After a lane's last round, its last served version also answers the held-out questions under
+    the least preferred sentence: the behavior-following gap (most vs least preferred, same version),
+    the paper's pi(a | s, b). One more evaluation per lane."""
     keep_redis_state: bool = False
     """Keep the lanes' Redis keys after the run (default: delete them; the machine's Redis is shared)."""
     drift: str = ""

@@ -26,8 +26,9 @@ class VersionResult:
     """The trainer's round summary (records used, gate metrics, timings)."""
 
 
-def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say) -> list:
-    """Held-out answers of ``version`` judged by one silent user each (no feedback sent)."""
+def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say, behavior: str | None = None) -> list:
+    """Held-out answers of ``version`` judged by one silent user each (no feedback sent), under
+    ``behavior`` (None: the served, most preferred sentence)."""
     from rlhb.simulate.driver import SimulationConfig, run_simulation
 
     sim = SimulationConfig(
@@ -39,13 +40,15 @@ def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say) -> list:
         max_tokens=cfg.max_tokens,
         temperature=cfg.temperature,
         concurrency=cfg.concurrency,
+        behavior=behavior,
         seed=cfg.seed + EVAL_SEED_OFFSET,  # the same draws for every version: paired luck, fair comparison
     )
     qs = [q for _ in range(cfg.eval_samples) for q in questions]
     t0 = time.time()
     served = run_simulation(sim, qs)
     rate = sum(s.asker_liked for s in served) / max(1, len(served))
-    say(f"  evaluated {version}: {len(served)} held-out answers, like rate {rate:.3f} ({time.time() - t0:.0f}s)")
+    under = f" under {behavior!r}" if behavior else ""
+    say(f"  evaluated {version}{under}: {len(served)} held-out answers, like rate {rate:.3f} ({time.time() - t0:.0f}s)")
     return sorted(served, key=lambda s: s.index)
 
 

@@ -59,6 +59,41 @@ def summarize(vr: VersionResult, base: VersionResult | None, relevance: bool = T
     return row
 
 
+def behavior_gap(most: list, least: list) -> dict:
+    """The same version under the most vs the least preferred sentence: both like rates, the gap and
+    its one-sided two-proportion z-test (H1: most > least), and the users' mean true like probability."""
+    from rlhb.evaluation.stats import two_proportion_z, wilson_interval
+
+    k1, n1 = sum(s.asker_liked for s in most), len(most)
+    k0, n0 = sum(s.asker_liked for s in least), len(least)
+    z, p_one, _ = two_proportion_z(k1, n1, k0, n0)
+    most_ci, least_ci = wilson_interval(k1, n1), wilson_interval(k0, n0)
+    return {
+        "most_preferred": {"like_rate": most_ci.rate, "ci": [most_ci.low, most_ci.high], "n": n1},
+        "least_preferred": {"like_rate": least_ci.rate, "ci": [least_ci.low, least_ci.high], "n": n0},
+        "gap": most_ci.rate - least_ci.rate,
+        "z": z,
+        "p_one_sided": p_one,
+        "mean_p_like_most": sum(s.p_like for s in most) / max(1, n1),
+        "mean_p_like_least": sum(s.p_like for s in least) / max(1, n0),
+    }
+
+
+def format_gaps(report: dict) -> list[str]:
+    """One line per lane with a measured behavior-following gap."""
+    lines = []
+    for lane, info in report.get("lanes", {}).items():
+        g = info.get("behavior_gap")
+        if g:
+            lines.append(
+                f"{lane} {g['version']}: most preferred {g['most_preferred']['like_rate']:.3f} vs least preferred "
+                f"{g['least_preferred']['like_rate']:.3f} (n={g['least_preferred']['n']}): gap {g['gap']:+.3f}, "
+                f"one-sided p {g['p_one_sided']:.3g}; mean true p_like {g['mean_p_like_most']:.3f} vs "
+                f"{g['mean_p_like_least']:.3f}"
+            )
+    return lines
+
+
 def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, total: float, model_path: str) -> dict:
     from rlhb.evaluation.stats import power_at_n, required_n_per_arm
 
@@ -160,6 +195,9 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
     say("like rate per adapter version (held-out questions, one simulated user per answer):\n" + table)
     if judged_offline:
         say("rejected candidates were never served: the demo generated their held-out answers itself")
+    gaps = format_gaps(report)
+    for line in gaps:
+        say("behavior following: " + line)
     if report["power"]:
         p = report["power"]
         say(
@@ -188,6 +226,9 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
         md.append("")
     if judged_offline:
         md += ["Rejected candidates were never served; their answers were generated in the demo process", ""]
+    if gaps:
+        md += ["## Behavior following (same version, most vs least preferred sentence)", ""]
+        md += [f"- {line}" for line in gaps] + [""]
     md += [f"Total wall time: {report['total_seconds']:.0f} s", ""]
     md += ["## Answers side by side", ""]
     for entry in report["side_by_side"]:

@@ -9,6 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
+from core.behavior.encoding import least_preferred_sentence
 from rlhb.demo.config import DemoConfig, lane_algorithm
 from rlhb.demo.judging import VersionResult, evaluate, judge_offline
 from rlhb.demo.lanes import (
@@ -26,7 +27,7 @@ from rlhb.demo.lanes import (
     wait_serving,
     wait_trial_decision,
 )
-from rlhb.demo.report import build_report, write_report
+from rlhb.demo.report import behavior_gap, build_report, write_report
 
 
 class Console:
@@ -236,6 +237,15 @@ def run_demo(cfg: DemoConfig) -> dict:
                     have = int(trainer_status(redis, lane).get("buffer", 0))
                     wait_records(redis, lane, have + len(served) - 5, say)
                     phases[f"{algorithm}: round {r} traffic"] = time.time() - t0
+            last = next((v for v in reversed(results) if v.algorithm == algorithm and v.status == "published"), None)
+            if cfg.behavior_gap and last is not None and last.served:
+                t0 = time.time()
+                least = evaluate(
+                    cfg.at_round(cfg.rounds), lane, last.version, held_out, say, least_preferred_sentence()
+                )
+                gap = {"version": last.version, **behavior_gap(last.served, least)}
+                lane_info.setdefault(algorithm, {})["behavior_gap"] = gap
+                phases[f"{algorithm}: behavior gap"] = time.time() - t0
             lane.stop()
             phases[f"{algorithm}: lane total"] = time.time() - t_lane
         total = time.time() - started

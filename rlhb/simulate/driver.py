@@ -57,6 +57,9 @@ class SimulationConfig:
     """HTTP timeout per request (a generation waits behind a batch on a busy CPU)."""
     admin_token: str = ""
     """Bearer token for /admin calls (empty: dev mode)."""
+    behavior: str | None = None
+    """Behavior sentence sent with each chat request (None: the server's most preferred one); the
+    demo's behavior-following check asks the same version under the least preferred sentence."""
     invert_feedback: bool = False
     """Send every like as a dislike and every dislike as a like (a poisoned batch; ``Served``
     keeps the users' true reactions)."""
@@ -169,6 +172,8 @@ class ApiClient:
             body["max_tokens"] = c.max_tokens
         if c.temperature is not None:
             body["temperature"] = c.temperature
+        if c.behavior is not None:
+            body["behavior"] = c.behavior
         out = self._post("/v1/chat/completions", body)
         version = out.get("adapter_version") or out.get("model", "")
         return out["choices"][0]["message"]["content"], out["impression_id"], version

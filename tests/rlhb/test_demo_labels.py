@@ -3,8 +3,11 @@ negative ablation (section 6.4), not RLHB."""
 
 from __future__ import annotations
 
+import pytest
+
 from rlhb.demo import format_table
-from rlhb.demo.config import FULL_ALGORITHM_CONFIG, algorithm_label
+from rlhb.demo.config import FULL_ALGORITHM_CONFIG, DemoConfig, algorithm_label, lane_algorithm, parse_sets
+from rlhb.demo.report import behavior_gap
 
 
 def test_frozen_discriminator_and_constant_sentence_are_named():
@@ -21,3 +24,46 @@ def test_report_table_lists_the_variant():
     row = {"label": "RLHB", "variant": "RLHB (frozen discriminator, paper section 6.4)", "version": "v", "status": "x"}
     assert "variant: RLHB (frozen discriminator, paper section 6.4)" in format_table({"versions": [row]})
     assert "variant:" not in format_table({"versions": [{**row, "variant": "RLHB"}]})
+
+
+def test_variant_lanes_train_their_algorithm_with_their_own_overrides():
+    cfg = DemoConfig(algorithms=("rlhb", "rlhb-frozen"))
+    assert lane_algorithm("rlhb-frozen") == "rlhb"
+    assert cfg.lane_overrides("rlhb-frozen")["d_frozen"] is True
+    assert not cfg.lane_overrides("rlhb").get("d_frozen")
+    assert "frozen discriminator" in cfg.label("rlhb-frozen") and "frozen" not in cfg.label("rlhb")
+    # A variant without an entry of its own starts from its algorithm's overrides.
+    assert DemoConfig(algorithms=("rlhb-x",)).lane_overrides("rlhb-x") == cfg.lane_overrides("rlhb")
+    with pytest.raises(ValueError, match="unknown algorithms"):
+        DemoConfig(algorithms=("nope-x",))
+    with pytest.raises(ValueError, match="each lane once"):
+        DemoConfig(algorithms=("rlhb", "rlhb"))
+
+
+def test_set_overrides_are_checked_against_the_lanes_config():
+    lanes = ("rlhb", "rlhb-k5")
+    assert parse_sets(["rlhb-k5.kappa=0.5", "ppo_epochs=3"], lanes) == {
+        "rlhb-k5": {"kappa": "0.5", "ppo_epochs": "3"},
+        "rlhb": {"ppo_epochs": "3"},
+    }
+    with pytest.raises(ValueError, match="no field 'kapa'"):
+        parse_sets(["kapa=0.5"], lanes)
+    with pytest.raises(ValueError, match="cannot read 'abc'"):
+        parse_sets(["rlhb.kappa=abc"], lanes)
+    with pytest.raises(ValueError, match="no lane 'rlhbc'"):
+        parse_sets(["rlhbc.kappa=0.5"], lanes)
+    with pytest.raises(ValueError, match="FIELD=VALUE"):
+        parse_sets(["kappa"], lanes)
+
+
+def test_behavior_gap_compares_the_two_sentences():
+    from types import SimpleNamespace
+
+    def served(likes: int, n: int) -> list:
+        return [SimpleNamespace(asker_liked=i < likes, p_like=0.5 if i < likes else 0.1) for i in range(n)]
+
+    gap = behavior_gap(served(60, 100), served(30, 100))
+    assert gap["gap"] == pytest.approx(0.3) and gap["p_one_sided"] < 1e-4
+    assert gap["most_preferred"]["like_rate"] == 0.6 and gap["least_preferred"]["n"] == 100
+    assert gap["mean_p_like_most"] > gap["mean_p_like_least"]
+    assert behavior_gap(served(30, 100), served(30, 100))["p_one_sided"] == pytest.approx(0.5)

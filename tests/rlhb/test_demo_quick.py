@@ -37,6 +37,10 @@ def test_quick_demo_runs_the_closed_loop(tmp_path, kafka_bootstrap, redis_url, t
             assert row["n"] == 6 and "vs_base" in row and 0 <= row["vs_base"]["p_fisher_one_sided"] <= 1
             assert "relevance" in row["quality"]
     assert any(rows[a]["status"] == "published" for a in ("rlhb", "rlhbc", "rlhf"))
+    for algo in ("rlhb", "rlhbc", "rlhf"):  # the last served version also answered under the least preferred sentence
+        if rows[algo]["status"] == "published":
+            gap = report["lanes"][algo]["behavior_gap"]
+            assert gap["version"] == rows[algo]["version"] and gap["least_preferred"]["n"] == 6
     assert report["side_by_side"] and report["side_by_side"][0]["base"]
     assert "like rate" in format_table(report)
     out = cfg.out_dir

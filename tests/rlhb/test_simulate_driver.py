@@ -85,6 +85,20 @@ def test_evaluation_mode_pins_a_version_and_sends_nothing(api, kafka_bootstrap):
     assert len(_read_topic(kafka_bootstrap, topics["feedback"], 10**6, timeout_s=2)) == before
 
 
+def test_a_behavior_sentence_goes_with_every_chat_request(api, kafka_bootstrap):
+    """The demo's behavior-following check asks one version under the least preferred sentence:
+    the sentence must reach the server (the impression it logs carries it)."""
+    from schemas import Impression
+
+    url, topics = api
+    least = "Users liked this answer at a low rate and disliked it at a high rate."
+    config = SimulationConfig(api_url=url, model="base", send_feedback=False, max_tokens=8, behavior=least)
+    served = run_simulation(config, ["Who painted the Mona Lisa?"])
+    logged = [Impression.model_validate_json(m.value) for m in _read_topic(kafka_bootstrap, topics["impressions"], 99)]
+    mine = [i for i in logged if i.impression_id == served[0].impression_id]
+    assert mine and mine[0].behavior == least
+
+
 def test_unknown_version_is_a_clear_error(api):
     url, _ = api
     with pytest.raises(RuntimeError, match="404"):
