@@ -18,6 +18,7 @@ Redis keys (``prefix`` = ``RLHB_REDIS_PREFIX``)::
     {prefix}adapter:next_id      INCR counter for unique int ids
     {prefix}adapter:trial        the running A/B trial (``schemas.adapters.ABTrial`` JSON), "" when none;
                                  written in the same transaction as the pointer
+    {prefix}adapter:epoch        the epoch of the pointer and trial above (see "Epochs"), same transaction
 
 Rules:
 
@@ -27,10 +28,7 @@ Rules:
 - Names are never reused either: pruned names stay in ``manifest.retired``.
 - The manifest is written atomically (temp file, fsync, rename, fsync dir) under the lock,
   and always before the Redis pointer moves.
-- Redis vs manifest: when Redis has no pointer (restart, flush), it is restored from the
-  manifest. When the two disagree, Redis wins only if it names a version the manifest
-  knows whose directory exists (or "base"); the manifest then adopts it. Otherwise the
-  manifest's pointer is written back to Redis. Reconciliation happens under the lock, so a
+- Redis vs manifest: settled by epochs (below). Reconciliation happens under the lock, so a
   reader racing a promote waits for it instead of undoing it.
 - A rollback pops the history stack (previous actives, most recent last), skipping entries
   that were pruned; it is one Redis SET + INCR + PUBLISH (transaction): API watchers wake on
@@ -46,6 +44,43 @@ by the same transaction as the pointer and its pub/sub message, so a watcher rea
 pointer by hand (``promote`` of another version, ``rollback``) cancels a running trial (its
 candidate stays a candidate); ``promote`` of the trial's candidate ends it as promoted;
 ``mark(rejected)`` of it ends it as rejected. Decided trials are kept in ``manifest.trials``.
+
+Epochs (issue 16 item 7). The serving state is the pair (active pointer, trial). Every change
+of it (promote, rollback, trial start or end, a repair that re-asserts the manifest) takes a
+new epoch, one more than any epoch seen in the manifest or in Redis, and the manifest and
+the Redis pointer both carry it: one epoch names one serving state. Write order: the
+manifest first (atomic and fsync'd: durable), then one Redis transaction (pointer, trial,
+epoch, seq, message). So Redis can only lag the manifest, never lead it, as long as every
+writer shares ``root`` (the flock serialises them). Reading, the higher epoch wins:
+
+- Redis behind the manifest (its write failed, or it restarted from an append-only file that
+  lost writes, or it was flushed): the manifest is newer. Redis is repaired from it (same
+  epoch) and a warning logged. Without epochs a lagging Redis used to look like a pointer
+  moved by hand, and the read silently undid the promote.
+- Same epoch, another state (a SET by hand that left the epoch alone): nothing says Redis is
+  newer, and the manifest is the durable copy, so it wins, re-asserted at a new epoch (one
+  above Redis's, so the epoch never goes back in Redis).
+- Redis ahead (a writer this manifest did not see: one with another copy of ``root``, or the
+  manifest restored from an older backup): followed only if it is consistent with the
+  manifest's versions: the pointer is "base" or a version the manifest lists as published
+  (what a promote makes it; the API serves nothing else) whose folder exists, and the trial is
+  none or one whose active arm is that pointer and whose candidate is a version the manifest
+  knows, not rejected, whose folder exists. The manifest then adopts Redis's state and epoch
+  (the old active goes on the history). If not consistent the registry could not load what
+  Redis names anyway, so the manifest wins, re-asserted one epoch above Redis's.
+
+A Redis key with no epoch (written before epochs existed) counts as epoch 0, as does a
+manifest without one, so an old deployment's state is in agreement and loads unchanged.
+
+Failures. A change whose Redis write fails after the manifest was saved raises
+``PointerPublishError`` (a ``RegistryError``): the change is durable (the manifest's higher
+epoch wins at the next read, which also publishes it), only not yet seen by the API. Why
+this order and not Redis first: Redis is the copy that can lose writes (an append-only file
+is synced once a second at best), and a pointer in Redis that the manifest does not record
+would name a state the registry cannot reproduce after a Redis restart. If Redis cannot be
+brought up to date before a change (its repair write fails), the change is refused with a
+``RegistryError`` and nothing changes. Reads never raise for a failed repair: they log it
+and answer what the manifest says, which is the truth the next repair will publish.
 """
 
 from __future__ import annotations
@@ -53,6 +88,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import struct
@@ -62,6 +98,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+from redis.exceptions import RedisError
 
 from core.checkpoint_format import (
     ADAPTER_CONFIG,
@@ -75,7 +112,17 @@ from core.checkpoint_format import (
 )
 from schemas.adapters import BASE_VERSION, ABTrial, AdapterStatus, AdapterVersion
 
-__all__ = ["Manifest", "Registry", "RegistryError", "atomic_write_json", "sha256_file", "weights_file"]
+__all__ = [
+    "Manifest",
+    "PointerPublishError",
+    "Registry",
+    "RegistryError",
+    "atomic_write_json",
+    "sha256_file",
+    "weights_file",
+]
+
+log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 LOCK = ".registry.lock"
@@ -84,6 +131,22 @@ TRIALS_KEPT = 200
 
 class RegistryError(Exception):
     """A registry operation was refused; the message says what is wrong and what to do."""
+
+
+class PointerPublishError(RegistryError):
+    """A change was saved in the manifest (durable) but writing it to Redis failed: API
+    instances do not see it yet. Nothing to redo: the manifest's higher epoch wins at the next
+    registry read that reaches Redis (an API poll, a trainer round), which publishes it.
+    ``active``, ``trial`` and ``epoch`` are the saved state."""
+
+    def __init__(self, what: str, active: str, trial: ABTrial | None, epoch: int, cause: BaseException):
+        self.active, self.trial, self.epoch = active, trial, epoch
+        trial_note = f", A/B trial of {trial.candidate!r}" if trial is not None else ""
+        super().__init__(
+            f"{what} is saved in the manifest (epoch {epoch}: active {active!r}{trial_note}) but writing it to "
+            f"Redis failed ({type(cause).__name__}: {cause}); API instances keep serving the old pointer until "
+            "the next registry read that reaches Redis publishes it (any API poll or trainer round): do not redo it"
+        )
 
 
 class Manifest(BaseModel):
@@ -102,6 +165,9 @@ class Manifest(BaseModel):
     """Pruned versions: name -> id (names and ids are never reused)."""
     trial: ABTrial | None = None
     """The running A/B trial (a candidate serving a share of traffic), if any."""
+    epoch: int = 0
+    """Epoch of ``active`` + ``trial`` (module docstring, "Epochs"); 0 in manifests written before
+    epochs existed."""
     trials: list[dict[str, Any]] = Field(default_factory=list)
     """Decided trials, oldest first: the trial's fields plus outcome (promoted | rejected |
     cancelled), reason and decided_at (last TRIALS_KEPT)."""
@@ -150,6 +216,17 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _epoch(text: str | None) -> int:
+    """Redis's epoch: a missing key is 0 (written before epochs existed), garbage is -1 (older
+    than anything, so the manifest repairs it)."""
+    if text is None:
+        return 0
+    try:
+        return int(text)
+    except ValueError:
+        return -1
+
+
 # --------------------------------------------------------------------------- registry
 
 
@@ -169,6 +246,10 @@ class Registry:
         self.seq_key = f"{prefix}adapter:active_seq"
         self.id_key = f"{prefix}adapter:next_id"
         self.trial_key = f"{prefix}adapter:trial"
+        self.epoch_key = f"{prefix}adapter:epoch"
+        # The last manifest read by the cheap reads (serving, active, pointer), keyed by the
+        # file's inode, mtime and size: every save is a rename, so a poll costs one stat.
+        self._cached: tuple[tuple[int, int, int], Manifest] | None = None
         if sync:
             self.sync()
 
@@ -202,15 +283,45 @@ class Registry:
         manifest.updated_at = time.time()
         atomic_write_json(self.manifest_path, manifest.model_dump(mode="json"))
 
+    def _cached_manifest(self) -> Manifest:
+        """The manifest, re-read only when the file changed (read-only: never modify it)."""
+        try:
+            st = os.stat(self.manifest_path)
+        except FileNotFoundError:
+            return Manifest()
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._cached
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        # A save between the stat and this read only pairs the old key with the newer content:
+        # the next stat differs from that key and reads again.
+        manifest = self._load()
+        self._cached = (key, manifest)
+        return manifest
+
     def _set_pointer(self, manifest: Manifest) -> None:
-        """Write the manifest's pointer and trial to Redis, bump the sequence and publish (one transaction)."""
+        """Write the manifest's pointer, trial and epoch to Redis, bump the sequence and publish
+        (one transaction). Raises the client's error (RedisError) if Redis refuses or is away."""
         name = manifest.active
         pipe = self.redis.pipeline(transaction=True)
         pipe.set(self.active_key, name)
         pipe.set(self.trial_key, _trial_text(manifest.trial))
+        pipe.set(self.epoch_key, manifest.epoch)
         pipe.incr(self.seq_key)
         pipe.publish(self.pointer_channel, name)  # API instances swap now instead of at their next poll
         pipe.execute()
+
+    def _commit(self, manifest: Manifest, what: str) -> None:
+        """Save a changed serving state (pointer and/or trial) under a new epoch, then publish it.
+        The caller holds the lock and reconciled Redis first (``_sync_locked``), so the manifest's
+        epoch is already >= Redis's and one more is newer than both. PointerPublishError when the
+        Redis write fails: the change is durable and wins at the next read (module docstring)."""
+        manifest.epoch += 1
+        self._save(manifest)
+        try:
+            self._set_pointer(manifest)
+        except RedisError as e:
+            raise PointerPublishError(what, manifest.active, manifest.trial, manifest.epoch, e) from e
 
     def _end_trial_locked(self, manifest: Manifest, outcome: str, reason: str) -> None:
         """Record the running trial as decided and clear it (the caller saves and sets the pointer)."""
@@ -230,27 +341,117 @@ class Registry:
         return v is not None and v.status != AdapterStatus.rejected and (Path(v.path) / ADAPTER_CONFIG).is_file()
 
     def sync(self) -> str:
-        """Reconcile Redis and the manifest (rules in the module docstring); the active name."""
+        """Reconcile Redis and the manifest (module docstring, "Epochs"); the active name."""
         with self._locked():
-            return self._sync_locked(self._load())
+            return self._sync_locked(self._load()).active
 
-    def _sync_locked(self, manifest: Manifest) -> str:
-        raw_pointer, raw_trial = self.redis.mget(self.active_key, self.trial_key)
-        in_redis, trial_in_redis = _text(raw_pointer), _text(raw_trial)
-        if in_redis == manifest.active:
-            if trial_in_redis != _trial_text(manifest.trial):  # the trial: the manifest is written first, it wins
-                self._set_pointer(manifest)
-            return in_redis
-        if in_redis is not None and self._pointer_target_ok(manifest, in_redis):
-            manifest.history.append(manifest.active)
-            manifest.active = in_redis
-            self._end_trial_locked(manifest, "cancelled", f"the active pointer was moved to {in_redis!r} in Redis")
+    def _read_redis(self) -> tuple[str | None, str | None, int]:
+        """Redis's serving state and its epoch, as one moment's triple (one MGET)."""
+        raw_pointer, raw_trial, raw_epoch = self.redis.mget(self.active_key, self.trial_key, self.epoch_key)
+        return _text(raw_pointer), _text(raw_trial), _epoch(_text(raw_epoch))
+
+    def _redis_trial_ok(self, manifest: Manifest, pointer: str, trial_text: str | None) -> ABTrial | None | bool:
+        """Redis's trial if it is consistent with ``pointer`` and the manifest's versions (None:
+        no trial), False if not (unreadable, another active arm, a candidate it cannot serve)."""
+        if trial_text is None:  # written with the pointer by every registry: missing = not ours
+            return False
+        if trial_text == "":
+            return None
+        try:
+            trial = ABTrial.model_validate_json(trial_text)
+        except ValueError:
+            return False
+        ok = trial.active == pointer and trial.candidate not in (pointer, BASE_VERSION)
+        return trial if ok and self._pointer_target_ok(manifest, trial.candidate) else False
+
+    def _sync_locked(self, manifest: Manifest, before: str = "") -> Manifest:
+        """Reconcile Redis with ``manifest`` (the caller holds the lock; rules in the module
+        docstring, "Epochs"); the reconciled manifest (saved if it changed).
+
+        ``before``: the change about to be made ("promote of 'x'"), when called by a write. If
+        Redis then cannot be repaired the change is refused (RegistryError, nothing changed),
+        so a write never starts from a state Redis does not have. Reads (``before`` empty) log
+        a failed repair and go on with the manifest's state."""
+        pointer, trial_text, redis_epoch = self._read_redis()
+        if pointer is None:
+            redis_epoch = -1  # no pointer (restart, flush): whatever epoch is left says nothing
+        state = (manifest.active, _trial_text(manifest.trial))
+        if (pointer, trial_text) == state and redis_epoch == manifest.epoch:
+            return manifest
+        if redis_epoch > manifest.epoch and pointer is not None and self._followable(manifest, pointer):
+            trial = self._redis_trial_ok(manifest, pointer, trial_text)
+            if trial is not False:
+                self._adopt(manifest, pointer, trial, redis_epoch)
+                return manifest
+        if redis_epoch < manifest.epoch:
+            # A fresh deployment has no pointer yet either: only a lost one is worth a warning.
+            fresh = pointer is None and manifest.epoch == 0
+            log.log(
+                logging.INFO if fresh else logging.WARNING,
+                "registry: Redis (epoch %s, active %r) is behind the manifest (epoch %s, active %r); "
+                "repairing Redis from the manifest",
+                redis_epoch,
+                pointer,
+                manifest.epoch,
+                manifest.active,
+            )
+        else:
+            # Same epoch with another state (nothing says Redis is newer; the manifest is the
+            # durable copy), or ahead but naming what the manifest cannot serve: the manifest's
+            # state is re-asserted as a new decision above Redis's epoch, saved first.
+            log.warning(
+                "registry: Redis (epoch %s, active %r, trial %r) %s the manifest (epoch %s, active %r); "
+                "re-asserting the manifest's state at epoch %s",
+                redis_epoch,
+                pointer,
+                trial_text,
+                "disagrees at the same epoch with"
+                if redis_epoch == manifest.epoch
+                else "is ahead of, not consistent with,",
+                manifest.epoch,
+                manifest.active,
+                redis_epoch + 1,
+            )
+            manifest.epoch = redis_epoch + 1
             self._save(manifest)
-            if trial_in_redis != _trial_text(manifest.trial):
-                self._set_pointer(manifest)
-            return in_redis
-        self._set_pointer(manifest)
-        return manifest.active
+        try:
+            self._set_pointer(manifest)
+        except RedisError as e:
+            if before:
+                raise RegistryError(
+                    f"{before} refused, nothing changed: Redis is behind the manifest and could not be "
+                    f"repaired ({type(e).__name__}: {e}); retry when Redis accepts writes"
+                ) from e
+            log.warning("registry: could not repair Redis (%s: %s); the manifest's state stands", type(e).__name__, e)
+        return manifest
+
+    def _followable(self, manifest: Manifest, pointer: str) -> bool:
+        """A pointer from a newer Redis state the manifest may adopt: "base", or a published
+        version whose folder exists (a candidate was never promoted, so no registry wrote it)."""
+        if pointer == BASE_VERSION:
+            return True
+        v = manifest.versions.get(pointer)
+        return v is not None and v.status == AdapterStatus.published and self._pointer_target_ok(manifest, pointer)
+
+    def _adopt(self, manifest: Manifest, pointer: str, trial: ABTrial | None, epoch: int) -> None:
+        """Take Redis's newer, consistent state into the manifest (under the lock) and save it."""
+        log.warning(
+            "registry: Redis (epoch %s, active %r) is ahead of the manifest (epoch %s, active %r): "
+            "another writer; following it",
+            epoch,
+            pointer,
+            manifest.epoch,
+            manifest.active,
+        )
+        if pointer != manifest.active:
+            manifest.history.append(manifest.active)
+            manifest.active = pointer
+        if _trial_text(trial) != _trial_text(manifest.trial):
+            if manifest.trial is not None and (trial is None or trial.candidate != manifest.trial.candidate):
+                self._end_trial_locked(manifest, "cancelled", f"replaced by the newer state in Redis (epoch {epoch})")
+            manifest.trial = trial
+        manifest.epoch = epoch
+        self._save(manifest)
 
     # ----------------------------------------------------------------- reads
     def list(self) -> list[AdapterVersion]:
@@ -276,43 +477,36 @@ class Registry:
         return chain
 
     def active(self) -> str:
-        """The active version name; "base" when none. Restores the Redis pointer if it is gone."""
-        in_redis = _text(self.redis.get(self.active_key))
-        if in_redis is not None and in_redis == self._load().active:
-            return in_redis
-        return self.sync()
+        """The active version name; "base" when none (``serving``'s pointer)."""
+        return self.serving()[0]
 
     def pointer(self) -> str:
-        """The Redis pointer as it is (one GET, no manifest read: cheap enough to poll). When
-        Redis has none (restart, flush) it is restored from the manifest, see ``active``."""
-        in_redis = _text(self.redis.get(self.active_key))
-        return in_redis if in_redis else self.active()
+        """The active pointer, cheap enough to poll (``serving``'s pointer)."""
+        return self.serving()[0]
 
     def serving(self) -> tuple[str, ABTrial | None]:
-        """What the API serves: the pointer and the running A/B trial, as one moment's pair (one
-        MGET; both are written by one transaction). Restored from the manifest when Redis lost them."""
-        raw_pointer, raw_trial = self.redis.mget(self.active_key, self.trial_key)
-        pointer, trial_text = _text(raw_pointer), _text(raw_trial)
-        if not pointer or trial_text is None:
-            with self._locked():
-                manifest = self._load()
-                self._sync_locked(manifest)
-                manifest = self._load()
-                return manifest.active, manifest.trial
-        try:
-            return pointer, (ABTrial.model_validate_json(trial_text) if trial_text else None)
-        except ValueError:  # not written by a registry: restore what the manifest says
-            with self._locked():
-                manifest = self._load()
-                self._set_pointer(manifest)
-                return manifest.active, manifest.trial
+        """What the API serves: the pointer and the running A/B trial, as one moment's pair.
+
+        Cheap enough to poll: one MGET (pointer, trial, epoch; one transaction writes them) and
+        one stat of the manifest (re-read only when it changed). When Redis agrees with the
+        manifest, state and epoch, that is the answer; otherwise the two are reconciled under the
+        lock (module docstring, "Epochs": a lagging or regressed Redis is repaired, never
+        followed) and the answer is the manifest's."""
+        pointer, trial_text, epoch = self._read_redis()
+        known = self._cached_manifest()
+        if (pointer, trial_text, epoch) == (known.active, _trial_text(known.trial), known.epoch):
+            return known.active, known.trial
+        with self._locked():
+            manifest = self._sync_locked(self._load())
+            return manifest.active, manifest.trial
 
     def trial(self) -> ABTrial | None:
-        """The running A/B trial, or None (the manifest's, after reconciling Redis with it)."""
-        with self._locked():
-            manifest = self._load()
-            self._sync_locked(manifest)
-            return self._load().trial
+        """The running A/B trial, or None (``serving``'s trial)."""
+        return self.serving()[1]
+
+    def epoch(self) -> int:
+        """The manifest's epoch (module docstring, "Epochs"): +1 on every serving-state change."""
+        return self._load().epoch
 
     def trials(self) -> list[dict[str, Any]]:
         """Decided A/B trials, oldest first (see ``Manifest.trials``)."""
@@ -417,6 +611,10 @@ class Registry:
             manifest = self._load()
             if name not in manifest.versions:
                 raise KeyError(name)
+            trial = manifest.trial
+            if status == AdapterStatus.rejected and trial is not None and trial.candidate == name:
+                # Ends the trial, a serving-state change: start from the state Redis has (epochs).
+                manifest = self._sync_locked(manifest, before=f"rejecting {name!r}")
             if status == AdapterStatus.rejected and manifest.active == name:
                 raise RegistryError(f"{name!r} is active; roll back before rejecting it")
             version = manifest.versions[name].model_copy(update={"status": AdapterStatus(status), "reason": reason})
@@ -425,9 +623,9 @@ class Registry:
             in_trial = status == AdapterStatus.rejected and trial is not None and trial.candidate == name
             if in_trial:
                 self._end_trial_locked(manifest, "rejected", reason)
-            self._save(manifest)
-            if in_trial:
-                self._set_pointer(manifest)
+                self._commit(manifest, f"rejecting {name!r} (ending its A/B trial)")
+            else:
+                self._save(manifest)
         return version
 
     def promote(self, name: str) -> AdapterVersion:
@@ -439,9 +637,7 @@ class Registry:
                 "candidate is never made active: train a new one"
             )
         with self._locked():
-            manifest = self._load()
-            self._sync_locked(manifest)
-            manifest = self._load()
+            manifest = self._sync_locked(self._load(), before=f"promote of {name!r}")
             if name not in manifest.versions:
                 raise RegistryError(f"version {name!r} was pruned while being promoted; pick another")
             version = manifest.versions[name].model_copy(update={"status": AdapterStatus.published})
@@ -453,8 +649,7 @@ class Registry:
             if manifest.active != name:
                 manifest.history.append(manifest.active)
                 manifest.active = name
-            self._save(manifest)
-            self._set_pointer(manifest)
+            self._commit(manifest, f"promote of {name!r}")
         return version
 
     def start_trial(self, name: str, share: float) -> ABTrial:
@@ -466,9 +661,7 @@ class Registry:
         if version.status == AdapterStatus.rejected:
             raise RegistryError(f"version {name!r} was rejected ({version.reason or 'no reason recorded'}); not served")
         with self._locked():
-            manifest = self._load()
-            self._sync_locked(manifest)
-            manifest = self._load()
+            manifest = self._sync_locked(self._load(), before=f"A/B trial of {name!r}")
             if name not in manifest.versions:
                 raise RegistryError(f"version {name!r} was pruned before its trial; pick another")
             if manifest.active == name:
@@ -480,8 +673,7 @@ class Registry:
                 )
             if manifest.trial is None:
                 manifest.trial = ABTrial(candidate=name, active=manifest.active, share=share)
-                self._save(manifest)
-                self._set_pointer(manifest)
+                self._commit(manifest, f"A/B trial of {name!r}")
             return manifest.trial
 
     def end_trial(self, candidate: str, promote: bool, reason: str = "") -> str:
@@ -489,10 +681,9 @@ class Registry:
         the history) or reject it with ``reason`` (traffic returns to the active version). One
         manifest write, then one Redis transaction. The active name afterwards. RegistryError if
         no trial of ``candidate`` is running (another process decided it already)."""
+        what = f"ending the A/B trial of {candidate!r} ({'promote' if promote else 'reject'})"
         with self._locked():
-            manifest = self._load()
-            self._sync_locked(manifest)
-            manifest = self._load()
+            manifest = self._sync_locked(self._load(), before=what)
             trial = manifest.trial
             if trial is None or trial.candidate != candidate:
                 running = trial.candidate if trial else "none"
@@ -507,8 +698,7 @@ class Registry:
             if promote and manifest.active != candidate:
                 manifest.history.append(manifest.active)
                 manifest.active = candidate
-            self._save(manifest)
-            self._set_pointer(manifest)
+            self._commit(manifest, what)
             return manifest.active
 
     def _pop_rollback_target(self, manifest: Manifest) -> str | None:
@@ -524,8 +714,7 @@ class Registry:
     def rollback_target(self) -> str | None:
         """The version ``rollback()`` would make active now (same rule), or None. Changes nothing."""
         with self._locked():
-            self._sync_locked(self._load())
-            return self._pop_rollback_target(self._load())
+            return self._pop_rollback_target(self._sync_locked(self._load()))
 
     def rollback(self, reject_current: str = "") -> str:
         """Make the previous active version active again; its name. RegistryError if there is none.
@@ -533,9 +722,7 @@ class Registry:
         ``reject_current``: also mark the version rolled back from as rejected with this reason
         (the guardrail uses it, so the trainer does not build on a version users dislike)."""
         with self._locked():
-            manifest = self._load()
-            self._sync_locked(manifest)
-            manifest = self._load()
+            manifest = self._sync_locked(self._load(), before="rollback")
             current = manifest.active
             previous = self._pop_rollback_target(manifest)
             if previous is None:
@@ -549,8 +736,7 @@ class Registry:
                     update={"status": AdapterStatus.rejected, "reason": reject_current}
                 )
             self._end_trial_locked(manifest, "cancelled", f"rolled back from {current!r} to {previous!r}")
-            self._save(manifest)
-            self._set_pointer(manifest)
+            self._commit(manifest, f"rollback from {current!r} to {previous!r}")
         return previous
 
     def prune(self, keep: int) -> list[str]:

@@ -424,6 +424,7 @@ def gate_and_publish(
 ) -> GateResult:
     """Gate a registered candidate against the active version: promote it if it passes,
     otherwise keep it on disk marked rejected with the reason. ``registry``: core.registry.Registry."""
+    from core.registry import PointerPublishError
     from schemas.adapters import BASE_VERSION, AdapterStatus
 
     active_name = registry.active()
@@ -434,7 +435,10 @@ def gate_and_publish(
         result = GateResult(False, f"gate could not evaluate the candidate: {type(e).__name__}: {e}")
     if result.passed:
         log.info("gate passed %s (parent %s): %s", candidate.name, active_name, _brief(result.metrics))
-        registry.promote(candidate.name)
+        try:
+            registry.promote(candidate.name)
+        except PointerPublishError as e:  # published (durable in the manifest); Redis catches up at the next read
+            log.warning("gate passed %s: %s", candidate.name, e)
     else:
         log.warning(
             "gate rejected %s (parent %s): %s [%s]", candidate.name, active_name, result.reason, _brief(result.metrics)

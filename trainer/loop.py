@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from core.behavior.encoding_store import encoding_key, load_encoding
-from core.registry import Registry, RegistryError
+from core.registry import PointerPublishError, Registry, RegistryError
 from core.settings import TrainerSettings
 from schemas.adapters import BASE_VERSION
 from schemas.behavior import BehaviorRecord
@@ -427,6 +427,9 @@ class Trainer:
             return None
         try:
             restored = self.registry.rollback(reject_current=decision.reason)
+        except PointerPublishError as e:  # done (durable in the manifest); Redis catches up at the next read
+            log.warning("guardrail rollback of %s: %s", active, e)
+            restored = e.active
         except RegistryError as e:
             log.error("guardrail wanted to roll back %s but could not: %s", active, e)
             return None
@@ -469,6 +472,9 @@ class Trainer:
             return None
         try:
             now_active = self.registry.end_trial(trial.candidate, promote=look.outcome == "promote", reason=look.reason)
+        except PointerPublishError as e:  # decided (durable in the manifest); Redis catches up at the next read
+            log.warning("A/B trial of %s: %s", trial.candidate, e)
+            now_active = e.active
         except RegistryError as e:  # decided elsewhere (another trainer, an admin) meanwhile
             log.info("A/B trial of %s not ended here: %s", trial.candidate, e)
             return None

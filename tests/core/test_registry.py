@@ -88,14 +88,19 @@ def test_manifest_restores_pointer_and_ids_after_redis_keys_are_deleted(registry
     assert fresh.rollback() == "r-a"  # the history survived too
 
 
-def test_redis_wins_only_when_it_names_a_valid_version(registry, tiny_model_dir, redis_client):
+def test_redis_wins_only_with_a_newer_epoch_and_a_valid_version(registry, tiny_model_dir, redis_client):
     _add(registry, tiny_model_dir, "w-a", seed=1)
     _add(registry, tiny_model_dir, "w-b", seed=2)
+    registry.promote("w-b")
     registry.promote("w-a")
-    redis_client.set(registry.active_key, "w-b")  # someone moved the pointer by hand
+    redis_client.set(registry.active_key, "w-b")  # moved by hand, epoch left alone: the manifest wins
+    assert registry.active() == "w-a" and redis_client.get(registry.active_key) == "w-a"
+    redis_client.set(registry.active_key, "w-b")  # moved by hand with a newer epoch: followed
+    redis_client.incr(registry.epoch_key)
     assert registry.active() == "w-b"
     assert json.loads(registry.manifest_path.read_text())["active"] == "w-b"
     redis_client.set(registry.active_key, "does-not-exist")
+    redis_client.incr(registry.epoch_key)
     assert registry.active() == "w-b"
     assert redis_client.get(registry.active_key) == "w-b"
 
