@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.paths import default_cache_dir, default_model_dir
@@ -169,8 +169,12 @@ class ApiSettings(CommonSettings):
 
     host: str = Field(default="127.0.0.1", description="Address to bind.")
     port: int = Field(default=8000, ge=0, le=65535, description="Port to bind (0: pick a free one).")
-    admin_token: str = Field(default="", description="Bearer token for /admin/*.")
-    impression_secret: str = Field(default="", description="HMAC key that signs impression ids.")
+    # SecretStr: never shown by repr(), logs or tracebacks; readers call get_secret_value().
+    admin_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Bearer token for /admin/* (also lets a request name any registered adapter version).",
+    )
+    impression_secret: SecretStr = Field(default=SecretStr(""), description="HMAC key that signs impression ids.")
     backend: str = Field(default="embedded", pattern="^(embedded|vllm)$", description="Generation backend.")
     vllm_base_url: str = Field(default="", description="Remote vLLM OpenAI server; empty: in-process vLLM.")
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Default answer length in tokens.")
@@ -206,11 +210,24 @@ class ApiSettings(CommonSettings):
         default=1.0, gt=0, le=60, description="How often impressions waiting in the local outbox are retried."
     )
     vllm_model_name: str = Field(default="", description="Model name served by the remote vLLM (empty: its first).")
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        le=256 * 1024 * 1024,
+        description="Largest request body on any route, checked before the body is read (413 above it); "
+        "the default fits a full feedback batch.",
+    )
+    outbox_max_pending: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most impressions the local outbox holds while the broker is away; when full, new answers "
+        "are refused with 503 (Retry-After) instead of letting the file grow without limit.",
+    )
 
     @model_validator(mode="after")
     def _secrets(self) -> ApiSettings:
-        _check_secret(self.admin_token, "RLHB_API_ADMIN_TOKEN", self.dev_mode)
-        _check_secret(self.impression_secret, "RLHB_API_IMPRESSION_SECRET", self.dev_mode)
+        _check_secret(self.admin_token.get_secret_value(), "RLHB_API_ADMIN_TOKEN", self.dev_mode)
+        _check_secret(self.impression_secret.get_secret_value(), "RLHB_API_IMPRESSION_SECRET", self.dev_mode)
         if self.max_new_tokens > self.max_tokens_cap:
             raise ValueError("RLHB_API_MAX_NEW_TOKENS must not exceed RLHB_API_MAX_TOKENS_CAP")
         return self

@@ -298,6 +298,10 @@ def effective(process: str) -> list[dict]:
 
 
 def _jsonable(value: Any) -> Any:
+    from pydantic import SecretStr
+
+    if isinstance(value, SecretStr):  # masked by field name in mask(); `--reveal` shows it
+        return value.get_secret_value()
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, tuple):

@@ -41,3 +41,16 @@ class FeedbackBatch(BaseModel):
 
 class FeedbackAccepted(BaseModel):
     accepted: int
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str = Field(description="OpenAI-style error type, e.g. invalid_request_error, service_unavailable.")
+    code: int = Field(description="The HTTP status.")
+
+
+class ErrorBody(BaseModel):
+    """Every HTTP error: ``detail`` for plain clients, ``error`` for OpenAI clients (same message)."""
+
+    detail: str
+    error: ErrorDetail

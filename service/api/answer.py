@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -20,8 +21,10 @@ from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
 from schemas.impression import Impression
 from schemas.openai import LATEST_ALIAS
 from service.api.backends.base import Cancellation, GenerationRequest, GenerationResult
+from service.api.edge import request_id
 from service.api.state import AppState
 
+log = logging.getLogger(__name__)
 LATEST_ALIASES = {LATEST_ALIAS, "latest", "default"}
 _SENTINEL = "\x00rlhb-query\x00"
 _background: set[asyncio.Task] = set()  # impressions logged after a client left (keep a reference)
@@ -65,23 +68,45 @@ def backend_or_503(state: AppState):
     )
 
 
-async def resolve_version(state: AppState, model: str | None) -> AdapterVersion | None:
-    """``model`` -> the version to use (None: base). 404 unknown, 409 rejected or unloadable."""
-    return (await resolve_arm(state, model, ""))[0]
+def outbox_or_503(state: AppState) -> None:
+    """Refuse a new answer while the impression outbox is full (bounded during a broker outage;
+    see service.api.outbox): an answer whose impression cannot be logged is not served."""
+    if state.impressions is not None and state.impressions.full:
+        raise HTTPException(
+            503,
+            f"the impression log is full ({state.impressions.max_pending} answers wait for the event log, "
+            "which is unreachable); retry later",
+            headers={"Retry-After": "10"},
+        )
+
+
+async def resolve_version(state: AppState, model: str | None, admin: bool = False) -> AdapterVersion | None:
+    """``model`` -> the version to use (None: base). 404 unknown, 403 not open to this client,
+    409 rejected or unloadable."""
+    return (await resolve_arm(state, model, "", admin))[0]
 
 
 async def resolve_arm(
-    state: AppState, model: str | None, impression_id: str
+    state: AppState, model: str | None, impression_id: str, admin: bool = False
 ) -> tuple[AdapterVersion | None, str | None, str | None]:
     """``resolve_version`` plus the A/B arm: a default request (``model`` unset or latest) during
     a trial goes to the arm ``impression_id`` hashes to; returns (version, arm, trial)."""
     backend = backend_or_503(state)
     if model is None or model in LATEST_ALIASES:
         return state.watcher.pick(impression_id) if state.watcher is not None else (None, None, None)
-    return await _named_version(state, backend, model), None, None
+    return await _named_version(state, backend, model, admin), None, None
 
 
-async def _named_version(state: AppState, backend, model: str) -> AdapterVersion | None:
+def _open_to_everyone(state: AppState, model: str) -> bool:
+    """Versions any client may name: what is served anyway (the active version and a live A/B
+    arm), so naming them loads nothing and evicts nothing."""
+    watcher = state.watcher
+    if watcher is None:
+        return False
+    return model == watcher.current_name or (watcher.trial is not None and model == watcher.trial.candidate)
+
+
+async def _named_version(state: AppState, backend, model: str, admin: bool) -> AdapterVersion | None:
     if model == BASE_VERSION or model == backend.model_id:
         return None
     if state.registry is None:
@@ -93,6 +118,13 @@ async def _named_version(state: AppState, backend, model: str) -> AdapterVersion
             404,
             f"unknown model {model!r}: use '{LATEST_ALIAS}', '{BASE_VERSION}' or a version listed by GET /v1/models",
         ) from None
+    if not admin and not _open_to_everyone(state, model):
+        # Naming a version loads it (and may evict another): only admins may make the server do that.
+        raise HTTPException(
+            403,
+            f"version {model!r} is not served to clients: name '{LATEST_ALIAS}', '{BASE_VERSION}' or the active "
+            "version; other versions need the admin token (Authorization: Bearer, the OpenAI client's api_key)",
+        )
     if version.status == AdapterStatus.rejected:
         raise HTTPException(
             409, f"version {model!r} was rejected ({version.reason or 'no reason recorded'}) and is not served"
@@ -102,7 +134,10 @@ async def _named_version(state: AppState, backend, model: str) -> AdapterVersion
             version = await asyncio.to_thread(state.registry.validate, model)
             await backend.load_adapter(version)
         except Exception as e:  # noqa: BLE001 - any failure to load: the client asked for something unservable
-            raise HTTPException(409, f"version {model!r} cannot be loaded: {e}") from None
+            log.warning("version %s cannot be loaded: %s: %s", model, type(e).__name__, e)
+            raise HTTPException(
+                409, f"version {model!r} cannot be loaded (request id {request_id()}; details in the server log)"
+            ) from None
     return version
 
 
@@ -115,8 +150,10 @@ async def start_turn(
     temperature: float | None,
     top_p: float | None,
     model: str | None,
+    admin: bool = False,
 ) -> Turn:
-    """Validate a request and pin its version; the caller must ``end_turn`` it."""
+    """Validate a request and pin its version; the caller must ``end_turn`` it. ``admin``: the
+    request carries the admin token (it may name any registered version)."""
     settings = state.settings
     if not query.strip():
         raise HTTPException(422, "query is empty: send the question as non-blank text")
@@ -129,6 +166,7 @@ async def start_turn(
     max_new = max_tokens or settings.max_new_tokens
     behavior = behavior.strip() if behavior and behavior.strip() else state.default_behavior
     backend = backend_or_503(state)
+    outbox_or_503(state)
     prompt = render_prompt(backend.tokenizer, query, behavior)
     prefix = shared_prefix(backend.tokenizer, behavior)
     prompt_tokens = backend.count_tokens(prompt)
@@ -140,7 +178,7 @@ async def start_turn(
         )
     impression_id = state.signer.new_id()
     for _ in range(3):  # the version may be evicted between resolving and pinning: resolve again
-        version, arm, trial = await resolve_arm(state, model, impression_id)
+        version, arm, trial = await resolve_arm(state, model, impression_id, admin)
         if backend.acquire(version):
             break
     else:

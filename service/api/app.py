@@ -1,13 +1,20 @@
 """The FastAPI application factory.
 
 ``create_app(settings)`` wires everything in the lifespan: it resolves the broker and Redis
-(configured, or embedded), builds the Kafka producer (acks=all) and the impression signer,
+(configured, or embedded), the feedback producer (acks=all; built on demand and rebuilt
+after failures, service.api.producers) and the impression signer,
 the impression log with its durable outbox, the adapter registry, and starts the generation
 backend in the background (``/readyz`` turns ready once the model is loaded), followed by the
 adapter watcher (hot-swap). Features register routers in ``ROUTERS``.
 
-When a configured broker is unreachable at start-up the API still starts (degraded):
-answers are served, impressions wait in the outbox, /readyz says the broker is down.
+When a configured broker or Redis is unreachable at start-up the API still starts (degraded):
+answers are served, impressions wait in the outbox (bounded: RLHB_API_OUTBOX_MAX_PENDING,
+then 503), feedback answers 503 until the broker is back, admin routes 503 until Redis is
+back, and /readyz names what is down.
+
+The edge of every request (service.api.edge): a request id, the body-size limit checked
+before the body is read, and a generic 500 (request id, details only in the log) for
+anything no handler turned into an HTTP error.
 
 Errors: every HTTP error body is ``{"detail": "<message>", "error": {"message", "type",
 "code"}}`` -- ``detail`` for plain clients, ``error`` for OpenAI clients. Validation errors
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -28,6 +36,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.settings import ApiSettings
+from service.api.edge import RequestEdge, request_id
 from service.api.impression_ids import ImpressionSigner
 from service.api.metrics import ApiMetrics
 from service.api.routes import admin, chat, feedback, health, models, ops, query
@@ -121,27 +130,72 @@ def make_backend(settings: ApiSettings, metrics: ApiMetrics | None = None):
 
 
 def _resolve_infra(settings: ApiSettings):
+    """(Infra, broker_up, redis_up). A configured broker or Redis that does not answer is not
+    fatal: the API starts degraded (answers still served, impressions wait in the outbox,
+    feedback and admin answer 503) and /readyz names what is down. Each is checked and
+    reported on its own, so a Redis problem is never logged as a broker problem."""
     from core.infra.broker import InfraError
     from core.infra.ports import any_tcp_open
-    from core.infra.redis_server import resolve_redis_url
+    from core.infra.redis_server import redis_answers
     from core.infra.resolve import Infra, resolve_infra
 
-    configured = settings.kafka_bootstrap_servers
-    try:
-        if configured and not any_tcp_open(configured, timeout_s=2.0):
-            # Nothing listens there (connection refused): no point waiting for Kafka clients' timeouts.
-            raise InfraError(f"nothing listens at {configured!r}")
-        return resolve_infra(settings), True
-    except InfraError as e:
-        if not configured:
-            raise
-        log.error("starting without the broker (impressions go to the outbox): %s", e)
-        redis_url, server = resolve_redis_url(settings.redis_url)
-        return Infra(
-            bootstrap=settings.kafka_bootstrap_servers,
-            redis_url=redis_url,
-            owned=[server] if server is not None else [],
-        ), False
+    broker_conf, redis_conf = settings.kafka_bootstrap_servers, settings.redis_url
+    redis_up = not redis_conf or redis_answers(redis_conf, timeout_s=2.0)
+    if not redis_up:
+        log.error(
+            "starting without Redis (admin routes answer 503, the served behavior is the configured one): "
+            "nothing answers at the configured RLHB_REDIS_URL"
+        )
+    if redis_up:
+        try:
+            if broker_conf and not any_tcp_open(broker_conf, timeout_s=2.0):
+                # Nothing listens there (connection refused): no point waiting for Kafka clients' timeouts.
+                raise InfraError(f"nothing listens at {broker_conf!r}")
+            return resolve_infra(settings), True, True
+        except InfraError as e:
+            if not broker_conf:
+                raise
+            log.error("starting without the broker (impressions go to the outbox): %s", e)
+            # The broker failed; Redis answered above, so this resolves to the configured URL.
+            return Infra(bootstrap=broker_conf, redis_url=redis_conf, owned=[]), False, True
+    # Redis configured but down: resolve the broker alone (resolve_infra would fail on Redis).
+    if broker_conf:
+        from core.infra.broker import check_kafka, ensure_topics
+        from core.infra.resolve import topics_of
+
+        try:
+            if not any_tcp_open(broker_conf, timeout_s=2.0):
+                raise InfraError(f"nothing listens at {broker_conf!r}")
+            check_kafka(broker_conf)
+            ensure_topics(broker_conf, topics_of(settings), settings.topic_partitions)
+            return Infra(bootstrap=broker_conf, redis_url=redis_conf), True, False
+        except InfraError as e:
+            log.error("starting without the broker (impressions go to the outbox): %s", e)
+            return Infra(bootstrap=broker_conf, redis_url=redis_conf), False, False
+    from core.infra.broker import EmbeddedBroker, ensure_topics
+    from core.infra.resolve import topics_of
+
+    broker = EmbeddedBroker().start()
+    ensure_topics(broker.bootstrap, topics_of(settings), settings.topic_partitions)
+    return Infra(bootstrap=broker.bootstrap, redis_url=redis_conf, owned=[broker]), True, False
+
+
+def _make_registry(settings: ApiSettings, redis_client, redis_up: bool):
+    """The registry; without Redis it is built without reconciling the pointer (the watcher
+    retries reading it, and serves the base model meanwhile)."""
+    from core.registry import Registry
+
+    registry = Registry(Path(settings.adapter_dir), redis_client, settings.redis_prefix, sync=False)
+    if redis_up:
+        try:
+            registry.sync()
+        except Exception as e:  # noqa: BLE001 - Redis went away since the check: the watcher retries
+            log.error(
+                "Redis: the adapter pointer could not be read at start-up (%s); serving the base model "
+                "until it answers",
+                type(e).__name__,
+            )
+    return registry
 
 
 async def _start_generation(state: AppState, backend) -> None:
@@ -151,7 +205,8 @@ async def _start_generation(state: AppState, backend) -> None:
     try:
         await backend.start()
     except Exception as e:  # noqa: BLE001 - reported by /readyz; generation routes answer 503
-        state.backend_error = f"{type(e).__name__}: {e}"
+        # Clients (and /readyz, which is public) get no exception text: it can name files and hosts.
+        state.backend_error = f"the generation backend failed to start ({type(e).__name__}; see the server log)"
         log.exception("the generation backend failed to start")
         return
     if state.registry is not None:
@@ -170,29 +225,29 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
     async def lifespan(app: FastAPI):
         import redis
 
-        from core.registry import Registry
+        from core.infra.ports import any_tcp_open
         from service.api.outbox import ImpressionLog, Outbox
+        from service.api.producers import LazyProducer
 
-        infra, broker_up = await asyncio.to_thread(_resolve_infra, settings)
-        secret = settings.impression_secret or "dev-only-impression-secret"
-        producer = None
+        infra, broker_up, redis_up = await asyncio.to_thread(_resolve_infra, settings)
+        secret = settings.impression_secret.get_secret_value() or "dev-only-impression-secret"
+        producers = LazyProducer(infra.bootstrap, _make_producer, probe=any_tcp_open)
         if broker_up:
-            producer = await asyncio.to_thread(_make_producer, infra.bootstrap)
+            with contextlib.suppress(Exception):  # reported by /readyz; built again on the first feedback
+                await asyncio.to_thread(producers.get)
         state = AppState(
             settings=settings,
             signer=ImpressionSigner(secret),
             redis=redis.Redis.from_url(
                 infra.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3
             ),
-            producer=producer,
+            producers=producers,
             bootstrap=infra.bootstrap,
             redis_url=infra.redis_url,
         )
         state.metrics = metrics
-        state.default_behavior = await asyncio.to_thread(default_behavior, settings, state.redis)
-        state.registry = registry or await asyncio.to_thread(
-            Registry, Path(settings.adapter_dir), state.redis, settings.redis_prefix
-        )
+        state.default_behavior = await asyncio.to_thread(default_behavior, settings, state.redis if redis_up else None)
+        state.registry = registry or await asyncio.to_thread(_make_registry, settings, state.redis, redis_up)
         outbox = Outbox(Path(settings.state_dir) / OUTBOX_FILE)
         state.impressions = ImpressionLog(
             outbox,
@@ -200,6 +255,7 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
             lambda: _make_impression_producer(infra.bootstrap),
             metrics=metrics,
             flush_interval_s=settings.outbox_flush_s,
+            max_pending=settings.outbox_max_pending,
         )
         state.impressions.start()
         app.state.rlhb = state
@@ -208,7 +264,7 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
             try:
                 state.backend = backend or make_backend(settings, metrics)
             except ValueError as e:  # no model folder: say so in /readyz instead of crashing
-                state.backend_error = str(e)
+                state.backend_error = "no generation backend (misconfigured model; see the server log)"
                 log.error("no generation backend: %s", e)
             if state.backend is not None:
                 startup = asyncio.get_running_loop().create_task(_start_generation(state, state.backend))
@@ -228,11 +284,7 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
                     await state.backend.close()
             await state.impressions.close()
             outbox.close()
-            if state.producer is not None:
-                with contextlib.suppress(Exception):
-                    state.producer.flush(3)
-                with contextlib.suppress(Exception):
-                    state.producer.close(2)
+            await asyncio.to_thread(state.producers.close, 2.0)
             state.redis.close()
             infra.stop()
 
@@ -255,7 +307,20 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
         app.include_router(router)
     install_error_handlers(app)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(RequestEdge, max_body_bytes=settings.max_body_bytes)  # outermost: added last
+    app.openapi = functools.partial(_openapi, app)
     return app
+
+
+def _openapi(app: FastAPI) -> dict:
+    """FastAPI's document plus the schemas of bodies a route parses itself (/v1/feedback)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        doc.setdefault("components", {}).setdefault("schemas", {}).update(feedback.BODY_COMPONENTS)
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 # --------------------------------------------------------------------------- errors
@@ -267,6 +332,7 @@ _ERROR_TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
+    500: "api_error",
     503: "service_unavailable",
 }
 
@@ -289,7 +355,12 @@ def validation_message(errors) -> str:
     return "; ".join(f"{_loc(e.get('loc', ())) or 'body'}: {e.get('msg', 'invalid')}" for e in errors)
 
 
+REDIS_RETRY_AFTER_S = 5
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    from redis.exceptions import RedisError
+
     from service.api.backends.base import BackendError
 
     @app.exception_handler(StarletteHTTPException)
@@ -305,10 +376,23 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(BackendError)
     async def backend_unavailable(request: Request, exc: BackendError) -> JSONResponse:
+        # The message can carry an exception's text (paths, hosts): the log gets it, the client the id.
+        log.warning("generation unavailable: %s", exc, extra={"event": "backend_error"})
         return JSONResponse(
-            error_body(503, f"generation unavailable: {exc}; retry shortly"),
+            error_body(503, f"generation unavailable right now (request id {request_id()}); retry shortly"),
             status_code=503,
             headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(RedisError)
+    async def redis_unavailable(request: Request, exc: RedisError) -> JSONResponse:
+        # Admin state (registry pointer, train queue) lives in Redis; without it these routes cannot
+        # answer, which is a 503 to retry, not a 500.
+        log.warning("Redis unavailable: %s: %s", type(exc).__name__, exc, extra={"event": "redis_error"})
+        return JSONResponse(
+            error_body(503, "Redis (the shared state store) is unreachable right now; retry later (see /readyz)"),
+            status_code=503,
+            headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
         )
 
 

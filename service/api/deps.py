@@ -27,7 +27,7 @@ _bearer = HTTPBearer(
 def require_admin(state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """401 without a bearer token, 403 with a wrong one. An empty configured token (allowed
     only in dev mode, settings refuse it otherwise) leaves admin open."""
-    expected = state.settings.admin_token
+    expected = state.settings.admin_token.get_secret_value()
     if not expected and state.settings.dev_mode:
         return
     if credentials is None or not credentials.credentials:
@@ -41,3 +41,17 @@ def require_admin(state: State, credentials: Annotated[HTTPAuthorizationCredenti
 
 
 Admin = Depends(require_admin)
+
+
+def is_admin(state: State, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> bool:
+    """Whether the request carries the admin token (never raises: for routes open to everyone
+    that allow admins more, e.g. naming any adapter version). OpenAI clients send their
+    ``api_key`` as this bearer token. Dev mode with no token: everyone is admin, as for /admin."""
+    expected = state.settings.admin_token.get_secret_value()
+    if not expected:
+        return state.settings.dev_mode
+    given = credentials.credentials if credentials is not None else ""
+    return bool(given) and hmac.compare_digest(given.encode(), expected.encode())
+
+
+IsAdmin = Annotated[bool, Depends(is_admin)]

@@ -1,7 +1,12 @@
 """Hot-swap: follow the registry's active pointer in Redis, load first, then switch.
 
 Every ``poll_s`` (<= 0.25 s by default) the watcher reads the pointer (core/registry.py
-writes it). When it names another version, the watcher validates it (the registry checks
+writes it). When it names another version, the watcher first checks that the registry lists
+it as published (the registry publishes a version when it promotes it): the pointer is a
+plain Redis key, and anyone who can write Redis could otherwise make every instance serve
+a candidate that never passed the gate, or a version it rejected. A pointer to an
+unpublished version is refused like a failed load (the old version keeps serving, reported
+in ``last_error``). Then the watcher validates it (the registry checks
 the folder and the weights' sha256), loads it into the backend next to the current one and
 only then switches ``current``, which new requests read. Requests already running hold a
 pin on the version they started with (``Backend.acquire``) and finish on it; the response
@@ -243,9 +248,24 @@ class AdapterWatcher:
             },
         )
 
+    def _published(self, name: str) -> AdapterVersion:
+        """The registry's entry for ``name`` if it lists it as published; else why not (ValueError)."""
+        try:
+            version = self.registry.get(name)
+        except KeyError:
+            raise ValueError(f"the registry does not know {name!r}") from None
+        if version.status != AdapterStatus.published:
+            raise ValueError(
+                f"the registry lists {name!r} as {version.status.value}, not published; only promoted "
+                "versions are served (POST /admin/promote/{version})"
+            )
+        return version
+
     async def _switch(self, name: str) -> None:
         started = time.perf_counter()
         try:
+            if name != BASE_VERSION:
+                await asyncio.to_thread(self._published, name)
             version = None if name == BASE_VERSION else await asyncio.to_thread(self.registry.validate, name)
             if version is not None:
                 await self.backend.load_adapter(version)

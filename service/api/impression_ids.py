@@ -12,11 +12,15 @@ import hashlib
 import hmac
 import secrets
 
+from pydantic import SecretStr
+
 _SIG_BYTES = 16
 
 
 class ImpressionSigner:
-    def __init__(self, secret: str):
+    def __init__(self, secret: str | SecretStr):
+        if isinstance(secret, SecretStr):
+            secret = secret.get_secret_value()
         if not secret:
             raise ValueError("impression secret must not be empty")
         self._key = secret.encode()
@@ -30,7 +34,11 @@ class ImpressionSigner:
         return f"{raw}.{self._sig(raw)}"
 
     def verify(self, impression_id: str) -> bool:
+        # Issued ids are ASCII (urlsafe base64); anything else is forged. Checked first because
+        # compare_digest raises TypeError on non-ASCII str (and encode() on lone surrogates).
+        if not impression_id.isascii():
+            return False
         raw, sep, sig = impression_id.rpartition(".")
         if not sep or not raw or not sig:
             return False
-        return hmac.compare_digest(sig, self._sig(raw))
+        return hmac.compare_digest(sig.encode(), self._sig(raw).encode())

@@ -2,7 +2,7 @@
 
 Fields: ``ts`` (unix seconds), ``level``, ``logger``, ``msg``, plus whatever the call passed
 in ``extra=`` (for example ``event``, ``route``, ``status``, ``ms``, ``impression_id``,
-``adapter_version``), and ``exc`` with the traceback when there is one.
+``adapter_version``), ``request_id`` while a request is handled, and ``exc`` with the traceback when there is one.
 """
 
 from __future__ import annotations
@@ -25,6 +25,11 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in _RESERVED and not key.startswith("_"):
                 out[key] = value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+        if "request_id" not in out:
+            from service.api.edge import request_id
+
+            if rid := request_id():  # every line logged while a request is handled names it
+                out["request_id"] = rid
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)

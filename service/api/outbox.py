@@ -13,6 +13,13 @@ Write-ahead ("transactional outbox") design:
    probing with one row first so a dead broker costs one timeout, not one per row, and
    then drains the rest. Rows left by a previous process are sent at start-up.
 
+Bounded: while the broker is away the outbox grows by one row per answer. At
+``max_pending`` rows (RLHB_API_OUTBOX_MAX_PENDING) it is full and the API refuses new
+answers with 503 + Retry-After (``ImpressionLog.full``, checked before generating) rather
+than letting the file and the flusher's backlog grow without limit; answers already being
+generated are still logged, so the bound can be passed by at most the requests in flight.
+Answering without logging would lose the impressions the training loop learns from.
+
 Delivery is at-least-once: a crash between the broker's ack and the row's deletion
 re-sends that impression after a restart. Consumers key impressions by impression id, so
 a duplicate is harmless.
@@ -50,12 +57,19 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "key BLOB NOT NULL, value BLOB NOT NULL, created_at REAL NOT NULL)"
         )
+        self._size = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    @property
+    def size(self) -> int:
+        """Rows waiting, kept in memory (cheap enough to read on every request)."""
+        return self._size
 
     def append(self, key: bytes, value: bytes) -> int:
         with self._lock:
             cur = self._db.execute(
                 "INSERT INTO outbox (key, value, created_at) VALUES (?, ?, ?)", (key, value, time.time())
             )
+            self._size += 1
             return int(cur.lastrowid)
 
     def append_many(self, rows: list[tuple[bytes, bytes]]) -> list[int]:
@@ -76,6 +90,7 @@ class Outbox:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+            self._size += len(ids)
             return ids
 
     def oldest(self, limit: int, exclude: set[int] | frozenset = frozenset()) -> list[tuple[int, bytes, bytes]]:
@@ -90,12 +105,14 @@ class Outbox:
             return
         with self._lock:
             self._db.execute("BEGIN")
-            self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+            cur = self._db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
             self._db.execute("COMMIT")
+            self._size -= max(0, cur.rowcount)
 
     def count(self) -> int:
         with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            self._size = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+            return self._size
 
     def close(self) -> None:
         with self._lock:
@@ -115,6 +132,7 @@ class ImpressionLog:
         flush_interval_s: float = 1.0,
         retry_s: float = 2.0,
         on_producer: Callable[[Any], None] | None = None,
+        max_pending: int = 100_000,
     ):
         self.outbox = outbox
         self.topic = topic
@@ -123,6 +141,7 @@ class ImpressionLog:
         self._on_producer = on_producer
         self.metrics = metrics
         self.flush_interval_s = flush_interval_s
+        self.max_pending = max_pending
         self.retry_s = retry_s
         self._lock = threading.Lock()
         self._inflight: set[int] = set()
@@ -140,6 +159,11 @@ class ImpressionLog:
     @property
     def broker_ok(self) -> bool:
         return not self._down
+
+    @property
+    def full(self) -> bool:
+        """The outbox holds ``max_pending`` rows: new answers are refused (see the module docstring)."""
+        return self.outbox.size >= self.max_pending
 
     # ------------------------------------------------------------------ request path
     async def log(self, impression: Impression) -> None:

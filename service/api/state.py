@@ -16,7 +16,7 @@ class AppState:
     settings: ApiSettings
     signer: ImpressionSigner
     redis: Any  # redis.Redis (decode_responses=True)
-    producer: Any  # kafka.KafkaProducer, acks="all" (None while the broker has been unreachable since start)
+    producers: Any  # service.api.producers.LazyProducer: the feedback producer (acks=all), rebuilt on demand
     bootstrap: str
     redis_url: str
     metrics: Any = None

@@ -55,6 +55,8 @@ log = logging.getLogger(__name__)
 BASE_ROW = "__base__"  # peft's name for "no adapter" in a mixed batch
 MIXED_ROWS = "__mixed__"  # adapter mode of a step whose rows use different versions
 PREFIX_CACHE_ENTRIES = 32  # (version, prefix) pairs kept; one SmolLM2 system prompt is ~2 MB
+PREFIX_TOKEN_ENTRIES = 256  # tokenized prefixes kept: one per distinct behavior sentence, so clients
+# choose how many there are (any `behavior` string); least recently used ones are dropped
 
 
 @dataclass
@@ -645,9 +647,12 @@ class EmbeddedBackend(Backend):
         return list(self._prefix_kvs)
 
     def _prefix_ids(self, prefix: str) -> list[int]:
-        ids = self._prefix_tokens.get(prefix)
+        ids = self._prefix_tokens.pop(prefix, None)
         if ids is None:
-            ids = self._prefix_tokens[prefix] = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        self._prefix_tokens[prefix] = ids  # most recently used last (an LRU, like _prefix_kvs)
+        while len(self._prefix_tokens) > PREFIX_TOKEN_ENTRIES:
+            self._prefix_tokens.pop(next(iter(self._prefix_tokens)))
         return ids
 
     def _prefix_kv(self, prefix: str, pids: list[int], name: str) -> list:

@@ -1,5 +1,7 @@
 """Admin, behind the bearer admin token: checkpoints, promote, rollback, train.
 
+Without Redis every admin route answers 503 with Retry-After (the handler in service.api.app).
+
 Promote and rollback validate the target (registered, folder complete, weights' sha256 as
 recorded) before the pointer moves; a refused move answers 404 (unknown version) or 409
 (invalid, rejected, nothing to roll back to) and changes nothing. After a move this
@@ -18,8 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.adapters import BASE_VERSION, AdapterVersion
 from service.api.deps import Admin, State
+from service.api.errors_doc import errors
 
-router = APIRouter(prefix="/admin", tags=["admin"], dependencies=[Admin])
+router = APIRouter(
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Admin],
+    responses=errors(401, 403, 503, e503="Redis (the registry's pointer, the train queue) is unreachable; retry."),
+)
 
 WAIT_S = 15.0
 
@@ -113,7 +121,7 @@ async def checkpoints(state: State) -> Checkpoints:
     )
 
 
-@router.post("/promote/{version}", response_model=PointerMoved)
+@router.post("/promote/{version}", response_model=PointerMoved, responses=errors(404, 409))
 async def promote(version: str, state: State, wait: bool = False) -> PointerMoved:
     """Validate ``version`` and make it the active one."""
     registry, registry_error = _registry(state), _registry_error()
@@ -135,7 +143,7 @@ async def promote(version: str, state: State, wait: bool = False) -> PointerMove
     return await _moved(state, previous, active, wait)
 
 
-@router.post("/rollback", response_model=PointerMoved)
+@router.post("/rollback", response_model=PointerMoved, responses=errors(409))
 async def rollback(state: State, wait: bool = False) -> PointerMoved:
     """Make the previously active version active again (validated first)."""
     registry, registry_error = _registry(state), _registry_error()
@@ -160,7 +168,7 @@ async def rollback(state: State, wait: bool = False) -> PointerMoved:
     return await _moved(state, previous, active, wait)
 
 
-@router.post("/train", status_code=202, response_model=TrainQueued)
+@router.post("/train", status_code=202, response_model=TrainQueued, responses=errors(422))
 async def train(state: State, body: TrainRequest | None = Body(default=None)) -> TrainQueued:
     """Ask the trainer for a training round (queued on Redis; the trainer consumes it)."""
     body = body or TrainRequest()

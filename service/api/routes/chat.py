@@ -23,6 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from schemas.api import QUERY_MAX_CHARS
 from schemas.openai import (
+    MAX_STOP,
     AssistantMessage,
     ChatCompletionChunk,
     ChatCompletionRequest,
@@ -35,12 +36,12 @@ from schemas.openai import (
 )
 from service.api.answer import end_turn, record, record_later, start_turn
 from service.api.backends.base import GenerationResult
-from service.api.deps import State
+from service.api.deps import IsAdmin, State
+from service.api.edge import request_id
+from service.api.errors_doc import errors
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["generation"])
-
-MAX_STOP = 4
 
 
 def _text(message: ChatMessage, index: int) -> str:
@@ -138,13 +139,23 @@ def _usage(result: GenerationResult) -> Usage:
     response_model=ChatCompletionResponse,
     responses={
         200: {"description": "A chat.completion, or chat.completion.chunk server-sent events when stream=true."},
-        404: {"description": "Unknown model (adapter version)."},
-        422: {"description": "Invalid request."},
-        503: {"description": "Model not loaded yet."},
+        **errors(
+            400,
+            403,
+            404,
+            409,
+            422,
+            503,
+            e403="The named version is neither the active one, a live A/B arm nor 'base': it needs the admin token.",
+            e404="Unknown model (adapter version).",
+            e503="Model not loaded yet, or the impression outbox is full while the broker is away.",
+        ),
     },
 )
-async def chat_completions(body: ChatCompletionRequest, state: State, response: Response):
-    """OpenAI-compatible chat completion with the active (or named) adapter version."""
+async def chat_completions(body: ChatCompletionRequest, state: State, response: Response, admin: IsAdmin):
+    """OpenAI-compatible chat completion with the active (or named) adapter version. Any client
+    may name 'rlhb-latest', 'base', the active version or a live A/B arm; other versions need
+    the admin token (sent as the OpenAI client's ``api_key``)."""
     query = conversation_query(body.messages)
     stops = stops_of(body)
     turn = await start_turn(
@@ -155,6 +166,7 @@ async def chat_completions(body: ChatCompletionRequest, state: State, response: 
         temperature=body.temperature,
         top_p=body.top_p,
         model=body.model,
+        admin=admin,
     )
     completion_id = f"chatcmpl-{turn.impression_id.split('.')[0]}"
     headers = {"X-Impression-Id": turn.impression_id, "X-Adapter-Version": turn.version_name}
@@ -245,9 +257,10 @@ async def _stream(state, turn, completion_id: str, stops: list[str], include_usa
         if include_usage:
             yield chunk(Delta(), usage=_usage(result), choices=False)
         yield "data: [DONE]\n\n"
-    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band, OpenAI style
+    except Exception:  # noqa: BLE001 - headers are sent: report in-band, OpenAI style (no exception text)
         log.exception("chat stream failed")
-        yield f"data: {json.dumps({'error': {'message': f'generation failed: {e}', 'type': 'server_error'}})}\n\n"
+        message = f"generation failed (request id {request_id()}; details in the server log)"
+        yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
     finally:
         end_turn(state, turn)
         if result is None and scanner.text:  # the client left mid-answer: log what it was shown

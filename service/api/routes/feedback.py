@@ -6,9 +6,14 @@ broker acknowledged every write (the producer uses acks=all); when it cannot (un
 timeout) the answer is 503 with Retry-After and the client retries the whole request --
 the aggregator dedupes by event_id, so a retry never double-counts.
 
-Errors (never 500): 400 body is not JSON; 413 batch over the limit or body too large;
-422 a field is invalid (unknown kind, negative or non-finite value...) or an impression id
-is malformed or not issued here -- the message names the field, e.g. ``events[3].kind``.
+Errors (never 500): 400 body is not JSON (or nests too deeply for the parser); 413 batch
+over the limit or body too large; 422 a field is invalid (unknown kind, negative or
+non-finite value...) or an impression id is malformed or not issued here -- the message
+names the field, e.g. ``events[3].kind``; 503 the broker is unreachable or did not
+acknowledge (the producer is rebuilt on demand with backoff, service.api.producers).
+
+The body is parsed here rather than by FastAPI so that a batch over the limit is a 413
+before 1000+ events are validated; the OpenAPI schema still declares it (``BODY_SCHEMA``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from starlette.concurrency import run_in_threadpool
 from core.errors import validation_message
 from schemas import FEEDBACK_BATCH_LIMIT, FeedbackAccepted, FeedbackBatch, FeedbackEvent
 from service.api.deps import State
+from service.api.errors_doc import errors
+from service.api.producers import BrokerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +51,8 @@ def parse_events(raw: bytes) -> list[FeedbackEvent]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise HTTPException(400, f"body is not valid JSON: {e}") from None
+    except RecursionError:  # e.g. 100,000 nested brackets: no feedback event nests more than 3 levels
+        raise HTTPException(400, "body is not acceptable JSON: it nests too deeply") from None
     if isinstance(body, dict) and "events" in body:
         events = body["events"]
         if isinstance(events, list) and len(events) > FEEDBACK_BATCH_LIMIT:
@@ -86,13 +95,52 @@ def produce_and_wait(producer, topic: str, events: list[FeedbackEvent], timeout_
         fut.get(timeout=max(0.01, deadline - time.monotonic()))
 
 
-@router.post("/v1/feedback", status_code=202, response_model=FeedbackAccepted)
+def _components() -> tuple[dict, dict]:
+    """The body's OpenAPI schema (one event or a batch) and the component schemas it refers to."""
+    from pydantic.json_schema import models_json_schema
+
+    refs, top = models_json_schema(
+        [(FeedbackEvent, "validation"), (FeedbackBatch, "validation")],
+        ref_template="#/components/schemas/{model}",
+    )
+    schema = {"anyOf": [refs[(FeedbackEvent, "validation")], refs[(FeedbackBatch, "validation")]]}
+    return schema, top.get("$defs", {})
+
+
+BODY_SCHEMA, BODY_COMPONENTS = _components()
+"""Merged into the app's OpenAPI document by service.api.app (FastAPI only lists models it parses)."""
+
+
+def _send(state, events: list[FeedbackEvent]) -> None:
+    producer = state.producers.get()  # BrokerUnavailable while the broker is away (backoff)
+    try:
+        produce_and_wait(producer, state.settings.topic_feedback, events, ACK_TIMEOUT_S)
+    except Exception:
+        state.producers.broken(producer)  # a fresh producer next time: old ones may never recover
+        raise
+
+
+@router.post(
+    "/v1/feedback",
+    status_code=202,
+    response_model=FeedbackAccepted,
+    responses=errors(400, 422, 503, e413="The body or the batch is over its limit."),
+    openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}},
+)
 async def post_feedback(request: Request, state: State) -> FeedbackAccepted:
     """Record user reactions (one event or a batch); 202 once the broker holds them."""
     events = parse_events(await request.body())
     check_signatures(events, state.signer.verify)
     try:
-        await run_in_threadpool(produce_and_wait, state.producer, state.settings.topic_feedback, events, ACK_TIMEOUT_S)
+        await run_in_threadpool(_send, state, events)
+    except BrokerUnavailable as e:
+        log.warning("feedback refused: %s", e)
+        raise HTTPException(
+            503,
+            "the event log (Kafka broker) is unreachable right now; retry the whole request later "
+            "(event ids make retries safe)",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        ) from None
     except Exception as e:  # noqa: BLE001 - any producer failure means "not stored": retryable
         log.warning("feedback not acknowledged by the broker: %s: %s", type(e).__name__, e)
         raise HTTPException(

@@ -20,16 +20,24 @@ def _redis_ok(redis) -> bool:
         return False
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready; the body says which check failed."}})
+@router.get("/readyz", responses={503: {"description": "Not ready; ``down`` names the dependencies that failed."}})
 async def readyz(state: State) -> JSONResponse:
-    """Ready: model loaded, broker and Redis reachable. Adapter and outbox state are reported
-    but do not fail readiness (a failed hot-swap keeps the old version serving)."""
-    backend, watcher, impressions = state.backend, state.watcher, state.impressions
-    broker_up, redis_up = await asyncio.gather(
+    """Ready: model loaded, broker reachable and writable (the feedback producer exists and the
+    impression log delivers), Redis answering. ``down`` lists what is not, by name (model,
+    broker, redis). Adapter and outbox state are reported but do not fail readiness (a failed
+    hot-swap keeps the old version serving) -- except a full outbox, which refuses answers."""
+    backend, watcher, impressions, producers = state.backend, state.watcher, state.impressions, state.producers
+    broker_open, redis_up = await asyncio.gather(
         asyncio.to_thread(any_tcp_open, state.bootstrap), asyncio.to_thread(_redis_ok, state.redis)
     )
+    if broker_open and not producers.ready:
+        producers.connect_soon()  # the broker is back: build the feedback producer now, not on the next feedback
+    delivering = impressions.broker_ok if impressions else True
+    broker_up = broker_open and producers.ready and delivering
     # Ready once the active adapter version is loaded too (the watcher exists), not on the base alone.
     model_ok = backend is not None and backend.ready and (state.registry is None or watcher is not None)
+    pending = await asyncio.to_thread(impressions.outbox.count) if impressions else 0
+    outbox_full = impressions is not None and impressions.full
     checks = {
         "model": {
             "ok": model_ok,
@@ -40,10 +48,12 @@ async def readyz(state: State) -> JSONResponse:
         "broker": {
             "ok": broker_up,
             "bootstrap": state.bootstrap,
-            "impressions_delivering": impressions.broker_ok if impressions else None,
-            "last_error": impressions.last_error if impressions else "",
+            "reachable": broker_open,
+            "feedback_producer": producers.ready,
+            "impressions_delivering": delivering,
+            "detail": "" if broker_up else _broker_detail(broker_open, producers.ready, delivering),
         },
-        "redis": {"ok": redis_up},
+        "redis": {"ok": redis_up, "detail": "" if redis_up else "Redis does not answer (admin routes answer 503)"},
         "adapter": {
             "serving": watcher.current_name if watcher else None,
             "pointer": watcher.pointer if watcher else None,
@@ -55,12 +65,25 @@ async def readyz(state: State) -> JSONResponse:
                 else None
             ),
         },
-        "outbox": {"pending": await asyncio.to_thread(impressions.outbox.count) if impressions else 0},
+        "outbox": {
+            "ok": not outbox_full,
+            "pending": pending,
+            "max_pending": state.settings.outbox_max_pending,
+        },
     }
-    ready = model_ok and broker_up and redis_up
+    down = [name for name in ("model", "broker", "redis", "outbox") if not checks[name]["ok"]]
     return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks}, status_code=200 if ready else 503
+        {"status": "not ready" if down else "ready", "down": down, "checks": checks},
+        status_code=503 if down else 200,
     )
+
+
+def _broker_detail(reachable: bool, producer: bool, delivering: bool) -> str:
+    if not reachable:
+        return "nothing accepts connections at the bootstrap address"
+    if not producer:
+        return "reachable again; the feedback producer is (re)connecting"
+    return "impression writes are failing; they wait in the outbox" if not delivering else ""
 
 
 @router.get(
@@ -68,7 +91,7 @@ async def readyz(state: State) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
 )
-def metrics(state: State) -> Response:
+async def metrics(state: State) -> Response:
     """Prometheus metrics of this instance."""
     from prometheus_client import CONTENT_TYPE_LATEST
 

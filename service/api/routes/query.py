@@ -23,6 +23,8 @@ from schemas.api import QueryRequest, QueryResponse
 from service.api.answer import end_turn, record, record_later, start_turn
 from service.api.backends.base import GenerationResult
 from service.api.deps import State
+from service.api.edge import request_id
+from service.api.errors_doc import errors
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["generation"])
@@ -41,9 +43,7 @@ def sse(event: str, data: dict) -> str:
     response_model=QueryResponse,
     responses={
         200: {"description": "The answer (JSON), or server-sent events when stream=true."},
-        404: {"description": "Unknown adapter version."},
-        422: {"description": "Invalid request."},
-        503: {"description": "Model not loaded yet."},
+        **errors(400, 422, 503, e503="Model not loaded yet, or the impression outbox is full (broker away)."),
     },
 )
 async def query(body: QueryRequest, state: State, response: Response):
@@ -104,9 +104,9 @@ async def _stream(state, turn):
                 "completion_tokens": result.completion_tokens,
             },
         )
-    except Exception as e:  # noqa: BLE001 - headers are sent: report in-band
+    except Exception:  # noqa: BLE001 - headers are sent: report in-band (no exception text)
         log.exception("stream failed")
-        yield sse("error", {"message": f"generation failed: {e}"})
+        yield sse("error", {"message": f"generation failed (request id {request_id()}; details in the server log)"})
     finally:
         end_turn(state, turn)
         if result is None and parts:  # the client left mid-answer: log what it was shown

@@ -228,3 +228,18 @@ def test_shared_prefix_cache_gives_the_plain_greedy_texts(backend, versions, tin
     fresh = next(v for v in versions if v.name not in backend.loaded_adapters())
     asyncio.run(backend.load_adapter(fresh))
     assert (f"v{fresh.id}", prefix) in backend.cached_prefixes()
+
+
+def test_tokenized_prefix_cache_is_a_bounded_lru(backend):
+    """One tokenized prefix per distinct behavior sentence, and clients choose the sentence: the
+    cache keeps the most recently used PREFIX_TOKEN_ENTRIES, not one per sentence ever seen."""
+    from service.api.backends.embedded import PREFIX_TOKEN_ENTRIES
+
+    kept = backend._prefix_ids("kept prefix")
+    for i in range(PREFIX_TOKEN_ENTRIES + 50):
+        backend._prefix_ids(f"behavior sentence number {i}")
+        if i % 100 == 0:
+            backend._prefix_ids("kept prefix")  # recently used: survives
+    assert len(backend._prefix_tokens) <= PREFIX_TOKEN_ENTRIES
+    assert "behavior sentence number 0" not in backend._prefix_tokens
+    assert backend._prefix_tokens["kept prefix"] == kept

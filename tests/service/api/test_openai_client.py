@@ -7,7 +7,7 @@ import openai
 import pytest
 
 from service.api.impression_ids import ImpressionSigner
-from tests.helpers.serving import SECRET
+from tests.helpers.serving import ADMIN, SECRET
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -52,7 +52,15 @@ def test_streaming_gives_the_same_text_as_plain(client):
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == plain.usage.completion_tokens
 
 
-def test_named_version_behavior_extension_and_stop(client):
+@pytest.fixture
+def admin_client(serving):
+    """Naming a version other than the active one needs the admin token: OpenAI clients send it as api_key."""
+    with openai.OpenAI(base_url=f"{serving.url}/v1", api_key=ADMIN, max_retries=0, timeout=60) as c:
+        yield c
+
+
+def test_named_version_behavior_extension_and_stop(admin_client):
+    client = admin_client
     v1 = client.chat.completions.create(
         model="v1",
         messages=MESSAGES,
