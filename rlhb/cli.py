@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from core.errors import clear_errors
 from rlhb.ablate import VARIANTS
 from rlhb.config_cli import config_app
 from rlhb.demo import demo
+from rlhb.evaluation.cli import eval_app
 from rlhb.simulate.driver import simulate
 from service.aggregator.cli import aggregator_app, records_app
 from service.api.cli import run_api
@@ -126,10 +126,21 @@ def infra_status() -> None:
 def up(
     trainer: bool = typer.Option(True, help="Also run the background trainer."),
     port: int = typer.Option(8000, help="API port."),
+    max_restarts: int = typer.Option(5, min=0, help="Restarts per process per minute before giving up on it."),
+    backoff: float = typer.Option(1.0, min=0.0, help="First restart delay in seconds (doubles per quick failure)."),
+    max_backoff: float = typer.Option(30.0, min=0.0, help="Longest restart delay in seconds."),
+    grace: float = typer.Option(15.0, min=0.0, help="Seconds between SIGTERM and SIGKILL when stopping."),
 ) -> None:
-    """Everything on the embedded defaults: broker, Redis, API, aggregator, trainer."""
-    from core.infra.resolve import resolve_infra, write_infra_state
+    """Everything on the embedded defaults: broker, Redis, API, aggregator, trainer, supervised.
 
+    A process that exits is restarted (rlhb/supervisor.py); Ctrl-C or SIGTERM stops them all.
+    """
+    import logging
+
+    from core.infra.resolve import resolve_infra, write_infra_state
+    from rlhb.supervisor import RestartPolicy, Supervisor
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with clear_errors():
         settings = common_settings()
         settings.resolved_model_path() if settings.model_path else _ensure_model()
@@ -137,26 +148,18 @@ def up(
     write_infra_state(settings, infra)
     env = {**os.environ, **infra.env(), "RLHB_API_PORT": str(port)}
     env.setdefault("RLHB_DEV_MODE", "1") if not env.get("RLHB_API_ADMIN_TOKEN") else None
-    commands = [[sys.executable, "-m", "rlhb.cli", "api"], [sys.executable, "-m", "rlhb.cli", "aggregator"]]
-    if trainer:
-        commands.append([sys.executable, "-m", "rlhb.cli", "trainer"])
-    procs = [subprocess.Popen(c, env=env) for c in commands]
+    names = ["api", "aggregator"] + (["trainer"] if trainer else [])
+    commands = {name: [sys.executable, "-m", "rlhb.cli", name] for name in names}
+    policy = RestartPolicy(initial_backoff_s=backoff, max_backoff_s=max_backoff, max_restarts=max_restarts)
+    supervisor = Supervisor(commands, env=env, policy=policy, grace_s=grace)
     typer.echo(f"rlhb up: API on http://127.0.0.1:{port} (broker {infra.bootstrap}, redis {infra.redis_url})")
     try:
-        while all(p.poll() is None for p in procs):
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
+        code = supervisor.run()
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
         infra.stop()
+    if code:
+        typer.echo("rlhb up: every process gave up (see the errors above)", err=True)
+        raise typer.Exit(code)
 
 
 def _ensure_model() -> None:
@@ -202,6 +205,7 @@ def ablate(
 # Each of these modules imports only typer at module level, so `rlhb --help` stays instant.
 app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(records_app, name="records")
+app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
 app.command("api")(run_api)
 app.command("trainer")(run_trainer)
