@@ -143,11 +143,19 @@ def bucket(x: float, cap: float, n: int) -> int:
 
 
 def shaped_reward(counts: Mapping[str, float]) -> float:
-    """(likes - dislikes) / (views + clicks), 0 when the denominator is 0; clipped to [-1, 1]."""
+    """(likes - dislikes) / (views + clicks), 0 when the denominator is 0; clipped to [-1, 1].
+
+    Raises ValueError on a NaN or infinite count: clipping would turn NaN into the maximum
+    reward (min(1, nan) is 1), so a corrupt counter would be trained on as the best answer."""
+    bad = {k: v for k, v in counts.items() if not math.isfinite(float(v))}
+    if bad:
+        raise ValueError(f"counts must be finite numbers; got {bad}")
     denominator = counts.get("view", 0.0) + counts.get("click", 0.0)
     if denominator <= 0:
         return 0.0
     value = (counts.get("like", 0.0) - counts.get("dislike", 0.0)) / denominator
+    if not math.isfinite(value):  # finite inputs can still overflow (1e308 - -1e308)
+        raise ValueError(f"counts {dict(counts)} give no defined reward")
     return max(-1.0, min(1.0, value))
 
 

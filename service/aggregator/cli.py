@@ -24,8 +24,12 @@ def _settings():
 
 
 def _logging() -> None:
+    from service.aggregator.redact import RedactingFilter
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.WARNING)
+    for handler in logging.getLogger().handlers:  # every line, whichever library logs it
+        handler.addFilter(RedactingFilter())
 
 
 @aggregator_app.callback(invoke_without_command=True)

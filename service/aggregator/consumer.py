@@ -4,28 +4,40 @@ One loop per process; several processes in one consumer group share the partitio
 ``impressions`` and ``feedback``. Each turn:
 
 1. poll a batch (auto-commit is off);
-2. decode it (pure: ``plan_batch``); undecodable messages become dead letters;
-3. apply it to Redis in two atomic scripts: impressions (draining events that waited for
-   them), then events (dedupe + count, or park until the impression arrives);
-4. send dead letters and wait for the broker's acknowledgement;
-5. commit the batch's offsets -- only now, so a crash before this point re-delivers the
-   batch and the dedupe in step 3 makes the re-delivery harmless;
+2. decode it (pure: ``plan_batch``); undecodable messages, events that break the contract
+   (re-validated here: producers may write to Kafka directly) and events older than
+   ``max_event_age_s`` become dead letters;
+3. apply it to Redis in one atomic script: impressions (draining events that waited for
+   them), events (checked, then deduped + counted, or parked until the impression arrives),
+   and the batch's next offsets -- held at the first dead letter of each partition;
+4. send dead letters and wait for the broker's acknowledgement (a failure stops the member:
+   the stored offsets still point at the unsent letters, so nothing is skipped); then move
+   the stored offsets past them;
+5. commit the batch's offsets to Kafka. Redis's stored offsets are the truth: on partition
+   assignment the member seeks to them (``seek_to_stored``), so even a Redis restored from
+   an older snapshot re-reads exactly what it lost, and a re-delivery is deduped anyway;
 6. publish due BehaviorRecords (coalesced: one per impression per ``coalesce_ms``), lease
    based, so a crash mid-publish is re-published by any member after ``lease_s``;
 7. now and then: expire events whose impression never came (to dead-letter, then drop),
    refit the rate edges (one member at a time, via a Redis lock) and reload them.
 
 Records are at-least-once and idempotent (the latest record per impression wins); counts
-are exactly-once.
+are exactly-once; dead letters are at-least-once (a crash between sending one and moving
+the stored offset past it sends it again).
+
+Nothing logged carries credentials (service.aggregator.redact).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import socket
 import time
 from dataclasses import dataclass, field
+
+from pydantic import ValidationError
 
 from core.behavior.encoding import (
     Encoding,
@@ -37,14 +49,20 @@ from core.behavior.encoding import (
 )
 from core.behavior.encoding_store import encoding_key, load_encoding, save_encoding
 from core.settings import AggregatorSettings
-from service.aggregator.fold import DeadLetter, RawMessage, build_record, plan_batch
-from service.aggregator.redis_state import AggregatorStore
+from service.aggregator.fold import DeadLetter, RawMessage, build_record, parse_counts, plan_batch
+from service.aggregator.redact import redact
+from service.aggregator.redis_state import AggregatorStore, tp_key
+from service.aggregator.retention import KEY_TTL_MARGIN_S, MAX_EVENT_AGE_S
 from service.aggregator.topic_reader import read_to_end
 
 log = logging.getLogger(__name__)
 
 EXPIRE_EVERY_S = 5.0
 RELOAD_ENCODING_EVERY_S = 5.0
+
+
+class DeadLetterUndeliverable(RuntimeError):
+    """The broker did not acknowledge a dead letter: the batch's offsets must not move past it."""
 
 
 @dataclass
@@ -92,11 +110,27 @@ def ensure_encoding(redis, settings: AggregatorSettings) -> Encoding:
 
 
 class Aggregator:
-    """One aggregator member. ``consumer`` may be a group member or manually assigned (replay)."""
+    """One aggregator member. ``consumer`` may be a group member or manually assigned (replay).
 
-    def __init__(self, settings: AggregatorSettings, redis, producer, consumer):
+    ``max_event_age_s``: events older than this are dead letters (None: no limit, for replay);
+    ``key_ttl_s``: TTL of the per-impression keys (default: the age plus a margin). Both belong
+    in AggregatorSettings (service.aggregator.retention)."""
+
+    def __init__(
+        self,
+        settings: AggregatorSettings,
+        redis,
+        producer,
+        consumer,
+        *,
+        max_event_age_s: float | None = MAX_EVENT_AGE_S,
+        key_ttl_s: float | None = None,
+    ):
         self.settings, self.redis, self.producer, self.consumer = settings, redis, producer, consumer
-        self.store = AggregatorStore(redis, settings.redis_prefix)
+        self.max_event_age_s = max_event_age_s
+        if key_ttl_s is None:
+            key_ttl_s = (max_event_age_s or MAX_EVENT_AGE_S) + KEY_TTL_MARGIN_S
+        self.store = AggregatorStore(redis, settings.redis_prefix, key_ttl_s=key_ttl_s)
         self.encoding = ensure_encoding(redis, settings)
         self._encoding_json = encoding_to_json(self.encoding)
         self.roles = {settings.topic_impressions: "impression", settings.topic_feedback: "event"}
@@ -109,6 +143,43 @@ class Aggregator:
         self._next_expire = time.monotonic() + self._expire_every
         self._next_reload = time.monotonic() + RELOAD_ENCODING_EVERY_S
         self._next_refit = time.monotonic() + min(settings.edges_refit_s, 5.0)
+        topics = consumer.subscription() if consumer is not None and hasattr(consumer, "subscription") else None
+        if topics:
+            # Re-subscribe with the listener that seeks to the offsets stored in Redis on every
+            # assignment (make_clients subscribes before the Aggregator, and so its listener, exists).
+            consumer.subscribe(sorted(topics), listener=self.rebalance_listener())
+
+    # ---------------------------------------------------------------- offsets in Redis
+    def rebalance_listener(self):
+        """kafka-python's hook for offsets kept outside Kafka: seek on assignment."""
+        from kafka import ConsumerRebalanceListener
+
+        agg = self
+
+        class SeekToStoredOffsets(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked):
+                # Nothing to save: each batch's offsets were written with its counts.
+                pass
+
+            def on_partitions_assigned(self, assigned):
+                agg.seek_to_stored(assigned)
+
+        return SeekToStoredOffsets()
+
+    def seek_to_stored(self, partitions) -> dict:
+        """Position ``partitions`` at the offsets stored in Redis with the counts. Partitions
+        without one (first start, or state from before offsets were stored) keep Kafka's
+        committed offset. Returns {partition: offset} for those moved."""
+        stored = self.store.offsets()
+        moved = {}
+        for tp in partitions:
+            offset = stored.get(tp_key(tp.topic, tp.partition))
+            if offset is not None:
+                self.consumer.seek(tp, offset)
+                moved[tp] = offset
+        if moved:
+            log.info("resuming from the offsets stored with the counts: %s", _describe(moved))
+        return moved
 
     # ---------------------------------------------------------------- one turn
     def apply(self, batch: dict) -> tuple[dict, tuple[int, int, int]]:
@@ -117,32 +188,53 @@ class Aggregator:
         Touches Redis and the producer but not the consumer, so it may run in a worker thread."""
         from kafka.structs import OffsetAndMetadata
 
-        messages, offsets = [], {}
+        messages, offsets, ends = [], {}, {}
         for tp, records in batch.items():
             role = self.roles.get(tp.topic, "event")
             for r in records:
                 messages.append(RawMessage(role, r.value, r.key, tp.topic, tp.partition, r.offset))
             if records:
                 offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+                ends[tp_key(tp.topic, tp.partition)] = records[-1].offset + 1
         if not messages:
             return {}, (0, 0, 0)
-        plan = plan_batch(messages)
         now = time.time()
-        drained = self.store.store_impressions(plan.impressions, now)
-        counted, refused = self.store.apply_events(plan.events, now, self.settings.pending_max)
+        plan = plan_batch(messages, now, self.max_event_age_s)
+        # Until its dead letter is acknowledged, a partition's stored offset stays at it.
+        held = dict(ends)
+        for d in plan.dead:
+            key = tp_key(d.message.topic, d.message.partition)
+            if key in held:
+                held[key] = min(held[key], d.message.offset)
+        done = self.store.apply_batch(
+            plan.impressions,
+            [ev for ev, _msg in plan.events],
+            now,
+            self.settings.pending_max,
+            positions=[(tp_key(m.topic, m.partition), m.offset) for _ev, m in plan.events],
+            offsets=held,
+        )
         dead = list(plan.dead)
-        for i in refused:
-            ev, raw = plan.events[i]
+        for i, reason in done.rejected:
+            ev, msg = plan.events[i]
+            if reason == "pending_full":
+                reason = (
+                    f"pending store full ({self.settings.pending_max} events wait for impressions): impression "
+                    f"{ev.impression_id!r} unknown"
+                )
+            dead.append(DeadLetter(f"refused by the counter: {reason}", msg))
+        for iid, eid, entry, reason in done.dropped:
+            value = json.dumps({"event_id": eid, "impression_id": iid, "pending_entry": entry}).encode()
             dead.append(
                 DeadLetter(
-                    f"pending store full ({self.settings.pending_max} events wait for impressions): impression "
-                    f"{ev.impression_id!r} unknown",
-                    RawMessage("event", raw, ev.impression_id.encode(), self.settings.topic_feedback),
+                    f"waiting event could not be counted when its impression arrived: {reason}",
+                    RawMessage("event", value, iid.encode(), self.settings.topic_feedback),
                 )
             )
         if dead:
-            self.send_dead(dead)
-        return offsets, (len(messages), counted + drained, len(plan.impressions))
+            self.send_dead(dead)  # raises when not acknowledged: the stored offsets stay before them
+            self.store.save_offsets(ends)
+        return offsets, (len(messages), done.counted + done.drained, len(plan.impressions))
 
     def _account(self, counts: tuple[int, int, int]) -> None:
         self.stats.messages += counts[0]
@@ -162,8 +254,8 @@ class Aggregator:
         batch is re-delivered (and deduped) after a restart."""
         if self._applying is None:
             return
-        offsets, counts = self._applying.result()
-        self._applying = None
+        applying, self._applying = self._applying, None  # raise once, not again in close()
+        offsets, counts = applying.result()
         self._account(counts)
         if offsets:
             self.commit(offsets)
@@ -180,12 +272,31 @@ class Aggregator:
             log.warning("offset commit failed (%s); the batch will be re-delivered and deduped", e)
 
     def send_dead(self, dead: list[DeadLetter]) -> None:
-        for d in dead:
-            log.warning(
-                "dead letter from %s[%s]@%s: %s", d.message.topic, d.message.partition, d.message.offset, d.reason
+        """Send dead letters and wait for every acknowledgement; raise DeadLetterUndeliverable if
+        any is missing (``flush`` alone returns even when sends failed)."""
+        from kafka.errors import KafkaError
+
+        futures = []
+        try:
+            for d in dead:
+                log.warning(
+                    "dead letter from %s[%s]@%s: %s", d.message.topic, d.message.partition, d.message.offset, d.reason
+                )
+                futures.append(
+                    self.producer.send(self.settings.topic_dead_letter, key=d.message.key, value=d.envelope())
+                )
+            self.producer.flush()
+        except KafkaError as e:
+            raise DeadLetterUndeliverable(
+                f"dead letters not written to {self.settings.topic_dead_letter!r}: {e}"
+            ) from e
+        failed = [f for f in futures if not (f.is_done and f.succeeded())]
+        if failed:
+            err = next((f.exception for f in failed if f.is_done), "not acknowledged")
+            raise DeadLetterUndeliverable(
+                f"{len(failed)} of {len(futures)} dead letters not acknowledged by {self.settings.topic_dead_letter!r} "
+                f"({err}); their offsets are not committed, so they are re-read after a restart"
             )
-            self.producer.send(self.settings.topic_dead_letter, key=d.message.key, value=d.envelope())
-        self.producer.flush()
         self.stats.dead_letters += len(dead)
 
     def publish_due(self, coalesce_s: float | None = None, wait: bool = False) -> int:
@@ -205,17 +316,32 @@ class Aggregator:
             iids = self.store.claim_dirty(now, coalesce_s, self.settings.lease_s, limit=1000)
             if not iids:
                 break
-            futures = []
-            for iid, imp_json, counts in self.store.load(iids):
+            futures, broken = [], []
+            for iid, imp_json, raw_counts in self.store.load(iids):
                 if imp_json is None:
                     continue
-                record = build_record(Impression.model_validate_json(imp_json), counts, self.encoding, now)
+                try:
+                    counts = parse_counts(raw_counts)
+                    record = build_record(Impression.model_validate_json(imp_json), counts, self.encoding, now)
+                except (ValueError, ValidationError) as e:
+                    # Damaged state (e.g. an overflowed counter written before the checks existed):
+                    # one impression's record is lost to the dead-letter topic, not the member to a crash loop.
+                    broken.append(_unbuildable(iid, imp_json, raw_counts, e, self.settings.topic_records))
+                    continue
                 futures.append(
                     self.producer.send(
                         self.settings.topic_records, key=iid.encode(), value=record.model_dump_json().encode()
                     )
                 )
-            self._in_flight.append((futures, iids, now))
+            release = iids
+            if broken:
+                try:
+                    self.send_dead(broken)
+                except DeadLetterUndeliverable as e:
+                    log.error("%s; those impressions stay leased and are retried", e)
+                    unsent = {d.message.key.decode() for d in broken}
+                    release = [i for i in iids if i not in unsent]
+            self._in_flight.append((futures, release, now))
             total += len(iids)
             if len(iids) < 1000:
                 break
@@ -265,7 +391,11 @@ class Aggregator:
             for iid, entries in expired.items()
             for _arrival, raw in entries.values()
         ]
-        self.send_dead(dead)  # acknowledged before the events are forgotten: nothing is lost
+        try:
+            self.send_dead(dead)  # acknowledged before the events are forgotten: nothing is lost
+        except DeadLetterUndeliverable as e:
+            log.error("%s; the expired events stay pending and are retried", e)
+            return 0
         for iid, entries in expired.items():
             self.store.drop_pending(iid, list(entries), cutoff)
         return len(dead)
@@ -329,6 +459,17 @@ class Aggregator:
             self._executor.shutdown(wait=True)
 
 
+def _describe(offsets: dict) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{off}" for tp, off in sorted(offsets.items()))
+
+
+def _unbuildable(iid: str, imp_json: str, raw_counts: dict, err: Exception, topic: str) -> DeadLetter:
+    value = json.dumps({"impression_id": iid, "impression": imp_json, "counts": raw_counts}).encode()
+    return DeadLetter(
+        f"record cannot be built from the stored state: {err}", RawMessage("record", value, iid.encode(), topic)
+    )
+
+
 # -------------------------------------------------------------------- process wiring
 def make_clients(settings: AggregatorSettings, bootstrap: str, redis_url: str, group: bool = True):
     import redis as redis_lib
@@ -379,8 +520,8 @@ def run(settings: AggregatorSettings, stop=None) -> Stats:
     log.info(
         "aggregator up: group %s on %s, redis %s, prefix %r",
         settings.group_id,
-        infra.bootstrap,
-        infra.redis_url,
+        redact(infra.bootstrap),
+        redact(infra.redis_url),  # the URL may carry a password
         settings.redis_prefix,
     )
     try:
@@ -423,12 +564,14 @@ def replay(settings: AggregatorSettings) -> dict:
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
         deleted = AggregatorStore(redis, settings.redis_prefix).clear()
-        agg = Aggregator(settings, redis, producer, consumer)
+        # No age limit: the whole log is re-counted, however old (the keys get fresh TTLs).
+        agg = Aggregator(settings, redis, producer, consumer, max_event_age_s=None)
         for batch in read_to_end(consumer, parts, max_records=settings.max_poll_records):
             agg.process(batch, commit=False)
         published = agg.publish_due(coalesce_s=0.0, wait=True)
         agg.refit_edges(force=True)
         end = {tp: consumer.position(tp) for tp in parts}
+        agg.store.save_offsets({tp_key(tp.topic, tp.partition): end[tp] for tp in parts})
         consumer.commit({tp: OffsetAndMetadata(end[tp], "", -1) for tp in parts})
         return {
             "messages": agg.stats.messages,

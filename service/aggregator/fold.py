@@ -9,7 +9,11 @@ Semantics:
 - an event counts once per (impression id, event id): producers may retry freely;
 - an event is counted only once its impression is known; until then it waits (pending);
 - counts are sums of event values per kind (1 per view/click/like/dislike, seconds of dwell);
-- a message that cannot be decoded is a dead letter with a reason, never an exception.
+- a message that cannot be decoded, or breaks the contract (schemas.feedback bounds: events may
+  be written straight to Kafka, past the API's checks), is a dead letter with a reason, never
+  an exception;
+- an event older than the allowed age (``max_age_s``, by its ``ts``) is a dead letter: its
+  dedupe window may have passed (service.aggregator.retention).
 """
 
 from __future__ import annotations
@@ -65,8 +69,8 @@ class DeadLetter:
 @dataclass
 class Plan:
     impressions: list[Impression] = field(default_factory=list)
-    events: list[tuple[FeedbackEvent, bytes]] = field(default_factory=list)
-    """Valid events with their original bytes (kept for the dead-letter topic if they expire)."""
+    events: list[tuple[FeedbackEvent, RawMessage]] = field(default_factory=list)
+    """Valid events with the message they came in (bytes and position, for dead letters)."""
     dead: list[DeadLetter] = field(default_factory=list)
 
 
@@ -81,20 +85,30 @@ def decode(msg: RawMessage) -> Impression | FeedbackEvent | DeadLetter:
         return DeadLetter(f"not a valid {kind}: {validation_message(e, default='message')}", msg)
 
 
-def plan_batch(messages: Iterable[RawMessage]) -> Plan:
-    """Decode a poll batch; drop in-batch duplicates of (impression id, event id)."""
+def plan_batch(messages: Iterable[RawMessage], now: float | None = None, max_age_s: float | None = None) -> Plan:
+    """Decode a poll batch; drop in-batch duplicates of (impression id, event id); with
+    ``max_age_s``, dead-letter events whose ``ts`` is older than that at ``now``."""
     plan, seen = Plan(), set()
+    now = time.time() if now is None else now
     for msg in messages:
         item = decode(msg)
         if isinstance(item, DeadLetter):
             plan.dead.append(item)
         elif isinstance(item, Impression):
             plan.impressions.append(item)
+        elif max_age_s is not None and now - item.ts > max_age_s:
+            plan.dead.append(
+                DeadLetter(
+                    f"event is {now - item.ts:.0f} s old, over the allowed {max_age_s:g} s "
+                    "(its retries can no longer be deduped)",
+                    msg,
+                )
+            )
         else:
             key = (item.impression_id, item.event_id)
             if key not in seen:
                 seen.add(key)
-                plan.events.append((item, msg.value))
+                plan.events.append((item, msg))
     return plan
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from hypothesis import given, settings
@@ -78,6 +79,16 @@ def test_shaped_reward_exact_and_zero_denominator():
     assert shaped_reward({"like": 5}) == 0.0
     assert shaped_reward({}) == 0.0
     assert shaped_reward({"view": 1, "like": 4}) == 1.0  # clipped (likes without views)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("kind", ["like", "view", "dislike"])
+def test_shaped_reward_refuses_non_finite_counts(kind, bad):
+    # NaN used to clip to +1.0, the maximum reward (min(1.0, nan) is 1.0).
+    with pytest.raises(ValueError, match="finite"):
+        shaped_reward({"view": 3.0, "like": 1.0, kind: bad})
+    with pytest.raises(ValueError, match="no defined reward"):
+        shaped_reward({"view": 1.0, "like": 1.7e308, "dislike": -1.7e308})
 
 
 # --------------------------------------------------------------------------- rates encoding, exact values

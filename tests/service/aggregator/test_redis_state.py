@@ -79,12 +79,8 @@ def test_random_stream_in_random_batches_matches_the_reference_fold(redis_client
     iids = [f"i{k}" for k in range(40)]
     items: list = [_imp(i) for i in iids[:35]]  # 5 impressions never arrive: their events stay pending
     for n in range(1500):
-        ev, _ = _ev(
-            f"e{n}",
-            rng.choice(iids),
-            rng.choice(["view", "click", "like", "dislike", "dwell"]),
-            rng.choice([1.0, 1.0, 2.5]),
-        )
+        kind = rng.choice(["view", "click", "like", "dislike", "dwell"])
+        ev, _ = _ev(f"e{n}", rng.choice(iids), kind, rng.choice([1.0, 2.5]) if kind == "dwell" else 1.0)
         items.append(ev)
         if rng.random() < 0.2:
             items.append(ev)  # duplicate delivery
