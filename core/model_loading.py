@@ -19,6 +19,7 @@ def load_causal_lm(
     path: str | Path,
     *,
     dtype: Any = "float32",
+    device: Any = None,
     threads: int | None = None,
     padding_side: str | None = "left",
     pad_with_eos: bool = True,
@@ -26,7 +27,9 @@ def load_causal_lm(
 ) -> tuple[Any, Any]:
     """(model, tokenizer) of the HF causal LM folder at ``path``; the model is in eval mode.
 
-    ``dtype``: a torch dtype or its name ("float32"). ``threads``: ``torch.set_num_threads``
+    ``dtype``: a torch dtype or its name ("float32"). ``device``: a torch device or its name
+    ("cuda:0"); None leaves the model where transformers loads it (the CPU); pick both with
+    ``core.device.resolve_device``. ``threads``: ``torch.set_num_threads``
     first, if given. ``padding_side``: set on the tokenizer unless None ("left" for batched
     generation: every row continues from its last real token). ``pad_with_eos``: a tokenizer
     without a pad token pads with EOS. ``local_files_only``: also set HF_HUB_OFFLINE, so
@@ -47,6 +50,8 @@ def load_causal_lm(
     if pad_with_eos and tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=local_files_only)
+    if device is not None:
+        model = model.to(device)
     return model.eval(), tokenizer
 
 

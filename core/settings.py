@@ -24,7 +24,7 @@ import difflib
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,12 +42,67 @@ def _alias(*names: str) -> AliasChoices:
 class CommonSettings(BaseSettings):
     """Fields every process needs. Subclasses add their own with their own prefix."""
 
-    model_config = SettingsConfigDict(extra="ignore", env_file=None, populate_by_name=True, env_nested_delimiter="__")
+    # hide_input_in_errors: a settings error must not print the inputs it was given (a traceback
+    # of a model validator would otherwise show every variable, passwords included).
+    model_config = SettingsConfigDict(
+        extra="ignore", env_file=None, populate_by_name=True, env_nested_delimiter="__", hide_input_in_errors=True
+    )
 
     kafka_bootstrap_servers: str = Field(
         default="",
         validation_alias=_alias("RLHB_KAFKA_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
         description="host:port[,host:port]. Empty: start the embedded tansu broker on a free loopback port.",
+    )
+    # Kafka security: one set for every client (producers, consumers, admin) of a process, turned
+    # into kafka-python keyword arguments in one place (core/infra/kafka_security.py).
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        validation_alias=_alias("RLHB_KAFKA_SECURITY_PROTOCOL"),
+        description="PLAINTEXT, SSL (TLS), SASL_PLAINTEXT or SASL_SSL (SASL over TLS, the usual managed-Kafka "
+        "choice). The embedded broker speaks PLAINTEXT only.",
+    )
+    kafka_ssl_cafile: str = Field(
+        default="",
+        validation_alias=_alias("RLHB_KAFKA_SSL_CAFILE"),
+        description="PEM file of the CA that signed the brokers' certificates (SSL, SASL_SSL). Empty: the "
+        "system's trusted CAs.",
+    )
+    kafka_ssl_certfile: str = Field(
+        default="",
+        validation_alias=_alias("RLHB_KAFKA_SSL_CERTFILE"),
+        description="PEM client certificate for mutual TLS (with RLHB_KAFKA_SSL_KEYFILE). Empty: no client cert.",
+    )
+    kafka_ssl_keyfile: str = Field(
+        default="",
+        validation_alias=_alias("RLHB_KAFKA_SSL_KEYFILE"),
+        description="PEM private key of RLHB_KAFKA_SSL_CERTFILE (unencrypted; mount it from a secret).",
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True,
+        validation_alias=_alias("RLHB_KAFKA_SSL_CHECK_HOSTNAME"),
+        description="Check that the broker's certificate names the host connected to (keep true in production).",
+    )
+    kafka_sasl_mechanism: Literal["", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="",
+        validation_alias=_alias("RLHB_KAFKA_SASL_MECHANISM"),
+        description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; required with SASL_PLAINTEXT/SASL_SSL, empty otherwise.",
+    )
+    kafka_sasl_username: str = Field(
+        default="",
+        validation_alias=_alias("RLHB_KAFKA_SASL_USERNAME"),
+        description="SASL user (kafka-python's sasl_plain_username; also used by SCRAM).",
+    )
+    # SecretStr: never shown by repr(), logs or `rlhb config show`; read with get_secret_value().
+    kafka_sasl_password: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=_alias("RLHB_KAFKA_SASL_PASSWORD"),
+        description="SASL password (kafka-python's sasl_plain_password). Set it from a secret, never a ConfigMap.",
+    )
+    kafka_idempotence: bool = Field(
+        default=True,
+        validation_alias=_alias("RLHB_KAFKA_IDEMPOTENCE"),
+        description="Idempotent producers (acks=all, enable_idempotence): a retried send is written once. The "
+        "embedded tansu broker supports it too; false only for a broker without InitProducerId (Kafka < 0.11).",
     )
     redis_url: str = Field(
         default="",
@@ -106,6 +161,20 @@ class CommonSettings(BaseSettings):
         validation_alias=_alias("RLHB_DEV_MODE"),
         description="Allow an empty/placeholder admin token and secret (never in production).",
     )
+    device: str = Field(
+        default="auto",
+        pattern=r"^(auto|cpu|cuda(:\d+)?)$",
+        validation_alias=_alias("RLHB_DEVICE"),
+        description="Where models run (core/device.py): auto (CUDA if available, else CPU), cpu, cuda or cuda:N. "
+        "Under torchrun each rank uses cuda:LOCAL_RANK.",
+    )
+    dtype: str = Field(
+        default="auto",
+        pattern="^(auto|float32|bfloat16|float16)$",
+        validation_alias=_alias("RLHB_DTYPE"),
+        description="dtype of the frozen base weights: auto (bfloat16 on a GPU that supports it, else float32), "
+        "float32, bfloat16 or float16 (GPU only). Trainable heads stay float32.",
+    )
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -120,13 +189,68 @@ class CommonSettings(BaseSettings):
                 )
         return v
 
+    @model_validator(mode="after")
+    def _kafka_security(self) -> CommonSettings:
+        # Misconfigured security fails at start with what to set, never as a hang or a silently
+        # plaintext connection: credentials or TLS files the protocol would ignore are an error too.
+        protocol = self.kafka_security_protocol
+        sasl, tls = protocol.startswith("SASL_"), protocol.endswith("SSL")
+        if protocol != "PLAINTEXT" and not self.kafka_bootstrap_servers:
+            raise ValueError(
+                f"RLHB_KAFKA_SECURITY_PROTOCOL={protocol} needs RLHB_KAFKA_BOOTSTRAP_SERVERS: the embedded broker "
+                "(used when it is empty) speaks PLAINTEXT only"
+            )
+        given_sasl = [
+            name
+            for name, value in (
+                ("RLHB_KAFKA_SASL_MECHANISM", self.kafka_sasl_mechanism),
+                ("RLHB_KAFKA_SASL_USERNAME", self.kafka_sasl_username),
+                ("RLHB_KAFKA_SASL_PASSWORD", self.kafka_sasl_password.get_secret_value()),
+            )
+            if value
+        ]
+        if sasl:
+            missing = {"RLHB_KAFKA_SASL_MECHANISM", "RLHB_KAFKA_SASL_USERNAME", "RLHB_KAFKA_SASL_PASSWORD"}
+            missing -= set(given_sasl)
+            if missing:
+                raise ValueError(
+                    f"RLHB_KAFKA_SECURITY_PROTOCOL={protocol} needs {', '.join(sorted(missing))} "
+                    "(mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512; the password from a secret)"
+                )
+        elif given_sasl:
+            raise ValueError(
+                f"{', '.join(given_sasl)} set but RLHB_KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL; "
+                "set it to SASL_SSL (or SASL_PLAINTEXT), or unset the SASL variables"
+            )
+        files = {
+            "RLHB_KAFKA_SSL_CAFILE": self.kafka_ssl_cafile,
+            "RLHB_KAFKA_SSL_CERTFILE": self.kafka_ssl_certfile,
+            "RLHB_KAFKA_SSL_KEYFILE": self.kafka_ssl_keyfile,
+        }
+        given_files = [name for name, path in files.items() if path]
+        if given_files and not tls:
+            raise ValueError(
+                f"{', '.join(given_files)} set but RLHB_KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS; "
+                "set it to SSL or SASL_SSL, or unset the TLS files"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError("mutual TLS needs both RLHB_KAFKA_SSL_CERTFILE and RLHB_KAFKA_SSL_KEYFILE (or neither)")
+        for name in given_files:
+            if not Path(files[name]).expanduser().is_file():
+                raise ValueError(f"{name} {files[name]!r} is not a readable file; mount it (e.g. from a secret) there")
+        return self
+
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, v: str) -> str:
+        from core.infra.redis_url import parse_sentinel_url, redact
+
         v = v.strip()
-        if v and not v.startswith(("redis://", "rediss://", "unix://")):
+        if v.startswith("redis+sentinel://"):
+            parse_sentinel_url(v)  # now, so a malformed Sentinel URL fails at start with the expected shape
+        elif v and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
-                f"RLHB_REDIS_URL {v!r} must start with redis://, rediss:// or unix:// "
+                f"RLHB_REDIS_URL {redact(v)!r} must start with redis://, rediss://, unix:// or redis+sentinel:// "
                 "(e.g. redis://127.0.0.1:6379/0); leave it empty for the local/embedded default"
             )
         return v
@@ -174,7 +298,44 @@ class ApiSettings(CommonSettings):
         default=SecretStr(""),
         description="Bearer token for /admin/* (also lets a request name any registered adapter version).",
     )
-    impression_secret: SecretStr = Field(default=SecretStr(""), description="HMAC key that signs impression ids.")
+    impression_secret: SecretStr = Field(
+        default=SecretStr(""), description="HMAC key that signs impression ids (the current key)."
+    )
+    # Rotation without invalidating ids in flight: ids name their key; new ids are signed with the
+    # current key, older keys listed here still verify until their ids have expired.
+    impression_key_id: str = Field(
+        default="k1",
+        pattern="^[A-Za-z0-9_-]{1,16}$",
+        description="Key id of RLHB_API_IMPRESSION_SECRET, written into every id it signs (change it with the "
+        "secret when rotating).",
+    )
+    impression_old_secrets: SecretStr = Field(
+        default=SecretStr(""),
+        description="Older impression keys still accepted for verification after a rotation, as "
+        "'keyid=secret,keyid=secret'; remove one once RLHB_API_IMPRESSION_TTL_S has passed since it was retired.",
+    )
+    impression_ttl_s: float = Field(
+        default=7 * 86400.0,
+        gt=0,
+        description="Lifetime of an impression id: feedback after it is refused (410), and per-id state "
+        "(dedupe keys) expires with it. 7 days by default.",
+    )
+    impression_accept_legacy: bool = Field(
+        default=True,
+        description="Still accept ids of the first format (no key id, expiry or client binding; each kind "
+        "counts once per impression). Turn off once RLHB_API_IMPRESSION_TTL_S has passed since the upgrade.",
+    )
+    feedback_rate_per_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Per-client rate limit of /v1/feedback: events per second refilled into the client's "
+        "bucket (clients are told apart by X-Client-Id; the admin token is exempt). Over it: 429 + Retry-After.",
+    )
+    feedback_burst: int = Field(
+        default=1000,
+        ge=1,
+        description="Per-client bucket size of /v1/feedback in events (one full batch by default).",
+    )
     backend: str = Field(default="embedded", pattern="^(embedded|vllm)$", description="Generation backend.")
     vllm_base_url: str = Field(default="", description="Remote vLLM OpenAI server; empty: in-process vLLM.")
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Default answer length in tokens.")
@@ -230,6 +391,9 @@ class ApiSettings(CommonSettings):
         _check_secret(self.impression_secret.get_secret_value(), "RLHB_API_IMPRESSION_SECRET", self.dev_mode)
         if self.max_new_tokens > self.max_tokens_cap:
             raise ValueError("RLHB_API_MAX_NEW_TOKENS must not exceed RLHB_API_MAX_TOKENS_CAP")
+        from core.impression_ids import parse_old_secrets
+
+        parse_old_secrets(self.impression_old_secrets.get_secret_value())  # malformed: fail at start, clearly
         return self
 
 
@@ -256,6 +420,38 @@ class AggregatorSettings(CommonSettings):
     )
     pending_ttl_s: float = Field(default=600.0, gt=0, description="How long an early event waits for its impression.")
     pending_max: int = Field(default=100_000, ge=1, description="Bound on events waiting for impressions.")
+    # The API's impression keys (the same variables): with a secret set, the aggregator checks every
+    # impression and event it reads -- events may be written straight to Kafka -- and dead-letters ids
+    # this service did not sign. Without one (dev mode, tests) ids are not checked.
+    impression_secret: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=_alias("RLHB_API_IMPRESSION_SECRET"),
+        description="RLHB_API_IMPRESSION_SECRET, read by the aggregator too: set, every id on the topics is checked.",
+    )
+    impression_key_id: str = Field(
+        default="k1", validation_alias=_alias("RLHB_API_IMPRESSION_KEY_ID"), description="RLHB_API_IMPRESSION_KEY_ID."
+    )
+    impression_old_secrets: SecretStr = Field(
+        default=SecretStr(""),
+        validation_alias=_alias("RLHB_API_IMPRESSION_OLD_SECRETS"),
+        description="RLHB_API_IMPRESSION_OLD_SECRETS.",
+    )
+    impression_accept_legacy: bool = Field(
+        default=True,
+        validation_alias=_alias("RLHB_API_IMPRESSION_ACCEPT_LEGACY"),
+        description="RLHB_API_IMPRESSION_ACCEPT_LEGACY.",
+    )
+    max_event_age_s: float = Field(
+        default=7 * 86_400.0,
+        gt=0,
+        description="Events whose ts is older than this are dead letters, not counts (dedupe keys must outlive it).",
+    )
+    key_ttl_s: float = Field(
+        default=0.0,
+        ge=0,
+        description="TTL of the per-impression keys imp:/cnt:/seen: (0: max_event_age_s + 1 day, for skew and lag; "
+        "must exceed max_event_age_s).",
+    )
     max_poll_interval_ms: int = Field(
         default=10_000,
         ge=1000,
@@ -296,6 +492,17 @@ class AggregatorSettings(CommonSettings):
                 "(comma-separated), or add a row to RATES in core/behavior/encoding.py"
             )
         return ",".join(names)
+
+    @model_validator(mode="after")
+    def _retention(self) -> AggregatorSettings:
+        # A retry of an accepted event must still find its dedupe entry: the keys outlive the event age.
+        if self.key_ttl_s and self.key_ttl_s <= self.max_event_age_s:
+            raise ValueError(
+                f"RLHB_AGG_KEY_TTL_S ({self.key_ttl_s:g}) must exceed RLHB_AGG_MAX_EVENT_AGE_S "
+                f"({self.max_event_age_s:g}): dedupe entries must outlive every event that can still be accepted; "
+                "set 0 for the default (the age + 1 day)"
+            )
+        return self
 
     @property
     def rate_names(self) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ from rlhb.ablate import VARIANTS
 from rlhb.config_cli import config_app
 from rlhb.demo import demo
 from rlhb.evaluation.cli import eval_app
+from rlhb.schemas_cli import schemas_app
 from rlhb.simulate.driver import simulate
 from service.aggregator.cli import aggregator_app, records_app
 from service.api.cli import run_api
@@ -207,6 +208,7 @@ app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(records_app, name="records")
 app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
+app.add_typer(schemas_app, name="schemas")
 app.command("api")(run_api)
 app.command("trainer")(run_trainer)
 app.command("simulate")(simulate)

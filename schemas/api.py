@@ -40,7 +40,11 @@ class FeedbackBatch(BaseModel):
 
 
 class FeedbackAccepted(BaseModel):
-    accepted: int
+    accepted: int = Field(description="Events written to the event log by this request.")
+    duplicates: int = Field(
+        default=0,
+        description="Count events (once per impression and client) already recorded earlier, not written again.",
+    )
 
 
 class ErrorDetail(BaseModel):

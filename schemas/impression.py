@@ -3,7 +3,13 @@
 During an A/B trial (core/registry.py: a gated candidate serves a share of live traffic next to
 the active version) the API records which arm answered (``arm``) and which trial it was
 (``trial``: the candidate's name), so the trainer's guardrail compares the two arms over the
-same period only."""
+same period only.
+
+A streaming client may leave before the answer is complete, even before its first token; it
+already holds the impression id (sent in the stream's headers), so the impression is logged
+anyway, with the text it was shown (possibly empty) and ``aborted`` set: every id the API
+hands out has its impression, so feedback for it always joins (issue 16, item 4). Readers of
+older records get ``aborted`` False; readers older than the field ignore it (extra="ignore")."""
 
 from __future__ import annotations
 
@@ -33,5 +39,10 @@ class Impression(BaseModel):
     )
     trial: str | None = Field(
         default=None, description="The A/B trial (its candidate's version name) live when served; absent outside."
+    )
+    aborted: bool = Field(
+        default=False,
+        description="The client left (or generation failed) before the answer was complete: 'response' is "
+        "only what was shown, possibly empty.",
     )
     created_at: float = Field(default_factory=time.time)

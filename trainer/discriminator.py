@@ -17,6 +17,11 @@ Two architectures (``RLHBConfig.discriminator``):
   scalar head on the last token of the policy's prompt for (s, b) followed by the answer a.
 
 Both run without dropout (eval mode) so that the reward is a deterministic function.
+
+Device and dtype (``build_discriminator(..., device, dtype)``, ``core.device.resolve_device``):
+both kinds live on the trainer's device. The ``lm`` trunk is frozen and takes the dtype
+(bfloat16 on a GPU by default); its LoRA and scalar head stay float32. MiniLM stays float32:
+its encoder f is fine-tuned in full, and bfloat16 weights would round away AdamW's small steps.
 Departures from the paper: the paper's D is the LLM with a scalar head; the factorized
 MiniLM D is this project's addition (it learns on CPU in minutes).
 """
@@ -61,9 +66,13 @@ class Discriminator(nn.Module):
         heads = {id(p) for p in self.head_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in heads]
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
         names = {id(p) for p in self.parameters() if p.requires_grad}
-        return {k: v.detach().contiguous() for k, v in self.named_parameters() if id(v) in names}
+        return {k: v.detach().cpu().contiguous() for k, v in self.named_parameters() if id(v) in names}
 
     def save_state(self, folder: Path) -> None:
         from safetensors.torch import save_file
@@ -90,7 +99,9 @@ class Discriminator(nn.Module):
 class MiniLMDiscriminator(Discriminator):
     """z = <P f(s, a), Q e(b)> + c(e(b)); f fine-tuned, e frozen."""
 
-    def __init__(self, embed_dim: int, max_tokens: int, folder: Path | None = None) -> None:
+    def __init__(
+        self, embed_dim: int, max_tokens: int, folder: Path | None = None, device: torch.device | str = "cpu"
+    ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
 
@@ -109,6 +120,8 @@ class MiniLMDiscriminator(Discriminator):
         self.max_tokens = max_tokens
         self._behavior_cache: dict[str, torch.Tensor] = {}
         self._center: torch.Tensor | None = None
+        self.to(device)
+        frozen.to(device)
         self.eval()
         frozen.eval()
 
@@ -120,7 +133,7 @@ class MiniLMDiscriminator(Discriminator):
             truncation=True,
             max_length=self.max_tokens,
             return_tensors="pt",
-        )
+        ).to(self.device)
         out = model(**enc).last_hidden_state  # (B, L, H)
         mask = enc["attention_mask"].unsqueeze(-1).to(out.dtype)  # (B, L, 1)
         return (out * mask).sum(1) / mask.sum(1).clamp_min(1.0)  # (B, H) mean pooling
@@ -172,7 +185,14 @@ class MiniLMDiscriminator(Discriminator):
 class LMDiscriminator(Discriminator):
     """A causal LM trunk with its own LoRA and a scalar head on the last token."""
 
-    def __init__(self, model_path: str, lora_r: int, max_tokens: int) -> None:
+    def __init__(
+        self,
+        model_path: str,
+        lora_r: int,
+        max_tokens: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
         super().__init__()
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModel, AutoTokenizer
@@ -180,17 +200,18 @@ class LMDiscriminator(Discriminator):
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        trunk = AutoModel.from_pretrained(model_path, dtype=torch.float32)
+        trunk = AutoModel.from_pretrained(model_path, dtype=dtype).to(device)  # frozen: the dtype is safe
         for p in trunk.parameters():
             p.requires_grad_(False)
         lora = LoraConfig(r=lora_r, lora_alpha=2 * lora_r, lora_dropout=0.0, target_modules="all-linear")
         self.trunk = get_peft_model(trunk, lora)
-        self.head = nn.Linear(trunk.config.hidden_size, 1)
+        self.head = nn.Linear(trunk.config.hidden_size, 1, device=device)  # float32
         self.max_tokens = max_tokens
         self.eval()
 
     def _batch(self, queries, answers, behaviors) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ids of "prompt(s, b) + a + EOS"; long answers are cut, the behavior never is."""
+        """Left-padded ids of "prompt(s, b) + a + EOS" (B, L) and mask (B, L) on D's device; long answers
+        are cut, the behavior never is."""
         tok = self.tokenizer
         rows = []
         for q, a, b in zip(queries, answers, behaviors, strict=True):
@@ -204,22 +225,29 @@ class LMDiscriminator(Discriminator):
         for i, r in enumerate(rows):
             ids[i, width - len(r) :] = torch.tensor(r)
             mask[i, width - len(r) :] = 1
-        return ids, mask
+        return ids.to(self.device), mask.to(self.device)  # filled on the CPU, moved once
 
     def logits(self, queries, answers, behaviors) -> torch.Tensor:
         ids, mask = self._batch(queries, answers, behaviors)
         position_ids = (mask.cumsum(1) - 1).clamp_min(0)
         hidden = self.trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
-        return self.head(hidden[:, -1]).squeeze(-1)  # (B,) last token = EOS of the answer (left padding)
+        # (B,) last token = EOS of the answer (left padding); float32 for the float32 head
+        return self.head(hidden[:, -1].float()).squeeze(-1)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
 
 
-def build_discriminator(config: RLHBConfig, model_path: str) -> Discriminator:
+def build_discriminator(
+    config: RLHBConfig, model_path: str, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> Discriminator:
+    """The configured D on ``device`` (``core.device.resolve_device`` rules; ``dtype``: the lm trunk's)."""
+    from core.device import resolve_device
+
+    device, dtype = resolve_device(device, dtype)
     if config.discriminator == "minilm":
-        return MiniLMDiscriminator(config.d_embed_dim, config.d_max_tokens)
-    return LMDiscriminator(config.d_model_path or model_path, config.d_lora_r, config.d_max_tokens)
+        return MiniLMDiscriminator(config.d_embed_dim, config.d_max_tokens, device=device)
+    return LMDiscriminator(config.d_model_path or model_path, config.d_lora_r, config.d_max_tokens, device, dtype)
 
 
 def make_optimizer(d: Discriminator, config: RLHBConfig) -> torch.optim.Optimizer:

@@ -1,5 +1,26 @@
 """Data-parallel training under ``torchrun`` (DDP semantics without wrapping the models).
 
+Two entry points use it:
+
+- ``rlhb trainer`` under torchrun (the service; ``trainer/loop_cli.py``)::
+
+      torchrun --nproc_per_node N -m rlhb.cli trainer [--max-rounds R ...]
+
+  Rank 0 is the trainer process of ``trainer/loop.py``: it alone consumes records, talks to
+  Redis and the registry, writes checkpoints and runs the gate. At each round it broadcasts
+  the round (``TrainRequest`` with its records, algorithm and config) with
+  ``broadcast_object_list``; every other rank waits for it in ``follow_rounds`` and trains
+  its replica alongside (``train_round``). Rounds of the PPO-core algorithms (rlhb, rlhbc,
+  rlhf) are data-parallel; sft and pro rounds train on rank 0 alone (the others idle). While
+  no round runs, rank 0 broadcasts a heartbeat every ``HEARTBEAT_SECONDS`` so the waiting
+  ranks stay inside the process-group timeout (``LOOP_TIMEOUT_SECONDS``, which must also
+  cover the gate after training, during which rank 0 sends nothing).
+- a one-off run from a records file (RLHB and the PPO family), ``-m trainer.distributed``
+  (see ``main``).
+
+Devices: the backend is nccl only when the ranks train on CUDA (``RLHB_DEVICE`` resolves to
+a GPU; each rank then takes ``cuda:LOCAL_RANK``), gloo otherwise.
+
 Every rank holds a full replica (base LM + LoRA, value head, discriminator), samples its own
 prompts and rollouts, and averages the gradients of the trainable tensors with the other
 ranks before each optimizer step, as ``DistributedDataParallel`` does. Identical start +
@@ -13,9 +34,9 @@ tensor all-reduces it the moment backward has finished accumulating it, so the c
 computes losses, clips gradient norms and steps optimizers is the same with 1 or N ranks
 (clipping sees the averaged gradient, exactly as under DDP).
 
-Command line (RLHB; N processes on one machine, gloo on CPU, nccl on GPUs)::
+Command line (one run from a records file; N processes on one machine, gloo on CPU, nccl on GPUs)::
 
-    torchrun --nproc_per_node N -m trainer.distributed --records R.jsonl --model-path M --output-root O
+    torchrun --nproc_per_node N -m trainer.distributed --algo rlhb --records R.jsonl --model-path M --output-root O
 
 In code, with any trainer object that has ``policy`` (and optionally ``discriminator``,
 ``rng``, ``warmup``), e.g. ``RLHBTrainer``::
@@ -36,17 +57,29 @@ waiting until that timeout; ``all_ranks_ok`` lets a caller agree on such a stop 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import logging
 import os
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
 # Distinct streams per rank for sampling; a large prime keeps rank seeds apart from seed + small offsets.
 RANK_SEED_STRIDE = 1_000_003
+DDP_ALGORITHMS = ("rlhb", "rlhbc", "rlhf")
+"""Algorithms on the PPO core: their rounds run data-parallel; others train on rank 0 alone."""
+HEARTBEAT_SECONDS = 30.0
+"""``rlhb trainer`` under torchrun: rank 0 tells the waiting ranks it is alive this often between rounds."""
+LOOP_TIMEOUT_SECONDS = 4 * 3600.0
+"""Process-group timeout of ``rlhb trainer`` under torchrun: it bounds how long a rank waits in one
+collective, which includes waiting for the next message while rank 0 gates and registers a version."""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -85,11 +118,13 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_from_env(backend: str | None = None, timeout_seconds: float = 600.0) -> DistContext:
+def init_from_env(backend: str | None = None, timeout_seconds: float = 600.0, device: str = "auto") -> DistContext:
     """Join the process group torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT.
 
     Without torchrun (WORLD_SIZE unset or 1) returns the single-process context and starts
-    nothing. ``backend`` defaults to nccl when CUDA is available, gloo otherwise.
+    nothing. ``backend`` defaults to nccl when ``device`` (``RLHB_DEVICE``, ``core.device``
+    rules) resolves to CUDA, gloo otherwise: nccl cannot move CPU tensors, so a CPU run on a
+    machine that has GPUs must still use gloo.
     """
     world_size = env_world_size()
     if world_size <= 1:
@@ -101,9 +136,13 @@ def init_from_env(backend: str | None = None, timeout_seconds: float = 600.0) ->
         )
     rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
     if backend is None:
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        from core.device import resolve_device
+
+        backend = "nccl" if resolve_device(device)[0].type == "cuda" else "gloo"
     if backend not in ("gloo", "nccl"):
         raise ValueError(f"backend must be 'gloo' (CPU) or 'nccl' (GPU); got {backend!r}")
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise ValueError("backend 'nccl' needs CUDA and this machine has none; use gloo (or RLHB_DEVICE=cpu)")
     if backend == "nccl":
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
@@ -114,6 +153,17 @@ def init_from_env(backend: str | None = None, timeout_seconds: float = 600.0) ->
             timeout=datetime.timedelta(seconds=timeout_seconds),
         )
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+
+
+def rank_device(device: str = "auto", dtype: str = "auto", ctx: DistContext = SINGLE_PROCESS) -> tuple:
+    """``core.device.resolve_device`` for this rank: under torchrun a CUDA device is ``cuda:LOCAL_RANK``
+    (one GPU per rank; an explicit ``cuda:N`` is overridden), a CPU stays the CPU."""
+    from core.device import resolve_device
+
+    resolved, resolved_dtype = resolve_device(device, dtype)
+    if resolved.type == "cuda" and ctx.distributed:
+        resolved, resolved_dtype = resolve_device(f"cuda:{ctx.local_rank}", dtype)
+    return resolved, resolved_dtype
 
 
 def shutdown(ctx: DistContext) -> None:
@@ -171,11 +221,30 @@ def broadcast_parameters(params: Iterable[torch.nn.Parameter], ctx: DistContext,
         dist.broadcast(p.data, src=src)
 
 
+@torch.no_grad()
+def broadcast_module_state(module: torch.nn.Module, ctx: DistContext, src: int = 0) -> None:
+    """Copy rank ``src``'s floating parameters and buffers of ``module`` (frozen ones included) to every rank."""
+    if not ctx.distributed:
+        return
+    for t in [*module.parameters(), *module.buffers()]:
+        if t.is_floating_point():
+            dist.broadcast(t.data, src=src)
+
+
 class GradientSync:
     """Average the gradients of ``params`` over all ranks as soon as backward has accumulated each.
 
     Registers ``Tensor.register_post_accumulate_grad_hook`` on every trainable tensor; no-op
     when not distributed. ``remove()`` detaches the hooks.
+
+    Why this and not ``DistributedDataParallel(peft_model)``: with LoRA only a few small
+    tensors train, so bucketing (DDP's main speed-up) buys little, while DDP would have to
+    wrap the policy, the value head and the discriminator separately, would see every
+    ``disable_adapter()`` reference forward and every ``generate()`` as a forward whose
+    gradients it expects (``find_unused_parameters`` and its extra pass), and would change
+    how each algorithm calls its models. All-reducing the trainable gradients right after
+    backward is the same arithmetic (a mean over ranks before clipping and the step) with
+    no change to the algorithms. Cost: one all-reduce per trainable tensor per backward.
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], ctx: DistContext) -> None:
@@ -201,9 +270,10 @@ def reduce_metrics(metrics: Mapping[str, float], ctx: DistContext) -> dict[str, 
     if not ctx.distributed:
         return dict(metrics)
     keys = sorted(k for k, v in metrics.items() if isinstance(v, int | float) and not isinstance(v, bool))
-    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64)
+    # on the collective's device: nccl reduces CUDA tensors only
+    values = torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64, device=ctx.device)  # (K,)
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
-    values /= ctx.world_size
+    values = values.cpu() / ctx.world_size
     reduced = dict(metrics)
     reduced.update({k: float(v) for k, v in zip(keys, values.tolist(), strict=True)})
     return reduced
@@ -213,7 +283,7 @@ def all_ranks_ok(ok: bool, ctx: DistContext) -> bool:
     """True only if every rank passes ``ok=True`` (e.g. "my loss is finite"): lets all ranks stop together."""
     if not ctx.distributed:
         return ok
-    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64, device=ctx.device)  # (1,)
     dist.all_reduce(flag, op=dist.ReduceOp.SUM)
     return int(flag.item()) == 0
 
@@ -247,6 +317,9 @@ def prepare_trainer(trainer, ctx: DistContext, seed: int) -> GradientSync:
     prompts and rollouts. Call after construction and before any update (including D warm-up)."""
     params = trainable_parameters(trainer)
     broadcast_parameters(params, ctx)
+    reward_model = getattr(trainer, "reward_model", None)
+    if isinstance(reward_model, torch.nn.Module):  # frozen, trained per rank: make it one function
+        broadcast_module_state(reward_model, ctx)
     sync = GradientSync(params, ctx)
     rank_seed = seed_sampling(seed, ctx)
     if hasattr(trainer, "rng"):
@@ -303,17 +376,101 @@ def run_iterations(trainer, algorithm: str, ctx: DistContext, local_metrics: lis
     return result
 
 
-def build_trainer(algorithm: str, request, config_overrides: Mapping[str, object]):
-    """The algorithm's trainer object, built identically on every rank (same seed in ``request``)."""
-    if algorithm != "rlhb":
-        raise ValueError(
-            f"distributed training supports algorithm 'rlhb' here; got {algorithm!r}. The PPO-family trainers "
-            "(rlhbc, rlhf) need their reward model trained before the replicas are prepared."
-        )
-    from trainer.algorithms.rlhb import RLHBTrainer
-    from trainer.config import RLHBConfig
+def build_trainer(algorithm: str, request, config: Any = None):
+    """The algorithm's trainer object, built identically on every rank (same seed in ``request``).
 
-    return RLHBTrainer(request, RLHBConfig(**dict(config_overrides)))
+    ``config``: the algorithm's ``Config``, or a mapping of overrides to its defaults. rlhbc and
+    rlhf train their reward model here, on every rank (same records and seed: the same model;
+    ``prepare_trainer`` then copies rank 0's to be sure)."""
+    if algorithm not in DDP_ALGORITHMS:
+        raise ValueError(
+            f"data-parallel training supports the PPO-core algorithms {', '.join(DDP_ALGORITHMS)}; got {algorithm!r}"
+        )
+    from trainer.algorithms import default_config
+
+    if config is None or isinstance(config, Mapping):
+        config = dataclasses.replace(default_config(algorithm), **dict(config or {}))
+    if algorithm == "rlhb":
+        from trainer.algorithms.rlhb import RLHBTrainer
+
+        return RLHBTrainer(request, config)
+    from importlib import import_module
+
+    return import_module(f"trainer.algorithms.{algorithm}").build(request, config)
+
+
+def train_round(algorithm: str, request, config, ctx: DistContext):
+    """One training run on every rank of ``ctx`` (each rank calls it with the same arguments).
+
+    PPO-core algorithms: replicas built with the same seed, rank 0's weights broadcast,
+    gradients averaged, per-rank sampling; rank 0 writes the checkpoint and returns the
+    ``RunResult``, the others return None. Other algorithms (sft, pro) run on rank 0 alone and
+    the other ranks return None at once. Single process: the algorithm's own ``run``."""
+    from trainer.algorithms import get_algorithm
+    from trainer.algorithms.runner import check_request
+
+    if not ctx.distributed:
+        return get_algorithm(algorithm)(request, config)
+    if algorithm not in DDP_ALGORITHMS:
+        return get_algorithm(algorithm)(request, config) if ctx.is_main else None
+    if ctx.is_main:
+        check_request(request)
+    seed_replicas(request.seed)
+    trainer = build_trainer(algorithm, request, config)
+    sync = prepare_trainer(trainer, ctx, request.seed)
+    try:
+        return run_iterations(trainer, algorithm, ctx)
+    finally:
+        sync.remove()
+
+
+# --------------------------------------------------------------------------- rank 0 <-> the other ranks (rlhb trainer)
+def send_message(ctx: DistContext, message: dict) -> None:
+    """Rank 0: broadcast ``message`` (``{"kind": "round" | "idle" | "stop", ...}``) to the waiting ranks."""
+    if ctx.distributed:
+        dist.broadcast_object_list([message], src=0, device=ctx.device)
+
+
+def receive_message(ctx: DistContext) -> dict:
+    """Ranks > 0: block until rank 0 sends the next message."""
+    box: list[Any] = [None]
+    dist.broadcast_object_list(box, src=0, device=ctx.device)
+    return box[0]
+
+
+def send_round(ctx: DistContext, algorithm: str, request, config) -> None:
+    """Rank 0: the round's records, request and algorithm config to every rank (pickled)."""
+    send_message(ctx, {"kind": "round", "algorithm": algorithm, "request": request, "config": config})
+
+
+def follow_rounds(ctx: DistContext, device: str = "auto", dtype: str = "auto") -> int:
+    """Ranks > 0 of ``rlhb trainer``: train each round rank 0 sends, until it sends "stop".
+
+    This rank never touches Kafka, Redis, the registry or the gate; it trains on ``device``
+    (its own ``cuda:LOCAL_RANK`` on GPUs) without writing metrics or checkpoints. Returns the
+    number of rounds joined. A round that fails here is re-raised: the process exits and
+    torchrun stops the job (a rank that left the collectives would hang the others)."""
+    rounds = 0
+    while True:
+        message = receive_message(ctx)
+        kind = message.get("kind")
+        if kind == "stop":
+            return rounds
+        if kind != "round":
+            continue  # "idle": rank 0's heartbeat between rounds
+        request = dataclasses.replace(
+            message["request"], device=str(device), dtype=str(dtype), metrics_path=None, progress=False
+        )
+        log.info("rank %d joins a %s round (%s)", ctx.rank, message["algorithm"], request.version_name)
+        try:
+            train_round(message["algorithm"], request, message["config"], ctx)
+        except Exception as e:  # noqa: BLE001 - rank 0 raises the same (reduced metrics) and reports it
+            from trainer.algorithms.base import TrainingDiverged
+
+            if not isinstance(e, TrainingDiverged):
+                raise
+            log.warning("rank %d: round %s diverged: %s", ctx.rank, request.version_name, e)
+        rounds += 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -327,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.records import load_records
 
     parser = argparse.ArgumentParser(prog="torchrun -m trainer.distributed", description=main.__doc__)
-    parser.add_argument("--algo", default="rlhb", help="algorithm (rlhb)")
+    parser.add_argument("--algo", default="rlhb", choices=DDP_ALGORITHMS, help="algorithm on the PPO core")
     parser.add_argument("--records", required=True, help="JSONL of behavior records")
     parser.add_argument("--model-path", required=True, help="HF causal LM folder")
     parser.add_argument("--output-root", required=True, help="checkpoint versions are written under this folder")
@@ -336,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--metrics", default=None, help="append averaged metrics here (JSONL, rank 0)")
     parser.add_argument("--config", default="{}", help="JSON object of config overrides, e.g. '{\"batch_size\": 8}'")
-    parser.add_argument("--backend", default=None, choices=["gloo", "nccl"], help="default: nccl with CUDA, else gloo")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (each rank: cuda:LOCAL_RANK)")
+    parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (base weights)")
+    parser.add_argument("--backend", default=None, choices=["gloo", "nccl"], help="default: nccl on CUDA, else gloo")
     parser.add_argument(
         "--digest-dir",
         default=None,
@@ -350,10 +509,15 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(overrides, dict):
         parser.error("--config must be a JSON object")
 
-    ctx = init_from_env(args.backend)
+    ctx = init_from_env(args.backend, device=args.device)
     quiet_non_main(ctx)
     try:
+        from core.device import dtype_name
+
+        device, dtype = rank_device(args.device, args.dtype, ctx)
         request = TrainRequest(
+            device=str(device),
+            dtype=dtype_name(dtype),
             records=load_records(args.records),
             model_path=args.model_path,
             output_root=Path(args.output_root),
@@ -365,7 +529,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             check_request(request)
         seed_replicas(args.seed)
-        trainer = build_trainer(args.algo, request, overrides)
+        trainer = build_trainer(args.algo, request, overrides)  # rlhb, rlhbc, rlhf
         sync = prepare_trainer(trainer, ctx, args.seed)
         initial = parameters_digest(trainable_parameters(trainer))
         local: list[dict] = []

@@ -53,6 +53,10 @@
    The guard's answers are as long as the KL check's (``max_new_tokens``), so answers longer
    than that are compared cut: the length drop of verbose parents reads smaller than in full.
 
+Device and dtype: ``evaluate``/``gate_and_publish`` take ``device`` and ``dtype`` (the trainer
+passes ``RLHB_DEVICE``/``RLHB_DTYPE``; ``core.device.resolve_device``); the base model loads
+there, every tensor the gate makes goes there, and KL and log-probs are taken in float32.
+
 Every failed check is named in the reason (KL and guards are measured together; the reward
 check runs only when they pass). A failed candidate is kept on disk and marked rejected with
 the reason in the registry (``gate_and_publish``; trainer/loop.py puts it in the round's
@@ -201,14 +205,23 @@ def behavior_guard(
 class _Scorer:
     """The base model with the candidate (and the active) adapter loaded side by side."""
 
-    def __init__(self, model_path: str, candidate: AdapterVersion, active: AdapterVersion | None):
+    def __init__(
+        self,
+        model_path: str,
+        candidate: AdapterVersion,
+        active: AdapterVersion | None,
+        device: str = "auto",
+        dtype: str = "auto",
+    ):
         import torch
         from peft import PeftModel
 
+        from core.device import resolve_device
         from core.model_loading import load_causal_lm
 
         self.torch = torch
-        base, self.tok = load_causal_lm(model_path, dtype="float32", padding_side="left")
+        self.device, dtype = resolve_device(device, dtype)
+        base, self.tok = load_causal_lm(model_path, dtype=dtype, device=self.device, padding_side="left")
         self.model = PeftModel.from_pretrained(base, candidate.path, adapter_name="candidate")
         if active is not None:
             self.model.load_adapter(active.path, adapter_name="active")
@@ -226,7 +239,7 @@ class _Scorer:
         from core.prompts import render_prompt
 
         texts = [render_prompt(self.tok, q, b) for q, b in records]
-        return self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
 
     def _logits(self, ids, mask, adapter: str | None, n_last: int):
         torch = self.torch
@@ -266,7 +279,7 @@ class _Scorer:
                     eos_token_id=self.eos_ids,
                 )
             answer = out[:, enc["input_ids"].shape[1] :]  # (B, T)
-            is_eos = torch.isin(answer, torch.tensor(self.eos_ids))
+            is_eos = torch.isin(answer, torch.tensor(self.eos_ids, device=answer.device))  # (B, T)
             # real tokens: up to and including the first EOS
             answer_mask = (is_eos.cumsum(1) - is_eos.long()) == 0  # (B, T)
             batches.append((enc, answer, answer_mask))
@@ -314,11 +327,12 @@ class _Scorer:
                 for r in chunk
             ]
             T = max(len(r) for r in rows)
-            answer = torch.full((len(rows), T), self.tok.pad_token_id, dtype=torch.long)
-            answer_mask = torch.zeros((len(rows), T), dtype=torch.long)
+            answer = torch.full((len(rows), T), self.tok.pad_token_id, dtype=torch.long)  # (B, T)
+            answer_mask = torch.zeros((len(rows), T), dtype=torch.long)  # (B, T)
             for i, r in enumerate(rows):
                 answer[i, : len(r)] = torch.tensor(r)
                 answer_mask[i, : len(r)] = 1
+            answer, answer_mask = answer.to(self.device), answer_mask.to(self.device)  # filled on the CPU, moved once
             ids = torch.cat([enc["input_ids"], answer], 1)
             mask = torch.cat([enc["attention_mask"], answer_mask], 1)
 
@@ -338,9 +352,12 @@ def evaluate(
     model_path: str,
     heldout: Sequence[BehaviorRecord],
     config: GateConfig | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> GateResult:
     """Run the four checks on ``candidate`` (``active``: the version it would replace and the behavior
-    guard's parent, None = base)."""
+    guard's parent, None = base), with the models on ``device`` in ``dtype`` (``core.device``)."""
     cfg = config or GateConfig()
     bad = nonfinite_weights(Path(candidate.path))
     if bad:
@@ -356,7 +373,7 @@ def evaluate(
     prompts = list(dict.fromkeys((r.query, r.behavior_prompt) for r in records))[: cfg.max_prompts]
 
     with _threads(cfg.threads):
-        return _score(candidate, active, model_path, records, prompts, cfg)
+        return _score(candidate, active, model_path, records, prompts, cfg, device, dtype)
 
 
 @contextlib.contextmanager
@@ -372,8 +389,8 @@ def _threads(n: int):
         torch.set_num_threads(previous)
 
 
-def _score(candidate, active, model_path, records, prompts, cfg: GateConfig) -> GateResult:
-    scorer = _Scorer(model_path, candidate, active)
+def _score(candidate, active, model_path, records, prompts, cfg: GateConfig, device, dtype) -> GateResult:
+    scorer = _Scorer(model_path, candidate, active, device, dtype)
     sampled = scorer.sample_answers(prompts, "candidate", cfg)
     kl_token, kl_seq = scorer.kl_on_answers(sampled)
     metrics = {"finite": 1.0, "kl_token": kl_token, "kl_seq": kl_seq, "kl_prompts": float(len(prompts))}
@@ -421,16 +438,20 @@ def gate_and_publish(
     model_path: str,
     heldout: Sequence[BehaviorRecord],
     config: GateConfig | None = None,
+    *,
+    device: str = "auto",
+    dtype: str = "auto",
 ) -> GateResult:
     """Gate a registered candidate against the active version: promote it if it passes,
-    otherwise keep it on disk marked rejected with the reason. ``registry``: core.registry.Registry."""
+    otherwise keep it on disk marked rejected with the reason. ``registry``: core.registry.Registry.
+    ``device``/``dtype``: where the gate's models run (``core.device.resolve_device``)."""
     from core.registry import PointerPublishError
     from schemas.adapters import BASE_VERSION, AdapterStatus
 
     active_name = registry.active()
     active = registry.validate(active_name) if active_name != BASE_VERSION else None
     try:
-        result = evaluate(candidate, active, model_path, heldout, config)
+        result = evaluate(candidate, active, model_path, heldout, config, device=device, dtype=dtype)
     except Exception as e:  # a candidate the gate cannot even evaluate is not publishable
         result = GateResult(False, f"gate could not evaluate the candidate: {type(e).__name__}: {e}")
     if result.passed:

@@ -35,6 +35,18 @@ lives in the registry (manifest + Redis) and the counts are rebuilt from the rec
 so a restarted trainer picks the trial up where it was. With ``ab_share`` = 0 the candidate is
 promoted at once and the parent-vs-child guardrail (``guardrail``) watches it.
 
+Device (``RLHB_DEVICE``, ``RLHB_DTYPE``; ``core/device.py``): the round's models (policy, critic,
+discriminator) and the gate's run there; resolved once at start, so a CUDA setting on a machine
+without CUDA stops the trainer at start with an error naming the variable.
+
+Several processes (``torchrun --nproc_per_node N -m rlhb.cli trainer``; ``trainer/distributed.py``):
+rank 0 is this trainer (Kafka, Redis, registry, gate, checkpoints); at each round it broadcasts
+the round's request to the other ranks, which train replicas alongside it with averaged
+gradients (rlhb, rlhbc, rlhf; sft and pro train on rank 0 alone). Between rounds rank 0 sends
+heartbeats from the consumer thread; during a round only the round thread talks to the other
+ranks, so the two threads never interleave collectives. Each rank on GPUs takes
+``cuda:LOCAL_RANK``.
+
 Redis keys written (``P`` = redis_prefix): ``P train:status`` (JSON, every second),
 ``P train:rounds`` (list of round results as JSON, newest last, last 200),
 ``P train:round_seq`` (round counter), ``P train:inflight``.
@@ -54,6 +66,8 @@ from pathlib import Path
 from typing import Any
 
 from core.behavior.encoding_store import encoding_key, load_encoding
+from core.infra.kafka_security import kafka_client_options
+from core.infra.redis_url import redis_from_url
 from core.registry import PointerPublishError, Registry, RegistryError
 from core.settings import TrainerSettings
 from schemas.adapters import BASE_VERSION
@@ -123,13 +137,29 @@ class TrialRegistry:
 class Trainer:
     """One trainer process: call ``start()``, then ``step()`` in a loop (or ``run()``)."""
 
-    def __init__(self, settings: TrainerSettings, bootstrap: str, redis_url: str, model_path: str | None = None):
-        import redis as redis_lib
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        bootstrap: str,
+        redis_url: str,
+        model_path: str | None = None,
+        dist_ctx=None,
+    ):
+        """``dist_ctx``: this process's ``trainer.distributed.DistContext`` (rank 0) under torchrun; None alone."""
+
+        from core.device import dtype_name
+        from trainer.distributed import SINGLE_PROCESS, rank_device
 
         self.settings = settings
+        self.dist = dist_ctx or SINGLE_PROCESS
+        if not self.dist.is_main:
+            raise ValueError("only rank 0 runs the trainer loop; the other ranks run trainer.distributed.follow_rounds")
+        device, dtype = rank_device(settings.device, settings.dtype, self.dist)  # fails now on a bad setting
+        self.device, self.dtype = str(device), dtype_name(dtype)
+        self._last_heartbeat = time.monotonic()
         self.bootstrap = bootstrap
         self.model_path = model_path or settings.resolved_model_path()
-        self.redis = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+        self.redis = redis_from_url(redis_url, decode_responses=True)
         self.registry = Registry(settings.adapter_dir, self.redis, settings.redis_prefix)
         self.buffer = ReplayBuffer(settings.buffer_size, settings.recency_half_life)
         self.live = LiveCounts()
@@ -181,6 +211,7 @@ class Trainer:
             max_poll_interval_ms=s.max_poll_interval_ms,
             session_timeout_ms=s.session_timeout_ms,
             poll_timeout_ms=s.poll_timeout_ms,
+            **kafka_client_options(s),
         )
         trainer = self
 
@@ -208,6 +239,10 @@ class Trainer:
         )
 
     def close(self) -> None:
+        if self.dist.distributed and self._round is None:  # mid-round the round thread owns the collectives
+            from trainer.distributed import send_message
+
+            send_message(self.dist, {"kind": "stop"})
         if self.consumer is not None:
             self.consumer.close(autocommit=False)
         self._publish_status(force=True, state="stopped")
@@ -238,8 +273,18 @@ class Trainer:
         if self._round is not None and not self._round.is_alive():
             self._finish_round()
         if self._round is None:
+            self._heartbeat()
             self._maybe_start_round()
         self._publish_status()
+
+    def _heartbeat(self) -> None:
+        """Under torchrun, between rounds: tell the waiting ranks rank 0 is alive (within their timeout).
+        Only called while no round thread runs, so collectives never come from two threads at once."""
+        from trainer.distributed import HEARTBEAT_SECONDS, send_message
+
+        if self.dist.distributed and time.monotonic() - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            send_message(self.dist, {"kind": "idle"})
+            self._last_heartbeat = time.monotonic()
 
     def _ingest(self, tp, message) -> None:
         try:
@@ -345,9 +390,19 @@ class Trainer:
             steps=s.steps_per_round,
             progress=False,
             encoding=self._stored_encoding(),  # the aggregator's: what the API serves
+            device=self.device,
+            dtype=self.dtype,
         )
+        config = build_algorithm_config(s, algorithm)
         try:
-            result = get_algorithm(algorithm)(train_request, build_algorithm_config(s, algorithm))
+            if self.dist.distributed:  # every rank trains a replica; rank 0 alone gets the RunResult
+                from trainer.distributed import send_round, train_round
+
+                send_round(self.dist, algorithm, train_request, config)
+                result = train_round(algorithm, train_request, config, self.dist)
+                self._last_heartbeat = time.monotonic()
+            else:
+                result = get_algorithm(algorithm)(train_request, config)
         except TrainingDiverged as e:
             return {**summary, "outcome": "diverged", "reason": str(e), "seconds": time.time() - started}
         summary["train_seconds"] = time.time() - started
@@ -359,7 +414,9 @@ class Trainer:
         if isinstance(request.get("gate"), dict):  # per-round gate overrides (tests, experiments)
             gate_cfg = gate_with(gate_cfg, request["gate"])
         publisher = TrialRegistry(self.registry, s.ab_share) if s.ab_share > 0 else self.registry
-        gate = gate_and_publish(publisher, version, self.model_path, heldout, gate_cfg)
+        gate = gate_and_publish(
+            publisher, version, self.model_path, heldout, gate_cfg, device=self.device, dtype=self.dtype
+        )
         pruned = self.registry.prune(s.keep_versions)
         final = {k: v for k, v in (result.metrics[-1] if result.metrics else {}).items() if isinstance(v, int | float)}
         outcome = "published" if gate.passed else "rejected"

@@ -1,5 +1,14 @@
 """``rlhb trainer``: run the background trainer (registered in rlhb/cli.py FEATURE_COMMANDS).
 
+Data-parallel on N processes (CPU: gloo; GPUs: nccl, one GPU per process)::
+
+    torchrun --nproc_per_node N -m rlhb.cli trainer [--max-rounds R ...]
+
+(``torchrun`` runs a module with ``-m``; the ``rlhb`` console script itself is not a module,
+hence ``-m rlhb.cli``.) Rank 0 is the ordinary trainer; the other ranks only train replicas of
+each round (``trainer/distributed.py``). Under torchrun a Kafka broker and Redis must be
+reachable by rank 0 as usual (embedded ones are started by rank 0 alone).
+
 Imports only typer at module level, so ``rlhb --help`` stays instant.
 """
 
@@ -37,11 +46,22 @@ def run_trainer(
     with clear_errors():
         from core.infra.resolve import resolve_infra
         from core.settings import TrainerSettings
-        from trainer.loop import Trainer
+        from trainer.distributed import SINGLE_PROCESS, env_world_size
 
         settings = TrainerSettings(**{k: v for k, v in overrides.items() if v is not None})
+        ctx = SINGLE_PROCESS
+        if env_world_size() > 1:  # under torchrun
+            from trainer.distributed import LOOP_TIMEOUT_SECONDS, init_from_env, quiet_non_main
+
+            ctx = init_from_env(device=settings.device, timeout_seconds=LOOP_TIMEOUT_SECONDS)
+            quiet_non_main(ctx)
+            if not ctx.is_main:
+                _follow(ctx, settings)
+                return
+        from trainer.loop import Trainer
+
         infra = resolve_infra(settings)
-        trainer = Trainer(settings, infra.bootstrap, infra.redis_url)
+        trainer = Trainer(settings, infra.bootstrap, infra.redis_url, dist_ctx=ctx)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -65,3 +85,21 @@ def run_trainer(
             infra.stop()
             os._exit(0)
         infra.stop()
+        from trainer.distributed import shutdown
+
+        shutdown(ctx)
+
+
+def _follow(ctx, settings) -> None:
+    """Ranks > 0: train each round rank 0 broadcasts until it says stop (no Kafka, Redis or registry)."""
+    import json
+
+    from core.device import dtype_name
+    from trainer.distributed import follow_rounds, rank_device, shutdown
+
+    device, dtype = rank_device(settings.device, settings.dtype, ctx)
+    try:
+        rounds = follow_rounds(ctx, str(device), dtype_name(dtype))
+    finally:
+        shutdown(ctx)
+    typer.echo(json.dumps({"rank": ctx.rank, "rounds": rounds}))

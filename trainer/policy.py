@@ -5,6 +5,12 @@
 - Critic: a small MLP value head over the actor's last hidden states, one value per
   response token. Its input is detached, so the critic loss never moves the actor.
 
+Device and dtype: ``Policy.load(..., device, dtype)`` (``core.device.resolve_device``; the
+trainer passes ``RLHB_DEVICE``/``RLHB_DTYPE``). The base weights take the dtype (bfloat16 on a
+GPU by default), the LoRA stays float32 (peft's ``autocast_adapter_dtype``) and so does the
+value head, which reads the features cast to float32. Every tensor this module makes goes
+to ``policy.device``.
+
 Departures from the paper: the paper's critic is a separate network; here it reads the
 policy trunk's features (as TRL's value head does) but does not train them, which keeps the
 update order "actor, then critic" meaningful and lets the critic train on the features
@@ -49,7 +55,7 @@ class ValueHead(nn.Module):
 @dataclass
 class ForwardOutput:
     logprobs: torch.Tensor  # (B, T) log-prob of each response token
-    features: torch.Tensor  # (B, T, H) last hidden states at the positions predicting them
+    features: torch.Tensor  # (B, T, H) float32 last hidden states at the positions predicting them
     logits: torch.Tensor | None = None  # (B, T, V) response logits, when asked for
 
 
@@ -59,20 +65,32 @@ class Policy:
     def __init__(self, model, tokenizer, value_head: ValueHead, config: PPOConfig) -> None:
         self.model = model  # peft.PeftModel around the causal LM
         self.tokenizer = tokenizer
-        self.value_head = value_head
+        self.device = next(model.parameters()).device
+        self.value_head = value_head.to(self.device)  # float32 whatever the trunk's dtype
         self.config = config
         self.eos_ids = _eos_ids(model, tokenizer)
         self.model.eval()  # no dropout anywhere: rollout-time and update-time log-probs agree
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
-    def load(cls, model_path: str, config: PPOConfig, adapter_path: str | Path | None = None) -> Policy:
-        """Base model from ``model_path`` with a fresh LoRA, or the adapter at ``adapter_path`` (trainable)."""
+    def load(
+        cls,
+        model_path: str,
+        config: PPOConfig,
+        adapter_path: str | Path | None = None,
+        *,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
+    ) -> Policy:
+        """Base model from ``model_path`` with a fresh LoRA, or the adapter at ``adapter_path`` (trainable),
+        on ``device`` with base weights in ``dtype`` (``core.device.resolve_device`` rules)."""
         from peft import LoraConfig, PeftModel, get_peft_model
 
+        from core.device import resolve_device
         from core.model_loading import load_causal_lm
 
-        base, tokenizer = load_causal_lm(model_path, dtype="float32", padding_side="left")
+        device, dtype = resolve_device(device, dtype)
+        base, tokenizer = load_causal_lm(model_path, dtype=dtype, device=device, padding_side="left")
         for p in base.parameters():
             p.requires_grad_(False)
         if adapter_path is not None:
@@ -103,11 +121,11 @@ class Policy:
     def save_value_head(self, path: Path) -> None:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().contiguous() for k, v in self.value_head.state_dict().items()}, str(path))
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}, str(path))
 
     # ------------------------------------------------------------------ tokens
     def encode_prompts(self, prompts: Sequence[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Chat-template prompts, left-padded: (B, P) ids and mask."""
+        """Chat-template prompts, left-padded: (B, P) ids and mask, on ``self.device``."""
         texts = [self.render(p) for p in prompts]
         enc = self.tokenizer(
             texts,
@@ -115,7 +133,7 @@ class Policy:
             padding=True,
             add_special_tokens=False,  # the chat template already has them
         )
-        return enc["input_ids"], enc["attention_mask"]
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
 
     def render(self, prompt: Prompt) -> str:
         """The chat prompt; an over-long query keeps its last tokens, the behavior sentence is never cut."""
@@ -150,11 +168,13 @@ class Policy:
         ]
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
-        response_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        response_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        # filled row by row on the CPU (one small copy per row), then moved once
+        response_ids = torch.full((len(rows), width), pad, dtype=torch.long)  # (B, T)
+        response_mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
         for i, r in enumerate(rows):
             response_ids[i, : len(r)] = torch.tensor(r)
             response_mask[i, : len(r)] = 1
+        response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device)
         return SequenceBatch(
             prompt_ids=prompt_ids,
             prompt_mask=prompt_mask,
@@ -163,7 +183,7 @@ class Policy:
             queries=[p.query for p in prompts],
             behaviors=[p.behavior for p in prompts],
             responses=[self.decode(r) for r in rows],
-            prompt_index=torch.arange(len(rows)),
+            prompt_index=torch.arange(len(rows), device=self.device),
         )
 
     def decode(self, ids: Sequence[int]) -> str:
@@ -203,7 +223,7 @@ class Policy:
             queries=[p.query for p in repeated],
             behaviors=[p.behavior for p in repeated],
             responses=[self.decode(r[m.bool()].tolist()) for r, m in zip(response_ids, response_mask, strict=True)],
-            prompt_index=torch.arange(len(prompts)).repeat_interleave(rollouts_per_prompt),
+            prompt_index=torch.arange(len(prompts), device=self.device).repeat_interleave(rollouts_per_prompt),
         )
 
     # ------------------------------------------------------------------ scoring
@@ -233,7 +253,8 @@ class Policy:
         logprobs = torch.gather(logits, 2, batch.response_ids.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(
             logits, dim=-1
         )  # (B, T)
-        features = out.hidden_states[-1][:, -num_response - 1 : -1]  # (B, T, H)
+        # (B, T, H); float32 for the value head whatever the trunk's dtype (a no-op in float32)
+        features = out.hidden_states[-1][:, -num_response - 1 : -1].float()
         return ForwardOutput(
             logprobs=logprobs,
             features=features.detach(),

@@ -11,9 +11,12 @@ import atexit
 import logging
 import os
 import subprocess
+import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from core.infra.ports import any_tcp_open, free_port, wait_tcp
 from core.infra.processes import stop_process
@@ -101,7 +104,8 @@ def group_consumer(
     """A kafka-python consumer-group member as the aggregator and the trainer run one: offsets
     committed by the caller only, the earliest offset when the group has none, heartbeats at a
     sixth of the session timeout, fetches that wait at most min(100 ms, the poll timeout).
-    ``extra``: more KafkaConsumer arguments (e.g. max_poll_records)."""
+    ``extra``: more KafkaConsumer arguments (e.g. max_poll_records) and, for a secured cluster,
+    ``**kafka_client_options(settings)`` (core/infra/kafka_security.py)."""
     from kafka import KafkaConsumer
 
     return KafkaConsumer(
@@ -118,9 +122,43 @@ def group_consumer(
     )
 
 
-def check_kafka(bootstrap: str, timeout_s: float = 10.0) -> None:
-    """Fail fast with one line if no broker answers at ``bootstrap``."""
+def _probe_in_thread(bootstrap: str, options: Mapping[str, Any] | None, timeout_s: float) -> BaseException | None:
+    """Connect an admin client and list topics, within ``timeout_s``: None when the broker
+    answered, else the error (TimeoutError when the attempt did not finish).
+
+    In a daemon thread because kafka-python 3 can block without a deadline inside the TLS
+    handshake (seen with security_protocol=SSL against the plaintext embedded broker, even with
+    bootstrap_timeout_ms set); a start-up probe must fail in bounded time instead. A thread
+    left hanging dies with the process, which is about to stop with the error anyway."""
     from kafka import KafkaAdminClient
+
+    outcome: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            admin = KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                request_timeout_ms=3000,
+                bootstrap_timeout_ms=max(500, int(timeout_s * 1000)),
+                **(options or {}),
+            )
+            admin.list_topics()
+            admin.close()
+            outcome.append(None)
+        except Exception as e:  # handed to the caller, which decides what is fatal
+            outcome.append(e)
+
+    thread = threading.Thread(target=probe, name="kafka-probe", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive() or not outcome:
+        return TimeoutError(f"no Kafka handshake completed within {timeout_s:.1f} s")
+    return outcome[0]
+
+
+def check_kafka(bootstrap: str, timeout_s: float = 10.0, options: Mapping[str, Any] | None = None) -> None:
+    """Fail fast with one line if no broker answers at ``bootstrap``. ``options``: the security
+    arguments of core.infra.kafka_security.kafka_client_options (default PLAINTEXT)."""
     from kafka.errors import KafkaError
 
     deadline = time.monotonic() + timeout_s
@@ -132,27 +170,38 @@ def check_kafka(bootstrap: str, timeout_s: float = 10.0) -> None:
             last = ConnectionRefusedError(f"nothing listens at {bootstrap}")
             time.sleep(0.2)
             continue
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
-            admin.list_topics()
-            admin.close()
+        outcome = _probe_in_thread(bootstrap, options, max(0.5, deadline - time.monotonic()))
+        if outcome is None:
             return
-        except (KafkaError, OSError, ValueError) as e:
-            last = e
-            time.sleep(0.3)
+        if isinstance(outcome, TimeoutError):
+            last = outcome
+            break  # a hung handshake does not get better by opening more of them
+        if not isinstance(outcome, KafkaError | OSError | ValueError):
+            raise outcome
+        last = outcome
+        time.sleep(0.3)
+    protocol = (options or {}).get("security_protocol", "PLAINTEXT")
+    # A port that accepts TCP but never completes the Kafka handshake is most often a security
+    # mismatch (TLS listener spoken to in plaintext, wrong SASL credentials): say so.
+    hint = (
+        f"; the port is open, so check RLHB_KAFKA_SECURITY_PROTOCOL ({protocol}) and the TLS/SASL settings "
+        "against the broker's listener"
+        if any_tcp_open(bootstrap, 1.0)
+        else ""
+    )
     raise InfraError(
-        f"no Kafka broker answers at {bootstrap!r} ({type(last).__name__}); start one, fix "
-        "RLHB_KAFKA_BOOTSTRAP_SERVERS, or leave it empty to use the embedded broker"
+        f"no Kafka broker answers at {bootstrap!r} ({type(last).__name__}{': ' + str(last) if last else ''}){hint}; "
+        "start one, fix RLHB_KAFKA_BOOTSTRAP_SERVERS, or leave it empty to use the embedded broker"
     )
 
 
-def ensure_topics(bootstrap: str, topics: list[str], partitions: int) -> None:
-    """Create missing topics (idempotent)."""
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int, options: Mapping[str, Any] | None = None) -> None:
+    """Create missing topics (idempotent). ``options``: as for ``check_kafka``."""
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000, **(options or {}))
     try:
         existing = set(admin.list_topics())
         new = [NewTopic(t, num_partitions=partitions, replication_factor=1) for t in topics if t not in existing]

@@ -1,5 +1,8 @@
 """Redis: the configured URL, else the machine's local Redis, else an embedded valkey.
 
+URLs may be redis://, rediss://, unix:// or redis+sentinel:// (core/infra/redis_url.py builds
+every client: use its ``redis_from_url``, not ``redis.Redis.from_url``).
+
 An explicitly configured URL that does not answer is an error (we never silently fall
 back from what the operator asked for). Persistence of the embedded server is off: it
 holds counters that the aggregator can rebuild by replaying Kafka.
@@ -17,6 +20,7 @@ from pathlib import Path
 from core.infra.broker import InfraError
 from core.infra.ports import free_port, wait_tcp
 from core.infra.processes import stop_process
+from core.infra.redis_url import redact, redis_from_url
 from core.settings import DEFAULT_REDIS_URL
 
 
@@ -24,7 +28,7 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
     import redis
 
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        client = redis_from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
         ok = bool(client.ping())
         client.close()
         return ok
@@ -35,7 +39,7 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
 def check_redis(url: str) -> None:
     if not redis_answers(url, timeout_s=2.0):
         raise InfraError(
-            f"Redis does not answer at {url!r}; start it, fix RLHB_REDIS_URL, or leave RLHB_REDIS_URL "
+            f"Redis does not answer at {redact(url)!r}; start it, fix RLHB_REDIS_URL, or leave RLHB_REDIS_URL "
             "empty to use the local default or an embedded server"
         )
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.infra.broker import EmbeddedBroker, check_kafka, ensure_topics
+from core.infra.kafka_security import kafka_client_options
 from core.infra.redis_server import EmbeddedRedis, redis_answers, resolve_redis_url
 from core.settings import CommonSettings
 
@@ -25,6 +26,8 @@ class Infra:
     bootstrap: str
     redis_url: str
     owned: list = field(default_factory=list)
+    kafka_options: dict = field(default_factory=dict)
+    """Security arguments for every Kafka client of this process (kafka_client_options)."""
 
     def stop(self) -> None:
         for server in reversed(self.owned):
@@ -73,9 +76,11 @@ def topics_of(settings: CommonSettings) -> list[str]:
 def resolve_infra(settings: CommonSettings, create_topics: bool = True) -> Infra:
     running = read_running_infra(settings)
     owned: list = []
+    # PLAINTEXT unless configured; the settings allow TLS/SASL only with configured servers.
+    options = kafka_client_options(settings)
     if settings.kafka_bootstrap_servers:
         bootstrap = settings.kafka_bootstrap_servers
-        check_kafka(bootstrap)
+        check_kafka(bootstrap, options=options)
     elif running:
         bootstrap = running["bootstrap"]
         check_kafka(bootstrap, timeout_s=5)
@@ -85,7 +90,7 @@ def resolve_infra(settings: CommonSettings, create_topics: bool = True) -> Infra
         bootstrap = broker.bootstrap
         check_kafka(bootstrap)
     if create_topics:
-        ensure_topics(bootstrap, topics_of(settings), settings.topic_partitions)
+        ensure_topics(bootstrap, topics_of(settings), settings.topic_partitions, options=options)
 
     if not settings.redis_url and running and redis_answers(running["redis_url"]):
         redis_url = running["redis_url"]
@@ -93,4 +98,4 @@ def resolve_infra(settings: CommonSettings, create_topics: bool = True) -> Infra
         redis_url, server = resolve_redis_url(settings.redis_url)
         if isinstance(server, EmbeddedRedis):
             owned.append(server)
-    return Infra(bootstrap=bootstrap, redis_url=redis_url, owned=owned)
+    return Infra(bootstrap=bootstrap, redis_url=redis_url, owned=owned, kafka_options=options)

@@ -5,6 +5,7 @@ write the report and clean up the lanes' processes and Redis keys."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from pathlib import Path
@@ -111,6 +112,26 @@ def run_demo(cfg: DemoConfig) -> dict:
     if cfg.drift:
         before, after, at = cfg.drift_parts()
         say(f"drift: users '{before}' until round {at}, then '{after}'")
+
+    def finish(done: tuple[str, ...], say_tables: bool) -> dict:
+        """Build and write the report of the lanes in ``done`` (all of them at the end)."""
+        report = build_report(
+            dataclasses.replace(cfg, algorithms=done), results, phases, time.time() - started, model_path
+        )
+        report["lanes"] = lane_info
+        report["live_rounds"] = live
+        report["drift"] = cfg.drift
+        report["poison_round"] = cfg.poison_round
+        report["ab_share"] = cfg.ab_share
+        report["run_id"] = run_id
+        report["complete"] = len(done) == len(cfg.algorithms)
+        write_report(
+            dataclasses.replace(cfg, algorithms=done), report, results, say if say_tables else (lambda *_: None)
+        )
+        if not say_tables:
+            say(f"  report so far (lanes {', '.join(done)}) written to {cfg.out_dir / 'report.md'}")
+        return report
+
     try:
         for lane_no, algorithm in enumerate(cfg.algorithms):
             t_lane = time.time()
@@ -248,16 +269,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                 phases[f"{algorithm}: behavior gap"] = time.time() - t0
             lane.stop()
             phases[f"{algorithm}: lane total"] = time.time() - t_lane
-        total = time.time() - started
-        report = build_report(cfg, results, phases, total, model_path)
-        report["lanes"] = lane_info
-        report["live_rounds"] = live
-        report["drift"] = cfg.drift
-        report["poison_round"] = cfg.poison_round
-        report["ab_share"] = cfg.ab_share
-        report["run_id"] = run_id
-        write_report(cfg, report, results, say)
-        return report
+            if lane_no + 1 < len(cfg.algorithms):  # a long run cut short still leaves its finished lanes' report
+                finish(cfg.algorithms[: lane_no + 1], say_tables=False)
+        return finish(cfg.algorithms, say_tables=True)
     finally:
         for lane in lanes:
             lane.stop()

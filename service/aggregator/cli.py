@@ -69,7 +69,7 @@ def export_cmd(
         settings = _settings()
         infra = resolve_infra(settings, create_topics=False)
         try:
-            summary = export(infra.bootstrap, settings.topic_records, out, dpo)
+            summary = export(infra.bootstrap, settings.topic_records, out, dpo, options=infra.kafka_options)
         finally:
             infra.stop()
     typer.echo(json.dumps(summary))

@@ -131,6 +131,7 @@ class Aggregator:
         if key_ttl_s is None:
             key_ttl_s = (max_event_age_s or MAX_EVENT_AGE_S) + KEY_TTL_MARGIN_S
         self.store = AggregatorStore(redis, settings.redis_prefix, key_ttl_s=key_ttl_s)
+        self.id_problem = impression_id_check(settings)
         self.encoding = ensure_encoding(redis, settings)
         self._encoding_json = encoding_to_json(self.encoding)
         self.roles = {settings.topic_impressions: "impression", settings.topic_feedback: "event"}
@@ -199,7 +200,7 @@ class Aggregator:
         if not messages:
             return {}, (0, 0, 0)
         now = time.time()
-        plan = plan_batch(messages, now, self.max_event_age_s)
+        plan = plan_batch(messages, now, self.max_event_age_s, self.id_problem)
         # Until its dead letter is acknowledged, a partition's stored offset stays at it.
         held = dict(ends)
         for d in plan.dead:
@@ -459,6 +460,31 @@ class Aggregator:
             self._executor.shutdown(wait=True)
 
 
+def impression_id_check(settings: AggregatorSettings):
+    """(id, ts) -> why the id is refused, or None; None when no impression secret is configured
+    (dev mode and tests: ids are then not checked). The same keys and rules as the API
+    (core.impression_ids), without the client binding: producers that write to Kafka are trusted
+    with their clients, not with forging ids. Expiry is judged at the message's own time, so
+    consumer lag never refuses an event that was on time."""
+    from core.impression_ids import ImpressionIds, parse_old_secrets
+
+    secret = settings.impression_secret.get_secret_value()
+    if not secret:
+        return None
+    ids = ImpressionIds(
+        secret,
+        key_id=settings.impression_key_id,
+        old_secrets=parse_old_secrets(settings.impression_old_secrets.get_secret_value()),
+        accept_legacy=settings.impression_accept_legacy,
+    )
+
+    def problem(impression_id: str, ts: float) -> str | None:
+        _facts, refused = ids.check(impression_id, client_key=None, now=ts)
+        return None if refused is None else refused.reason
+
+    return problem
+
+
 def _describe(offsets: dict) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]@{off}" for tp, off in sorted(offsets.items()))
 
@@ -472,17 +498,18 @@ def _unbuildable(iid: str, imp_json: str, raw_counts: dict, err: Exception, topi
 
 # -------------------------------------------------------------------- process wiring
 def make_clients(settings: AggregatorSettings, bootstrap: str, redis_url: str, group: bool = True):
-    import redis as redis_lib
     from kafka import KafkaProducer
 
     from core.infra.broker import group_consumer
+    from core.infra.kafka_security import kafka_client_options, kafka_producer_options
+    from core.infra.redis_url import redis_from_url
 
-    redis = redis_lib.Redis.from_url(redis_url, decode_responses=True)
+    redis = redis_from_url(redis_url, decode_responses=True)
     # gzip (zlib, in C): behavior records are repetitive JSON, and kafka-python checksums every
     # batch in pure Python (without the optional crc32c package), so fewer bytes is much less CPU.
     producer = KafkaProducer(
         bootstrap_servers=bootstrap,
-        acks="all",
+        **kafka_producer_options(settings),
         linger_ms=5,
         compression_type="gzip",
         request_timeout_ms=10_000,
@@ -497,6 +524,7 @@ def make_clients(settings: AggregatorSettings, bootstrap: str, redis_url: str, g
         session_timeout_ms=settings.session_timeout_ms,
         poll_timeout_ms=settings.poll_timeout_ms,
         max_poll_records=settings.max_poll_records,
+        **kafka_client_options(settings),
     )
     if group:
         consumer.subscribe([settings.topic_impressions, settings.topic_feedback])
@@ -509,7 +537,14 @@ def run(settings: AggregatorSettings, stop=None) -> Stats:
 
     infra = resolve_infra(settings)
     redis, producer, consumer = make_clients(settings, infra.bootstrap, infra.redis_url)
-    agg = Aggregator(settings, redis, producer, consumer)
+    agg = Aggregator(
+        settings,
+        redis,
+        producer,
+        consumer,
+        max_event_age_s=settings.max_event_age_s,
+        key_ttl_s=settings.key_ttl_s or None,
+    )
     stopping = {"now": False}
 
     def _stop(*_):

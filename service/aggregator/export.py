@@ -56,14 +56,17 @@ def dpo_pairs(records: Iterable[BehaviorRecord], max_pairs_per_query: int = 16, 
     return pairs
 
 
-def read_records(bootstrap: str, topic: str, timeout_s: float = 300.0) -> list[BehaviorRecord]:
-    """Every record on ``topic`` up to its end offsets at call time; unreadable ones skipped."""
+def read_records(
+    bootstrap: str, topic: str, timeout_s: float = 300.0, options: dict | None = None
+) -> list[BehaviorRecord]:
+    """Every record on ``topic`` up to its end offsets at call time; unreadable ones skipped.
+    ``options``: kafka-python security arguments (``core.infra.kafka_security.kafka_client_options``)."""
     from kafka import KafkaConsumer, TopicPartition
     from pydantic import ValidationError
 
     from service.aggregator.topic_reader import read_to_end
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **(options or {}))
     try:
         parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         if not parts:
@@ -96,8 +99,8 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def export(bootstrap: str, topic: str, out: Path, dpo: Path | None = None) -> dict:
-    records = latest_per_impression(read_records(bootstrap, topic))
+def export(bootstrap: str, topic: str, out: Path, dpo: Path | None = None, options: dict | None = None) -> dict:
+    records = latest_per_impression(read_records(bootstrap, topic, options=options))
     records.sort(key=lambda r: r.impression_id)
     summary = {"records": write_jsonl(out, (r.model_dump(mode="json") for r in records)), "out": str(out)}
     if dpo is not None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pydantic import ValidationError
@@ -85,15 +85,27 @@ def decode(msg: RawMessage) -> Impression | FeedbackEvent | DeadLetter:
         return DeadLetter(f"not a valid {kind}: {validation_message(e, default='message')}", msg)
 
 
-def plan_batch(messages: Iterable[RawMessage], now: float | None = None, max_age_s: float | None = None) -> Plan:
+def plan_batch(
+    messages: Iterable[RawMessage],
+    now: float | None = None,
+    max_age_s: float | None = None,
+    id_problem: Callable[[str, float], str | None] | None = None,
+) -> Plan:
     """Decode a poll batch; drop in-batch duplicates of (impression id, event id); with
-    ``max_age_s``, dead-letter events whose ``ts`` is older than that at ``now``."""
+    ``max_age_s``, dead-letter events whose ``ts`` is older than that at ``now``; with
+    ``id_problem`` (id, ts) -> reason or None, dead-letter impressions and events whose id this
+    service did not sign (or whose id had expired at the event's time)."""
     plan, seen = Plan(), set()
     now = time.time() if now is None else now
     for msg in messages:
         item = decode(msg)
+        problem = None
+        if id_problem is not None and not isinstance(item, DeadLetter):
+            problem = id_problem(item.impression_id, item.created_at if isinstance(item, Impression) else item.ts)
         if isinstance(item, DeadLetter):
             plan.dead.append(item)
+        elif problem:
+            plan.dead.append(DeadLetter(f"impression id refused: {problem}", msg))
         elif isinstance(item, Impression):
             plan.impressions.append(item)
         elif max_age_s is not None and now - item.ts > max_age_s:

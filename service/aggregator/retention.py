@@ -9,9 +9,8 @@ ones are refused), plus the future clock skew the schema allows, which the margi
 along with consumer lag. Impressions nobody reacts to disappear after the TTL instead of
 growing Redis forever; their last record is on ``behavior-records``.
 
-These are constants (and constructor parameters of ``Aggregator`` / ``AggregatorStore``)
-rather than settings because core/settings.py belongs to another change; the intended
-variables are RLHB_AGG_MAX_EVENT_AGE_S and RLHB_AGG_KEY_TTL_S.
+The defaults here are those of RLHB_AGG_MAX_EVENT_AGE_S and RLHB_AGG_KEY_TTL_S
+(``AggregatorSettings``), which ``rlhb aggregator`` passes to ``Aggregator``.
 """
 
 from __future__ import annotations

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 
 from fastapi import HTTPException
+from fastapi.responses import StreamingResponse
 
 from core.prompts import render_prompt
 from schemas.adapters import BASE_VERSION, AdapterStatus, AdapterVersion
@@ -33,6 +35,8 @@ _background: set[asyncio.Task] = set()  # impressions logged after a client left
 @dataclass
 class Turn:
     impression_id: str
+    client_key: str
+    """The key the impression id is bound to (sent by the client, or issued): feedback sends it back."""
     query: str
     behavior: str
     request: GenerationRequest
@@ -43,6 +47,10 @@ class Turn:
     """The A/B trial arm that answers ("active" | "candidate"), None outside a trial."""
     trial: str | None = None
     """The A/B trial (its candidate's name) when ``arm`` is set."""
+    shown: str = ""
+    """Streaming: the text sent to the client so far (logged if it leaves early)."""
+    recorded: bool = False
+    """The impression was handed to the log (``record``): never log one id twice."""
 
     @property
     def version(self) -> AdapterVersion | None:
@@ -151,9 +159,11 @@ async def start_turn(
     top_p: float | None,
     model: str | None,
     admin: bool = False,
+    client_key: str | None = None,
 ) -> Turn:
     """Validate a request and pin its version; the caller must ``end_turn`` it. ``admin``: the
-    request carries the admin token (it may name any registered version)."""
+    request carries the admin token (it may name any registered version). ``client_key``: the
+    client's ``X-Client-Id``; None: issue one (the answer sends it back in that header)."""
     settings = state.settings
     if not query.strip():
         raise HTTPException(422, "query is empty: send the question as non-blank text")
@@ -176,7 +186,8 @@ async def start_turn(
             f"query too long: the prompt is {prompt_tokens} tokens and max_tokens is {max_new}, "
             f"more than the model's context of {backend.max_context} tokens; shorten the query",
         )
-    impression_id = state.signer.new_id()
+    client_key = client_key or secrets.token_urlsafe(16)
+    impression_id = state.signer.issue(client_key)
     for _ in range(3):  # the version may be evicted between resolving and pinning: resolve again
         version, arm, trial = await resolve_arm(state, model, impression_id, admin)
         if backend.acquire(version):
@@ -191,7 +202,15 @@ async def start_turn(
         adapter=version,
         prefix=prefix if prompt.startswith(prefix) else "",
     )
-    return Turn(impression_id=impression_id, query=query, behavior=behavior, request=request, arm=arm, trial=trial)
+    return Turn(
+        impression_id=impression_id,
+        client_key=client_key,
+        query=query,
+        behavior=behavior,
+        request=request,
+        arm=arm,
+        trial=trial,
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -208,7 +227,9 @@ def end_turn(state: AppState, turn: Turn) -> None:
         state.backend.release(turn.version)
 
 
-async def record(state: AppState, turn: Turn, result: GenerationResult, endpoint: str) -> None:
+async def record(
+    state: AppState, turn: Turn, result: GenerationResult, endpoint: str, *, aborted: bool = False
+) -> None:
     """Log the impression (durably, see service.api.outbox) and count the answer."""
     impression = Impression(
         impression_id=turn.impression_id,
@@ -219,7 +240,9 @@ async def record(state: AppState, turn: Turn, result: GenerationResult, endpoint
         model=state.backend.model_id,
         arm=turn.arm,
         trial=turn.trial,
+        aborted=aborted,
     )
+    turn.recorded = True  # before the first await: a caller cancelled from here on must not log it again
     if state.metrics is not None:
         state.metrics.generated_tokens.labels(result.adapter_version).inc(result.completion_tokens)
         state.metrics.generations.labels(endpoint, result.finish_reason).inc()
@@ -227,8 +250,45 @@ async def record(state: AppState, turn: Turn, result: GenerationResult, endpoint
         await state.impressions.log(impression)
 
 
-def record_later(state: AppState, turn: Turn, result: GenerationResult, endpoint: str) -> None:
+def record_later(state: AppState, turn: Turn, result: GenerationResult, endpoint: str, aborted: bool) -> None:
     """``record`` from a context that is being cancelled (a streaming client left)."""
-    task = asyncio.get_running_loop().create_task(record(state, turn, result, endpoint))
+    turn.recorded = True
+    task = asyncio.get_running_loop().create_task(record(state, turn, result, endpoint, aborted=aborted))
     _background.add(task)
     task.add_done_callback(_background.discard)
+
+
+def abandon(state: AppState, turn: Turn, endpoint: str) -> None:
+    """A stream ended without its impression logged (the client left, even before the first
+    token, or generation failed): release the version and log what the client was shown,
+    flagged ``aborted``. The client already holds the id (stream headers), and an id without
+    its impression would make its feedback wait in the aggregator's pending store until it
+    expires, crowding out legitimate early feedback. Idempotent; safe while being cancelled."""
+    end_turn(state, turn)
+    if turn.recorded:
+        return
+    result = GenerationResult(
+        text=turn.shown,
+        prompt_tokens=0,
+        completion_tokens=0,
+        finish_reason="cancelled",
+        adapter_version=turn.version_name,
+    )
+    record_later(state, turn, result, endpoint, aborted=True)
+
+
+class TurnStream(StreamingResponse):
+    """A streamed answer that logs its impression however the response ends. The generator's
+    own ``finally`` does not suffice: when the client leaves before the body's first chunk is
+    pulled, Starlette never starts the generator (so its ``finally`` never runs), and a
+    generator suspended at a ``yield`` is only closed whenever it is garbage-collected."""
+
+    def __init__(self, content, state: AppState, turn: Turn, endpoint: str, headers: dict[str, str]):
+        super().__init__(content, media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
+        self._close = functools.partial(abandon, state, turn, endpoint)
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._close()

@@ -35,9 +35,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.infra.kafka_security import kafka_client_options, kafka_producer_options
+from core.infra.redis_url import redis_from_url
 from core.settings import ApiSettings
 from service.api.edge import RequestEdge, request_id
-from service.api.impression_ids import ImpressionSigner
+from service.api.feedback_guard import TokenBuckets
+from service.api.impression_ids import ImpressionSigner, parse_old_secrets
 from service.api.metrics import ApiMetrics
 from service.api.routes import admin, chat, feedback, health, models, ops, query
 from service.api.state import AppState
@@ -51,12 +54,14 @@ OUTBOX_FILE = "impressions-outbox.sqlite3"
 QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}  # logged at debug level only
 
 
-def _make_producer(bootstrap: str):
+def _make_producer(bootstrap: str, options: dict | None = None):
+    """The feedback producer; ``options``: ``kafka_producer_options`` (security, acks="all",
+    idempotence per RLHB_KAFKA_IDEMPOTENCE)."""
     from kafka import KafkaProducer
 
     return KafkaProducer(
         bootstrap_servers=bootstrap,
-        acks="all",
+        **(options or {"acks": "all"}),
         linger_ms=2,
         retries=3,
         request_timeout_ms=5000,
@@ -65,7 +70,7 @@ def _make_producer(bootstrap: str):
     )
 
 
-def _make_impression_producer(bootstrap: str):
+def _make_impression_producer(bootstrap: str, options: dict | None = None):
     """The impression log's own producer: short timeouts (the outbox holds what fails) and no
     idempotence, because an idempotent kafka-python producer does not recover after the
     broker restarts empty; duplicates are harmless (impressions are keyed by id)."""
@@ -73,10 +78,9 @@ def _make_impression_producer(bootstrap: str):
 
     return KafkaProducer(
         bootstrap_servers=bootstrap,
-        acks="all",
+        **(options or {"acks": "all", "enable_idempotence": False}),
         linger_ms=5,
         retries=2,
-        enable_idempotence=False,
         request_timeout_ms=3000,
         delivery_timeout_ms=8000,
         max_block_ms=3000,
@@ -166,8 +170,10 @@ def _resolve_infra(settings: ApiSettings):
         try:
             if not any_tcp_open(broker_conf, timeout_s=2.0):
                 raise InfraError(f"nothing listens at {broker_conf!r}")
-            check_kafka(broker_conf)
-            ensure_topics(broker_conf, topics_of(settings), settings.topic_partitions)
+            check_kafka(broker_conf, options=kafka_client_options(settings))
+            ensure_topics(
+                broker_conf, topics_of(settings), settings.topic_partitions, options=kafka_client_options(settings)
+            )
             return Infra(bootstrap=broker_conf, redis_url=redis_conf), True, False
         except InfraError as e:
             log.error("starting without the broker (impressions go to the outbox): %s", e)
@@ -223,7 +229,6 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
-        import redis
 
         from core.infra.ports import any_tcp_open
         from service.api.outbox import ImpressionLog, Outbox
@@ -231,28 +236,36 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
 
         infra, broker_up, redis_up = await asyncio.to_thread(_resolve_infra, settings)
         secret = settings.impression_secret.get_secret_value() or "dev-only-impression-secret"
-        producers = LazyProducer(infra.bootstrap, _make_producer, probe=any_tcp_open)
+        producer_options = kafka_producer_options(settings)
+        producers = LazyProducer(
+            infra.bootstrap, lambda bootstrap: _make_producer(bootstrap, producer_options), probe=any_tcp_open
+        )
         if broker_up:
             with contextlib.suppress(Exception):  # reported by /readyz; built again on the first feedback
                 await asyncio.to_thread(producers.get)
         state = AppState(
             settings=settings,
-            signer=ImpressionSigner(secret),
-            redis=redis.Redis.from_url(
-                infra.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3
+            signer=ImpressionSigner(
+                secret,
+                key_id=settings.impression_key_id,
+                old_secrets=parse_old_secrets(settings.impression_old_secrets.get_secret_value()),
+                ttl_s=settings.impression_ttl_s,
+                accept_legacy=settings.impression_accept_legacy,
             ),
+            redis=redis_from_url(infra.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3),
             producers=producers,
             bootstrap=infra.bootstrap,
             redis_url=infra.redis_url,
         )
         state.metrics = metrics
+        state.feedback_buckets = TokenBuckets(settings.feedback_rate_per_s, settings.feedback_burst)
         state.default_behavior = await asyncio.to_thread(default_behavior, settings, state.redis if redis_up else None)
         state.registry = registry or await asyncio.to_thread(_make_registry, settings, state.redis, redis_up)
         outbox = Outbox(Path(settings.state_dir) / OUTBOX_FILE)
         state.impressions = ImpressionLog(
             outbox,
             settings.topic_impressions,
-            lambda: _make_impression_producer(infra.bootstrap),
+            lambda: _make_impression_producer(infra.bootstrap, kafka_producer_options(settings, idempotent=False)),
             metrics=metrics,
             flush_interval_s=settings.outbox_flush_s,
             max_pending=settings.outbox_max_pending,
@@ -318,9 +331,31 @@ def _openapi(app: FastAPI) -> dict:
         from fastapi.openapi.utils import get_openapi
 
         doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-        doc.setdefault("components", {}).setdefault("schemas", {}).update(feedback.BODY_COMPONENTS)
+        schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(feedback.BODY_COMPONENTS)
+        _error_body_for_422(doc)
         app.openapi_schema = doc
     return app.openapi_schema
+
+
+def _error_body_for_422(doc: dict) -> None:
+    """FastAPI documents the 422 of a route with parameters that declares none as its default
+    ``HTTPValidationError`` (``detail``: a list), but ``invalid_request`` answers every 422 with
+    the common error body (``detail``: one message); document what is sent (schemathesis found it)."""
+    from service.api.errors_doc import MEANING
+
+    ours = {"$ref": "#/components/schemas/ErrorBody"}
+    for operation in (op for path in doc.get("paths", {}).values() for op in path.values()):
+        answer = operation.get("responses", {}).get("422")
+        content = (answer or {}).get("content", {}).get("application/json", {})
+        if content.get("schema", {}).get("$ref", "").endswith("/HTTPValidationError"):
+            operation["responses"]["422"] = {
+                "description": MEANING[422],
+                "content": {"application/json": {"schema": ours}},
+            }
+    schemas = doc.get("components", {}).get("schemas", {})  # ErrorBody is there: every route declares errors()
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
 
 
 # --------------------------------------------------------------------------- errors
@@ -330,8 +365,10 @@ _ERROR_TYPES = {
     403: "permission_error",
     404: "not_found_error",
     409: "conflict_error",
+    410: "invalid_request_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
+    429: "rate_limit_error",
     500: "api_error",
     503: "service_unavailable",
 }

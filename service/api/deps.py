@@ -5,7 +5,7 @@ from __future__ import annotations
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.api.state import AppState
@@ -55,3 +55,26 @@ def is_admin(state: State, credentials: Annotated[HTTPAuthorizationCredentials |
 
 
 IsAdmin = Annotated[bool, Depends(is_admin)]
+
+
+CLIENT_HEADER = "X-Client-Id"
+CLIENT_KEY_PATTERN = r"^[A-Za-z0-9._~:-]{8,128}$"
+
+
+def client_key(
+    x_client_id: Annotated[
+        str | None,
+        Header(
+            alias=CLIENT_HEADER,
+            pattern=CLIENT_KEY_PATTERN,
+            description="The client's (user's or session's) key, 8-128 characters A-Z a-z 0-9 . _ ~ : -. Impression "
+            "ids are bound to it: feedback must send the same one. Without it the API issues one with the answer "
+            "(the X-Client-Id response header).",
+        ),
+    ] = None,
+) -> str | None:
+    return x_client_id
+
+
+ClientKey = Annotated[str | None, Depends(client_key)]
+"""The ``X-Client-Id`` header (None when absent); malformed: 422 naming the header."""

@@ -33,4 +33,6 @@ class AppState:
     """service.api.outbox.ImpressionLog."""
     default_behavior: str = ""
     """The most preferred behavior sentence, used when a request names none."""
+    feedback_buckets: Any = None
+    """service.api.feedback_guard.TokenBuckets: the per-client feedback rate limit."""
     started_at: float = field(default_factory=time.time)

@@ -75,3 +75,21 @@ def test_common_fields_are_named_the_same_in_every_process():
     common = _env_names(CommonSettings)
     for cls in (ApiSettings, AggregatorSettings, TrainerSettings):
         assert common <= _env_names(cls)
+
+
+def test_the_image_copies_every_package_it_installs():
+    """`pip install .` in deploy/Dockerfile installs the packages pyproject.toml finds; each must
+    have been copied into the image first (core/ once was not, and `rlhb` failed to import)."""
+    import re
+
+    # (a regex, not tomllib: that module needs Python 3.11 and the project supports 3.10)
+    found = re.search(
+        r"\[tool\.setuptools\.packages\.find\]\s*include\s*=\s*\[([^\]]*)\]", (ROOT / "pyproject.toml").read_text()
+    )
+    assert found, "pyproject.toml has no [tool.setuptools.packages.find] include list"
+    include = re.findall(r'"([^"]+)"', found.group(1))
+    assert include
+    dockerfile = (ROOT / "deploy" / "Dockerfile").read_text()
+    for pattern in include:
+        package = pattern.rstrip("*")
+        assert f"COPY {package} ./{package}" in dockerfile, f"deploy/Dockerfile does not copy {package}/"

@@ -59,7 +59,8 @@ class Deployment:
         self.root, self.env = root, env
         self.url = f"http://127.0.0.1:{env['RLHB_API_PORT']}"
         self.procs: dict[str, subprocess.Popen] = {}
-        self.http = httpx.Client(base_url=self.url, timeout=60)
+        # One client key for the whole deployment test: feedback must come from the client that asked.
+        self.http = httpx.Client(base_url=self.url, timeout=60, headers={"X-Client-Id": "e2e-test-client-01"})
 
     def start(self, *names: str) -> None:
         for name in names or PROCESSES:

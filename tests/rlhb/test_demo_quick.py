@@ -123,3 +123,30 @@ def test_quick_demo_with_drift_a_poisoned_round_and_ab_trials(
     assert "decision" in format_live_table(report)
     assert "Live traffic per round" in (cfg.out_dir / "report.md").read_text()
     assert (cfg.out_dir / "live.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_a_variant_lane_runs_next_to_its_algorithm_and_each_lane_leaves_a_report(
+    tmp_path, kafka_bootstrap, redis_url, tiny_model_dir, monkeypatch
+):
+    """``--algorithms rlhb,rlhb-frozen``: the second lane trains the same algorithm with its own
+    overrides (frozen D) on the replayed records, and its report row names the variant; the report
+    is written after the first lane too, so a run cut short keeps what it finished."""
+    monkeypatch.setenv("RLHB_KAFKA_BOOTSTRAP_SERVERS", kafka_bootstrap)
+    monkeypatch.setenv("RLHB_REDIS_URL", redis_url)
+    monkeypatch.setenv("RLHB_STATE_DIR", str(tmp_path / "state"))
+    cfg = quick_config(
+        tmp_path / "demo", model_path=str(tiny_model_dir), algorithms=("rlhb", "rlhb-frozen"), base_traffic=24,
+        eval_questions=4,
+    )  # fmt: skip
+    report = run_demo(cfg)
+
+    rows = {row["algorithm"]: row for row in report["versions"]}
+    assert set(rows) == {"base", "rlhb", "rlhb-frozen"} and report["complete"]
+    assert report["lanes"]["rlhb-frozen"]["replayed_records"] >= 20
+    assert "frozen discriminator" in rows["rlhb-frozen"]["variant"] and "frozen" not in rows["rlhb"]["variant"]
+    # The variant's own overrides reached its trainer (quick rlhb-frozen: 2 D warm-up steps; rlhb: none).
+    assert (
+        rows["rlhb-frozen"]["train_last"]["d_warmup_steps"] == 2 and "d_warmup_steps" not in rows["rlhb"]["train_last"]
+    )
+    assert "report so far (lanes rlhb)" in (cfg.out_dir / "demo.log").read_text()

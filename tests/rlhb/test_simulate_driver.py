@@ -13,7 +13,7 @@ from kafka import KafkaConsumer, TopicPartition
 from rlhb.simulate.driver import SimulationConfig, feedback_events, poisson, question_stream, run_simulation
 from rlhb.simulate.users import Reaction
 from schemas import FeedbackEvent
-from tests.helpers.serving import LiveServer, new_topics, serving_settings
+from tests.helpers.serving import ADMIN, LiveServer, new_topics, serving_settings
 
 
 def _read_topic(bootstrap: str, topic: str, want: int, timeout_s: float = 15) -> list:
@@ -48,7 +48,11 @@ def api(kafka_bootstrap, redis_url, tiny_model_dir, tmp_path_factory):
 
 def test_simulated_users_send_every_viewers_events(api, kafka_bootstrap):
     url, topics = api
-    config = SimulationConfig(api_url=url, viewers_mean=3.0, max_tokens=8, concurrency=3, seed=1, run_tag="t1")
+    # Several viewers per answer report through one driver: a trusted relay (the admin token), as the
+    # API requires for feedback on behalf of users other than the asker.
+    config = SimulationConfig(
+        api_url=url, viewers_mean=3.0, max_tokens=8, concurrency=3, seed=1, run_tag="t1", admin_token=ADMIN
+    )
     questions = ["What is the capital of France?", "Who wrote Hamlet?", "What is a wavelength?", "How far is the moon?"]
     served = run_simulation(config, questions)
     assert sorted(s.question for s in served) == sorted(questions)

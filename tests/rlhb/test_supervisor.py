@@ -175,7 +175,7 @@ class Feedback:
     """Queries and feedback over HTTP; remembers what the API accepted (202) per impression."""
 
     def __init__(self, url: str):
-        self.http = httpx.Client(base_url=url, timeout=30)
+        self.http = httpx.Client(base_url=url, timeout=30, headers={"X-Client-Id": "e2e-test-client-01"})
         self.accepted: dict[str, dict[str, float]] = {}
         self.sent_events: list[dict] = []
 

@@ -42,6 +42,10 @@ class TrainRequest:
     """The deployment's behavior encoding (the loop loads the one the aggregator stored);
     None: inferred from the records. It fixes the most preferred sentence the policy is
     trained toward, the same one the API serves."""
+    device: str = "auto"
+    """Where the models train (``RLHB_DEVICE``: auto, cpu, cuda, cuda:N; ``core.device.resolve_device``)."""
+    dtype: str = "auto"
+    """dtype of the frozen base weights (``RLHB_DTYPE``: auto, float32, bfloat16, float16)."""
 
 
 @dataclass(frozen=True)

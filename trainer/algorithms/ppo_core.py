@@ -188,7 +188,9 @@ class PPOCore:
 
     def _minibatches(self, size: int) -> list[torch.Tensor]:
         step = self.config.effective_minibatch
-        order = torch.randperm(size)
+        # drawn from the CPU generator on every device (same shuffles on CPU and GPU for one seed),
+        # then moved next to the tensors they index
+        order = torch.randperm(size).to(self.policy.device)  # (B,)
         return [order[i : i + step] for i in range(0, size, step)]
 
     def _actor_epochs(self, rollouts: Rollouts, advantages: torch.Tensor) -> dict[str, float]:
@@ -200,7 +202,8 @@ class PPOCore:
         self.actor_steps = []
         for epoch in range(cfg.ppo_epochs):
             epoch_kl, epoch_steps = 0.0, 0
-            for rows in self._minibatches(len(rollouts.batch)) if live is None else [torch.arange(len(rollouts.batch))]:
+            everything = [torch.arange(len(rollouts.batch), device=self.policy.device)]  # the fused full batch
+            for rows in self._minibatches(len(rollouts.batch)) if live is None else everything:
                 sub = rollouts.batch.select(rows)
                 mask = sub.response_mask
                 out = self.policy.forward(sub, keep_logits=True) if live is None else live
@@ -268,6 +271,7 @@ class PPOCore:
         t1 = time.perf_counter()
         batch = rollouts.batch
         scores = torch.as_tensor(score_fn(batch.queries, batch.responses, batch.behaviors), dtype=torch.float32)
+        scores = scores.to(self.policy.device)  # (B,); a reward model may score on another device
         t2 = time.perf_counter()
         metrics = self.update(rollouts, scores)
         t3 = time.perf_counter()

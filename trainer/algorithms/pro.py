@@ -183,7 +183,13 @@ class PROTrainer:
             self.reward_model, self.rm_metrics = classifier, {f"rm_{k}": v for k, v in metrics.items()}
         sampling = {"temperature": config.bootstrap_temperature} if config.bootstrap else {}
         parent = Path(request.parent.path) if request.parent is not None else None
-        self.policy = Policy.load(request.model_path, config.policy_config(**sampling), adapter_path=parent)
+        self.policy = Policy.load(
+            request.model_path,
+            config.policy_config(**sampling),
+            adapter_path=parent,
+            device=request.device,
+            dtype=request.dtype,
+        )
         self.optimizer = AdapterOptimizer(self.policy, config)
         self.rng = random.Random(request.seed)
         self._queue: list[int] = []
@@ -222,10 +228,11 @@ class PROTrainer:
         prompts = [lst.prompt for lst in lists for _ in lst.answers]
         answers = [a for lst in lists for a in lst.answers]
         flat_logprobs, flat_lengths = answer_logprobs(self.policy, prompts, answers)  # (N,), (N,)
-        seq_logprobs = torch.zeros(len(lists), width, dtype=flat_logprobs.dtype)
-        seq_lengths = torch.zeros(len(lists), width, dtype=torch.long)
-        rows = torch.tensor([i for i, lst in enumerate(lists) for _ in lst.answers])
-        cols = torch.tensor([j for lst in lists for j in range(len(lst.answers))])
+        device = flat_logprobs.device
+        seq_logprobs = torch.zeros(len(lists), width, dtype=flat_logprobs.dtype, device=device)  # (B, L)
+        seq_lengths = torch.zeros(len(lists), width, dtype=torch.long, device=device)  # (B, L)
+        rows = torch.tensor([i for i, lst in enumerate(lists) for _ in lst.answers], device=device)  # (N,)
+        cols = torch.tensor([j for lst in lists for j in range(len(lst.answers))], device=device)  # (N,)
         seq_logprobs = seq_logprobs.index_put((rows, cols), flat_logprobs)  # keeps the gradient
         seq_lengths[rows, cols] = flat_lengths.long()
         return seq_logprobs, seq_lengths
@@ -248,7 +255,7 @@ class PROTrainer:
         if cfg.temperature == "dynamic":
             width = seq_logprobs.shape[1]
             padded = [lst.rewards + [lst.rewards[-1]] * (width - len(lst.rewards)) for lst in lists]
-            rewards = torch.tensor(padded, dtype=seq_logprobs.dtype) * cfg.reward_scale  # (B, L)
+            rewards = torch.tensor(padded, dtype=seq_logprobs.dtype, device=seq_logprobs.device) * cfg.reward_scale
         loss, stats = pro_loss(seq_logprobs, seq_lengths, rewards, cfg.sft_weight)  # eq. 7
         grad_norm = self.optimizer.step(loss, "PRO loss")
         return {

@@ -72,7 +72,9 @@ class RewardModelPPO:
         self.rng = random.Random(request.seed)
         self.behavior_of = behavior_chooser(self.records, config.prompt_behavior, request.encoding)
         parent = Path(request.parent.path) if request.parent is not None else None
-        self.policy = Policy.load(request.model_path, config, adapter_path=parent)
+        self.policy = Policy.load(
+            request.model_path, config, adapter_path=parent, device=request.device, dtype=request.dtype
+        )
         self.core = PPOCore(self.policy, config)
         self.baseline = self._logged_scores()
         self._win_rate = 0.0
@@ -87,8 +89,8 @@ class RewardModelPPO:
 
     def score(self, queries: list[str], responses: list[str], behaviors: list[str]) -> torch.Tensor:
         """The PPO reward (B,); also records the win rate against the logged answers."""
-        scores = self.reward_model.score(queries, responses)  # (B,)
-        baseline = torch.tensor([self.baseline[query_key(q)] for q in queries])
+        scores = self.reward_model.score(queries, responses)  # (B,), on the reward model's device
+        baseline = torch.tensor([self.baseline[query_key(q)] for q in queries], device=scores.device)  # (B,)
         self._win_rate = (scores > baseline).float().mean().item()
         return scores
 

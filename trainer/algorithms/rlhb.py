@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from trainer.algorithms.base import RunResult, TrainRequest
-from trainer.algorithms.ppo_core import PPOCore, check_finite
+from trainer.algorithms.ppo_core import PPOCore, check_finite, mean_over_ranks
 from trainer.algorithms.runner import check_request, run_iterations, seed_everything
 from trainer.config import RLHBConfig
 from trainer.discriminator import build_discriminator, make_optimizer
@@ -88,9 +88,11 @@ class RLHBTrainer:
             records, config.heldout_fraction, config.heldout_max, request.seed
         )
         parent_path = Path(request.parent.path) if request.parent is not None else None
-        self.policy = Policy.load(request.model_path, config, adapter_path=parent_path)
+        self.policy = Policy.load(
+            request.model_path, config, adapter_path=parent_path, device=request.device, dtype=request.dtype
+        )
         self.core = PPOCore(self.policy, config)
-        self.discriminator = build_discriminator(config, request.model_path)
+        self.discriminator = build_discriminator(config, request.model_path, self.policy.device, request.dtype)
         self.discriminator.fit_behaviors(self.pool.texts)
         if parent_path is not None:
             self.discriminator.load_state(parent_path / "trainer_state")
@@ -193,7 +195,9 @@ class RLHBTrainer:
             )
         check_finite("discriminator loss", loss)
         batch_acc = 0.5 * (stats["acc_real"] + stats["acc_fake"])
-        skipped = train and batch_acc > self.config.d_max_acc
+        # decided on the mean over ranks under torch.distributed: a rank that skipped its backward
+        # would leave the others waiting in their gradient all-reduce (itself when single-process)
+        skipped = train and mean_over_ranks(batch_acc, z.device) > self.config.d_max_acc
         stats["skipped"] = float(skipped)
         if train and not skipped:
             self.d_optimizer.zero_grad(set_to_none=True)

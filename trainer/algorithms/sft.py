@@ -96,7 +96,9 @@ class SFTTrainer:
         behavior_of = behavior_chooser(records, config.prompt_behavior, request.encoding)
         self.examples = [(Prompt(r.query, behavior_of(r)), r.response) for r in self.selected]
         parent = Path(request.parent.path) if request.parent is not None else None
-        self.policy = Policy.load(request.model_path, config.policy_config(), adapter_path=parent)
+        self.policy = Policy.load(
+            request.model_path, config.policy_config(), adapter_path=parent, device=request.device, dtype=request.dtype
+        )
         self.optimizer = AdapterOptimizer(self.policy, config)
         self.rng = random.Random(request.seed)
         self._queue: list[int] = []

@@ -168,7 +168,7 @@ async def rollback(state: State, wait: bool = False) -> PointerMoved:
     return await _moved(state, previous, active, wait)
 
 
-@router.post("/train", status_code=202, response_model=TrainQueued, responses=errors(422))
+@router.post("/train", status_code=202, response_model=TrainQueued, responses=errors(400, 422))
 async def train(state: State, body: TrainRequest | None = Body(default=None)) -> TrainQueued:
     """Ask the trainer for a training round (queued on Redis; the trainer consumes it)."""
     body = body or TrainRequest()

@@ -9,7 +9,11 @@ most preferred behavior.
 
 ``model`` picks the adapter version: 'rlhb-latest' (the active one), 'base', or a version
 name. The response's ``model`` is the version that produced it; ``impression_id`` comes back
-in the body, in every stream chunk and in the ``X-Impression-Id`` header.
+in the body, in every stream chunk and in the ``X-Impression-Id`` header; it is bound to the
+client key of ``X-Client-Id`` (OpenAI clients: ``default_headers``), or to one the API issues
+and returns in that header: feedback must send the same key. A stream the client
+leaves early (even before the first token) still logs its impression, with what was shown and
+``aborted`` set (service.api.answer.abandon).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import logging
 import time
 
 from fastapi import APIRouter, HTTPException, Response
-from fastapi.responses import StreamingResponse
 
 from schemas.api import QUERY_MAX_CHARS
 from schemas.openai import (
@@ -34,14 +37,24 @@ from schemas.openai import (
     Delta,
     Usage,
 )
-from service.api.answer import end_turn, record, record_later, start_turn
+from service.api.answer import TurnStream, abandon, end_turn, record, start_turn
 from service.api.backends.base import GenerationResult
-from service.api.deps import IsAdmin, State
+from service.api.deps import CLIENT_HEADER, ClientKey, IsAdmin, State
 from service.api.edge import request_id
 from service.api.errors_doc import errors
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["generation"])
+
+
+SSE_CHUNK = {
+    "type": "object",
+    "description": "One server-sent event: ``data`` is a chat.completion.chunk (JSON), an in-band "
+    '``{"error": ...}``, or ``[DONE]`` last.',
+    "properties": {"data": {"type": "string"}},
+    "required": ["data"],
+}
+"""The OpenAPI schema of each event of a streamed chat completion."""
 
 
 def _text(message: ChatMessage, index: int) -> str:
@@ -138,7 +151,10 @@ def _usage(result: GenerationResult) -> Usage:
     "/v1/chat/completions",
     response_model=ChatCompletionResponse,
     responses={
-        200: {"description": "A chat.completion, or chat.completion.chunk server-sent events when stream=true."},
+        200: {
+            "description": "A chat.completion, or chat.completion.chunk server-sent events when stream=true.",
+            "content": {"text/event-stream": {"schema": SSE_CHUNK}},
+        },
         **errors(
             400,
             403,
@@ -152,7 +168,9 @@ def _usage(result: GenerationResult) -> Usage:
         ),
     },
 )
-async def chat_completions(body: ChatCompletionRequest, state: State, response: Response, admin: IsAdmin):
+async def chat_completions(
+    body: ChatCompletionRequest, state: State, response: Response, admin: IsAdmin, client_key: ClientKey
+):
     """OpenAI-compatible chat completion with the active (or named) adapter version. Any client
     may name 'rlhb-latest', 'base', the active version or a live A/B arm; other versions need
     the admin token (sent as the OpenAI client's ``api_key``)."""
@@ -167,16 +185,17 @@ async def chat_completions(body: ChatCompletionRequest, state: State, response: 
         top_p=body.top_p,
         model=body.model,
         admin=admin,
+        client_key=client_key,
     )
     completion_id = f"chatcmpl-{turn.impression_id.split('.')[0]}"
-    headers = {"X-Impression-Id": turn.impression_id, "X-Adapter-Version": turn.version_name}
+    headers = {
+        "X-Impression-Id": turn.impression_id,
+        "X-Adapter-Version": turn.version_name,
+        CLIENT_HEADER: turn.client_key,
+    }
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        return StreamingResponse(
-            _stream(state, turn, completion_id, stops, include_usage),
-            media_type="text/event-stream",
-            headers={**headers, "Cache-Control": "no-cache"},
-        )
+        return TurnStream(_stream(state, turn, completion_id, stops, include_usage), state, turn, "chat", headers)
     try:
         result = await state.backend.generate(turn.request, turn.cancel)
     finally:
@@ -234,11 +253,13 @@ async def _stream(state, turn, completion_id: str, stops: list[str], include_usa
                 break
             out = scanner.feed(item)
             if out:
+                turn.shown += out
                 yield chunk(Delta(content=out))
             if scanner.hit:
                 turn.cancel.cancelled = True  # stop generating: the rest would be cut anyway
         tail = scanner.finish()
         if tail:
+            turn.shown += tail
             yield chunk(Delta(content=tail))
         end_turn(state, turn)
         if result is None or scanner.hit:
@@ -262,17 +283,4 @@ async def _stream(state, turn, completion_id: str, stops: list[str], include_usa
         message = f"generation failed (request id {request_id()}; details in the server log)"
         yield f"data: {json.dumps({'error': {'message': message, 'type': 'server_error'}})}\n\n"
     finally:
-        end_turn(state, turn)
-        if result is None and scanner.text:  # the client left mid-answer: log what it was shown
-            record_later(
-                state,
-                turn,
-                GenerationResult(
-                    text=scanner.text,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    finish_reason="cancelled",
-                    adapter_version=turn.version_name,
-                ),
-                "chat",
-            )
+        abandon(state, turn, "chat")  # a no-op once logged; else (client left, failure) logs it aborted

@@ -1,16 +1,22 @@
 """POST /v1/feedback: user reactions to served answers, written to the ``feedback`` topic.
 
-Body: one FeedbackEvent, or ``{"events": [...]}`` with 1..FEEDBACK_BATCH_LIMIT events.
-Every impression id must carry this server's signature. The answer is 202 only after the
+Body: one FeedbackEvent, or ``{"events": [...]}`` with 1..FEEDBACK_BATCH_LIMIT events, and
+the ``X-Client-Id`` header the answer came with. Every impression id must carry this server's
+signature, be unexpired and be bound to that client key; each count kind is recorded once per
+(impression, client) under an event id the server derives, and clients are rate-limited
+(service.api.feedback_guard, which also says what the admin token changes). The answer is 202
+(``accepted``: written now, ``duplicates``: already recorded, not written again) only after the
 broker acknowledged every write (the producer uses acks=all); when it cannot (unreachable,
-timeout) the answer is 503 with Retry-After and the client retries the whole request --
-the aggregator dedupes by event_id, so a retry never double-counts.
+timeout) the answer is 503 with Retry-After and the client retries the whole request -- the
+aggregator dedupes by event_id, so a retry never double-counts.
 
-Errors (never 500): 400 body is not JSON (or nests too deeply for the parser); 413 batch
+Errors (never 500): 400 body is not JSON (or nests too deeply for the parser); 403 an id was
+issued to another client (X-Client-Id missing or different); 410 an id expired; 413 batch
 over the limit or body too large; 422 a field is invalid (unknown kind, negative or
 non-finite value...) or an impression id is malformed or not issued here -- the message
-names the field, e.g. ``events[3].kind``; 503 the broker is unreachable or did not
-acknowledge (the producer is rebuilt on demand with backoff, service.api.producers).
+names the field, e.g. ``events[3].kind``; 429 over the client's rate (Retry-After); 503 the
+broker is unreachable or did not acknowledge (the producer is rebuilt on demand with
+backoff, service.api.producers).
 
 The body is parsed here rather than by FastAPI so that a batch over the limit is a 413
 before 1000+ events are validated; the OpenAPI schema still declares it (``BODY_SCHEMA``).
@@ -28,8 +34,9 @@ from starlette.concurrency import run_in_threadpool
 
 from core.errors import validation_message
 from schemas import FEEDBACK_BATCH_LIMIT, FeedbackAccepted, FeedbackBatch, FeedbackEvent
-from service.api.deps import State
+from service.api.deps import ClientKey, IsAdmin, State
 from service.api.errors_doc import errors
+from service.api.feedback_guard import first_only, release_once, retry_after, server_event
 from service.api.producers import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -73,15 +80,17 @@ def parse_events(raw: bytes) -> list[FeedbackEvent]:
         raise HTTPException(422, validation_message(e, first_only=False)) from None
 
 
-def check_signatures(events: list[FeedbackEvent], verify) -> None:
+def check_ids(events: list[FeedbackEvent], ids, client_key: str | None) -> list[float]:
+    """Each event's id checked (signature, key, expiry; the binding unless ``client_key`` is
+    None); returns each id's remaining lifetime in seconds, or HTTPException naming the event."""
+    now, left = time.time(), []
     for i, ev in enumerate(events):
-        if not verify(ev.impression_id):
+        facts, problem = ids.check(ev.impression_id, client_key, now)
+        if problem is not None:
             where = f"events[{i}].impression_id" if len(events) > 1 else "impression_id"
-            raise HTTPException(
-                422,
-                f"{where}: {ev.impression_id!r} is not an impression id issued by this server "
-                "(malformed or bad signature); use the impression_id returned by /v1/query",
-            )
+            raise HTTPException(problem.status, f"{where}: {problem.reason}")
+        left.append(facts.expires_at - now if facts.expires_at is not None else ids.ttl_s)
+    return left
 
 
 def produce_and_wait(producer, topic: str, events: list[FeedbackEvent], timeout_s: float) -> None:
@@ -124,13 +133,49 @@ def _send(state, events: list[FeedbackEvent]) -> None:
     "/v1/feedback",
     status_code=202,
     response_model=FeedbackAccepted,
-    responses=errors(400, 422, 503, e413="The body or the batch is over its limit."),
+    responses=errors(
+        400,
+        403,
+        410,
+        422,
+        429,
+        503,
+        e403="An impression id was issued to another client: send the X-Client-Id the answer came with.",
+        e413="The body or the batch is over its limit.",
+    ),
     openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}}},
 )
-async def post_feedback(request: Request, state: State) -> FeedbackAccepted:
-    """Record user reactions (one event or a batch); 202 once the broker holds them."""
+async def post_feedback(request: Request, state: State, admin: IsAdmin, client_key: ClientKey) -> FeedbackAccepted:
+    """Record user reactions (one event or a batch) to answers this client was given; 202 once
+    the broker holds them."""
     events = parse_events(await request.body())
-    check_signatures(events, state.signer.verify)
+    if admin:  # a trusted relay (service.api.feedback_guard): ids checked, events as sent
+        check_ids(events, state.signer, None)
+        return FeedbackAccepted(accepted=await _write(state, events))
+    client = client_key or ""
+    wait = state.feedback_buckets.take(client or f"addr:{request.client.host if request.client else ''}", len(events))
+    if wait > 0:
+        raise HTTPException(
+            429,
+            f"too much feedback from this client: at most {state.settings.feedback_rate_per_s:g} events per second "
+            f"(bursts of {state.settings.feedback_burst}); retry after the Retry-After seconds",
+            headers={"Retry-After": retry_after(wait)},
+        )
+    lifetimes = check_ids(events, state.signer, client)
+    redis, prefix = state.redis, state.settings.redis_prefix
+    fresh, claimed = await run_in_threadpool(first_only, redis, prefix, [server_event(ev) for ev in events], lifetimes)
+    try:
+        written = await _write(state, fresh)
+    except HTTPException:
+        await run_in_threadpool(release_once, redis, prefix, claimed)  # so that the retry is not a "duplicate"
+        raise
+    return FeedbackAccepted(accepted=written, duplicates=len(events) - len(fresh))
+
+
+async def _write(state, events: list[FeedbackEvent]) -> int:
+    """Write ``events`` and wait for the broker (how many); 503 (retryable) when it does not take them."""
+    if not events:
+        return 0
     try:
         await run_in_threadpool(_send, state, events)
     except BrokerUnavailable as e:
@@ -149,4 +194,4 @@ async def post_feedback(request: Request, state: State) -> FeedbackAccepted:
             f"later (event ids make retries safe)",
             headers={"Retry-After": str(RETRY_AFTER_S)},
         ) from None
-    return FeedbackAccepted(accepted=len(events))
+    return len(events)

@@ -8,7 +8,12 @@ With ``"stream": true`` the answer comes as server-sent events::
                           "behavior": ..., "finish_reason": ..., "completion_tokens": ...}
 
 The impression id and version are also in the ``X-Impression-Id`` / ``X-Adapter-Version``
-headers. The impression is logged once the answer is complete (or cut short by the client).
+headers. The id is bound to the client key sent as ``X-Client-Id`` (or, without one, a key the
+API issues): ``X-Client-Id`` comes back with every answer, and feedback must send it.
+
+The impression is logged once the answer is complete; a stream the client leaves early (even
+before the first token) or that fails is logged too, with the text shown so far and ``aborted``
+set (service.api.answer.abandon): every id handed out has its impression.
 """
 
 from __future__ import annotations
@@ -17,12 +22,11 @@ import json
 import logging
 
 from fastapi import APIRouter, Response
-from fastapi.responses import StreamingResponse
 
 from schemas.api import QueryRequest, QueryResponse
-from service.api.answer import end_turn, record, record_later, start_turn
+from service.api.answer import TurnStream, abandon, end_turn, record, start_turn
 from service.api.backends.base import GenerationResult
-from service.api.deps import State
+from service.api.deps import CLIENT_HEADER, ClientKey, State
 from service.api.edge import request_id
 from service.api.errors_doc import errors
 
@@ -30,8 +34,21 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["generation"])
 
 
+SSE_EVENT = {
+    "type": "object",
+    "description": "One server-sent event; ``data`` is a JSON object (see the module docstring).",
+    "properties": {"event": {"type": "string", "enum": ["meta", "token", "done", "error"]}, "data": {"type": "string"}},
+    "required": ["event", "data"],
+}
+"""The OpenAPI schema of each event of a streamed answer (what schemathesis checks them against)."""
+
+
 def _headers(turn) -> dict[str, str]:
-    return {"X-Impression-Id": turn.impression_id, "X-Adapter-Version": turn.version_name}
+    return {
+        "X-Impression-Id": turn.impression_id,
+        "X-Adapter-Version": turn.version_name,
+        CLIENT_HEADER: turn.client_key,
+    }
 
 
 def sse(event: str, data: dict) -> str:
@@ -42,11 +59,14 @@ def sse(event: str, data: dict) -> str:
     "/v1/query",
     response_model=QueryResponse,
     responses={
-        200: {"description": "The answer (JSON), or server-sent events when stream=true."},
+        200: {
+            "description": "The answer (JSON), or server-sent events when stream=true.",
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
+        },
         **errors(400, 422, 503, e503="Model not loaded yet, or the impression outbox is full (broker away)."),
     },
 )
-async def query(body: QueryRequest, state: State, response: Response):
+async def query(body: QueryRequest, state: State, response: Response, client_key: ClientKey):
     """Answer ``query`` under ``behavior`` (default: the most preferred behavior)."""
     turn = await start_turn(
         state,
@@ -56,13 +76,10 @@ async def query(body: QueryRequest, state: State, response: Response):
         temperature=body.temperature,
         top_p=None,
         model=None,
+        client_key=client_key,
     )
     if body.stream:
-        return StreamingResponse(
-            _stream(state, turn),
-            media_type="text/event-stream",
-            headers={**_headers(turn), "Cache-Control": "no-cache"},
-        )
+        return TurnStream(_stream(state, turn), state, turn, "query", _headers(turn))
     try:
         result = await state.backend.generate(turn.request, turn.cancel)
     finally:
@@ -78,7 +95,6 @@ async def query(body: QueryRequest, state: State, response: Response):
 
 
 async def _stream(state, turn):
-    parts: list[str] = []
     result: GenerationResult | None = None
     try:
         yield sse(
@@ -89,7 +105,7 @@ async def _stream(state, turn):
             if isinstance(item, GenerationResult):
                 result = item
             else:
-                parts.append(item)
+                turn.shown += item
                 yield sse("token", {"text": item})
         end_turn(state, turn)
         await record(state, turn, result, "query")
@@ -108,17 +124,4 @@ async def _stream(state, turn):
         log.exception("stream failed")
         yield sse("error", {"message": f"generation failed (request id {request_id()}; details in the server log)"})
     finally:
-        end_turn(state, turn)
-        if result is None and parts:  # the client left mid-answer: log what it was shown
-            record_later(
-                state,
-                turn,
-                GenerationResult(
-                    text="".join(parts),
-                    prompt_tokens=0,
-                    completion_tokens=len(parts),
-                    finish_reason="cancelled",
-                    adapter_version=turn.version_name,
-                ),
-                "query",
-            )
+        abandon(state, turn, "query")  # a no-op once logged; else (client left, failure) logs it aborted

@@ -15,6 +15,7 @@ import uuid
 import pytest
 import redis as redis_lib
 from kafka import KafkaProducer, TopicPartition
+from pydantic import SecretStr
 
 from core.infra.broker import EmbeddedBroker, check_kafka, ensure_topics
 from core.settings import AggregatorSettings
@@ -323,3 +324,47 @@ def test_no_log_line_carries_the_redis_password(kafka_bootstrap, unique_topics, 
     # Lines logged by anyone else (a client library quoting its URL) are cleaned by the handler filter.
     record = logging.LogRecord("redis", logging.ERROR, __file__, 1, "cannot reach %s", (secret_url,), None)
     assert RedactingFilter().filter(record) and "s3cret-pw" not in record.getMessage()
+
+
+def test_retention_comes_from_the_settings_and_is_checked():
+    from core.settings import AggregatorSettings
+
+    settings = AggregatorSettings(max_event_age_s=3600, key_ttl_s=7200)
+    assert (settings.max_event_age_s, settings.key_ttl_s) == (3600, 7200)
+    with pytest.raises(ValueError, match="RLHB_AGG_KEY_TTL_S"):
+        AggregatorSettings(max_event_age_s=3600, key_ttl_s=60)
+
+
+def test_with_an_impression_secret_ids_the_service_did_not_sign_are_dead_letters(
+    kafka_bootstrap, unique_topics, redis_url, redis_prefix
+):
+    """Events may be written straight to Kafka: with RLHB_API_IMPRESSION_SECRET set, the aggregator
+    checks every impression's and event's id with the API's keys (core.impression_ids)."""
+    from core.impression_ids import ImpressionIds
+
+    secret = "aggregator-test-secret-0123456789"
+    settings = _settings(unique_topics, kafka_bootstrap, redis_url, redis_prefix, f"g-{uuid.uuid4().hex[:8]}")
+    settings = settings.model_copy(update={"impression_secret": SecretStr(secret)})
+    signed = ImpressionIds(secret).issue("some-client")
+    other_key = ImpressionIds("not-this-services-secret-0123").issue("some-client")
+    expired = ImpressionIds(secret, ttl_s=60).issue("some-client", now=time.time() - 3600)
+    topics = {"impressions": settings.topic_impressions, "feedback": settings.topic_feedback}
+    _produce(
+        kafka_bootstrap,
+        topics,
+        [("impressions", iid.encode(), _imp(iid).model_dump_json().encode()) for iid in (signed, other_key)]
+        + [("feedback", signed.encode(), _like("ok", signed).model_dump_json().encode())]
+        + [("feedback", b"x", _like("forged", other_key).model_dump_json().encode())]
+        + [("feedback", b"x", _like("made-up", "imp-made-up").model_dump_json().encode())]
+        + [("feedback", b"x", _like("late", expired).model_dump_json().encode())],
+    )
+    m = Member(settings, kafka_bootstrap, redis_url)
+    store = AggregatorStore(redis_lib.Redis.from_url(redis_url, decode_responses=True), redis_prefix)
+    try:
+        m.run_until(lambda: store.counts(signed) == {"like": 1.0} and m.caught_up(), settle_s=1.0)
+        envelopes = [json.loads(d.value) for d in read_topic(kafka_bootstrap, settings.topic_dead_letter, 4)]
+        assert len(envelopes) == 4 and all("impression id refused" in e["reason"] for e in envelopes)
+        assert any("expired" in e["reason"] for e in envelopes)
+        assert store.counts(other_key) == {} and store.counts("imp-made-up") == {}
+    finally:
+        m.close()

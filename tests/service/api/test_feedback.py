@@ -64,13 +64,13 @@ def test_single_event_and_batch_are_acknowledged_and_on_the_topic(api, kafka_boo
     one = _event(iid, "view")
     r = api.post("/v1/feedback", json=one)
     assert r.status_code == 202, r.text
-    assert r.json() == {"accepted": 1}
+    assert r.json() == {"accepted": 1, "duplicates": 0}
 
     batch = [_event(iid, k) for k in ("click", "like", "dwell")]
     batch[2]["value"] = 12.5
     r = api.post("/v1/feedback", json={"events": batch})
     assert r.status_code == 202, r.text
-    assert r.json() == {"accepted": 3}
+    assert r.json() == {"accepted": 3, "duplicates": 0}
 
     msgs = _read_topic(kafka_bootstrap, unique_topics["feedback"], 4)
     assert len(msgs) == 4

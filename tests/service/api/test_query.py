@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 import httpx
 from kafka import KafkaConsumer, TopicPartition
@@ -149,3 +150,23 @@ def test_openapi_documents_the_endpoints(serving):
         "/metrics",
     ):
         assert p in paths
+
+
+def test_feedback_needs_the_client_key_the_answer_came_with(serving):
+    """Ids are bound to the asker's client key: the one it sent, or the one the API issued."""
+    with httpx.Client(base_url=serving.url, timeout=60) as c:
+        issued = c.post("/v1/query", json={"query": "Who wrote Hamlet?", "max_tokens": 4})
+        own = c.post(
+            "/v1/query",
+            json={"query": "Who wrote Hamlet?", "max_tokens": 4},
+            headers={"X-Client-Id": "my-session-1234"},
+        )
+        assert own.headers["x-client-id"] == "my-session-1234"
+        key = issued.headers["x-client-id"]
+        assert len(key) >= 16 and key != own.headers["x-client-id"]
+        for r, client in ((issued, key), (own, "my-session-1234")):
+            event = {"event_id": uuid.uuid4().hex, "impression_id": r.json()["impression_id"], "kind": "like"}
+            refused = c.post("/v1/feedback", json=event)
+            assert refused.status_code == 403 and "X-Client-Id" in refused.json()["detail"]
+            ok = c.post("/v1/feedback", json=event, headers={"X-Client-Id": client})
+            assert ok.status_code == 202 and ok.json() == {"accepted": 1, "duplicates": 0}, ok.text

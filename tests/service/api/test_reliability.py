@@ -159,7 +159,8 @@ def test_api_starts_and_answers_without_redis(kafka_bootstrap, tiny_model_dir, t
         assert c.get("/healthz").status_code == 200
         r = c.post("/v1/query", json=Q)
         assert r.status_code == 200, r.text
-        assert c.post("/v1/feedback", json=_event(r.json()["impression_id"])).status_code == 202
+        client = {"X-Client-Id": r.headers["x-client-id"]}  # the id is bound to it (without Redis too)
+        assert c.post("/v1/feedback", json=_event(r.json()["impression_id"]), headers=client).status_code == 202
         for method, path in (("get", "/admin/checkpoints"), ("post", "/admin/train"), ("post", "/admin/rollback")):
             a = c.request(method, path, headers=AUTH)
             assert a.status_code == 503, (path, a.text)

@@ -1,0 +1,170 @@
+"""The one place a Redis URL becomes a client: plain, TLS, Unix socket, or Redis Sentinel.
+
+Every process passes Redis around as one URL string (``RLHB_REDIS_URL``, ``Infra.redis_url``,
+the environment of child processes), so a Sentinel deployment is one URL too, and callers
+build clients with ``redis_from_url(url, **kwargs)`` instead of ``redis.Redis.from_url``:
+
+    redis://[[user]:password@]host:6379/0            plain TCP (redis-py's own parser)
+    rediss://...                                     TLS (``?ssl_ca_certs=/path/ca.pem`` for a private CA)
+    unix:///run/redis.sock?db=0                      Unix socket
+    redis+sentinel://[[user]:password@]s1:26379,s2:26379/<master>[/<db>][?options]
+
+Sentinel options (query string): ``ssl=true`` (TLS to the master and replicas), ``ssl_ca_certs=PATH``,
+``sentinel_password=...`` (when the Sentinels themselves require AUTH; default: none),
+``sentinel_ssl=true`` (TLS to the Sentinels). The user and password in the URL authenticate
+to the master, like in a redis:// URL. A port left out is Sentinel's 26379. Percent-encode
+special characters of a password (``urllib.parse.quote(password, safe="")``).
+
+Redis Cluster is not supported: the aggregator's Lua scripts touch several keys per call,
+which Cluster allows only when they share a hash slot (docs/production.md lists the keys
+that would need a ``{tag}``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote
+
+SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_DEFAULT_PORT = 26379
+SENTINEL_SHAPE = "redis+sentinel://[[user]:password@]host:26379[,host:26379...]/<master name>[/<db>][?ssl=true]"
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_SENTINEL_OPTIONS = {"ssl", "ssl_ca_certs", "sentinel_password", "sentinel_ssl"}
+
+
+@dataclass(frozen=True)
+class SentinelURL:
+    """A parsed ``redis+sentinel://`` URL. Passwords are kept out of ``repr`` (logs, tracebacks)."""
+
+    sentinels: tuple[tuple[str, int], ...]
+    master: str
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    sentinel_password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+    ssl_ca_certs: str | None = None
+    sentinel_ssl: bool = False
+
+
+def redact(url: str) -> str:
+    """``url`` with the password of its userinfo and a ``sentinel_password`` replaced by ``***``,
+    for error messages and logs."""
+    url = re.sub(r"(://[^/@\s]*?:)[^/@\s]+@", r"\1***@", url, count=1)
+    return re.sub(r"(sentinel_password=)[^&\s]+", r"\1***", url)
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.strip().lower().startswith(SENTINEL_SCHEME)
+
+
+def _bool_option(name: str, values: list[str]) -> bool:
+    value = values[-1].strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ValueError(f"Sentinel URL option {name}={values[-1]!r}: use true or false")
+
+
+def parse_sentinel_url(url: str) -> SentinelURL:
+    """Parse ``redis+sentinel://...``; a ValueError says what is wrong and the expected shape.
+    Messages never quote the password."""
+    text = url.strip()
+    if not is_sentinel_url(text):
+        raise ValueError(f"not a Sentinel URL; expected {SENTINEL_SHAPE}")
+    rest = text[len(SENTINEL_SCHEME) :]
+    rest, _, query = rest.partition("?")
+    netloc, _, path = rest.partition("/")
+    userinfo, at, hosts = netloc.rpartition("@")
+    if not at:
+        userinfo, hosts = "", netloc
+    username = password = None
+    if userinfo:
+        user, colon, secret = userinfo.partition(":")
+        username = unquote(user) or None
+        password = unquote(secret) if colon else None
+        if not colon:  # "user@" alone would be a password in redis:// terms; be explicit instead
+            raise ValueError(
+                "Sentinel URL: write the master's credentials as user:password@ or :password@; "
+                f"expected {SENTINEL_SHAPE}"
+            )
+
+    sentinels: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part.startswith("["):  # IPv6: [addr]:port
+            host, _, tail = part[1:].partition("]")
+            port = tail[1:] if tail.startswith(":") else (tail or str(SENTINEL_DEFAULT_PORT))
+        else:
+            host, colon, port = part.partition(":")
+            port = port if colon else str(SENTINEL_DEFAULT_PORT)
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"Sentinel URL: {part!r} is not host[:port]; expected {SENTINEL_SHAPE}")
+        sentinels.append((host, int(port)))
+    if not sentinels:
+        raise ValueError(f"Sentinel URL names no Sentinel host; expected {SENTINEL_SHAPE}")
+
+    segments = [unquote(s) for s in path.split("/") if s]
+    if not segments:
+        raise ValueError(f"Sentinel URL names no master (the name Sentinels monitor); expected {SENTINEL_SHAPE}")
+    if len(segments) > 2 or (len(segments) == 2 and not segments[1].isdigit()):
+        raise ValueError(f"Sentinel URL path must be /<master>[/<db number>]; expected {SENTINEL_SHAPE}")
+    master, db = segments[0], int(segments[1]) if len(segments) == 2 else 0
+
+    options = parse_qs(query, keep_blank_values=True)
+    unknown = sorted(set(options) - _SENTINEL_OPTIONS)
+    if unknown:
+        raise ValueError(
+            f"Sentinel URL: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_SENTINEL_OPTIONS))}"
+        )
+    return SentinelURL(
+        sentinels=tuple(sentinels),
+        master=master,
+        db=db,
+        username=username,
+        password=password,
+        sentinel_password=options["sentinel_password"][-1] if "sentinel_password" in options else None,
+        ssl=_bool_option("ssl", options["ssl"]) if "ssl" in options else False,
+        ssl_ca_certs=options["ssl_ca_certs"][-1] if "ssl_ca_certs" in options else None,
+        sentinel_ssl=_bool_option("sentinel_ssl", options["sentinel_ssl"]) if "sentinel_ssl" in options else False,
+    )
+
+
+def redis_from_url(url: str, **kwargs: Any):
+    """A ``redis.Redis`` client for any URL above; ``kwargs`` as for ``redis.Redis.from_url``
+    (``decode_responses``, ``socket_timeout``...). For Sentinel the client asks the Sentinels
+    for the current master on each new connection, so it follows a failover by itself."""
+    import redis
+
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **kwargs)
+
+    from redis.sentinel import Sentinel, SentinelManagedSSLConnection
+
+    target = parse_sentinel_url(url)
+    # Sentinels get the socket timeouts of the caller (so a probe with a 1 s timeout stays short)
+    # and their own auth/TLS; the master gets everything else.
+    sentinel_kwargs: dict[str, Any] = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    if target.sentinel_password:
+        sentinel_kwargs["password"] = target.sentinel_password
+    if target.sentinel_ssl:
+        sentinel_kwargs["ssl"] = True
+        if target.ssl_ca_certs:
+            sentinel_kwargs["ssl_ca_certs"] = target.ssl_ca_certs
+    master_kwargs: dict[str, Any] = dict(kwargs, db=target.db)
+    if target.username:
+        master_kwargs["username"] = target.username
+    if target.password:
+        master_kwargs["password"] = target.password
+    if target.ssl:
+        master_kwargs["connection_class"] = SentinelManagedSSLConnection
+        if target.ssl_ca_certs:
+            master_kwargs["ssl_ca_certs"] = target.ssl_ca_certs
+    sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
+    return sentinel.master_for(target.master, redis_class=redis.Redis, **master_kwargs)
