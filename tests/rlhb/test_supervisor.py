@@ -172,12 +172,14 @@ def test_sigterm_to_the_supervisor_stops_every_child_and_grandchild(tmp_path):
 
 # ------------------------------------------------------------------ slow: the real `rlhb up`
 class Feedback:
-    """Queries and feedback over HTTP; remembers what the API accepted (202) per impression."""
+    """Queries and feedback over HTTP; remembers what the API counts per impression: one client,
+    so each count kind once per impression (the API's once-per-(impression, client) rule; a retry
+    or a repeat is answered as a duplicate and never reaches the topic)."""
 
     def __init__(self, url: str):
         self.http = httpx.Client(base_url=url, timeout=30, headers={"X-Client-Id": "e2e-test-client-01"})
         self.accepted: dict[str, dict[str, float]] = {}
-        self.sent_events: list[dict] = []
+        self.counted: set[tuple[str, str]] = set()
 
     def query(self, question: str) -> str:
         try:
@@ -195,11 +197,15 @@ class Feedback:
         except httpx.HTTPError as e:
             raise AssertionError(f"the API did not take feedback: {type(e).__name__}: {e}") from e
         assert response.status_code == 202, response.text
+        new = 0
         for ev in events:
-            if ev not in self.sent_events:  # a retry of the same event id counts once
+            if (ev["impression_id"], ev["kind"]) not in self.counted:
                 counts = self.accepted[ev["impression_id"]]
                 counts[ev["kind"]] = counts.get(ev["kind"], 0.0) + 1.0
-                self.sent_events.append(ev)
+                self.counted.add((ev["impression_id"], ev["kind"]))
+                new += 1
+        body = response.json()
+        assert body["accepted"] == new and body.get("duplicates", 0) == len(events) - new, (body, new)
 
     def react(self, iids, kinds=("view", "like")) -> list[dict]:
         events = [{"event_id": uuid.uuid4().hex, "impression_id": iid, "kind": kind} for iid in iids for kind in kinds]

@@ -87,8 +87,11 @@ def test_clipping_zeroes_the_gradient_only_in_the_clipped_direction(ratio, advan
 
 
 def test_policy_loss_gradient_does_not_reach_old_logprobs_or_advantages():
+    torch.manual_seed(0)
     logp = torch.randn(2, 3, requires_grad=True)
-    old = torch.randn(2, 3, requires_grad=True)
+    # Ratios near 1, inside the clip range: the unclipped branch carries gradient to logp (with
+    # independent random old log-probs every ratio can fall outside it and the gradient is 0).
+    old = (logp.detach() + 0.01 * torch.randn(2, 3)).requires_grad_()
     adv = torch.randn(2, 3, requires_grad=True)
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     loss, _ = ppo_policy_loss(logp, old, adv, mask, 0.2)
