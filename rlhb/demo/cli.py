@@ -16,7 +16,7 @@ def demo(
     algorithms: str = typer.Option(
         "rlhb,rlhbc,rlhf",
         help="Comma-separated lanes: rlhb, rlhbc, rlhf, sft, pro, or a variant ALGO-NAME "
-        "(rlhb-frozen: the paper's frozen-D ablation).",
+        "(rlhb-adversarial: D trained against the policy during PPO; rlhb-frozen: D frozen after warm-up).",
     ),
     rounds: int = typer.Option(None, min=1, help="Training rounds per algorithm."),
     steps: int = typer.Option(None, min=1, help="Training iterations per round."),

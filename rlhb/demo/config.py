@@ -69,27 +69,34 @@ PPO_BUDGET: dict = {
 }
 """The PPO budget every full-demo lane shares (so the comparison is like with like)."""
 
+ADVERSARIAL_RLHB: dict = {
+    **PPO_BUDGET,
+    "d_warmup_steps": 150,
+    "preferred_prompt_share": 1.0,
+    # D's stabilisers (bench/demo_experiments.md E6: its held-out AUROC held 0.683 -> 0.668 on concise,
+    # where plain adversarial updates fell to 0.519).
+    "swap_share": 0.5,
+    "d_label_smoothing": 0.1,
+    "d_replay_size": 256,
+    "d_adversarial_lr_scale": 0.2,
+}
+"""RLHB with D trained against the policy during PPO (eqs. 3-4): the ``rlhb-adversarial`` lane."""
+
 FULL_ALGORITHM_CONFIG: dict[str, dict] = {
-    # RLHB: D learns the behavior from real vs behavior-swapped records during warm-up, then keeps
-    # training against the policy's answers (eqs. 3-4) with the stabilisers that held its held-out
-    # AUROC in bench/demo_experiments.md E6 (0.683 -> 0.668 where plain adversarial updates fell to
-    # 0.519): half the fake batch behavior-swapped reals, one-sided label smoothing 0.1, a replay of
-    # 256 older generations, D's learning rates x0.2 once PPO starts. Every PPO prompt carries the
-    # served sentence (E2/E3: on this CPU budget that share decided the lift; the label says so).
-    "rlhb": {
-        **PPO_BUDGET,
-        "d_warmup_steps": 150,
-        "preferred_prompt_share": 1.0,
-        "swap_share": 0.5,
-        "d_label_smoothing": 0.1,
-        "d_replay_size": 256,
-        "d_adversarial_lr_scale": 0.2,
-    },
+    # The demo's RLHB lane is the frozen-D variant, labelled as such (paper section 6.4), because it
+    # is the one that lifted the like rate here without reward hacking: D learns the behavior from real
+    # vs behavior-swapped records during warm-up, then stays frozen. Measured against the adversarial
+    # D (ADVERSARIAL_RLHB) with the same budget: concise in process, +0.23 (E3) vs +0.00 (E5, E6);
+    # thorough through the services (bench/demo-results/2026-12-04-thorough), +0.094 vs +0.060 with
+    # near-empty answers 0.6% -> 23% (the gate blocked it). Every PPO prompt carries the served sentence
+    # (E2/E3: on this CPU budget that share decided the lift). The same PPO budget for every lane.
+    "rlhb": {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True, "preferred_prompt_share": 1.0},
     "rlhbc": dict(PPO_BUDGET),
     "rlhf": dict(PPO_BUDGET),
+    "rlhb-adversarial": ADVERSARIAL_RLHB,
 }
-FULL_ALGORITHM_CONFIG["rlhb-frozen"] = {**FULL_ALGORITHM_CONFIG["rlhb"], "d_frozen": True}
-"""The paper's frozen-D ablation (section 6.4) as a lane of its own: ``--algorithms rlhb,rlhb-frozen``."""
+FULL_ALGORITHM_CONFIG["rlhb-frozen"] = dict(FULL_ALGORITHM_CONFIG["rlhb"])
+"""``--algorithms rlhb-adversarial,rlhb-frozen`` compares the two discriminators on the same base traffic."""
 EVAL_SEED_OFFSET = 7919
 """Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
 
@@ -98,6 +105,7 @@ QUICK_ALGORITHM_CONFIG: dict[str, dict] = {
     for name in ("rlhb", "rlhbc", "rlhf", "sft", "pro")
 }
 QUICK_ALGORITHM_CONFIG["rlhb-frozen"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], "d_frozen": True, "d_warmup_steps": 2}
+QUICK_ALGORITHM_CONFIG["rlhb-adversarial"] = dict(QUICK_ALGORITHM_CONFIG["rlhb"])
 
 
 @dataclass

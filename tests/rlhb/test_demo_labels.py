@@ -27,11 +27,11 @@ def test_report_table_lists_the_variant():
 
 
 def test_variant_lanes_train_their_algorithm_with_their_own_overrides():
-    cfg = DemoConfig(algorithms=("rlhb", "rlhb-frozen"))
-    assert lane_algorithm("rlhb-frozen") == "rlhb"
+    cfg = DemoConfig(algorithms=("rlhb-adversarial", "rlhb-frozen"))
+    assert lane_algorithm("rlhb-frozen") == "rlhb" and lane_algorithm("rlhb-adversarial") == "rlhb"
     assert cfg.lane_overrides("rlhb-frozen")["d_frozen"] is True
-    assert not cfg.lane_overrides("rlhb").get("d_frozen")
-    assert "frozen discriminator" in cfg.label("rlhb-frozen") and "frozen" not in cfg.label("rlhb")
+    assert not cfg.lane_overrides("rlhb-adversarial").get("d_frozen")
+    assert "frozen discriminator" in cfg.label("rlhb-frozen") and "frozen" not in cfg.label("rlhb-adversarial")
     # A variant without an entry of its own starts from its algorithm's overrides.
     assert DemoConfig(algorithms=("rlhb-x",)).lane_overrides("rlhb-x") == cfg.lane_overrides("rlhb")
     with pytest.raises(ValueError, match="unknown algorithms"):
