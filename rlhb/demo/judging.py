@@ -52,8 +52,11 @@ def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say, behavior
     return sorted(served, key=lambda s: s.index)
 
 
-def judge_offline(cfg: DemoConfig, lane: Lane, version: str, questions, model_path: str, say) -> list:
-    """Held-out answers of a *rejected* candidate, generated here and judged like ``evaluate``'s.
+def judge_offline(
+    cfg: DemoConfig, lane: Lane, version: str, questions, model_path: str, say, behavior: str | None = None
+) -> list:
+    """Held-out answers of a *rejected* candidate, generated here and judged like ``evaluate``'s
+    (under ``behavior``; None: the served, most preferred sentence).
 
     The API answers 409 for a rejected version (it is never served), yet a table without its
     like rate hides what the gate stopped. So the demo loads the candidate's adapter folder in
@@ -74,7 +77,7 @@ def judge_offline(cfg: DemoConfig, lane: Lane, version: str, questions, model_pa
 
     t0 = time.time()
     tok, model = load_generator(model_path, str(lane.root / "adapters" / version), cfg.threads)
-    behavior = most_preferred_sentence()
+    behavior = behavior or most_preferred_sentence()
     user = load_user_model(cfg.users)
     qs = [q for _ in range(cfg.eval_samples) for q in questions]
     eval_seed = cfg.seed + EVAL_SEED_OFFSET
@@ -108,8 +111,9 @@ def judge_offline(cfg: DemoConfig, lane: Lane, version: str, questions, model_pa
             )
     del model
     rate = sum(s.asker_liked for s in served) / max(1, len(served))
+    under = "" if behavior == most_preferred_sentence() else f" under {behavior!r}"
     say(
-        f"  judged rejected {version} offline (never served): {len(served)} held-out answers, "
+        f"  judged rejected {version}{under} offline (never served): {len(served)} held-out answers, "
         f"like rate {rate:.3f} ({time.time() - t0:.0f}s)"
     )
     return served

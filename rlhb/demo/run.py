@@ -258,12 +258,15 @@ def run_demo(cfg: DemoConfig) -> dict:
                     have = int(trainer_status(redis, lane).get("buffer", 0))
                     wait_records(redis, lane, have + len(served) - 5, say)
                     phases[f"{algorithm}: round {r} traffic"] = time.time() - t0
-            last = next((v for v in reversed(results) if v.algorithm == algorithm and v.status == "published"), None)
-            if cfg.behavior_gap and last is not None and last.served:
+            mine = [v for v in results if v.algorithm == algorithm and v.served]
+            last = mine[-1] if mine else None  # the last version judged: served, or rejected and judged offline
+            if cfg.behavior_gap and last is not None:
                 t0 = time.time()
-                least = evaluate(
-                    cfg.at_round(cfg.rounds), lane, last.version, held_out, say, least_preferred_sentence()
-                )
+                rcfg, least_sentence = cfg.at_round(last.round), least_preferred_sentence()
+                if last.status == "published":
+                    least = evaluate(rcfg, lane, last.version, held_out, say, least_sentence)
+                else:  # never served: generated here, as its served-sentence answers were
+                    least = judge_offline(rcfg, lane, last.version, held_out, model_path, say, least_sentence)
                 gap = {"version": last.version, **behavior_gap(last.served, least)}
                 lane_info.setdefault(algorithm, {})["behavior_gap"] = gap
                 phases[f"{algorithm}: behavior gap"] = time.time() - t0

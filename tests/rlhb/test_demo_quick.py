@@ -81,6 +81,9 @@ def test_a_rejected_candidate_is_judged_offline_and_never_served(
     assert len(offline) == 5 and all(s["adapter_version"] == row["version"] for s in offline)
     assert all(s["impression_id"] == "" and s["events_sent"] == 0 for s in offline)  # no impression: never served
     assert "never served" in (cfg.out_dir / "report.md").read_text()
+    # The behavior-following gap of a rejected candidate is measured offline too.
+    gap = report["lanes"]["rlhf"]["behavior_gap"]
+    assert gap["version"] == row["version"] and gap["least_preferred"]["n"] == 5
     assert any(k.endswith("(rejected, never served)") for k in report["side_by_side"][0])
     manifest = json.loads((cfg.out_dir / "lane-rlhf" / "adapters" / "manifest.json").read_text())
     assert manifest["active"] == "base" and row["version"] not in json.dumps(manifest["history"])
