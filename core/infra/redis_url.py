@@ -50,11 +50,16 @@ class SentinelURL:
     sentinel_ssl: bool = False
 
 
-def redact(url: str) -> str:
-    """``url`` with the password of its userinfo and a ``sentinel_password`` replaced by ``***``,
-    for error messages and logs."""
-    url = re.sub(r"(://[^/@\s]*?:)[^/@\s]+@", r"\1***@", url, count=1)
-    return re.sub(r"(sentinel_password=)[^&\s]+", r"\1***", url)
+_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@]*):(?P<password>[^\s/@]+)@")
+_QUERY_SECRET = re.compile(r"(?P<key>[?&](?:sentinel_password|password|passwd|token|secret)=)[^&\s]+", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """``text`` (a URL, or a log line quoting any number of them) with the passwords of their
+    userinfo and secret query parameters (``sentinel_password``, ``password``, ``token``...)
+    replaced by ``***``: the one redaction for error messages and logs."""
+    text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:***@", text)
+    return _QUERY_SECRET.sub(lambda m: f"{m['key']}***", text)
 
 
 def is_sentinel_url(url: str) -> bool:

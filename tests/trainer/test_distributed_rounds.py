@@ -11,32 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
-ALGORITHM_CONFIG = {
-    "batch_size": 4,
-    "rollouts_per_prompt": 2,
-    "max_new_tokens": 6,
-    "lora_r": 4,
-    "lora_alpha": 8,
-    "value_head_hidden": 16,
-    "discriminator": "lm",
-    "d_lora_r": 4,
-    "d_batch_size": 4,
-    "d_max_tokens": 96,
-    "heldout_max": 4,
-    "threads": 1,
-}
+from core.infra.ports import free_port
+from tests.trainer.test_distributed import TINY_RLHB
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ALGORITHM_CONFIG = {**TINY_RLHB, "max_new_tokens": 6}
 
 
 def _rank_main(rank: int, port: int, model_dir: str, out: str) -> None:
@@ -105,7 +88,7 @@ def _rank_main(rank: int, port: int, model_dir: str, out: str) -> None:
 
 def test_loop_rounds_stay_identical_across_two_gloo_ranks(tmp_path, tiny_model_dir):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    mp.spawn(_rank_main, args=(_free_port(), str(tiny_model_dir), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_rank_main, args=(free_port(), str(tiny_model_dir), str(tmp_path)), nprocs=2, join=True)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["backend"] for r in ranks] == ["gloo", "gloo"] and [r["rounds"] for r in ranks] == [1, 1]
     # different rollouts on each rank (per-rank sampling seeds), yet identical replicas afterwards
@@ -178,7 +161,7 @@ def test_the_trainer_loop_under_two_ranks_publishes_one_round_trained_by_both(
         records_per_round=40, RLHB_DEVICE="cpu", TOKENIZERS_PARALLELISM="false",
     )  # fmt: skip
     produce_records(kafka_bootstrap, unique_topics["records"], toy_records(40))
-    mp.spawn(_loop_rank_main, args=(_free_port(), env, str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_loop_rank_main, args=(free_port(), env, str(tmp_path)), nprocs=2, join=True)
     rank0, rank1 = (json.loads((tmp_path / f"loop-rank{r}.json").read_text()) for r in (0, 1))
     assert rank0["device"] == "cpu"
     assert rank0["last_round"]["outcome"] == "published", rank0["last_round"]
