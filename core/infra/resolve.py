@@ -3,7 +3,9 @@
 Order for the broker: the configured bootstrap servers (must answer, else a clear
 error); else an embedded broker already started by `rlhb infra up` / `rlhb up` (its
 address is in ``<state_dir>/infra.json``); else start one now, owned by this process.
-Redis follows core.infra.redis_server.resolve_redis_url, also consulting infra.json.
+Redis follows core.infra.redis_server.resolve_redis_url, also consulting infra.json; the owner
+of a deployment (`rlhb up`, `rlhb infra up`) passes ``redis_dir`` (``redis_data_dir``) so an
+embedded Redis of its own keeps an append-only file there and survives restarts.
 Topics are created (idempotently) on embedded brokers; on a real cluster only when
 they are missing, with the configured partition count.
 """
@@ -73,7 +75,12 @@ def topics_of(settings: CommonSettings) -> list[str]:
     return [settings.topic_impressions, settings.topic_feedback, settings.topic_records, settings.topic_dead_letter]
 
 
-def resolve_infra(settings: CommonSettings, create_topics: bool = True) -> Infra:
+def redis_data_dir(settings: CommonSettings) -> Path:
+    """Where the embedded Redis of `rlhb up` keeps its append-only file."""
+    return Path(settings.state_dir) / "redis"
+
+
+def resolve_infra(settings: CommonSettings, create_topics: bool = True, redis_dir: Path | None = None) -> Infra:
     running = read_running_infra(settings)
     owned: list = []
     # PLAINTEXT unless configured; the settings allow TLS/SASL only with configured servers.
@@ -95,7 +102,7 @@ def resolve_infra(settings: CommonSettings, create_topics: bool = True) -> Infra
     if not settings.redis_url and running and redis_answers(running["redis_url"]):
         redis_url = running["redis_url"]
     else:
-        redis_url, server = resolve_redis_url(settings.redis_url)
+        redis_url, server = resolve_redis_url(settings.redis_url, data_dir=redis_dir)
         if isinstance(server, EmbeddedRedis):
             owned.append(server)
     return Infra(bootstrap=bootstrap, redis_url=redis_url, owned=owned, kafka_options=options)
