@@ -19,6 +19,7 @@ KL_ESTIMATORS = ("k1", "k2", "k3")
 DISCRIMINATOR_KINDS = ("minilm", "lm")
 D_REWARD_KINDS = ("contrastive", "log_d", "prob", "logit")
 KAPPA_SOURCES = ("records", "generations")
+ROLLOUT_BACKENDS = ("hf", "vllm")
 
 
 class ConfigError(ValueError):
@@ -61,6 +62,18 @@ class PPOConfig:
     """Top-k sampling filter (0 = off; filters bias the log-probs PPO uses)."""
     top_p: float = 1.0
     """Nucleus sampling filter (1.0 = off)."""
+    rollout_backend: str = "hf"
+    """Who samples the rollouts: "hf" (the policy's own generate, in this process) or "vllm" (vLLM servers with
+    the current LoRA loaded under a fresh name each iteration: TRL's vLLM server mode; trainer/vllm_rollouts.py).
+    Either way the PPO update recomputes every log-prob with the policy itself."""
+    vllm_urls: str = ""
+    """With rollout_backend="vllm": the vLLM servers' base URLs, comma-separated (started with --enable-lora,
+    --max-lora-rank >= lora_r and VLLM_ALLOW_RUNTIME_LORA_UPDATING=True); rollouts are split across them."""
+    vllm_lora_dir: str = ""
+    """With rollout_backend="vllm": a folder the trainer writes the current LoRA to and every vLLM server reads at
+    the same path (a shared volume)."""
+    vllm_timeout_s: float = 300.0
+    """With rollout_backend="vllm": seconds one vLLM request may take."""
 
     # --- rewards and advantages
     kl_coef: float = 0.05
@@ -135,6 +148,22 @@ class PPOConfig:
         _require(self.temperature > 0, f"temperature must be > 0; got {self.temperature}. Use 1.0 for on-policy PPO.")
         _require(self.top_k >= 0, f"top_k must be >= 0 (0 = off); got {self.top_k}.")
         _require(0.0 < self.top_p <= 1.0, f"top_p must be in (0, 1]; got {self.top_p}.")
+        _require(
+            self.rollout_backend in ROLLOUT_BACKENDS,
+            f"rollout_backend must be one of {ROLLOUT_BACKENDS}; got {self.rollout_backend!r}.",
+        )
+        if self.rollout_backend == "vllm":
+            urls = [u.strip() for u in self.vllm_urls.split(",") if u.strip()]
+            _require(
+                bool(urls) and all(u.startswith(("http://", "https://")) for u in urls),
+                f'rollout_backend="vllm" needs vllm_urls, http(s) base URLs separated by commas (e.g. '
+                f'"http://vllm:8000"); got {self.vllm_urls!r}.',
+            )
+            _require(
+                bool(self.vllm_lora_dir),
+                'rollout_backend="vllm" needs vllm_lora_dir: a folder shared with the vLLM servers at the same path.',
+            )
+        _require(self.vllm_timeout_s > 0, f"vllm_timeout_s must be > 0; got {self.vllm_timeout_s}.")
         _require(self.kl_coef >= 0, f"kl_coef must be >= 0; got {self.kl_coef}. Typical: 0.01-0.1.")
         _require(
             self.kl_estimator in KL_ESTIMATORS,

@@ -106,12 +106,26 @@ class PPOCore:
         self.critic_optimizer = torch.optim.AdamW(
             policy.critic_parameters(), lr=config.critic_learning_rate, weight_decay=0.0
         )
+        self.sampler = None
+        """With ``rollout_backend="vllm"``: the vLLM servers that sample the rollouts (trainer/vllm_rollouts.py)."""
+        if config.rollout_backend == "vllm":
+            from trainer.vllm_rollouts import VllmRolloutSampler
+
+            self.sampler = VllmRolloutSampler(config)
+
+    def close(self) -> None:
+        """Unload the rollout adapter from the vLLM servers (nothing to do with in-process sampling)."""
+        if self.sampler is not None:
+            self.sampler.close()
 
     # ------------------------------------------------------------------ steps 1-2
     def rollout(self, prompts: Sequence[Prompt]) -> Rollouts:
         """Sample k answers per prompt and record pi_old, pi_ref log-probs and values."""
         try:
-            batch = self.policy.generate(prompts, self.config.rollouts_per_prompt)
+            if self.sampler is not None:
+                batch = self.sampler.generate(self.policy, prompts, self.config.rollouts_per_prompt)
+            else:
+                batch = self.policy.generate(prompts, self.config.rollouts_per_prompt)
         except RuntimeError as e:
             if "inf" not in str(e) and "nan" not in str(e):
                 raise

@@ -116,10 +116,13 @@ class RewardModelPPO:
         self.policy.save_value_head(folder / VALUE_HEAD_FILE)
 
     def run(self, algorithm: str) -> RunResult:
-        return run_iterations(
-            self.request,
-            algorithm=algorithm,
-            step=self.iteration,
-            save_adapter=self.save_adapter,
-            save_state=self.save_state,
-        )
+        try:
+            return run_iterations(
+                self.request,
+                algorithm=algorithm,
+                step=self.iteration,
+                save_adapter=self.save_adapter,
+                save_state=self.save_state,
+            )
+        finally:
+            self.core.close()  # vLLM rollouts: unload the last rollout adapter

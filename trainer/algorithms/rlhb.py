@@ -306,14 +306,17 @@ class RLHBTrainer:
         self.discriminator.save_state(folder)
 
     def run(self) -> RunResult:
-        self.warmup()
-        return run_iterations(
-            self.request,
-            algorithm=self.algorithm,
-            step=self.iteration,
-            save_adapter=self.save_adapter,
-            save_state=self.save_state,
-        )
+        try:
+            self.warmup()
+            return run_iterations(
+                self.request,
+                algorithm=self.algorithm,
+                step=self.iteration,
+                save_adapter=self.save_adapter,
+                save_state=self.save_state,
+            )
+        finally:
+            self.core.close()  # vLLM rollouts: unload the last rollout adapter
 
 
 def run(request: TrainRequest, config: RLHBConfig | None = None) -> RunResult:
