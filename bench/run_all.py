@@ -69,6 +69,8 @@ BENCHES = (
         ("--prompts", "2", "--per-client", "1", "--swaps", "1", "--tokens", "8"),
         900,
     ),
+    # Quick: one minute; --full: the 10-minute soak (32 clients) of bench/README.md.
+    Bench("soak", "bench_soak.py", ("--seconds", "60", "--warmup-s", "10", "--window-s", "20"), 600),
     Bench(
         "rlhb_vs_trl",
         "bench_rlhb_vs_trl.py",

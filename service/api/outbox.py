@@ -19,6 +19,8 @@ answers with 503 + Retry-After (``ImpressionLog.full``, checked before generatin
 than letting the file and the flusher's backlog grow without limit; answers already being
 generated are still logged, so the bound can be passed by at most the requests in flight.
 Answering without logging would lose the impressions the training loop learns from.
+For the same reason a write the disk refuses (full, failing) refuses that answer with 503
+(``OutboxUnwritable``; /readyz names it) and the next answer tries the disk again.
 
 Delivery is at-least-once: a crash between the broker's ack and the row's deletion
 re-sends that impression after a restart. Consumers key impressions by impression id, so
@@ -31,6 +33,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -109,6 +112,22 @@ class Outbox:
             self._db.execute("COMMIT")
             self._size -= max(0, cur.rowcount)
 
+    def writable(self, probe_bytes: int = 65536) -> bool:
+        """Whether the disk under the outbox takes (and syncs) a small write: after a refused
+        write, readiness comes back without waiting for the next answer to try."""
+        probe = self.path.with_name(self.path.name + ".probe")
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * probe_bytes)
+                f.flush()
+                os.fsync(f.fileno())
+            return True
+        except OSError:
+            return False
+        finally:
+            with contextlib.suppress(OSError):
+                probe.unlink()
+
     def count(self) -> int:
         with self._lock:
             self._size = int(self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
@@ -117,6 +136,11 @@ class Outbox:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class OutboxUnwritable(RuntimeError):
+    """The outbox cannot take a row (the disk under it is full or failing): the answer whose
+    impression this was is refused with a 503 (service.api.app), never served unlogged."""
 
 
 class ImpressionLog:
@@ -149,6 +173,7 @@ class ImpressionLog:
         self._down = False
         self._retry_at = 0.0
         self.last_error = ""
+        self.write_error = ""  # the last failed outbox write ("" once a write succeeds again)
         # One sender thread: sends may block (metadata fetch) while the broker is away, and must
         # never do so on the event loop.
         self._sender = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="rlhb-impressions")
@@ -192,10 +217,15 @@ class ImpressionLog:
             try:
                 rowids = await asyncio.to_thread(self._append_many, [(k, v) for k, v, _ in batch])
             except Exception as e:  # noqa: BLE001 - each waiting request gets the error
+                if isinstance(e, sqlite3.Error | OSError):  # e.g. "database or disk is full": a 503, not a 500
+                    self.write_error = f"{type(e).__name__}: {e}"
+                    log.error("impressions: the outbox %s cannot be written: %s", self.outbox.path, self.write_error)
+                    e = OutboxUnwritable(self.write_error)  # noqa: PLW2901
                 for *_, done in batch:
                     if not done.done():
                         done.set_exception(e)
                 continue
+            self.write_error = ""
             for (*_, done), rowid in zip(batch, rowids, strict=True):
                 if not done.done():
                     done.set_result(rowid)
@@ -270,6 +300,8 @@ class ImpressionLog:
 
     def flush_once(self, batch: int = 500, probe_timeout_s: float = 5.0) -> int:
         """Delete acknowledged rows and (re)send waiting ones; the number of rows still waiting."""
+        if self.write_error and self.outbox.writable():
+            self.write_error = ""
         with self._lock:
             acked, self._acked = self._acked, []
         self.outbox.delete(acked)

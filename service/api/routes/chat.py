@@ -164,7 +164,7 @@ def _usage(result: GenerationResult) -> Usage:
             503,
             e403="The named version is neither the active one, a live A/B arm nor 'base': it needs the admin token.",
             e404="Unknown model (adapter version).",
-            e503="Model not loaded yet, or the impression outbox is full while the broker is away.",
+            e503="Model not loaded yet, or the impression outbox (or its disk) is full.",
         ),
     },
 )

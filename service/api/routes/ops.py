@@ -25,7 +25,8 @@ async def readyz(state: State) -> JSONResponse:
     """Ready: model loaded, broker reachable and writable (the feedback producer exists and the
     impression log delivers), Redis answering. ``down`` lists what is not, by name (model,
     broker, redis). Adapter and outbox state are reported but do not fail readiness (a failed
-    hot-swap keeps the old version serving) -- except a full outbox, which refuses answers."""
+    hot-swap keeps the old version serving) -- except a full outbox, or one whose disk refuses
+    writes, which refuses answers."""
     backend, watcher, impressions, producers = state.backend, state.watcher, state.impressions, state.producers
     broker_open, redis_up = await asyncio.gather(
         asyncio.to_thread(any_tcp_open, state.bootstrap), asyncio.to_thread(_redis_ok, state.redis)
@@ -38,6 +39,7 @@ async def readyz(state: State) -> JSONResponse:
     model_ok = backend is not None and backend.ready and (state.registry is None or watcher is not None)
     pending = await asyncio.to_thread(impressions.outbox.count) if impressions else 0
     outbox_full = impressions is not None and impressions.full
+    write_error = impressions.write_error if impressions is not None else ""
     checks = {
         "model": {
             "ok": model_ok,
@@ -66,9 +68,10 @@ async def readyz(state: State) -> JSONResponse:
             ),
         },
         "outbox": {
-            "ok": not outbox_full,
+            "ok": not outbox_full and not write_error,
             "pending": pending,
             "max_pending": state.settings.outbox_max_pending,
+            "detail": f"cannot write to the disk under the outbox: {write_error}" if write_error else "",
         },
     }
     down = [name for name in ("model", "broker", "redis", "outbox") if not checks[name]["ok"]]

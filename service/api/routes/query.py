@@ -63,7 +63,7 @@ def sse(event: str, data: dict) -> str:
             "description": "The answer (JSON), or server-sent events when stream=true.",
             "content": {"text/event-stream": {"schema": SSE_EVENT}},
         },
-        **errors(400, 422, 503, e503="Model not loaded yet, or the impression outbox is full (broker away)."),
+        **errors(400, 422, 503, e503="Model not loaded yet, or the impression outbox (or its disk) is full."),
     },
 )
 async def query(body: QueryRequest, state: State, response: Response, client_key: ClientKey):

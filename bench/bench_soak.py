@@ -1,0 +1,422 @@
+"""Soak: many clients for minutes against the API + aggregator; does anything grow without bound?
+
+One deployment (``rlhb api`` and ``rlhb aggregator`` as subprocesses, an embedded tansu
+broker and a private valkey, so Redis's memory is ours alone). ``--clients`` threads (32)
+each loop for ``--seconds`` (600): ``POST /v1/query`` (a short answer), then
+``POST /v1/feedback`` with a view and a like or dislike for that answer, under the client's
+own ``X-Client-Id``. Every ``--sample-s`` seconds: RSS and open file descriptors of the API
+and the aggregator, Redis ``used_memory`` and key count, the impressions stored, the outbox
+backlog.
+
+The figures are **start vs end** (there is no peer: the process is compared with itself):
+the first window after warm-up against the last window, as end/start ratios, plus the RSS
+slope over the second half (MB/min; a leak keeps climbing, a warm-up plateaus). Redis holds
+every impression and its counts until their TTL (days) by design, so its total grows with
+traffic; bytes *per stored impression* (above the memory before any traffic) must stay flat. Query p50/p99 per
+window too. At the end, after the aggregator caught up, the counts in Redis are checked
+against every feedback event the API accepted (exactly once: none lost, none doubled).
+
+Bounded (the summary's verdict): RSS end/start <= 1.10 for both processes, open fds
+end - start <= 8, Redis bytes per impression end/start <= 1.20, query p99 end/start <= 1.5,
+and the counts exact.
+
+The model is the tiny random 2-layer Llama (``--model tiny``, default: this measures the
+service, not generation; 32 clients on SmolLM2 on 2 CPU cores would measure queueing) or
+``--model smollm2`` or a folder. Prints JSON lines (``{"bench": "soak", ...}``), the last
+one the summary.
+
+    .venv/bin/python bench/bench_soak.py [--seconds 600] [--clients 32] [--model tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+BENCH = "soak"
+QUESTIONS = [
+    "What is the capital of France?",
+    "How do plants make their food?",
+    "Give me three tips for learning a new language.",
+    "Why is the sky blue?",
+    "Explain what a database index is.",
+    "How many legs does a spider have?",
+]
+ADMIN = "bench-admin-token-" + uuid.uuid4().hex
+SECRET = "bench-impression-secret-" + uuid.uuid4().hex
+
+
+def emit(metric: str, value, **extra) -> None:
+    print(json.dumps({"bench": BENCH, "metric": metric, "value": value, **extra}), flush=True)
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_kinds(pid: int, ports: dict[int, str]) -> dict[str, int]:
+    """Open fds of ``pid`` by kind; TCP sockets by the named port at either end (``ports``:
+    port -> name), so a growing count says which pool grows."""
+    inodes: dict[str, str] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()
+            local, remote = int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16)
+            inodes[f[9]] = ports.get(remote) or ports.get(local) or "tcp other"
+    kinds: dict[str, int] = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            kind = inodes.get(target[8:-1], "socket other")
+        elif target.startswith("/"):
+            kind = "file"
+        else:
+            kind = target.split(":")[0]
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(sorted(kinds.items()))
+
+
+def slope_per_min(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of (seconds, value) points, per minute."""
+    if len(points) < 2:
+        return 0.0
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return 60 * sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else 0.0
+
+
+class Clients:
+    """``n`` threads looping query -> feedback; latencies and accepted events kept per thread."""
+
+    def __init__(self, url: str, n: int, tokens: int):
+        self.url, self.n, self.tokens = url, n, tokens
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.queries: list[tuple[float, float]] = []  # (monotonic end, seconds)
+        self.feedbacks: list[tuple[float, float]] = []
+        self.accepted: dict[str, int] = {}
+        self.status: dict[str, int] = {}
+        self.threads = [threading.Thread(target=self.loop, args=(i,), daemon=True) for i in range(n)]
+
+    def count(self, what: str) -> None:
+        with self.lock:
+            self.status[what] = self.status.get(what, 0) + 1
+
+    def loop(self, i: int) -> None:
+        import httpx
+
+        rng = random.Random(i)
+        headers = {"X-Client-Id": f"soak-client-{i:02d}-{uuid.uuid4().hex[:6]}"}
+        with httpx.Client(base_url=self.url, timeout=120, headers=headers) as c:
+            while not self.stop.is_set():
+                try:
+                    started = time.monotonic()
+                    r = c.post("/v1/query", json={"query": rng.choice(QUESTIONS), "max_tokens": self.tokens})
+                    ended = time.monotonic()
+                    self.count(f"query_{r.status_code}")
+                    if r.status_code != 200:
+                        time.sleep(0.5)
+                        continue
+                    with self.lock:
+                        self.queries.append((ended, ended - started))
+                    iid = r.json()["impression_id"]
+                    kinds = ["view", rng.choice(["like", "dislike"])]
+                    events = [{"event_id": uuid.uuid4().hex, "impression_id": iid, "kind": k} for k in kinds]
+                    started = time.monotonic()
+                    f = c.post("/v1/feedback", json={"events": events})
+                    ended = time.monotonic()
+                    self.count(f"feedback_{f.status_code}")
+                    if f.status_code == 202:
+                        with self.lock:
+                            self.feedbacks.append((ended, ended - started))
+                            for k in kinds:  # the API writes each kind once per impression and client
+                                self.accepted[k] = self.accepted.get(k, 0) + 1
+                except httpx.HTTPError as e:
+                    self.count(f"error_{type(e).__name__}")
+                    time.sleep(0.5)
+
+    def start(self) -> None:
+        for t in self.threads:
+            t.start()
+
+    def join(self) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(180)
+
+    def window(self, kind: str, lo: float, hi: float) -> list[float]:
+        with self.lock:
+            rows = list(self.queries if kind == "query" else self.feedbacks)
+        return [s for t, s in rows if lo <= t < hi]
+
+
+def redis_figures(r, keys: str) -> dict:
+    """``keys``: the aggregator's key prefix (AggregatorStore.p)."""
+    info = r.info("memory")
+    impressions = sum(1 for _ in r.scan_iter(match=keys + "imp:*", count=5000))
+    return {"used_memory": int(info["used_memory"]), "keys": int(r.dbsize()), "impressions": impressions}
+
+
+def stored_counts(r, keys: str) -> dict[str, float]:
+    totals: dict[str, float] = {}
+    for key in r.scan_iter(match=keys + "cnt:*", count=5000):
+        for kind, value in r.hgetall(key).items():
+            totals[kind] = totals.get(kind, 0.0) + float(value)
+    return totals
+
+
+def main() -> None:  # noqa: PLR0915 - one linear script
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=600, help="Length of the soak (after warm-up).")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--model", default="tiny", help="tiny (default), smollm2, or an HF model folder.")
+    parser.add_argument("--tokens", type=int, default=8, help="max_tokens per query.")
+    parser.add_argument("--warmup-s", type=float, default=30, help="Load before the start window opens.")
+    parser.add_argument("--window-s", type=float, default=60, help="Length of the start and end windows.")
+    parser.add_argument("--sample-s", type=float, default=5)
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    window = min(args.window_s, args.seconds / 3)
+
+    import httpx
+    import redis
+
+    from core.infra.broker import EmbeddedBroker, ensure_topics
+    from core.infra.ports import free_port
+    from core.infra.redis_server import EmbeddedRedis
+    from core.model_prep import build_tiny_model, prepare_model
+    from service.aggregator.redis_state import AggregatorStore
+
+    work = Path(tempfile.mkdtemp(prefix="bench-soak-"))
+    if args.model in ("tiny", "smollm2"):
+        model_dir = prepare_model(log=lambda *_: None)
+        if args.model == "tiny":
+            model_dir = build_tiny_model(work / "tiny-model", model_dir)
+        model_name = args.model
+    else:
+        model_dir, model_name = Path(args.model), Path(args.model).name
+    emit(
+        "machine",
+        {"cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]},
+        model=model_name,
+        clients=args.clients,
+        seconds=args.seconds,
+        tokens=args.tokens,
+    )
+    broker = EmbeddedBroker().start()
+    valkey = EmbeddedRedis().start()  # private: used_memory is this deployment's alone
+    r = redis.Redis.from_url(valkey.url, decode_responses=True)
+    prefix = "soak:"
+    agg_keys = AggregatorStore(r, prefix).p
+    topics = {k: f"soak-{uuid.uuid4().hex[:6]}-{k}" for k in ("impressions", "feedback", "records", "dead_letter")}
+    ensure_topics(broker.bootstrap, list(topics.values()), partitions=4)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RLHB_")}
+    env.update(
+        {
+            "TOKENIZERS_PARALLELISM": "false",
+            "OMP_NUM_THREADS": "1",
+            "RLHB_MODEL_PATH": str(model_dir),
+            "RLHB_KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+            "RLHB_REDIS_URL": valkey.url,
+            "RLHB_REDIS_PREFIX": prefix,
+            "RLHB_STATE_DIR": str(work / "state"),
+            "RLHB_ADAPTER_DIR": str(work / "adapters"),
+            "RLHB_TOPIC_IMPRESSIONS": topics["impressions"],
+            "RLHB_TOPIC_FEEDBACK": topics["feedback"],
+            "RLHB_TOPIC_RECORDS": topics["records"],
+            "RLHB_TOPIC_DEAD_LETTER": topics["dead_letter"],
+            "RLHB_API_ADMIN_TOKEN": ADMIN,
+            "RLHB_API_IMPRESSION_SECRET": SECRET,  # the aggregator checks every id with it too
+            "RLHB_API_TORCH_THREADS": "1",
+            "RLHB_API_MAX_TOKENS_CAP": str(max(64, args.tokens)),
+            "RLHB_AGG_GROUP_ID": f"soak-{uuid.uuid4().hex[:6]}",
+        }
+    )
+    procs = {}
+    for name, cmd in (("api", ["api", "--port", str(port), "--log-level", "warning"]), ("aggregator", ["aggregator"])):
+        with open(work / f"{name}.log", "ab") as log:
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "rlhb.cli", *cmd], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+    url = f"http://127.0.0.1:{port}"
+    clients = None
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    raise SystemExit(f"`rlhb {name}` exited; see {work / (name + '.log')}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the API did not become ready")
+            time.sleep(0.3)
+
+        baseline = redis_figures(r, agg_keys)["used_memory"]  # before any traffic: Redis's own overhead
+        ports = {port: "api clients", broker.port: "broker", valkey.port: "redis"}
+        emit("api_fd_kinds", fd_kinds(procs["api"].pid, ports), when="before traffic")
+        clients = Clients(url, args.clients, args.tokens)
+        t0 = time.monotonic()
+        clients.start()
+        samples: list[dict] = []
+        end_at = t0 + args.warmup_s + args.seconds
+        while time.monotonic() < end_at:
+            for name, p in procs.items():
+                if p.poll() is not None:
+                    raise SystemExit(f"`rlhb {name}` exited mid-soak; see {work / (name + '.log')}")
+            ready = httpx.get(f"{url}/readyz", timeout=30).json()
+            sample = {
+                "t": round(time.monotonic() - t0, 1),
+                "api_rss_mb": round(rss_mb(procs["api"].pid), 1),
+                "agg_rss_mb": round(rss_mb(procs["aggregator"].pid), 1),
+                "api_fds": open_fds(procs["api"].pid),
+                "agg_fds": open_fds(procs["aggregator"].pid),
+                "outbox_pending": ready["checks"]["outbox"]["pending"],
+                "queries": len(clients.queries),
+                **redis_figures(r, agg_keys),
+            }
+            samples.append(sample)
+            emit("sample", sample)
+            time.sleep(max(0.0, min(args.sample_s, end_at - time.monotonic())))
+        emit("api_fd_kinds", fd_kinds(procs["api"].pid, ports), when="end")
+        clients.join()
+        total_s = time.monotonic() - t0
+
+        # Exactly once: wait until the aggregator has counted what the API accepted (or stops moving).
+        want = dict(clients.accepted)
+        got, last, still = {}, None, time.monotonic()
+        while time.monotonic() - still < 60:
+            got = stored_counts(r, agg_keys)
+            if all(got.get(k, 0) >= v for k, v in want.items()):
+                break
+            if got != last:
+                last, still = got, time.monotonic()
+            time.sleep(1)
+        exact = all(got.get(k, 0) == v for k, v in want.items())
+        emit("counts", {"accepted": want, "in_redis": got}, exact=exact)
+
+        lo, hi = args.warmup_s, args.warmup_s + args.seconds
+        start_win, end_win = (t0 + lo, t0 + lo + window), (t0 + hi - window, t0 + hi)
+
+        def in_win(win) -> list[dict]:
+            return [s for s in samples if win[0] - t0 <= s["t"] <= win[1] - t0] or samples[:1]
+
+        def mean(rows: list[dict], key: str) -> float:
+            return statistics.fmean(s[key] for s in rows)
+
+        first, last_rows = in_win(start_win), in_win(end_win)
+        figures: dict[str, dict] = {}
+        for key in ("api_rss_mb", "agg_rss_mb", "api_fds", "agg_fds", "used_memory", "keys", "outbox_pending"):
+            a, b = mean(first, key), mean(last_rows, key)
+            figures[key] = {"start": round(a, 1), "end": round(b, 1), "ratio": round(b / a, 3) if a else None}
+        per_imp = [
+            ((s["used_memory"] - baseline) / s["impressions"]) if s["impressions"] else None
+            for s in (first[-1], last_rows[-1])
+        ]
+        figures["redis_bytes_per_impression"] = {
+            "start": round(per_imp[0]) if per_imp[0] else None,
+            "end": round(per_imp[1]) if per_imp[1] else None,
+            "ratio": round(per_imp[1] / per_imp[0], 3) if all(per_imp) else None,
+        }
+        half = [s for s in samples if s["t"] >= lo + args.seconds / 2]
+        for key in ("api_rss_mb", "agg_rss_mb"):
+            figures[key]["second_half_slope_mb_per_min"] = round(slope_per_min([(s["t"], s[key]) for s in half]), 3)
+        for kind in ("query", "feedback"):
+            a, b = clients.window(kind, *start_win), clients.window(kind, *end_win)
+            figures[f"{kind}_latency_s"] = {
+                "start": {"p50": pct(a, 0.5), "p99": pct(a, 0.99), "n": len(a)},
+                "end": {"p50": pct(b, 0.5), "p99": pct(b, 0.99), "n": len(b)},
+                "p99_ratio": round(pct(b, 0.99) / pct(a, 0.99), 3) if a and b else None,
+            }
+            for w in ("start", "end"):
+                for q in ("p50", "p99"):
+                    v = figures[f"{kind}_latency_s"][w][q]
+                    figures[f"{kind}_latency_s"][w][q] = round(v, 4) if v is not None else None
+        for key, value in figures.items():
+            emit(key, value)
+        queries = len(clients.queries)
+        emit("status_counts", clients.status)
+        bounded = {
+            "api_rss": (figures["api_rss_mb"]["ratio"] or 0) <= 1.10,
+            "agg_rss": (figures["agg_rss_mb"]["ratio"] or 0) <= 1.10,
+            "fds": figures["api_fds"]["end"] - figures["api_fds"]["start"] <= 8
+            and figures["agg_fds"]["end"] - figures["agg_fds"]["start"] <= 8,
+            "redis_per_impression": (figures["redis_bytes_per_impression"]["ratio"] or 99) <= 1.20,
+            "query_p99": (figures["query_latency_s"]["p99_ratio"] or 99) <= 1.5,
+            "counts_exact": exact,
+        }
+        emit(
+            "summary",
+            {
+                "model": model_name,
+                "clients": args.clients,
+                "seconds": round(total_s, 1),
+                "queries": queries,
+                "queries_per_s": round(queries / total_s, 2),
+                "feedback_events_accepted": sum(want.values()),
+                "api_rss_mb": figures["api_rss_mb"],
+                "agg_rss_mb": figures["agg_rss_mb"],
+                "api_fds": figures["api_fds"],
+                "agg_fds": figures["agg_fds"],
+                "redis_used_memory": figures["used_memory"],
+                "redis_bytes_per_impression": figures["redis_bytes_per_impression"],
+                "query_p99_s": {
+                    "start": figures["query_latency_s"]["start"]["p99"],
+                    "end": figures["query_latency_s"]["end"]["p99"],
+                    "ratio": figures["query_latency_s"]["p99_ratio"],
+                },
+                "loadavg_1m": os.getloadavg()[0],
+                "checks": bounded,
+                "bounded": all(bounded.values()),
+            },
+        )
+    finally:
+        if clients is not None:
+            clients.stop.set()
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+        for p in procs.values():
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        r.close()
+        valkey.stop()
+        broker.stop()
+
+
+if __name__ == "__main__":
+    main()
