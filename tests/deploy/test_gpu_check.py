@@ -20,14 +20,15 @@ def test_dry_run_prints_the_plan_and_exits_0():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = [json.loads(line) for line in proc.stdout.splitlines()]  # every line is JSON
     checks = [row["check"] for row in rows]
-    assert checks == ["dry_run", "nvidia-smi", "torch_cuda", "train_round", "vllm_smoke", "summary"]
+    assert checks == ["dry_run", "nvidia-smi", "torch_cuda", "train_round", "serving", "vllm_smoke", "summary"]
     plan = {row["check"]: row for row in rows[1:-1]}
     assert "nvidia-smi" in plan["nvidia-smi"]["plan"]
     assert (
         "RLHB_DEVICE=cuda RLHB_DTYPE=bfloat16" in plan["train_round"]["plan"] and "train" in plan["train_round"]["plan"]
     )
     # what this machine must have to run the script (torch, the package) is there
-    assert plan["torch_cuda"]["available"] and plan["train_round"]["available"]
+    assert plan["torch_cuda"]["available"] and plan["train_round"]["available"] and plan["serving"]["available"]
+    assert "EmbeddedBackend" in plan["serving"]["plan"]
     assert rows[-1] == {**rows[-1], "check": "summary", "dry_run": True, "ok": True}
 
 

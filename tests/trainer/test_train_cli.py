@@ -84,3 +84,15 @@ def test_plot_errors_are_clear(tmp_path):
     bad.write_text('{"unrelated": 1}\n')
     result = runner.invoke(app, ["train", "plot", str(bad), "--out", str(tmp_path / "x.png")])
     assert result.exit_code == 2 and "none of the plotted metrics" in result.output
+
+
+def test_rlhb_device_is_read_by_train(tmp_path, tiny_model_dir, monkeypatch):
+    """`rlhb train` trains where RLHB_DEVICE says (it once ignored it and always used auto): a
+    device this machine lacks (cuda:99, absent on a CPU machine and on any GPU box) is refused
+    before loading anything, with the setting named."""
+    monkeypatch.setenv("RLHB_DEVICE", "cuda:99")
+    args = ["train", "--records", str(records_file(tmp_path)), "--out", str(tmp_path / "a"), "--steps", "1"]
+    result = runner.invoke(app, [*args, "--model", str(tiny_model_dir), "--no-progress", *SMALL])
+    assert result.exit_code == 2, result.output
+    assert "RLHB_DEVICE=cuda:99" in result.output
+    assert not (tmp_path / "a").exists()

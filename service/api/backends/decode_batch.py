@@ -72,7 +72,7 @@ class DecodeBatch:
         """Only rows ``keep`` (in that order); None when no row is left."""
         if not keep:
             return None
-        idx = torch.tensor(keep, dtype=torch.long)
+        idx = torch.tensor(keep, dtype=torch.long, device=self.mask.device)
         mask = self.mask.index_select(0, idx)
         # Columns no remaining row attends to (left padding, finished rows' history) only cost time.
         used = mask.any(dim=0).nonzero()

@@ -129,8 +129,14 @@ class EmbeddedBackend(Backend):
         torch_threads: int = 0,
         on_batch: Callable[[int], None] | None = None,
         prefix_cache: bool = True,
+        device: str = "auto",
+        dtype: str = "auto",
     ):
         self.model_path = Path(model_path)
+        # RLHB_DEVICE / RLHB_DTYPE (core/device.py), resolved when the model loads: auto is CUDA
+        # in bfloat16 where there is one, else the CPU in float32 (the same rule as the trainer).
+        self.device_setting, self.dtype_setting = device, dtype
+        self.device: Any = None
         self.model_id = self.model_path.name
         self.batch_window_s = batch_window_ms / 1000.0
         self.max_batch_size = max_batch_size
@@ -159,13 +165,22 @@ class EmbeddedBackend(Backend):
         self._thread.start()
 
     def _load_model(self) -> None:
+        from core.device import dtype_name, resolve_device
         from core.model_loading import load_causal_lm
 
         if not (self.model_path / "config.json").exists():
             raise BackendError(f"no model at {self.model_path} (config.json missing); set RLHB_MODEL_PATH")
+        try:
+            device, dtype = resolve_device(self.device_setting, self.dtype_setting)
+        except ValueError as e:  # a device this machine lacks: say which setting to change
+            raise BackendError(str(e)) from e
         # Left padding: decoder-only batching, prompts end where generation starts. Everything
         # is loaded from local folders: never wait on (or call) a model hub.
-        model, tok = load_causal_lm(self.model_path, dtype="float32", padding_side="left", local_files_only=True)
+        model, tok = load_causal_lm(
+            self.model_path, dtype=dtype, device=device, padding_side="left", local_files_only=True
+        )
+        self.device = device
+        log.info("embedded backend on %s in %s", device, dtype_name(dtype))
         eos = model.generation_config.eos_token_id
         eos = eos if isinstance(eos, list) else [eos]
         self._eos = {int(e) for e in [*eos, tok.eos_token_id] if e is not None}
@@ -526,11 +541,12 @@ class EmbeddedBackend(Backend):
         import torch
 
         reqs = [r.job.request for r in rows]
+        on = logits.device  # the sampling settings go where the logits are (the GPU, when serving there)
         return sample_rows(
-            logits,
-            torch.tensor([q.temperature for q in reqs], dtype=torch.float32),
-            torch.tensor([q.top_p for q in reqs], dtype=torch.float32),
-            torch.tensor([q.greedy for q in reqs]),
+            logits.float(),  # sort and softmax in float32: bfloat16 logits would coarsen top-p
+            torch.tensor([q.temperature for q in reqs], dtype=torch.float32, device=on),
+            torch.tensor([q.top_p for q in reqs], dtype=torch.float32, device=on),
+            torch.tensor([q.greedy for q in reqs], device=on),
         )
 
     def _settle(
@@ -638,9 +654,10 @@ class EmbeddedBackend(Backend):
                         layer,
                     )
                 self.prefix_hits += 1
-                return {"input_ids": ids, "attention_mask": mask, "past_key_values": cache}, [len(f) for f in full]
+                inputs = {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}
+                return {**inputs, "past_key_values": cache}, [len(f) for f in full]
         enc = tok([j.request.prompt for j in jobs], return_tensors="pt", padding=True, add_special_tokens=False)
-        return dict(enc), [len(f) for f in full]
+        return {k: v.to(self.device) for k, v in enc.items()}, [len(f) for f in full]
 
     def cached_prefixes(self) -> list[tuple[str, str]]:
         """(peft adapter name, prefix) pairs whose keys/values are cached, least recently used first."""
@@ -665,7 +682,7 @@ class EmbeddedBackend(Backend):
         if kv is None:
             model, kwargs = self._adapter_mode([name])
             with torch.inference_mode():
-                out = model(input_ids=torch.tensor([pids]), use_cache=True, **kwargs)
+                out = model(input_ids=torch.tensor([pids], device=self.device), use_cache=True, **kwargs)
             kv = [(layer.keys, layer.values) for layer in out.past_key_values.layers]
         self._prefix_kvs[key] = kv  # most recently used last
         while len(self._prefix_kvs) > PREFIX_CACHE_ENTRIES:

@@ -243,3 +243,43 @@ def test_tokenized_prefix_cache_is_a_bounded_lru(backend):
     assert len(backend._prefix_tokens) <= PREFIX_TOKEN_ENTRIES
     assert "behavior sentence number 0" not in backend._prefix_tokens
     assert backend._prefix_tokens["kept prefix"] == kept
+
+
+def test_the_device_and_dtype_settings_reach_the_served_model(tiny_model_dir, versions):
+    """RLHB_DEVICE / RLHB_DTYPE (core/device.py) are the backend's too: with dtype bfloat16 the
+    base weights are bfloat16 on the named device, batched answers (base and an adapter in one
+    step, a mixed-adapter step) come out, and the adapter changes the answer to the same prompt
+    (it is applied on that device, batched and alone). Not compared token for token with the
+    one-at-a-time answers: bfloat16 sums depend on the batch's shape, and the tiny random model's
+    near-flat logits turn that rounding into other argmaxes (float32 equality is tested above).
+    On the CPU this is the code path a GPU takes (every tensor made on the model's device); a
+    device the machine lacks is a clear error naming the setting."""
+    import torch
+
+    b = EmbeddedBackend(tiny_model_dir, batch_window_ms=60, device="cpu", dtype="bfloat16")
+    asyncio.run(b.start())
+    try:
+        assert b.device == torch.device("cpu")
+        assert {p.dtype for p in b._model.parameters()} == {torch.bfloat16}
+
+        async def run():
+            await b.load_adapter(versions[1])
+            b.acquire(versions[1])
+            p0, p1 = prompts(b)[:2]
+            reqs = [GenerationRequest(p0, 5), GenerationRequest(p0, 5, adapter=versions[1]), GenerationRequest(p1, 5)]
+            singles = [await b.generate(r) for r in reqs]
+            batched = await asyncio.gather(*[b.generate(r) for r in reqs])
+            b.release(versions[1])
+            return singles, batched
+
+        singles, batched = asyncio.run(run())
+        assert [r.adapter_version for r in batched] == ["base", "e2", "base"]
+        assert all(r.completion_tokens > 0 for r in batched)
+        assert batched[1].text != batched[0].text and singles[1].text != singles[0].text
+    finally:
+        asyncio.run(b.close())
+
+    if not torch.cuda.is_available():
+        missing = EmbeddedBackend(tiny_model_dir, device="cuda")
+        with pytest.raises(Exception, match="RLHB_DEVICE=cuda"):
+            asyncio.run(missing.start())
