@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from core.paths import MODEL_NAME, default_model_dir
+from core.progress import progress_bar
 
 __all__ = ["MODEL_NAME", "build_tiny_model", "bundled_gguf", "default_model_dir", "prepare_model"]
 
@@ -34,8 +35,9 @@ def bundled_gguf() -> Path:
     return found[0]
 
 
-def prepare_model(target: Path | None = None, force: bool = False, log=print) -> Path:
-    """Convert the bundled GGUF to an HF folder at ``target`` (default: the cache dir)."""
+def prepare_model(target: Path | None = None, force: bool = False, log=print, progress: bool | None = False) -> Path:
+    """Convert the bundled GGUF to an HF folder at ``target`` (default: the cache dir); ``progress``:
+    a three-step bar on stderr (core.progress: None shows it on a terminal)."""
     target = Path(target or default_model_dir())
     if (target / "config.json").exists() and not force:
         log(f"model already prepared at {target}")
@@ -45,6 +47,7 @@ def prepare_model(target: Path | None = None, force: bool = False, log=print) ->
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = bundled_gguf()
+    bar = progress_bar(total=3, enabled=progress, desc="load GGUF", unit="step")
     log(f"[1/3] loading {gguf.name} (about 25 s the first time)")
     t0 = time.time()
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -54,6 +57,8 @@ def prepare_model(target: Path | None = None, force: bool = False, log=print) ->
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    bar.update()
+    bar.set_description("write HF folder")
     log(f"[2/3] loaded in {time.time() - t0:.1f}s; writing HF folder")
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -63,6 +68,9 @@ def prepare_model(target: Path | None = None, force: bool = False, log=print) ->
     if target.exists():
         shutil.rmtree(target)
     os.replace(tmp, target)
+    bar.update(2)
+    bar.set_description("model ready")
+    bar.close()
     log(f"[3/3] model ready at {target}")
     return target
 

@@ -154,7 +154,9 @@ class CommonSettings(BaseSettings):
     state_dir: Path = Field(
         default_factory=lambda: default_cache_dir() / "state",
         validation_alias=_alias("RLHB_STATE_DIR"),
-        description="Local durable state: impression outbox, embedded infra state file.",
+        description="Local durable state (the data folder): impression outbox, embedded infra state file, "
+        "the embedded Redis's append-only file (redis/), the trainer's records, the generated admin token and "
+        "impression key of `rlhb up`.",
     )
     dev_mode: bool = Field(
         default=False,
@@ -338,6 +340,13 @@ class ApiSettings(CommonSettings):
     )
     backend: str = Field(default="embedded", pattern="^(embedded|vllm)$", description="Generation backend.")
     vllm_base_url: str = Field(default="", description="Remote vLLM OpenAI server; empty: in-process vLLM.")
+    # A plain comma-separated string, not a list field: pydantic-settings would want JSON for a list.
+    vllm_urls: str = Field(
+        default="",
+        description="Remote vLLM replicas, comma-separated base URLs (http://vllm-0:8000,http://vllm-1:8000): every "
+        "published adapter is loaded into each before traffic moves to it, requests are spread round-robin. "
+        "Empty: RLHB_API_VLLM_BASE_URL (one replica), or in-process vLLM when that is empty too.",
+    )
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Default answer length in tokens.")
     max_tokens_cap: int = Field(default=512, ge=1, le=8192, description="Largest max_tokens a request may ask.")
     batch_window_ms: float = Field(default=15.0, ge=0, le=1000, description="Idle: wait for more requests.")
@@ -378,6 +387,17 @@ class ApiSettings(CommonSettings):
         description="Largest request body on any route, checked before the body is read (413 above it); "
         "the default fits a full feedback batch.",
     )
+    # Human ratings (/rate, core/ratings_store.py). SecretStr: tokens and a database URL's password.
+    rater_tokens: SecretStr = Field(
+        default=SecretStr(""),
+        description="Raters of the /rate page, as 'name=token,name=token' (a bare token gets a name derived "
+        "from it); the page sends the token as the X-Rater-Token header. Empty: the rating page is off (403).",
+    )
+    ratings_store: SecretStr = Field(
+        default=SecretStr(""),
+        description="Where human ratings are stored: a postgresql:// URL, or a SQLite file path (sqlite:///path "
+        "or a plain path). Empty: ratings.sqlite3 under RLHB_STATE_DIR.",
+    )
     outbox_max_pending: int = Field(
         default=100_000,
         ge=1,
@@ -391,10 +411,28 @@ class ApiSettings(CommonSettings):
         _check_secret(self.impression_secret.get_secret_value(), "RLHB_API_IMPRESSION_SECRET", self.dev_mode)
         if self.max_new_tokens > self.max_tokens_cap:
             raise ValueError("RLHB_API_MAX_NEW_TOKENS must not exceed RLHB_API_MAX_TOKENS_CAP")
+        if self.vllm_urls.strip() and self.vllm_base_url.strip():
+            raise ValueError(
+                "set RLHB_API_VLLM_URLS (a list of replicas) or RLHB_API_VLLM_BASE_URL (one), not both; "
+                "put every replica in RLHB_API_VLLM_URLS"
+            )
+        for url in self.vllm_replica_urls():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"RLHB_API_VLLM_URLS: {url!r} is not an http(s) base URL (http://vllm-0:8000)")
         from core.impression_ids import parse_old_secrets
 
         parse_old_secrets(self.impression_old_secrets.get_secret_value())  # malformed: fail at start, clearly
+        from core.ratings_store import parse_rater_tokens
+
+        for token in parse_rater_tokens(self.rater_tokens.get_secret_value()):
+            _check_secret(token, "a token in RLHB_API_RATER_TOKENS", self.dev_mode)
         return self
+
+    def vllm_replica_urls(self) -> list[str]:
+        """The remote vLLM replicas' base URLs (no trailing slash); [] means in-process vLLM. The old
+        single RLHB_API_VLLM_BASE_URL is a one-replica list."""
+        raw = self.vllm_urls if self.vllm_urls.strip() else self.vllm_base_url
+        return [u.strip().rstrip("/") for u in raw.split(",") if u.strip()]
 
 
 class AggregatorSettings(CommonSettings):
@@ -478,6 +516,20 @@ class AggregatorSettings(CommonSettings):
     edges_refit_s: float = Field(default=30.0, gt=0, description="How often rate edges are refitted.")
     edges_sample: int = Field(default=5000, ge=10, description="Most recent records the edges are fitted on.")
     edges_min_records: int = Field(default=50, ge=1, description="Below this many records the prior edges are used.")
+    metrics_port: int = Field(
+        default=9101,
+        ge=0,
+        le=65535,
+        description="Port of this member's Prometheus /metrics (events, dead letters, lag, dedupe hits); 0: off. "
+        "Taken (several members on one host): a warning, the member runs without it.",
+    )
+    status_period_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="How often the member writes its status to Redis (GET /admin/status); missing for 3 periods "
+        "reads as down.",
+    )
 
     @field_validator("rates")
     @classmethod
@@ -700,6 +752,20 @@ class TrainerSettings(CommonSettings):
         ge=1,
         description="Views each A/B arm needs without a significant drop before the candidate is promoted "
         "(a significant drop rejects it earlier; the RLHB_TRAINER_GUARDRAIL_* thresholds apply).",
+    )
+    metrics_port: int = Field(
+        default=9102,
+        ge=0,
+        le=65535,
+        description="Port of the trainer's Prometheus /metrics (round phase, step, iteration seconds, D accuracy); "
+        "0: off. Taken: a warning, the trainer runs without it.",
+    )
+    status_period_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=300,
+        description="How often the trainer writes its status and training curve to Redis (GET /admin/status, the "
+        "dashboard); missing for 3 periods reads as down.",
     )
     gate: GateSettings = Field(
         default_factory=GateSettings,

@@ -16,10 +16,12 @@ from pathlib import Path
 import typer
 
 from core.errors import clear_errors
+from core.progress import PROGRESS_HELP
 from rlhb.ablate import VARIANTS
 from rlhb.config_cli import config_app
 from rlhb.demo import demo
 from rlhb.evaluation.cli import eval_app
+from rlhb.records_cli import records_tail
 from rlhb.schemas_cli import schemas_app
 from rlhb.simulate.driver import simulate
 from service.aggregator.cli import aggregator_app, records_app
@@ -45,23 +47,26 @@ def common_settings():
 
 # --------------------------------------------------------------------------- model
 @model_app.command("prepare")
-def model_prepare(force: bool = typer.Option(False, help="Rebuild even if the folder exists.")) -> None:
+def model_prepare(
+    force: bool = typer.Option(False, help="Rebuild even if the folder exists."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
+) -> None:
     """Convert the bundled SmolLM2-135M-Instruct GGUF to an HF folder (once)."""
     from core.model_prep import prepare_model
 
     with clear_errors():
-        prepare_model(force=force)
+        prepare_model(force=force, progress=progress)
 
 
 # --------------------------------------------------------------------------- infra
 @infra_app.command("up")
 def infra_up() -> None:
-    """Start the embedded broker (and Redis if none answers) and keep them running."""
-    from core.infra.resolve import resolve_infra, write_infra_state
+    """Start the embedded broker and Redis (append-only file in RLHB_STATE_DIR/redis) and keep them running."""
+    from core.infra.resolve import redis_data_dir, resolve_infra, write_infra_state
 
     with clear_errors():
         settings = common_settings()
-        infra = resolve_infra(settings)
+        infra = resolve_infra(settings, redis_dir=redis_data_dir(settings))
     path = write_infra_state(settings, infra)
     typer.echo(json.dumps({"bootstrap": infra.bootstrap, "redis_url": infra.redis_url, "state": str(path)}))
     stop = {"now": False}
@@ -138,17 +143,20 @@ def up(
     """
     import logging
 
-    from core.infra.resolve import resolve_infra, write_infra_state
+    from core.dev_secrets import fill_deployment_secrets
+    from core.infra.resolve import redis_data_dir, resolve_infra, write_infra_state
     from rlhb.supervisor import RestartPolicy, Supervisor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     with clear_errors():
         settings = common_settings()
         settings.resolved_model_path() if settings.model_path else _ensure_model()
-        infra = resolve_infra(settings)
+        infra = resolve_infra(settings, redis_dir=redis_data_dir(settings))  # Redis with an append-only file
     write_infra_state(settings, infra)
     env = {**os.environ, **infra.env(), "RLHB_API_PORT": str(port)}
-    env.setdefault("RLHB_DEV_MODE", "1") if not env.get("RLHB_API_ADMIN_TOKEN") else None
+    # No dev mode: a per-install admin token and impression key instead (core/dev_secrets.py).
+    for line in fill_deployment_secrets(env, settings.state_dir):
+        typer.echo(line)
     names = ["api", "aggregator"] + (["trainer"] if trainer else [])
     commands = {name: [sys.executable, "-m", "rlhb.cli", name] for name in names}
     policy = RestartPolicy(initial_backoff_s=backoff, max_backoff_s=max_backoff, max_restarts=max_restarts)
@@ -206,6 +214,7 @@ def ablate(
 # Each of these modules imports only typer at module level, so `rlhb --help` stays instant.
 app.add_typer(aggregator_app, name="aggregator")
 app.add_typer(records_app, name="records")
+records_app.command("tail")(records_tail)  # reads the topic the aggregator writes; lives at the top
 app.add_typer(eval_app, name="eval")
 app.add_typer(train_app, name="train")
 app.add_typer(schemas_app, name="schemas")

@@ -19,6 +19,7 @@ from pathlib import Path
 import typer
 
 from core.errors import fail, validation_message
+from core.progress import PROGRESS_HELP, progress_enabled
 
 train_app = typer.Typer(
     help="Train a LoRA adapter from behavior records (rlhb, rlhbc, rlhf, sft, pro); `plot` draws curves.",
@@ -81,7 +82,7 @@ def train(
     metrics: Path | None = typer.Option(None, help="Metrics JSONL (default: OUT/<name>.metrics.jsonl)."),
     seed: int = typer.Option(0, help="Random seed."),
     set_: list[str] = typer.Option([], "--set", help="Config override key=value (repeatable): --set kl_coef=0.02."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Train from exported records and write one immutable adapter version."""
     if ctx.invoked_subcommand is not None:
@@ -100,6 +101,9 @@ def train(
         from core.settings import CommonSettings
 
         settings = CommonSettings()
+        from core.device import resolve_device
+
+        resolve_device(settings.device, settings.dtype)  # RLHB_DEVICE / RLHB_DTYPE: a clear error now, not mid-round
         model_path = model or settings.resolved_model_path()
         if not (Path(model_path) / "config.json").is_file():
             raise FileNotFoundError(f"--model {model_path}: no config.json there; pass an HF causal LM folder")
@@ -115,7 +119,9 @@ def train(
             metrics_path=metrics or output_root / f"{version_name}.metrics.jsonl",
             seed=seed,
             steps=steps,
-            progress=progress,
+            progress=progress_enabled(progress),
+            device=settings.device,
+            dtype=settings.dtype,
         )
     except (RecordsError, ConfigError, ValueError, FileNotFoundError, ValidationError) as e:
         fail(validation_message(e) if isinstance(e, ValidationError) else str(e))

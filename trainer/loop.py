@@ -15,9 +15,10 @@ Rounds start every ``records_per_round`` new records, or when a request is queue
 list ``{prefix}train:requests`` (``POST /admin/train`` pushes ``{"reason", "algorithm"?}``; a
 request pushed straight to Redis may also carry ``"gate": {GateConfig overrides}``).
 
-Resume (the simple correct scheme): the buffer is rebuilt by re-reading the records topic
-from the beginning on every start (``seek_to_beginning`` on assignment; the buffer keeps the
-latest record per impression, so re-reading is idempotent). Committed offsets only mark
+Resume (the simple correct scheme): the buffer is reloaded from the trainer's record file
+(``trainer/record_store.py``: the embedded broker forgets its topics on restart) and then rebuilt
+by re-reading the records topic from the beginning on every start (``seek_to_beginning`` on
+assignment; the buffer keeps the latest record per impression, so re-reading is idempotent). Committed offsets only mark
 which records a finished round has seen: records after them count as *new*, so a round
 killed half-way is redone after a restart. Offsets are committed after the round's registry
 state is stored. A request being served sits in ``{prefix}train:inflight`` and is put back
@@ -73,7 +74,10 @@ from core.settings import TrainerSettings
 from schemas.adapters import BASE_VERSION
 from schemas.behavior import BehaviorRecord
 from trainer.guardrail import GuardrailConfig, LiveCounts, ab_test, drop_test
+from trainer.record_store import FILE_NAME as RECORDS_FILE
+from trainer.record_store import RecordStore
 from trainer.replay_buffer import ReplayBuffer
+from trainer.status import TrainerStatus
 
 log = logging.getLogger(__name__)
 
@@ -163,6 +167,8 @@ class Trainer:
         self.registry = Registry(settings.adapter_dir, self.redis, settings.redis_prefix)
         self.buffer = ReplayBuffer(settings.buffer_size, settings.recency_half_life)
         self.live = LiveCounts()
+        self.store = RecordStore(Path(settings.state_dir) / RECORDS_FILE, settings.buffer_size)
+        self.reloaded = 0  # records reloaded from the store at start
         self.guardrail_cfg = guardrail_config(settings)
         self.gate_cfg = build_gate_config(settings)
         build_algorithm_config(settings, settings.algorithm)  # fail at start on a bad override, not in round 1
@@ -189,6 +195,8 @@ class Trainer:
         self._round_started = 0.0
         self._last_status = 0.0
         self._state = "starting"
+        # /admin/status, the dashboard, Prometheus (trainer/status.py): phase, step k of M, curves
+        self.progress = TrainerStatus(self.redis, p, settings.status_period_s, settings.metrics_port)
 
     # ------------------------------------------------------------------ start / stop
     def start(self) -> None:
@@ -200,6 +208,7 @@ class Trainer:
         if removed["temp"] or removed["unregistered"]:
             log.warning("removed leftovers of an interrupted run: %s", removed)
         self.registry.sync()
+        self._reload_records()
         while self.redis.lmove(self.inflight_key, self.requests_key, "RIGHT", "LEFT"):
             log.info("re-queued a training request interrupted by the last stop")
 
@@ -228,6 +237,7 @@ class Trainer:
 
         self.consumer.subscribe([s.topic_records], listener=Replay())
         self._state = "idle"
+        self.progress.serve()
         log.info(
             "trainer up: %s on %s, group %s, algorithm %s, round every %d records, adapters in %s",
             s.topic_records,
@@ -238,7 +248,19 @@ class Trainer:
             self.registry.root,
         )
 
+    def _reload_records(self) -> None:
+        """The records kept on disk into the buffer and the live counts (before the topic is read),
+        then the file rewritten from the buffer: bounded, deduplicated, no torn line."""
+        for record in self.store.load():
+            self.buffer.add(record)
+            self.live.add(record)
+            self.reloaded += 1
+        self.store.rewrite(self.buffer.records())
+        if self.reloaded:
+            log.info("reloaded %d records (%d impressions) from %s", self.reloaded, len(self.buffer), self.store.path)
+
     def close(self) -> None:
+        self.store.close()
         if self.dist.distributed and self._round is None:  # mid-round the round thread owns the collectives
             from trainer.distributed import send_message
 
@@ -246,6 +268,7 @@ class Trainer:
         if self.consumer is not None:
             self.consumer.close(autocommit=False)
         self._publish_status(force=True, state="stopped")
+        self.progress.close()
         self.redis.close()
 
     @property
@@ -264,9 +287,10 @@ class Trainer:
         while self._unknown_committed:
             tp = self._unknown_committed.pop()
             self._committed_at_start[tp] = self.consumer.committed(tp) or 0
-        for tp, messages in batch.items():
-            for message in messages:
-                self._ingest(tp, message)
+        read = [r for tp, messages in batch.items() for message in messages if (r := self._ingest(tp, message))]
+        self.store.append(read)
+        if self.store.needs_compaction:
+            self.store.rewrite(self.buffer.records())
         if self.settings.guardrail and self.settings.ab_share == 0:
             self.check_guardrail()
         self.check_trial()
@@ -286,7 +310,7 @@ class Trainer:
             send_message(self.dist, {"kind": "idle"})
             self._last_heartbeat = time.monotonic()
 
-    def _ingest(self, tp, message) -> None:
+    def _ingest(self, tp, message) -> BehaviorRecord | None:
         try:
             record = BehaviorRecord.model_validate_json(message.value)
         except ValueError as e:
@@ -305,6 +329,7 @@ class Trainer:
         if record is not None:
             self.buffer.add(record)
             self.live.add(record)
+        return record
 
     # ------------------------------------------------------------------ rounds
     def _maybe_start_round(self) -> None:
@@ -329,6 +354,7 @@ class Trainer:
         self._round_started = time.time()
         self._state = "training"
         trigger = "request" if request else f"{self.settings.records_per_round} new records"
+        self.progress.begin_round(round_no, self.settings.steps_per_round, (request or {}).get("reason", trigger))
         log.info("round %d starts (%s), buffer %d records", round_no, trigger, len(self.buffer))
         self._round = threading.Thread(
             target=self._round_main, args=(round_no, request or {}), daemon=True, name=f"round-{round_no}"
@@ -379,6 +405,7 @@ class Trainer:
         name = f"{algorithm}-r{round_no:04d}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         metrics_dir = Path(s.state_dir) / "trainer-metrics"
         metrics_dir.mkdir(parents=True, exist_ok=True)
+        self.progress.watch(metrics_dir / f"{name}.jsonl")
         train_request = TrainRequest(
             records=train,
             model_path=self.model_path,
@@ -414,9 +441,11 @@ class Trainer:
         if isinstance(request.get("gate"), dict):  # per-round gate overrides (tests, experiments)
             gate_cfg = gate_with(gate_cfg, request["gate"])
         publisher = TrialRegistry(self.registry, s.ab_share) if s.ab_share > 0 else self.registry
+        self.progress.set_phase("gating")
         gate = gate_and_publish(
             publisher, version, self.model_path, heldout, gate_cfg, device=self.device, dtype=self.dtype
         )
+        self.progress.set_phase("publishing")
         pruned = self.registry.prune(s.keep_versions)
         final = {k: v for k, v in (result.metrics[-1] if result.metrics else {}).items() if isinstance(v, int | float)}
         outcome = "published" if gate.passed else "rejected"
@@ -458,6 +487,7 @@ class Trainer:
         pipe.ltrim(self.rounds_key, -ROUNDS_KEPT, -1)
         pipe.execute()
         self._state = "idle"
+        self.progress.end_round(result)
         log.info(
             "round %s: %s %s %s",
             result.get("round"),
@@ -574,6 +604,7 @@ class Trainer:
             "algorithm": self.settings.algorithm,
             "buffer": len(self.buffer),
             "records_seen": self.buffer.added,
+            "records_reloaded": self.reloaded,
             "new_records": self.new_records,
             "records_per_round": self.settings.records_per_round,
             "rounds_done": self.rounds_done,
@@ -599,6 +630,7 @@ class Trainer:
             self.redis.set(self.status_key, json.dumps(self.status(), default=str))
         except Exception as e:  # noqa: BLE001 - status is best effort
             log.debug("status not published: %s", e)
+        self.progress.publish(self.status, force=force)
 
 
 def read_status(redis, prefix: str) -> dict:

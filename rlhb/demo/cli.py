@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from core.progress import PROGRESS_HELP
 from rlhb.demo.config import DemoConfig, parse_sets, quick_config
 from rlhb.demo.run import run_demo
 
@@ -49,6 +50,7 @@ def demo(
     judge_rejected: bool = typer.Option(
         True, "--judge-rejected/--no-judge-rejected", help="Measure a rejected candidate offline (never served)."
     ),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """The closed loop with simulated users: serve, react, aggregate, train, gate, hot-swap, report."""
     overrides = {
@@ -63,6 +65,7 @@ def demo(
             drift=drift or None,
             poison_round=poison_round or None,
             ab_share=ab_share or None,
+            progress=progress,
         ).items()
         if v is not None
     }

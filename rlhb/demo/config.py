@@ -162,6 +162,8 @@ class DemoConfig:
     """After a lane's last round, its last served version also answers the held-out questions under
     the least preferred sentence: the behavior-following gap (most vs least preferred, same version),
     the paper's pi(a | s, b). One more evaluation per lane."""
+    progress: bool | None = None
+    """A progress bar per traffic batch and evaluation on stderr (None: only on a terminal)."""
     keep_redis_state: bool = False
     """Keep the lanes' Redis keys after the run (default: delete them; the machine's Redis is shared)."""
     drift: str = ""

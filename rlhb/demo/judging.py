@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from core.progress import progress_bar
 from rlhb.demo.config import EVAL_SEED_OFFSET, DemoConfig
 from rlhb.demo.lanes import Lane
 
@@ -45,7 +46,11 @@ def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say, behavior
     )
     qs = [q for _ in range(cfg.eval_samples) for q in questions]
     t0 = time.time()
-    served = run_simulation(sim, qs)
+    bar = progress_bar(total=len(qs), enabled=cfg.progress, desc=f"evaluate {version}", unit="answer")
+    try:
+        served = run_simulation(sim, qs, on_served=lambda _: bar.update())
+    finally:
+        bar.close()
     rate = sum(s.asker_liked for s in served) / max(1, len(served))
     under = f" under {behavior!r}" if behavior else ""
     say(f"  evaluated {version}{under}: {len(served)} held-out answers, like rate {rate:.3f} ({time.time() - t0:.0f}s)")

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.progress import progress_bar
 from core.settings import nested_env
 from rlhb.demo.config import DemoConfig, lane_algorithm
 
@@ -212,14 +213,19 @@ def traffic(
     qs = list(question_stream(questions, n, cfg.seed + start_index))
     counter = {"n": 0, "liked": 0}
     step = max(1, n // 10)
+    bar = progress_bar(total=n, enabled=cfg.progress, desc=f"{lane.algorithm} {label}", unit="answer")
 
     def progress(s) -> None:
+        bar.update()
         counter["n"] += 1
         counter["liked"] += s.asker_liked
         if counter["n"] % step == 0:
             say(f"  {label}: {counter['n']}/{n} answers, like rate so far {counter['liked'] / counter['n']:.3f}")
 
-    return run_simulation(sim, qs, start_index=start_index, on_served=progress)
+    try:
+        return run_simulation(sim, qs, start_index=start_index, on_served=progress)
+    finally:
+        bar.close()
 
 
 def wait_round(redis, lane: Lane, rounds_before: int, cfg: DemoConfig, say) -> dict:

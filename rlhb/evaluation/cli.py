@@ -1,4 +1,5 @@
-"""CLI: ``rlhb eval compare A B`` (rlhb/evaluation/compare.py). Imports only typer at module
+"""CLI: ``rlhb eval compare A B`` (rlhb/evaluation/compare.py), ``rlhb eval ratings [load FILE]``
+(rlhb/evaluation/ratings.py). Imports only typer at module
 level, so ``rlhb --help`` stays instant; bad input is one line and exit 2."""
 
 from __future__ import annotations
@@ -49,3 +50,65 @@ def compare(
     typer.echo((out / "report.md").read_text())
     summary = {k: result.as_dict()[k] for k in ("wins", "ties", "losses", "p_value", "win_rate_diff", "ci95")}
     typer.echo(json.dumps({"out": str(out), **summary}))
+
+
+# ------------------------------------------------------------------ human ratings (rlhb/evaluation/ratings.py)
+ratings_app = typer.Typer(
+    help="Human ratings of answer pairs (the /rate page): with no command, report them as the paper's figure 3 "
+    "(--out); `load FILE` adds rating tasks."
+)
+eval_app.add_typer(ratings_app, name="ratings")
+STORE_HELP = (
+    "postgresql:// URL or SQLite file (default: RLHB_API_RATINGS_STORE, else ratings.sqlite3 in RLHB_STATE_DIR)."
+)
+
+
+def _open_ratings_store(store: str):
+    from core.ratings_store import open_store
+    from core.settings import CommonSettings
+
+    return open_store(store, CommonSettings().state_dir)
+
+
+@ratings_app.callback(invoke_without_command=True)
+def ratings(
+    ctx: typer.Context,
+    out: Path = typer.Option(Path("rlhb-ratings"), help="Output folder (ratings.md, ratings.json, ratings.png)."),
+    store: str = typer.Option("", envvar="RLHB_API_RATINGS_STORE", show_envvar=False, help=STORE_HELP),
+) -> None:
+    """Report the ratings: Quality and Satisfaction per version, Win-Tie-Loss per pair (paper, figure 3)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import sqlite3
+
+    from core.ratings_store import RatingsError, describe
+    from rlhb.evaluation.ratings import summarize, write_report
+
+    with clear_errors(RatingsError, sqlite3.Error):
+        db = _open_ratings_store(store)
+        if not db.postgres and not db.path.is_file():  # a report must not create an empty store
+            raise ValueError(f"no ratings store at {db.path}; load tasks with `rlhb eval ratings load FILE`")
+        summary = summarize(db.ratings())
+        write_report(summary, out, describe(db.url))
+    typer.echo((out / "ratings.md").read_text())
+    typer.echo(json.dumps({"out": str(out), "ratings": summary["ratings"], "versions": list(summary["versions"])}))
+
+
+@ratings_app.command("load")
+def ratings_load(
+    file: Path = typer.Argument(..., help="`rlhb eval compare`'s report.json, or JSON/JSONL pairs "
+                                          "{question, version_a, answer_a, version_b, answer_b}."),
+    store: str = typer.Option("", envvar="RLHB_API_RATINGS_STORE", show_envvar=False, help=STORE_HELP),
+) -> None:  # fmt: skip
+    """Add rating tasks (pairs already loaded are skipped); each gets a random display order."""
+    import sqlite3
+
+    from core.ratings_store import RatingsError, describe
+    from rlhb.evaluation.ratings import read_pairs
+
+    with clear_errors(RatingsError, sqlite3.Error):
+        pairs = read_pairs(file)
+        db = _open_ratings_store(store)
+        added = db.add_tasks(pairs)
+        total = db.task_count()
+    typer.echo(json.dumps({"store": describe(db.url), "read": len(pairs), "added": added, "tasks": total}))

@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from core.errors import clear_errors
+from core.progress import PROGRESS_HELP
 
 aggregator_app = typer.Typer(help="Kafka consumer: feedback + impressions -> counts in Redis -> behavior records.")
 records_app = typer.Typer(help="Behavior records.", no_args_is_help=True)
@@ -60,6 +61,7 @@ def replay_cmd() -> None:
 def export_cmd(
     out: Path = typer.Option(..., "--out", help="JSONL file: the latest record of each impression."),
     dpo: Path | None = typer.Option(None, "--dpo", help="Also write prompt/chosen/rejected pairs (JSONL)."),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress", help=PROGRESS_HELP),
 ) -> None:
     """Write behavior records to JSONL (and an offline-DPO view)."""
     from core.infra.resolve import resolve_infra
@@ -69,7 +71,9 @@ def export_cmd(
         settings = _settings()
         infra = resolve_infra(settings, create_topics=False)
         try:
-            summary = export(infra.bootstrap, settings.topic_records, out, dpo, options=infra.kafka_options)
+            summary = export(
+                infra.bootstrap, settings.topic_records, out, dpo, options=infra.kafka_options, progress=progress
+            )
         finally:
             infra.stop()
     typer.echo(json.dumps(summary))

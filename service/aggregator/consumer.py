@@ -50,9 +50,11 @@ from core.behavior.encoding import (
 from core.behavior.encoding_store import encoding_key, load_encoding, save_encoding
 from core.settings import AggregatorSettings
 from service.aggregator.fold import DeadLetter, RawMessage, build_record, parse_counts, plan_batch
+from service.aggregator.incarnation import check_topics
 from service.aggregator.redact import redact
 from service.aggregator.redis_state import AggregatorStore, tp_key
 from service.aggregator.retention import KEY_TTL_MARGIN_S, MAX_EVENT_AGE_S
+from service.aggregator.status import AggregatorStatus
 from service.aggregator.topic_reader import read_to_end
 
 log = logging.getLogger(__name__)
@@ -215,6 +217,11 @@ class Aggregator:
             positions=[(tp_key(m.topic, m.partition), m.offset) for _ev, m in plan.events],
             offsets=held,
         )
+        # Read as events but neither counted nor refused: duplicates, in the batch (dropped by
+        # plan_batch) or already counted (or parked until the impression; see status.py).
+        read_events = len(messages) - len(plan.dead) - len(plan.impressions)
+        uncounted = max(0, read_events - done.counted - len(done.rejected))
+        self.stats.extra["dedupe_hits"] = self.stats.extra.get("dedupe_hits", 0) + uncounted
         dead = list(plan.dead)
         for i, reason in done.rejected:
             ev, msg = plan.events[i]
@@ -537,6 +544,9 @@ def run(settings: AggregatorSettings, stop=None) -> Stats:
 
     infra = resolve_infra(settings)
     redis, producer, consumer = make_clients(settings, infra.bootstrap, infra.redis_url)
+    # Before the first poll (whose assignment seeks to the stored offsets): offsets into a log
+    # that was recreated (the embedded broker restarted, Redis kept its state) are forgotten.
+    check_topics(redis, settings.redis_prefix, infra.bootstrap, sorted(consumer.subscription()), infra.kafka_options)
     agg = Aggregator(
         settings,
         redis,
@@ -545,6 +555,8 @@ def run(settings: AggregatorSettings, stop=None) -> Stats:
         max_event_age_s=settings.max_event_age_s,
         key_ttl_s=settings.key_ttl_s or None,
     )
+    status = AggregatorStatus(redis, settings.redis_prefix, settings.status_period_s, settings.metrics_port)
+    status.serve()
     stopping = {"now": False}
 
     def _stop(*_):
@@ -562,10 +574,12 @@ def run(settings: AggregatorSettings, stop=None) -> Stats:
     try:
         while not stopping["now"] and not (stop and stop()):
             agg.turn()
+            status.tick(agg)
     finally:
         try:
             agg.close()
         finally:
+            status.close()
             _close_clients(redis, producer, consumer, infra)
     return agg.stats
 
@@ -607,6 +621,9 @@ def replay(settings: AggregatorSettings) -> dict:
         agg.refit_edges(force=True)
         end = {tp: consumer.position(tp) for tp in parts}
         agg.store.save_offsets({tp_key(tp.topic, tp.partition): end[tp] for tp in parts})
+        check_topics(
+            redis, settings.redis_prefix, infra.bootstrap, sorted({tp.topic for tp in parts}), infra.kafka_options
+        )
         consumer.commit({tp: OffsetAndMetadata(end[tp], "", -1) for tp in parts})
         return {
             "messages": agg.stats.messages,

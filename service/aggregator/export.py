@@ -14,6 +14,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from core.progress import progress_bar
 from schemas import BehaviorRecord
 
 
@@ -57,10 +58,11 @@ def dpo_pairs(records: Iterable[BehaviorRecord], max_pairs_per_query: int = 16, 
 
 
 def read_records(
-    bootstrap: str, topic: str, timeout_s: float = 300.0, options: dict | None = None
+    bootstrap: str, topic: str, timeout_s: float = 300.0, options: dict | None = None, progress: bool | None = False
 ) -> list[BehaviorRecord]:
     """Every record on ``topic`` up to its end offsets at call time; unreadable ones skipped.
-    ``options``: kafka-python security arguments (``core.infra.kafka_security.kafka_client_options``)."""
+    ``options``: kafka-python security arguments (``core.infra.kafka_security.kafka_client_options``);
+    ``progress``: a bar of messages read (core.progress: None shows it on a terminal)."""
     from kafka import KafkaConsumer, TopicPartition
     from pydantic import ValidationError
 
@@ -73,9 +75,17 @@ def read_records(
             raise ValueError(f"topic {topic!r} does not exist on {bootstrap}")
         consumer.assign(parts)
         consumer.seek_to_beginning(*parts)
+        # The total is exact on Kafka, short on tansu (the end it reports is the last batch's base
+        # offset): it grows to what was read, so the bar never runs past 100%.
+        start, end = consumer.beginning_offsets(parts), consumer.end_offsets(parts)
+        total = sum(max(0, end[tp] - start[tp]) for tp in parts) or None
+        bar = progress_bar(total=total, enabled=progress, desc="records", unit="msg")
         out: list[BehaviorRecord] = []
         for batch in read_to_end(consumer, parts, timeout_s=timeout_s):
             for msgs in batch.values():
+                if bar.total is not None and bar.n + len(msgs) > bar.total:
+                    bar.total = bar.n + len(msgs)
+                bar.update(len(msgs))
                 for m in msgs:
                     if m.value is None:
                         continue
@@ -83,6 +93,7 @@ def read_records(
                         out.append(BehaviorRecord.model_validate_json(m.value))
                     except ValidationError:
                         continue
+        bar.close()
         return out
     finally:
         consumer.close()
@@ -99,8 +110,15 @@ def write_jsonl(path: Path, rows: Iterable[dict]) -> int:
     return n
 
 
-def export(bootstrap: str, topic: str, out: Path, dpo: Path | None = None, options: dict | None = None) -> dict:
-    records = latest_per_impression(read_records(bootstrap, topic, options=options))
+def export(
+    bootstrap: str,
+    topic: str,
+    out: Path,
+    dpo: Path | None = None,
+    options: dict | None = None,
+    progress: bool | None = False,
+) -> dict:
+    records = latest_per_impression(read_records(bootstrap, topic, options=options, progress=progress))
     records.sort(key=lambda r: r.impression_id)
     summary = {"records": write_jsonl(out, (r.model_dump(mode="json") for r in records)), "out": str(out)}
     if dpo is not None:

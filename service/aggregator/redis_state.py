@@ -24,6 +24,7 @@ Key layout (``P`` = the deployment's redis_prefix + "agg:"):
     P pending        zset    iid -> oldest pending arrival (unix s)
     P pending_n      string  number of pending events (bounded by pending_max)
     P offsets        hash    "topic:partition" -> next offset to read (written with the counts)
+    P topic_ids      hash    topic -> id of the topic those offsets were read from (incarnation.py)
     P dirty          zset    iid -> time of the first unpublished change (coalescing)
     P inflight       zset    iid -> lease expiry of a record being published
     P recent         zset    iid -> last publish time (sample for fitting rate edges)

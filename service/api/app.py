@@ -35,6 +35,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from core.dev_secrets import dev_impression_secret
 from core.infra.kafka_security import kafka_client_options, kafka_producer_options
 from core.infra.redis_url import redis_from_url
 from core.settings import ApiSettings
@@ -43,12 +44,18 @@ from service.api.feedback_guard import TokenBuckets
 from service.api.impression_ids import ImpressionSigner, parse_old_secrets
 from service.api.metrics import ApiMetrics
 from service.api.routes import admin, chat, feedback, health, models, ops, query
+from service.api.routes import dashboard as dashboard_routes
+from service.api.routes import rate as rate_routes
+from service.api.routes import status as status_routes
 from service.api.state import AppState
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("rlhb.api.access")
 
 ROUTERS = [health.router, ops.router, query.router, chat.router, models.router, admin.router, feedback.router]
+ROUTERS.append(rate_routes.router)  # the human rating page (/rate)
+# GET /admin/status, the operator dashboard (/dashboard) and the admin routes it polls
+ROUTERS += [status_routes.router, dashboard_routes.page, dashboard_routes.router]
 
 OUTBOX_FILE = "impressions-outbox.sqlite3"
 QUIET_PATHS = {"/healthz", "/readyz", "/metrics"}  # logged at debug level only
@@ -129,6 +136,8 @@ def make_backend(settings: ApiSettings, metrics: ApiMetrics | None = None):
         max_loaded_adapters=settings.max_loaded_adapters,
         torch_threads=settings.torch_threads,
         prefix_cache=settings.prefix_cache,
+        device=settings.device,
+        dtype=settings.dtype,
         on_batch=metrics.batch_size.observe if metrics is not None else None,
     )
 
@@ -235,7 +244,9 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
         from service.api.producers import LazyProducer
 
         infra, broker_up, redis_up = await asyncio.to_thread(_resolve_infra, settings)
-        secret = settings.impression_secret.get_secret_value() or "dev-only-impression-secret"
+        # Empty only in dev mode (settings refuse it otherwise): a random per-install key kept in
+        # the data folder, never a constant everyone can read in the source (core/dev_secrets.py).
+        secret = settings.impression_secret.get_secret_value() or dev_impression_secret(settings.state_dir)
         producer_options = kafka_producer_options(settings)
         producers = LazyProducer(
             infra.bootstrap, lambda bootstrap: _make_producer(bootstrap, producer_options), probe=any_tcp_open
@@ -399,6 +410,7 @@ def install_error_handlers(app: FastAPI) -> None:
     from redis.exceptions import RedisError
 
     from service.api.backends.base import BackendError
+    from service.api.outbox import OutboxUnwritable
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -419,6 +431,19 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(503, f"generation unavailable right now (request id {request_id()}); retry shortly"),
             status_code=503,
             headers={"Retry-After": "2"},
+        )
+
+    @app.exception_handler(OutboxUnwritable)
+    async def outbox_unwritable(request: Request, exc: OutboxUnwritable) -> JSONResponse:
+        # The answer is not served: its impression could not be made durable (service.api.outbox).
+        return JSONResponse(
+            error_body(
+                503,
+                "the impression log cannot be written right now (the disk under the outbox is full or failing); "
+                "retry later (see /readyz)",
+            ),
+            status_code=503,
+            headers={"Retry-After": str(REDIS_RETRY_AFTER_S)},
         )
 
     @app.exception_handler(RedisError)
