@@ -18,7 +18,11 @@ eval_app = typer.Typer(help="Offline evaluation of adapter versions.", no_args_i
 def compare(
     a: str = typer.Argument(..., help="Version A: 'base', a version name in --adapter-dir, or an adapter folder."),
     b: str = typer.Argument(..., help="Version B, the same forms."),
-    judge: str = typer.Option("users:concise", help="users:PRESET (simulated user's p_like) or openai:URL."),
+    judge: str = typer.Option(
+        "users:concise",
+        help="users:PRESET (simulated user's p_like), openai:URL, or classifier:PATH (a saved RLHBC behavior "
+        "classifier's reward).",
+    ),
     prompt_file: Path | None = typer.Option(
         None, help="openai judge prompt with {question}, {answer_a}, {answer_b}; it must answer A or B."
     ),

@@ -172,6 +172,9 @@ def run_compare(cfg: CompareConfig) -> Comparison:
     result = compare_answers(questions, answers_a, answers_b, judge, cfg.a, cfg.b, cfg.seed)
     result.settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()}
     result.settings["unparsed_judge_replies"] = getattr(judge, "unparsed", 0)
+    if callable(getattr(judge, "score", None)):  # a scoring judge (classifier:): keep each answer's number
+        for row in result.rows:
+            row["score_a"], row["score_b"] = (judge.score(row["question"], row[k]) for k in ("answer_a", "answer_b"))
     write_report(result, cfg.out)
     return result
 

@@ -6,9 +6,10 @@
 - ``openai:URL``: any OpenAI-compatible chat endpoint (the RLHB paper used GPT-4-Turbo) reads
   a prompt with both answers and answers "A" (first) or "B" (second). LLM judges have a
   position bias, which is why compare.py asks in both orders.
-
-Not offered: ``classifier:PATH``. RLHBC's behavior classifier (trainer/reward_models) is
-trained inside a round and never saved, so there is no file format to load it from.
+- ``classifier:PATH``: RLHBC's behavior classifier (RLHB paper, eq. 1) saved by
+  ``trainer.reward_models.behavior_classifier.save_behavior_classifier`` prefers the answer
+  with the higher predicted reward, the same ``classifier_reward`` RLHBC trains the policy on
+  (expected bucket per head, likes up and dislikes down). Deterministic and order-blind.
 """
 
 from __future__ import annotations
@@ -102,11 +103,38 @@ class OpenAIJudge:
         raise ValueError(f"judge endpoint {self.url} failed {1 + self.retries} times: {type(last).__name__}: {last}")
 
 
+class ClassifierJudge:
+    """A saved behavior classifier's reward decides; within ``TIE_EPSILON`` it is a tie.
+
+    Each (question, answer) is scored once, alone, and cached: both orders of a pair then read
+    the same two numbers (one verdict in both orders), and batch padding cannot nudge a score.
+    """
+
+    # Rewards lie in [-1, 1]; a gap below 1e-4 is float noise, not a preference the classifier holds.
+    TIE_EPSILON = 1e-4
+
+    def __init__(self, path: str):
+        from trainer.reward_models.behavior_classifier import load_behavior_classifier
+
+        self.name, self.model = f"classifier:{path}", load_behavior_classifier(Path(path))
+        self.scores: dict[tuple[str, str], float] = {}
+
+    def score(self, question: str, answer: str) -> float:
+        key = (question, answer)
+        if key not in self.scores:
+            self.scores[key] = float(self.model.score([question], [answer])[0])
+        return self.scores[key]
+
+    def pick(self, question: str, first: str, second: str) -> Pick:
+        gap = self.score(question, first) - self.score(question, second)
+        return "tie" if abs(gap) <= self.TIE_EPSILON else "first" if gap > 0 else "second"
+
+
 def load_judge(spec: str, prompt_file: Path | None = None, model: str = "gpt-4-turbo") -> Judge:
-    """``users:PRESET`` or ``openai:URL``; ValueError (one clear line) on anything else."""
+    """``users:PRESET``, ``openai:URL`` or ``classifier:PATH``; ValueError (one clear line) on anything else."""
     kind, _, arg = spec.partition(":")
     if not arg:
-        raise ValueError(f"judge {spec!r}: use users:PRESET (e.g. users:concise) or openai:URL")
+        raise ValueError(f"judge {spec!r}: use users:PRESET (e.g. users:concise), openai:URL or classifier:PATH")
     if prompt_file is not None and kind != "openai":
         raise ValueError("--prompt-file is for openai:URL judges only")
     if kind == "users":
@@ -117,5 +145,5 @@ def load_judge(spec: str, prompt_file: Path | None = None, model: str = "gpt-4-t
         prompt = prompt_file.read_text() if prompt_file is not None else DEFAULT_PROMPT
         return OpenAIJudge(arg, prompt, model)
     if kind == "classifier":
-        raise ValueError("judge classifier:PATH is not available: RLHBC's classifier is never saved to disk")
-    raise ValueError(f"judge {spec!r}: unknown kind {kind!r}; use users:PRESET or openai:URL")
+        return ClassifierJudge(arg)
+    raise ValueError(f"judge {spec!r}: unknown kind {kind!r}; use users:PRESET, openai:URL or classifier:PATH")

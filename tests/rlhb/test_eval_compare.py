@@ -4,7 +4,9 @@ The statistics on hand-made cases; the both-orders rule with judges whose behavi
 (one always picks the answer shown first: every pair must be a tie); the simulated-user judge
 on written answers; and the whole command on the tiny model against a stand-in for an LLM
 judge endpoint (a small OpenAI-compatible FastAPI server started here, since no LLM can run
-on this machine) that prefers the shorter answer.
+on this machine) that prefers the shorter answer; and the behavior-classifier judge with real
+classifiers trained here (RLHBC's eq. 1, MiniLM cut to two layers so it trains in seconds),
+one on the keyword toy task and one on the tiny model's own answers.
 """
 
 from __future__ import annotations
@@ -16,10 +18,25 @@ import pytest
 from typer.testing import CliRunner
 
 from rlhb.cli import app
-from rlhb.evaluation.compare import bootstrap_ci, compare_answers, outcome, sign_test
-from rlhb.evaluation.judges import UsersJudge
+from rlhb.evaluation.compare import (
+    CompareConfig,
+    answer,
+    bootstrap_ci,
+    compare_answers,
+    held_out_questions,
+    outcome,
+    sign_test,
+)
+from rlhb.evaluation.judges import ClassifierJudge, UsersJudge
 from tests.helpers.adapter_factory import write_test_adapter
+from tests.helpers.behavior_toy import KEYWORD, toy_record, toy_records
 from tests.helpers.serving import LiveServer
+from trainer.reward_models.behavior_classifier import (
+    ClassifierConfig,
+    save_behavior_classifier,
+    train_behavior_classifier,
+)
+from trainer.reward_models.encoder import EncoderConfig
 
 QUESTIONS = ["What is the capital of France?", "How far is the moon?", "Who wrote Hamlet?"]
 GOOD = [
@@ -176,7 +193,7 @@ def test_compare_command_users_judge_same_version_is_all_ties(tmp_path, tiny_mod
         (["base", "nope"], "version 'nope'"),
         (["base", "base", "--judge", "users:nobody"], "unknown preset"),
         (["base", "base", "--judge", "gpt4"], "use users:PRESET"),
-        (["base", "base", "--judge", "classifier:/x"], "never saved"),
+        (["base", "base", "--judge", "classifier:/no/such/classifier"], "no saved behavior classifier at"),
         (["base", "base", "--judge", "openai:ftp://x"], "http://"),
         (["base", "base", "--judge", "openai:http://127.0.0.1:1/v1", "--prompt-file", "/no/such"], "no such file"),
         (["base", "base", "--judge", "users:concise", "--prompt-file", "/no/such"], "openai:URL judges only"),
@@ -196,3 +213,82 @@ def test_prompt_without_placeholders_is_refused(tmp_path, tiny_model_dir):
     result, text = run_cli("eval", "compare", "base", "base", "--judge", "openai:http://127.0.0.1:1/v1",
                            "--prompt-file", str(prompt), "--model-path", str(tiny_model_dir))  # fmt: skip
     assert result.exit_code == 2 and "missing {answer_a}, {answer_b}" in text
+
+
+# ------------------------------------------------------------------ the behavior-classifier judge
+def fit_and_save(records, folder, epochs: int, held_out: float):
+    config = ClassifierConfig(
+        encoder=EncoderConfig(num_layers=2), epochs=epochs, batch_size=8, lr=3e-4, held_out_fraction=held_out
+    )
+    model, metrics = train_behavior_classifier(records, config, seed=0)
+    return save_behavior_classifier(model, folder), metrics
+
+
+@pytest.fixture(scope="module")
+def keyword_classifier(tmp_path_factory):
+    """Saved classifier of the toy task: users like answers with KEYWORD and dislike the rest."""
+    folder, metrics = fit_and_save(toy_records(n_queries=40), tmp_path_factory.mktemp("clf") / "keyword", 2, 0.25)
+    assert metrics["accuracy"] > 0.8, metrics  # the premise: it learned the preference
+    return folder
+
+
+def test_classifier_judge_prefers_what_the_classifier_learned(keyword_classifier):
+    judge = ClassifierJudge(str(keyword_classifier))
+    questions = ["Tell me about a volcano?", "Tell me about a violin?", "Tell me about a kettle?"]  # unseen topics
+    liked = [f"A volcano is like a {KEYWORD}.", f"The violin is like a {KEYWORD}.", f"A kettle is like a {KEYWORD}."]
+    plain = ["A volcano is what it is.", "The violin is what it is.", "A kettle is what it is."]
+    ab = compare_answers(questions, liked, plain, judge, "liked", "plain")
+    ba = compare_answers(questions, plain, liked, judge, "plain", "liked")
+    assert (ab.wins, ab.ties, ab.losses) == (3, 0, 0) and (ba.wins, ba.ties, ba.losses) == (0, 0, 3)
+    assert ab.p_value == ba.p_value == 0.25 and ab.judge == f"classifier:{keyword_classifier}"
+    # deterministic: one verdict whichever answer is shown first
+    assert all((r["a_first"], r["b_first"]) == ("first", "second") for r in ab.rows)
+    same = compare_answers(questions, liked, liked, judge)
+    assert (same.wins, same.ties, same.losses) == (0, 3, 0)  # equal scores: tie, not a coin flip
+    # each answer was scored once (cached across both orders and both comparisons)
+    assert len(judge.scores) == 6
+
+
+def test_classifier_judge_ties_within_epsilon(keyword_classifier):
+    judge = ClassifierJudge(str(keyword_classifier))
+    q, a, b = "Tell me about tea?", "Tea is what it is.", "Tea is what it is!"
+    judge.scores[(q, a)], judge.scores[(q, b)] = 0.5, 0.5 + judge.TIE_EPSILON / 2  # float noise, not a preference
+    assert judge.pick(q, a, b) == judge.pick(q, b, a) == "tie"
+    judge.scores[(q, b)] = 0.5 + 10 * judge.TIE_EPSILON
+    assert (judge.pick(q, a, b), judge.pick(q, b, a)) == ("second", "first")
+
+
+def test_compare_command_with_a_classifier_trained_to_prefer_one_version(tmp_path, tiny_model_dir):
+    """Train a classifier on the two versions' own answers, users liking base and disliking
+    v-big; `eval compare --judge classifier:PATH` must then side with base, in both orders."""
+    adapters, n = tmp_path / "adapters", 8
+    big = write_test_adapter(tiny_model_dir, adapters, "v-big", seed=3, scale=2.0)
+    cfg = CompareConfig(a="base", b="v-big", judge="", out=tmp_path, model_path=str(tiny_model_dir),
+                        adapter_dir=adapters, questions=n, max_new_tokens=6, threads=1)  # fmt: skip
+    questions = held_out_questions(n, cfg.seed)  # the command's own sample: same seed, same questions
+    base_answers, big_answers = answer(cfg, None, questions), answer(cfg, str(big), questions)
+    assert all(x != y for x, y in zip(base_answers, big_answers, strict=True))  # premise: something to judge
+    records = [toy_record(2 * i + k, q, ans, liked=k == 0)
+               for i, (q, pair) in enumerate(zip(questions, zip(base_answers, big_answers, strict=True), strict=True))
+               for k, ans in enumerate(pair)]  # fmt: skip
+    folder, _ = fit_and_save(records, tmp_path / "clf", epochs=10, held_out=0.0)
+
+    reports = {}
+    for a, b in (("base", "v-big"), ("v-big", "base")):
+        out = tmp_path / f"{a}-vs-{b}"
+        result, text = run_cli("eval", "compare", a, b, "--judge", f"classifier:{folder}", "--questions", str(n),
+                               "--max-new-tokens", "6", "--threads", "1", "--adapter-dir", str(adapters),
+                               "--model-path", str(tiny_model_dir), "--out", str(out))  # fmt: skip
+        assert result.exit_code == 0, text + repr(result.exception)
+        reports[a] = report = json.loads((out / "report.json").read_text())
+        assert report["judge"] == f"classifier:{folder}" and report["n"] == n
+        # every verdict is the sign of the classifier's reward gap, which the report keeps per answer
+        for row in report["rows"]:
+            gap = row["score_a"] - row["score_b"]
+            want = "tie" if abs(gap) <= ClassifierJudge.TIE_EPSILON else "win" if gap > 0 else "loss"
+            assert row["outcome"] == want, row
+        assert report["p_value"] == pytest.approx(sign_test(report["wins"], report["losses"]))
+    ab, ba = reports["base"], reports["v-big"]
+    assert ab["wins"] >= n - 1 and ab["losses"] == 0, ab  # it learned to like base's answers
+    assert ab["p_value"] < 0.05  # 7+ wins, no losses: P <= 2 / 2**7
+    assert (ab["wins"], ab["ties"], ab["losses"]) == (ba["losses"], ba["ties"], ba["wins"])

@@ -15,14 +15,23 @@ Departures from the paper:
   often it is shown.
 - Records are split by query into train and held-out sets, and the held-out accuracy per head
   and the correlation of the reward with the logged shaped reward are reported.
+
+Saved form (``save_behavior_classifier`` / ``load_behavior_classifier``; `rlhb eval compare
+--judge classifier:PATH` reads it): a folder with ``behavior_classifier.json`` (format tag,
+heads, C, the ``ClassifierConfig``) and ``behavior_classifier.safetensors`` (the trainable
+tensors only). Frozen weights are not copied: loading rebuilds the encoder from the same
+source (the bundled MiniLM, or the base model folder the config names), so a LoRA-on-base
+classifier stays a few MB instead of a copy of the base model.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -117,6 +126,64 @@ class BehaviorClassifier(nn.Module):
             out.append(classifier_reward(logits, self.positive_mask, self.num_classes, self.head_weights))
         self.train(was_training)
         return torch.cat(out) if out else torch.zeros(0)
+
+
+CLASSIFIER_CONFIG = "behavior_classifier.json"
+CLASSIFIER_WEIGHTS = "behavior_classifier.safetensors"
+CLASSIFIER_FORMAT = "rlhb-behavior-classifier/1"
+
+
+def save_behavior_classifier(model: BehaviorClassifier, folder: Path) -> Path:
+    """Write ``model`` into ``folder`` (created): config JSON + its trainable tensors."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    meta = {"format": CLASSIFIER_FORMAT, "heads": list(model.heads), "num_classes": model.num_classes,
+            "config": asdict(model.config)}  # fmt: skip
+    # contiguous CPU copies: safetensors refuses views and device tensors
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, str(folder / CLASSIFIER_WEIGHTS))
+    (folder / CLASSIFIER_CONFIG).write_text(json.dumps(meta, indent=2))
+    return folder
+
+
+def load_behavior_classifier(folder: Path) -> BehaviorClassifier:
+    """The classifier ``save_behavior_classifier`` wrote (eval mode, CPU); ValueError naming what is wrong."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_file, weights_file = folder / CLASSIFIER_CONFIG, folder / CLASSIFIER_WEIGHTS
+    if not (config_file.is_file() and weights_file.is_file()):
+        raise ValueError(
+            f"no saved behavior classifier at {folder}: expected {CLASSIFIER_CONFIG} and {CLASSIFIER_WEIGHTS} "
+            "(written by trainer.reward_models.behavior_classifier.save_behavior_classifier)"
+        )
+    try:
+        meta = json.loads(config_file.read_text())
+        if meta.get("format") != CLASSIFIER_FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {CLASSIFIER_FORMAT!r}")
+        raw = dict(meta["config"])
+        config = ClassifierConfig(**{**raw, "encoder": EncoderConfig(**raw["encoder"])})
+        heads, num_classes = [str(h) for h in meta["heads"]], int(meta["num_classes"])
+    except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError is a ValueError
+        raise ValueError(f"{config_file}: not a behavior classifier config ({type(e).__name__}: {e})") from None
+    model = BehaviorClassifier(heads, num_classes, config)
+    tensors = load_file(str(weights_file))
+    # The file must hold exactly the tensors training could change; anything else means another
+    # model or encoder setup, which would silently score with untrained weights.
+    expected = {n for n, p in model.named_parameters() if p.requires_grad}
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise ValueError(
+            f"{weights_file} does not match its config: missing {missing[:3]} ({len(missing)}), "
+            f"unexpected {extra[:3]} ({len(extra)})"
+        )
+    try:
+        model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # shape mismatch
+        raise ValueError(f"{weights_file} does not match its config: {str(e).splitlines()[-1].strip()}") from None
+    return model.eval()
 
 
 def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:

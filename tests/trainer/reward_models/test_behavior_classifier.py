@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
+import torch
 
 from tests.helpers.behavior_toy import KEYWORD, toy_records
-from trainer.reward_models.behavior_classifier import ClassifierConfig, train_behavior_classifier
+from trainer.reward_models.behavior_classifier import (
+    CLASSIFIER_CONFIG,
+    CLASSIFIER_WEIGHTS,
+    ClassifierConfig,
+    load_behavior_classifier,
+    save_behavior_classifier,
+    train_behavior_classifier,
+)
 from trainer.reward_models.encoder import EncoderConfig
 
 
@@ -62,7 +72,38 @@ def test_reward_prefers_keyword_answers_on_unseen_text(trained):
     assert (liked > other).all(), (liked, other)
 
 
-def test_base_lm_backbone_trains_its_own_lora(tiny_model_dir):
+def test_save_and_load_gives_the_same_scores(trained, tmp_path):
+    model, _ = trained
+    folder = save_behavior_classifier(model, tmp_path / "clf")
+    loaded = load_behavior_classifier(folder)
+    assert (loaded.heads, loaded.num_classes, loaded.config) == (model.heads, model.num_classes, model.config)
+    assert loaded.head_weights.tolist() == model.head_weights.tolist()
+    queries = ["Tell me about a volcano?", "Tell me about a volcano?"]
+    answers = [f"A volcano is like a {KEYWORD}.", "A volcano is what it is."]
+    # the trained tensors come back: bit-identical rewards (a fresh MiniLM + random heads would differ)
+    assert torch.equal(loaded.score(queries, answers), model.score(queries, answers))
+    assert loaded.config.encoder.num_layers == 2 and len(loaded.encoder.trunk.encoder.layer) == 2
+
+
+def test_load_refuses_missing_or_mismatched_files(trained, tmp_path):
+    model, _ = trained
+    with pytest.raises(ValueError, match="no saved behavior classifier"):
+        load_behavior_classifier(tmp_path / "nothing")
+    folder = save_behavior_classifier(model, tmp_path / "clf")
+    meta = json.loads((folder / CLASSIFIER_CONFIG).read_text())
+    (folder / CLASSIFIER_CONFIG).write_text(json.dumps({**meta, "num_classes": 5}))  # heads of another shape
+    with pytest.raises(ValueError, match="does not match its config"):
+        load_behavior_classifier(folder)
+    (folder / CLASSIFIER_CONFIG).write_text(json.dumps({**meta, "format": "something-else"}))
+    with pytest.raises(ValueError, match="not a behavior classifier config"):
+        load_behavior_classifier(folder)
+    deeper = {**meta["config"]["encoder"], "num_layers": 3}  # a third encoder layer the file has no weights for
+    (folder / CLASSIFIER_CONFIG).write_text(json.dumps({**meta, "config": {**meta["config"], "encoder": deeper}}))
+    with pytest.raises(ValueError, match="does not match its config"):
+        load_behavior_classifier(folder)
+
+
+def test_base_lm_backbone_trains_its_own_lora(tiny_model_dir, tmp_path):
     records = toy_records(n_queries=6)
     config = ClassifierConfig(
         encoder=EncoderConfig(backbone="base", model_path=str(tiny_model_dir), lora_r=4), epochs=1, batch_size=4
@@ -72,6 +113,15 @@ def test_base_lm_backbone_trains_its_own_lora(tiny_model_dir):
     assert trainable and all("lora_" in n or n.startswith("head.") for n in trainable)
     assert model.score(["q"], ["a"]).shape == (1,)
     assert metrics["train_loss"] > 0
+    # saved: only the LoRA and the head (the frozen trunk is rebuilt from the base model folder)
+    folder = save_behavior_classifier(model, tmp_path / "clf")
+    from safetensors.torch import load_file
+
+    assert sorted(load_file(str(folder / CLASSIFIER_WEIGHTS))) == sorted(trainable)
+    loaded = load_behavior_classifier(folder)
+    assert torch.equal(
+        loaded.score(["q", "a longer query"], ["a", "b"]), model.score(["q", "a longer query"], ["a", "b"])
+    )
 
 
 def test_helpful_errors():
