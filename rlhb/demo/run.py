@@ -174,12 +174,13 @@ def run_demo(cfg: DemoConfig) -> dict:
                 if cfg.poison_round == r and r > 1:
                     t0 = time.time()
                     say(f"  round {r} is poisoned: {cfg.traffic_per_round} answers with likes and dislikes swapped")
+                    # Read before the traffic: its records may all be in the buffer by the time it returns.
+                    have = int(trainer_status(redis, lane).get("buffer", 0))
                     bad = traffic(
                         cfg.at_round(r - 1), lane, train_qs, cfg.traffic_per_round, next_index, say, f"poison r{r}",
                         invert=True,
                     )  # fmt: skip
                     next_index += cfg.traffic_per_round
-                    have = int(trainer_status(redis, lane).get("buffer", 0))
                     wait_records(redis, lane, have + len(bad) - 5, say)
                     phases[f"{algorithm}: round {r} poisoned traffic"] = time.time() - t0
                 t0 = time.time()
