@@ -62,6 +62,9 @@ class Bench:
 
 BENCHES = (
     Bench("aggregator", "bench_aggregator.py", ("--events", "5000", "--impressions", "500", "--rounds", "1"), 600),
+    Bench(
+        "kafka_clients", "bench_kafka_clients.py", ("--events", "5000", "--impressions", "500", "--rounds", "1"), 300
+    ),
     Bench("registry", "bench_registry.py", ("--repeats", "3"), 300),
     Bench(
         "serving",

@@ -69,3 +69,23 @@ def describe(settings: CommonSettings) -> str:
         if settings.kafka_ssl_certfile:
             parts.append("client certificate")
     return ", ".join(parts)
+
+
+def confluent_client_options(settings: CommonSettings) -> dict[str, Any]:
+    """The same security settings as ``kafka_client_options``, as librdkafka configuration keys
+    (confluent-kafka clients: the aggregator's consumer with ``RLHB_AGG_KAFKA_CLIENT=confluent``)."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security.protocol": protocol}
+    if protocol.endswith("SSL"):
+        options["ssl.endpoint.identification.algorithm"] = "https" if settings.kafka_ssl_check_hostname else "none"
+        # "probe": librdkafka looks for the system's trusted CAs (its wheels bundle OpenSSL, whose
+        # compiled-in CA path may not exist here), as kafka-python does without a CA file.
+        options["ssl.ca.location"] = settings.kafka_ssl_cafile or "probe"
+        if settings.kafka_ssl_certfile:
+            options["ssl.certificate.location"] = settings.kafka_ssl_certfile
+            options["ssl.key.location"] = settings.kafka_ssl_keyfile
+    if protocol.startswith("SASL_"):
+        options["sasl.mechanism"] = settings.kafka_sasl_mechanism
+        options["sasl.username"] = settings.kafka_sasl_username
+        options["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    return options

@@ -455,8 +455,9 @@ class Aggregator:
         total = 0
         for tp in self.consumer.assignment():
             high = self.consumer.highwater(tp)
-            if high is not None:
-                total += max(0, high - self.consumer.position(tp))
+            position = self.consumer.position(tp) if high is not None else None
+            if position is not None:  # None: not fetched yet (confluent), or kafka-python's lookup timed out
+                total += max(0, high - position)
         return total
 
     def close(self) -> None:
@@ -523,16 +524,24 @@ def make_clients(settings: AggregatorSettings, bootstrap: str, redis_url: str, g
         max_block_ms=10_000,
         batch_size=256 * 1024,
     )
-    consumer = group_consumer(
-        bootstrap,
-        group_id=settings.group_id,
-        client_id=f"rlhb-aggregator-{socket.gethostname()}",
-        max_poll_interval_ms=settings.max_poll_interval_ms,
-        session_timeout_ms=settings.session_timeout_ms,
-        poll_timeout_ms=settings.poll_timeout_ms,
-        max_poll_records=settings.max_poll_records,
-        **kafka_client_options(settings),
-    )
+    client_id = f"rlhb-aggregator-{socket.gethostname()}"
+    if group and settings.kafka_client == "confluent":
+        # librdkafka behind kafka-python's interface (service/aggregator/kafka_client.py); replay
+        # (group=False) assigns partitions by hand with kafka-python calls, so it keeps kafka-python.
+        from service.aggregator.kafka_client import confluent_group_consumer
+
+        consumer = confluent_group_consumer(settings, bootstrap, client_id)
+    else:
+        consumer = group_consumer(
+            bootstrap,
+            group_id=settings.group_id,
+            client_id=client_id,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+            poll_timeout_ms=settings.poll_timeout_ms,
+            max_poll_records=settings.max_poll_records,
+            **kafka_client_options(settings),
+        )
     if group:
         consumer.subscribe([settings.topic_impressions, settings.topic_feedback])
     return redis, producer, consumer

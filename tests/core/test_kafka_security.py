@@ -11,7 +11,12 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from pydantic import ValidationError
 
 from core.infra.broker import InfraError, check_kafka, ensure_topics
-from core.infra.kafka_security import describe, kafka_client_options, kafka_producer_options
+from core.infra.kafka_security import (
+    confluent_client_options,
+    describe,
+    kafka_client_options,
+    kafka_producer_options,
+)
 from core.settings import AggregatorSettings, CommonSettings
 
 SERVERS = "kafka-1.example:9093,kafka-2.example:9093"
@@ -72,6 +77,50 @@ def test_mutual_tls_and_the_system_cas(tmp_path):
         "ssl_certfile": cert,
         "ssl_keyfile": key,
     }  # no ssl_cafile: kafka-python loads the system's trusted CAs
+
+
+def test_the_same_security_as_librdkafka_keys_for_the_confluent_consumer(tmp_path):
+    # RLHB_AGG_KAFKA_CLIENT=confluent: the aggregator's consumer must get the same TLS/SASL settings.
+    ca, cert, key = _pem(tmp_path, "ca.pem"), _pem(tmp_path, "client.pem"), _pem(tmp_path, "client.key")
+    sasl = dict(
+        RLHB_KAFKA_SASL_MECHANISM="SCRAM-SHA-512", RLHB_KAFKA_SASL_USERNAME="rlhb", RLHB_KAFKA_SASL_PASSWORD="pw-pw-pw"
+    )
+    assert confluent_client_options(
+        _settings(RLHB_KAFKA_SECURITY_PROTOCOL="SASL_SSL", RLHB_KAFKA_SSL_CAFILE=ca, **sasl)
+    ) == {
+        "security.protocol": "SASL_SSL",
+        "ssl.endpoint.identification.algorithm": "https",
+        "ssl.ca.location": ca,
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "rlhb",
+        "sasl.password": "pw-pw-pw",
+    }
+    assert confluent_client_options(
+        _settings(
+            RLHB_KAFKA_SECURITY_PROTOCOL="SSL",
+            RLHB_KAFKA_SSL_CERTFILE=cert,
+            RLHB_KAFKA_SSL_KEYFILE=key,
+            RLHB_KAFKA_SSL_CHECK_HOSTNAME=False,
+        )
+    ) == {
+        "security.protocol": "SSL",
+        "ssl.endpoint.identification.algorithm": "none",
+        "ssl.ca.location": "probe",  # the system's CAs, as kafka-python without a CA file
+        "ssl.certificate.location": cert,
+        "ssl.key.location": key,
+    }
+    assert confluent_client_options(CommonSettings()) == {"security.protocol": "PLAINTEXT"}
+    # librdkafka checks its configuration keys at construction: every key above must be one it knows.
+    from confluent_kafka import Consumer
+
+    Consumer(
+        {
+            "bootstrap.servers": SERVERS,
+            "group.id": "g",
+            **confluent_client_options(_settings(RLHB_KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT", **sasl)),
+            "ssl.endpoint.identification.algorithm": "none",
+        }
+    ).close()
 
 
 def test_every_option_is_a_keyword_kafka_python_clients_accept(tmp_path):

@@ -231,9 +231,10 @@ def test_two_members_count_exactly_then_replay_reproduces_the_counts(cluster, tm
     assert {"prompt", "chosen", "rejected"} <= set(pairs[0])
 
 
-def test_kill_9_mid_stream_then_restart_neither_loses_nor_double_counts(cluster):
+@pytest.mark.parametrize("client", ["kafka-python", "confluent"])  # RLHB_AGG_KAFKA_CLIENT: exact on both
+def test_kill_9_mid_stream_then_restart_neither_loses_nor_double_counts(cluster, client):
     msgs, truth = workload(seed=1)
-    c = cluster()
+    c = cluster(kafka_client=client)
     victim = c.start()
     c.start()
     half = len(msgs) // 2

@@ -44,8 +44,11 @@ def _raw(eid: str, iid: str = "i1", **fields) -> bytes:
     return json.dumps({"event_id": eid, "impression_id": iid, "kind": "like", **fields}).encode()
 
 
-def _settings(topics: dict, bootstrap: str, redis_url: str, prefix: str, group: str) -> AggregatorSettings:
+def _settings(
+    topics: dict, bootstrap: str, redis_url: str, prefix: str, group: str, client: str = "kafka-python"
+) -> AggregatorSettings:
     return AggregatorSettings(
+        kafka_client=client,
         kafka_bootstrap_servers=bootstrap,
         redis_url=redis_url,
         redis_prefix=prefix,
@@ -102,9 +105,12 @@ def _produce(bootstrap: str, topics: dict, msgs: list[tuple[str, bytes, bytes]])
     producer.close(5)
 
 
-@pytest.fixture
-def setup(kafka_bootstrap, unique_topics, redis_url, redis_prefix):
-    settings = _settings(unique_topics, kafka_bootstrap, redis_url, redis_prefix, f"g-{uuid.uuid4().hex[:8]}")
+# Every member-driven test runs on both consumer clients (RLHB_AGG_KAFKA_CLIENT): the
+# exactly-once logic must hold whichever one reads the topics.
+@pytest.fixture(params=["kafka-python", "confluent"])
+def setup(request, kafka_bootstrap, unique_topics, redis_url, redis_prefix):
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    settings = _settings(unique_topics, kafka_bootstrap, redis_url, redis_prefix, group, request.param)
     members: list[Member] = []
 
     def member(**kw) -> Member:
