@@ -26,6 +26,18 @@ prompts and rollouts, and averages the gradients of the trainable tensors with t
 ranks before each optimizer step, as ``DistributedDataParallel`` does. Identical start +
 identical averaged gradients + identical optimizers = replicas that stay identical.
 
+Strategies (``DistContext.strategy``; ``RLHB_TRAINER_DIST_STRATEGY``, ``--strategy``):
+
+- ``replicate`` (default): the above; every rank holds the whole base model.
+- ``fsdp``: the policy's frozen base weights are sharded over the ranks with PyTorch FSDP2
+  (``fully_shard`` on each decoder layer, then on the causal LM), so each rank holds 1/N of
+  them and a layer's full weights exist only while it runs (``shard_base_model``). The LoRA,
+  value head and discriminator stay whole, replicated tensors (``ignored_params``) whose
+  gradients ``GradientSync`` averages exactly as under ``replicate``; FSDP reduce-scatters
+  nothing (the weights it manages are frozen), so each gradient is averaged once. Rollouts
+  run through the sharded model (every decoding step all-gathers every layer: slow; vLLM
+  rollouts are the production answer) without the LoRA merge, with ``synced_gpus``.
+
 Why hooks instead of ``DistributedDataParallel(model)``: the policy is used through
 ``peft``'s ``disable_adapter()`` (the reference policy), ``generate()`` and several forward
 passes per update, and the critic/discriminator are separate modules; wrapping each in DDP
@@ -37,6 +49,7 @@ computes losses, clips gradient norms and steps optimizers is the same with 1 or
 Command line (one run from a records file; N processes on one machine, gloo on CPU, nccl on GPUs)::
 
     torchrun --nproc_per_node N -m trainer.distributed --algo rlhb --records R.jsonl --model-path M --output-root O
+    (add --strategy fsdp to shard the policy's base weights over the N processes)
 
 In code, with any trainer object that has ``policy`` (and optionally ``discriminator``,
 ``rng``, ``warmup``), e.g. ``RLHBTrainer``::
@@ -57,18 +70,22 @@ waiting until that timeout; ``all_ranks_ok`` lets a caller agree on such a stop 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
+import functools
 import logging
 import os
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
+STRATEGIES = ("replicate", "fsdp")
+"""How ranks hold the policy's base model: a whole copy each, or FSDP2 shards (module doc)."""
 # Distinct streams per rank for sampling; a large prime keeps rank seeds apart from seed + small offsets.
 RANK_SEED_STRIDE = 1_000_003
 DDP_ALGORITHMS = ("rlhb", "rlhbc", "rlhf")
@@ -94,6 +111,8 @@ class DistContext:
     """Rank on this machine (picks the GPU when there are GPUs)."""
     backend: str | None = None
     """"gloo" (CPU) or "nccl" (GPU); None when not distributed."""
+    strategy: str = "replicate"
+    """"replicate" (a whole model per rank) or "fsdp" (the policy's base weights sharded); see the module doc."""
 
     @property
     def distributed(self) -> bool:
@@ -118,14 +137,20 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def init_from_env(backend: str | None = None, timeout_seconds: float = 600.0, device: str = "auto") -> DistContext:
+def init_from_env(
+    backend: str | None = None, timeout_seconds: float = 600.0, device: str = "auto", strategy: str = "replicate"
+) -> DistContext:
     """Join the process group torchrun describes in RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT.
 
     Without torchrun (WORLD_SIZE unset or 1) returns the single-process context and starts
-    nothing. ``backend`` defaults to nccl when ``device`` (``RLHB_DEVICE``, ``core.device``
-    rules) resolves to CUDA, gloo otherwise: nccl cannot move CPU tensors, so a CPU run on a
-    machine that has GPUs must still use gloo.
+    nothing (one process has nothing to shard with: ``strategy`` is moot). ``backend`` defaults
+    to nccl when ``device`` (``RLHB_DEVICE``, ``core.device`` rules) resolves to CUDA, gloo
+    otherwise: nccl cannot move CPU tensors, so a CPU run on a machine that has GPUs must still
+    use gloo. ``strategy`` must be the same on every rank (checked here: ranks that disagree
+    would issue different collectives and hang).
     """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}; got {strategy!r}")
     world_size = env_world_size()
     if world_size <= 1:
         return SINGLE_PROCESS
@@ -152,7 +177,12 @@ def init_from_env(backend: str | None = None, timeout_seconds: float = 600.0, de
             world_size=world_size,
             timeout=datetime.timedelta(seconds=timeout_seconds),
         )
-    return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend)
+    ctx = DistContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend, strategy=strategy)
+    box: list[Any] = [strategy]
+    dist.broadcast_object_list(box, src=0, device=ctx.device)
+    if box[0] != strategy:
+        raise ValueError(f"rank {rank} has strategy {strategy!r} but rank 0 has {box[0]!r}: set it alike on every rank")
+    return ctx
 
 
 def rank_device(device: str = "auto", dtype: str = "auto", ctx: DistContext = SINGLE_PROCESS) -> tuple:
@@ -231,6 +261,60 @@ def broadcast_module_state(module: torch.nn.Module, ctx: DistContext, src: int =
             dist.broadcast(t.data, src=src)
 
 
+# --------------------------------------------------------------------------- sharding (strategy fsdp)
+def shard_base_model(model: torch.nn.Module, device: torch.device, ctx: DistContext) -> None:
+    """Shard ``model``'s (a peft model on the CPU) frozen weights over the ranks of ``ctx`` onto ``device``.
+
+    FSDP2 ``fully_shard`` on every decoder layer (the classes the model lists in
+    ``_no_split_modules``, as transformers' own FSDP wrapping does), then on the causal LM,
+    which holds the embeddings, final norm and LM head. Each layer is moved to ``device`` and
+    sharded in turn, so the GPU never holds more than the shards plus one whole layer.
+
+    The trainable tensors (the LoRA) are left out (``ignored_params``) and moved whole:
+    - FSDP2 needs one dtype per sharded group, and the LoRA is float32 beside a bfloat16 base;
+    - peft's adapter saving, gradient clipping and the optimizer then see ordinary tensors, so
+      rank 0 alone writes a normal, whole PEFT checkpoint with no gathering collective;
+    - the LoRA is small (a few MB even for large models): sharding it would save next to nothing.
+    Its gradients are averaged by ``GradientSync`` (``prepare_trainer``), as under replicate.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"strategy fsdp runs on cpu (gloo) or cuda (nccl); the device is {device}")
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    block_names = set(getattr(lm, "_no_split_modules", None) or ())
+    blocks = [m for m in lm.modules() if type(m).__name__ in block_names]
+    if not blocks:
+        # sharding only the root would all-gather the whole model at every forward: no memory saved
+        raise ValueError(
+            f"strategy fsdp: {type(lm).__name__} names no decoder layer class (_no_split_modules); "
+            "use strategy replicate for this model"
+        )
+    trainable = {p for p in model.parameters() if p.requires_grad}
+    mesh = init_device_mesh(device.type, (ctx.world_size,))
+    for block in blocks:
+        fully_shard(block, mesh=mesh, ignored_params=trainable)
+    fully_shard(lm, mesh=mesh, ignored_params=trainable)
+    with torch.no_grad():
+        for p in trainable:  # FSDP does not move what it ignores
+            p.data = p.data.to(device)
+        for b in lm.buffers():  # e.g. rotary frequencies, when FSDP left them behind
+            b.data = b.data.to(device)
+
+
+@contextlib.contextmanager
+def policy_loading(ctx: DistContext) -> Iterator[None]:
+    """Inside this block ``Policy.load`` shards the base when ``ctx`` runs strategy fsdp; else nothing changes."""
+    if not (ctx.distributed and ctx.strategy == "fsdp"):
+        yield
+        return
+    from trainer.policy import sharded_base
+
+    with sharded_base(functools.partial(shard_base_model, ctx=ctx)):
+        yield
+
+
 class GradientSync:
     """Average the gradients of ``params`` over all ranks as soon as backward has accumulated each.
 
@@ -245,11 +329,19 @@ class GradientSync:
     how each algorithm calls its models. All-reducing the trainable gradients right after
     backward is the same arithmetic (a mean over ranks before clipping and the step) with
     no change to the algorithms. Cost: one all-reduce per trainable tensor per backward.
+
+    Under strategy fsdp too: FSDP shards only frozen weights there, so it reduces no gradient
+    and these hooks are the one averaging (a tensor FSDP managed would be averaged twice).
     """
 
     def __init__(self, params: Iterable[torch.nn.Parameter], ctx: DistContext) -> None:
+        from torch.distributed.tensor import DTensor
+
         self.ctx = ctx
         self.params = _trainable(params)
+        managed = [p for p in self.params if isinstance(p, DTensor)]
+        if managed:
+            raise ValueError(f"{len(managed)} trainable tensors are FSDP shards: FSDP already averages their gradients")
         self._handles = []
         if ctx.distributed:
             self._handles = [p.register_post_accumulate_grad_hook(self._average) for p in self.params]
@@ -376,12 +468,14 @@ def run_iterations(trainer, algorithm: str, ctx: DistContext, local_metrics: lis
     return result
 
 
-def build_trainer(algorithm: str, request, config: Any = None):
+def build_trainer(algorithm: str, request, config: Any = None, ctx: DistContext = SINGLE_PROCESS):
     """The algorithm's trainer object, built identically on every rank (same seed in ``request``).
 
     ``config``: the algorithm's ``Config``, or a mapping of overrides to its defaults. rlhbc and
     rlhf train their reward model here, on every rank (same records and seed: the same model;
-    ``prepare_trainer`` then copies rank 0's to be sure)."""
+    ``prepare_trainer`` then copies rank 0's to be sure). Under strategy fsdp (``ctx``) the
+    policy's base is sharded as it loads (``policy_loading``); the LM discriminator's trunk and
+    the reward models stay whole."""
     if algorithm not in DDP_ALGORITHMS:
         raise ValueError(
             f"data-parallel training supports the PPO-core algorithms {', '.join(DDP_ALGORITHMS)}; got {algorithm!r}"
@@ -390,13 +484,14 @@ def build_trainer(algorithm: str, request, config: Any = None):
 
     if config is None or isinstance(config, Mapping):
         config = dataclasses.replace(default_config(algorithm), **dict(config or {}))
-    if algorithm == "rlhb":
-        from trainer.algorithms.rlhb import RLHBTrainer
+    with policy_loading(ctx):
+        if algorithm == "rlhb":
+            from trainer.algorithms.rlhb import RLHBTrainer
 
-        return RLHBTrainer(request, config)
-    from importlib import import_module
+            return RLHBTrainer(request, config)
+        from importlib import import_module
 
-    return import_module(f"trainer.algorithms.{algorithm}").build(request, config)
+        return import_module(f"trainer.algorithms.{algorithm}").build(request, config)
 
 
 def train_round(algorithm: str, request, config, ctx: DistContext):
@@ -416,7 +511,7 @@ def train_round(algorithm: str, request, config, ctx: DistContext):
     if ctx.is_main:
         check_request(request)
     seed_replicas(request.seed)
-    trainer = build_trainer(algorithm, request, config)
+    trainer = build_trainer(algorithm, request, config, ctx)
     sync = prepare_trainer(trainer, ctx, request.seed)
     try:
         return run_iterations(trainer, algorithm, ctx)
@@ -497,9 +592,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", help="auto | float32 | bfloat16 | float16 (base weights)")
     parser.add_argument("--backend", default=None, choices=["gloo", "nccl"], help="default: nccl on CUDA, else gloo")
     parser.add_argument(
+        "--strategy",
+        default="replicate",
+        choices=STRATEGIES,
+        help="replicate: a whole model per rank; fsdp: the policy's base weights sharded over the ranks",
+    )
+    parser.add_argument(
         "--digest-dir",
         default=None,
-        help="each rank writes rank<N>.json here: sha256 of its trainable tensors before/after and its own metrics",
+        help="each rank writes rank<N>.json here: sha256 of its trainable tensors before/after, its own metrics, "
+        "whether its base is sharded",
     )
     args = parser.parse_args(argv)
     try:
@@ -509,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(overrides, dict):
         parser.error("--config must be a JSON object")
 
-    ctx = init_from_env(args.backend, device=args.device)
+    ctx = init_from_env(args.backend, device=args.device, strategy=args.strategy)
     quiet_non_main(ctx)
     try:
         from core.device import dtype_name
@@ -529,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             check_request(request)
         seed_replicas(args.seed)
-        trainer = build_trainer(args.algo, request, overrides)  # rlhb, rlhbc, rlhf
+        trainer = build_trainer(args.algo, request, overrides, ctx)  # rlhb, rlhbc, rlhf
         sync = prepare_trainer(trainer, ctx, args.seed)
         initial = parameters_digest(trainable_parameters(trainer))
         local: list[dict] = []
@@ -541,6 +643,8 @@ def main(argv: list[str] | None = None) -> int:
             record = {
                 "rank": ctx.rank,
                 "world_size": ctx.world_size,
+                "strategy": ctx.strategy,
+                "sharded": trainer.policy.sharded,  # the base really is FSDP shards (strategy fsdp)
                 "initial": initial,
                 "final": parameters_digest(trainable_parameters(trainer)),
                 "local_metrics": local,

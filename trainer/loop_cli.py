@@ -6,8 +6,10 @@ Data-parallel on N processes (CPU: gloo; GPUs: nccl, one GPU per process)::
 
 (``torchrun`` runs a module with ``-m``; the ``rlhb`` console script itself is not a module,
 hence ``-m rlhb.cli``.) Rank 0 is the ordinary trainer; the other ranks only train replicas of
-each round (``trainer/distributed.py``). Under torchrun a Kafka broker and Redis must be
-reachable by rank 0 as usual (embedded ones are started by rank 0 alone).
+each round (``trainer/distributed.py``). ``RLHB_TRAINER_DIST_STRATEGY=fsdp`` shards the policy's
+base weights over the ranks instead of replicating them (a model that does not fit one GPU).
+Under torchrun a Kafka broker and Redis must be reachable by rank 0 as usual (embedded ones
+are started by rank 0 alone).
 
 Imports only typer at module level, so ``rlhb --help`` stays instant.
 """
@@ -53,7 +55,9 @@ def run_trainer(
         if env_world_size() > 1:  # under torchrun
             from trainer.distributed import LOOP_TIMEOUT_SECONDS, init_from_env, quiet_non_main
 
-            ctx = init_from_env(device=settings.device, timeout_seconds=LOOP_TIMEOUT_SECONDS)
+            ctx = init_from_env(
+                device=settings.device, timeout_seconds=LOOP_TIMEOUT_SECONDS, strategy=settings.dist_strategy
+            )
             quiet_non_main(ctx)
             if not ctx.is_main:
                 _follow(ctx, settings)

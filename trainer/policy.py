@@ -20,7 +20,8 @@ recorded at rollout time without another forward pass.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,33 @@ from trainer.config import PPOConfig
 from trainer.rollouts import Prompt, SequenceBatch, response_mask_from_eos
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+
+BaseSharder = Callable[[nn.Module, torch.device], None]
+"""Shards a freshly built peft model's frozen base weights onto a device and moves its trainable
+tensors there whole (``trainer.distributed.shard_base_model``)."""
+_BASE_SHARDER: ContextVar[BaseSharder | None] = ContextVar("rlhb_base_sharder", default=None)
+
+
+@contextlib.contextmanager
+def sharded_base(shard: BaseSharder) -> Iterator[None]:
+    """Every ``Policy.load`` inside this block loads the base on the CPU and hands it to ``shard``.
+
+    A context variable rather than a ``Policy.load`` argument: the algorithms build their policy
+    themselves (RLHBTrainer, RewardModelPPO, ...), and the distributed runner is the only one
+    that knows the job shards; this way no algorithm changes.
+    """
+    token = _BASE_SHARDER.set(shard)
+    try:
+        yield
+    finally:
+        _BASE_SHARDER.reset(token)
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when some of ``model``'s parameters are FSDP2 shards (DTensors) rather than whole tensors."""
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(p, DTensor) for p in model.parameters())
 
 
 class ValueHead(nn.Module):
@@ -69,6 +97,9 @@ class Policy:
         self.value_head = value_head.to(self.device)  # float32 whatever the trunk's dtype
         self.config = config
         self.eos_ids = _eos_ids(model, tokenizer)
+        # FSDP2-sharded base (trainer.distributed, strategy fsdp): every forward all-gathers
+        # the weights, a collective that every rank must enter the same number of times
+        self.sharded = is_sharded(model)
         self.model.eval()  # no dropout anywhere: rollout-time and update-time log-probs agree
 
     # ------------------------------------------------------------------ loading / saving
@@ -90,7 +121,11 @@ class Policy:
         from core.model_loading import load_causal_lm
 
         device, dtype = resolve_device(device, dtype)
-        base, tokenizer = load_causal_lm(model_path, dtype=dtype, device=device, padding_side="left")
+        shard = _BASE_SHARDER.get()
+        # a base to shard is loaded on the CPU: the whole model need never fit on one GPU;
+        # the sharder moves each rank's shard (and the LoRA) to ``device``
+        load_device = torch.device("cpu") if shard is not None else device
+        base, tokenizer = load_causal_lm(model_path, dtype=dtype, device=load_device, padding_side="left")
         for p in base.parameters():
             p.requires_grad_(False)
         if adapter_path is not None:
@@ -105,6 +140,8 @@ class Policy:
                 task_type="CAUSAL_LM",
             )
             model = get_peft_model(base, lora)
+        if shard is not None:
+            shard(model, device)
         value_head = ValueHead(base.config.hidden_size, config.value_head_hidden)
         if adapter_path is not None:
             state = Path(adapter_path) / "trainer_state" / VALUE_HEAD_FILE
@@ -197,6 +234,9 @@ class Policy:
         cfg = self.config
         repeated = [p for p in prompts for _ in range(rollouts_per_prompt)]
         prompt_ids, prompt_mask = self.encode_prompts(repeated)
+        # sharded: keep decoding until every rank is done (the ranks' answers end at different
+        # steps, and each step's forward all-gathers the weights with all of them)
+        sync = {"synced_gpus": True} if self.sharded else {}
         with merged_lora(self.model):
             out = self.model.generate(
                 input_ids=prompt_ids,
@@ -209,6 +249,7 @@ class Policy:
                 use_cache=True,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=sorted(self.eos_ids),
+                **sync,
             )
         response_ids = out[:, prompt_ids.shape[1] :]  # (B, T)
         response_mask = response_mask_from_eos(response_ids, self.eos_ids)  # (B, T)
@@ -293,11 +334,14 @@ def merged_lora(model):
     weights are restored bit-exactly from a copy (unmerging by subtraction alone would leave
     rounding drift in the frozen weights and hence in the reference policy). Log-probs for PPO
     are recomputed unmerged (``forward``), so only the sampling sees the merged rounding.
+
+    A sharded base (FSDP2) samples unmerged: its weights are shards outside each forward, and
+    adding the whole LoRA update to a shard is not defined (torch refuses Tensor + DTensor).
     """
     from peft.tuners.lora import LoraLayer
 
     layers = [m for m in model.modules() if isinstance(m, LoraLayer) and not m.merged]
-    if not layers or not hasattr(model, "merge_adapter"):
+    if not layers or not hasattr(model, "merge_adapter") or is_sharded(model):
         yield
         return
     saved = []
