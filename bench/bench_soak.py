@@ -5,8 +5,9 @@ broker and a private valkey, so Redis's memory is ours alone). ``--clients`` thr
 each loop for ``--seconds`` (600): ``POST /v1/query`` (a short answer), then
 ``POST /v1/feedback`` with a view and a like or dislike for that answer, under the client's
 own ``X-Client-Id``. Every ``--sample-s`` seconds: RSS and open file descriptors of the API
-and the aggregator, Redis ``used_memory`` and key count, the impressions stored, the outbox
-backlog.
+and the aggregator (the API's by kind: client sockets, Redis, broker, files...; and its Redis
+connections as Redis sees them in CLIENT LIST, with how long they have been idle), Redis
+``used_memory`` and key count, the impressions stored, the outbox backlog.
 
 The figures are **start vs end** (there is no peer: the process is compared with itself):
 the first window after warm-up against the last window, as end/start ratios, plus the RSS
@@ -78,29 +79,57 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def fd_kinds(pid: int, ports: dict[int, str]) -> dict[str, int]:
-    """Open fds of ``pid`` by kind; TCP sockets by the named port at either end (``ports``:
-    port -> name), so a growing count says which pool grows."""
-    inodes: dict[str, str] = {}
+def _tcp_sockets() -> dict[str, tuple[int, int]]:
+    """Socket inode -> (local port, remote port) for every TCP socket of the machine."""
+    sockets: dict[str, tuple[int, int]] = {}
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         for line in Path(table).read_text().splitlines()[1:]:
             f = line.split()
-            local, remote = int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16)
-            inodes[f[9]] = ports.get(remote) or ports.get(local) or "tcp other"
-    kinds: dict[str, int] = {}
+            sockets[f[9]] = (int(f[1].rsplit(":", 1)[1], 16), int(f[2].rsplit(":", 1)[1], 16))
+    return sockets
+
+
+def _fd_targets(pid: int) -> list[str]:
+    """What each open fd of ``pid`` points at (``socket:[inode]``, a path, ``pipe:[...]``)."""
+    targets = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
+            targets.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
+        except OSError:  # closed between listdir and readlink
             continue
+    return targets
+
+
+def fd_kinds(pid: int, ports: dict[int, str]) -> dict[str, int]:
+    """Open fds of ``pid`` by kind; TCP sockets by the named port at either end (``ports``:
+    port -> name), so a growing count says which pool grows."""
+    sockets = _tcp_sockets()
+    kinds: dict[str, int] = {}
+    for target in _fd_targets(pid):
         if target.startswith("socket:["):
-            kind = inodes.get(target[8:-1], "socket other")
+            ends = sockets.get(target[8:-1])
+            kind = (ports.get(ends[1]) or ports.get(ends[0]) or "tcp other") if ends else "socket other"
         elif target.startswith("/"):
             kind = "file"
         else:
             kind = target.split(":")[0]
         kinds[kind] = kinds.get(kind, 0) + 1
     return dict(sorted(kinds.items()))
+
+
+def redis_clients_of(pid: int, r, redis_port: int) -> dict:
+    """Redis's own view (CLIENT LIST) of the connections ``pid`` holds to it, matched by the
+    client's local port: how many, and how long the longest has been idle. A pool that grew
+    to a peak and keeps the extra sockets shows connections idle for minutes; a pool that
+    reuses what it has shows them all busy within seconds."""
+    sockets = _tcp_sockets()
+    mine = {
+        sockets[t[8:-1]][0]
+        for t in _fd_targets(pid)
+        if t.startswith("socket:[") and t[8:-1] in sockets and sockets[t[8:-1]][1] == redis_port
+    }
+    idle = [int(c["idle"]) for c in r.client_list() if int(c["addr"].rsplit(":", 1)[1]) in mine]
+    return {"n": len(idle), "idle_max_s": max(idle, default=0), "idle_over_30s": sum(i > 30 for i in idle)}
 
 
 def slope_per_min(points: list[tuple[float, float]]) -> float:
@@ -304,6 +333,9 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                 "api_fds": open_fds(procs["api"].pid),
                 "agg_fds": open_fds(procs["aggregator"].pid),
                 "outbox_pending": ready["checks"]["outbox"]["pending"],
+                # Which pool grows, if the fd count does (issue 16: the Redis pool, or keep-alive sockets).
+                "api_fd_kinds": fd_kinds(procs["api"].pid, ports),
+                "api_redis_clients": redis_clients_of(procs["api"].pid, r, valkey.port),
                 "queries": len(clients.queries),
                 **redis_figures(r, agg_keys),
             }

@@ -404,6 +404,23 @@ class ApiSettings(CommonSettings):
         description="Most impressions the local outbox holds while the broker is away; when full, new answers "
         "are refused with 503 (Retry-After) instead of letting the file grow without limit.",
     )
+    redis_max_connections: int = Field(
+        default=8,
+        ge=2,  # the hot-swap watcher's pub/sub subscription holds one connection for good
+        le=1024,
+        description="Most Redis connections this API process opens. At the bound a request waits for one to "
+        "come back (RLHB_API_REDIS_POOL_TIMEOUT_S) instead of opening another: an unbounded pool keeps as "
+        "many sockets as its busiest moment ever needed. Redis runs one command at a time, so a few "
+        "connections serve thousands of short commands per second.",
+    )
+    redis_pool_timeout_s: float = Field(
+        default=5.0,
+        gt=0,
+        le=60,
+        description="How long a request waits for a free Redis connection at RLHB_API_REDIS_MAX_CONNECTIONS; "
+        "then that Redis call fails like an unreachable Redis (admin routes 503, feedback skips its "
+        "once-per-client check).",
+    )
 
     @model_validator(mode="after")
     def _secrets(self) -> ApiSettings:
@@ -510,6 +527,12 @@ class AggregatorSettings(CommonSettings):
     )
     poll_timeout_ms: int = Field(default=100, ge=1, le=10_000, description="Longest wait in one consumer poll.")
     max_poll_records: int = Field(default=2000, ge=1, description="Most messages applied in one Redis script call.")
+    kafka_client: Literal["kafka-python", "confluent"] = Field(
+        default="kafka-python",
+        description="The group consumer's client: kafka-python (pure Python) or confluent (confluent-kafka, "
+        "librdkafka in C: decodes and checksums fetches outside the GIL; see bench/README.md). Replay and the "
+        "producers use kafka-python either way.",
+    )
     lease_s: float = Field(
         default=30.0, gt=0, description="A record claimed for publishing is re-published by anyone after this."
     )
@@ -766,6 +789,13 @@ class TrainerSettings(CommonSettings):
         le=300,
         description="How often the trainer writes its status and training curve to Redis (GET /admin/status, the "
         "dashboard); missing for 3 periods reads as down.",
+    )
+    dist_strategy: str = Field(
+        default="replicate",
+        pattern="^(replicate|fsdp)$",
+        description="Under torchrun: replicate (every rank holds the whole base model) or fsdp (the policy's "
+        "frozen base weights are sharded over the ranks with FSDP2, for a model that does not fit one GPU; "
+        "rollouts are then slow: use vLLM rollouts). One process: ignored. docs/production.md.",
     )
     gate: GateSettings = Field(
         default_factory=GateSettings,

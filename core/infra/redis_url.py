@@ -141,14 +141,44 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     )
 
 
-def redis_from_url(url: str, **kwargs: Any):
+def _blocking_sentinel_pool_class():
+    """A Sentinel-managed pool that blocks at its bound like ``redis.BlockingConnectionPool``
+    (redis-py ships only the non-blocking one, which raises "Too many connections" instead).
+    The MRO puts Sentinel's master lookup in front of the blocking queue of connections."""
+    import redis
+    from redis.sentinel import SentinelConnectionPool
+
+    class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+        pass
+
+    return BlockingSentinelConnectionPool
+
+
+def redis_from_url(url: str, *, max_connections: int | None = None, pool_timeout_s: float = 5.0, **kwargs: Any):
     """A ``redis.Redis`` client for any URL above; ``kwargs`` as for ``redis.Redis.from_url``
     (``decode_responses``, ``socket_timeout``...). For Sentinel the client asks the Sentinels
-    for the current master on each new connection, so it follows a failover by itself."""
+    for the current master on each new connection, so it follows a failover by itself.
+
+    ``max_connections``: bound the client's connection pool. redis-py's default pool is
+    unbounded and keeps every socket it ever opened, so a long-lived process holds as many
+    connections as its highest concurrency so far (issue 16: the API's open fds crept up in
+    steps through a soak). Bounded, the pool is a blocking one: at the bound a command waits
+    up to ``pool_timeout_s`` for a connection to come back (then ``redis.ConnectionError``
+    "No connection available.") instead of opening another socket. None (probes, CLIs, one
+    thread): redis-py's default."""
     import redis
 
+    pool_kwargs: dict[str, Any] = {}
+    if max_connections is not None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, not {max_connections}")
+        pool_kwargs = {"max_connections": max_connections, "timeout": pool_timeout_s}
+
     if not is_sentinel_url(url):
-        return redis.Redis.from_url(url, **kwargs)
+        if not pool_kwargs:
+            return redis.Redis.from_url(url, **kwargs)
+        # from_pool: the client owns the pool and closes its sockets with it.
+        return redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(url, **pool_kwargs, **kwargs))
 
     from redis.sentinel import Sentinel, SentinelManagedSSLConnection
 
@@ -171,5 +201,7 @@ def redis_from_url(url: str, **kwargs: Any):
         master_kwargs["connection_class"] = SentinelManagedSSLConnection
         if target.ssl_ca_certs:
             master_kwargs["ssl_ca_certs"] = target.ssl_ca_certs
+    if pool_kwargs:
+        master_kwargs.update(pool_kwargs, connection_pool_class=_blocking_sentinel_pool_class())
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_kwargs)
     return sentinel.master_for(target.master, redis_class=redis.Redis, **master_kwargs)

@@ -263,7 +263,16 @@ def create_app(settings: ApiSettings | None = None, *, backend=None, registry=No
                 ttl_s=settings.impression_ttl_s,
                 accept_legacy=settings.impression_accept_legacy,
             ),
-            redis=redis_from_url(infra.redis_url, decode_responses=True, socket_timeout=5, socket_connect_timeout=3),
+            # Bounded and blocking (issue 16): under load requests wait briefly for a connection
+            # instead of each burst leaving more sockets open for the life of the process.
+            redis=redis_from_url(
+                infra.redis_url,
+                max_connections=settings.redis_max_connections,
+                pool_timeout_s=settings.redis_pool_timeout_s,
+                decode_responses=True,
+                socket_timeout=5,
+                socket_connect_timeout=3,
+            ),
             producers=producers,
             bootstrap=infra.bootstrap,
             redis_url=infra.redis_url,

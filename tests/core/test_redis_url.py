@@ -112,3 +112,108 @@ def test_plain_urls_go_through_the_same_function_to_the_real_redis(redis_url, re
     assert client.get(f"{redis_prefix}k") == "v"
     client.close()
     assert redis_answers(redis_url)
+
+
+# ---------------------------------------------------------------- bounded pools (issue 16)
+# redis-py's default pool is unbounded and keeps every connection it opened: a long-lived process
+# ends up holding as many sockets as its busiest moment needed. With max_connections the pool is a
+# blocking one: commands wait for a connection to come back instead of opening more.
+
+
+@pytest.fixture
+def private_redis():
+    from core.infra.redis_server import EmbeddedRedis
+
+    server = EmbeddedRedis().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sentinel_url(private_redis, tmp_path):
+    """A real Sentinel (the embedded valkey binary in sentinel mode) watching ``private_redis``."""
+    import subprocess
+    import time
+
+    from core.infra.redis_server import server_binary
+
+    port = free_port()
+    conf = tmp_path / "sentinel.conf"  # sentinel rewrites its config: a file of its own
+    conf.write_text(f"port {port}\nbind 127.0.0.1\nsentinel monitor rlhb 127.0.0.1 {private_redis.port} 1\n")
+    proc = subprocess.Popen(
+        [str(server_binary()), str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"redis+sentinel://127.0.0.1:{port}/rlhb"
+    try:
+        deadline = time.monotonic() + 20
+        while not redis_answers(url, timeout_s=0.5):
+            assert proc.poll() is None and time.monotonic() < deadline, "the Sentinel did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _named_connections(watch, name: str) -> int:
+    return sum(1 for c in watch.client_list() if c["name"] == name)
+
+
+@pytest.mark.parametrize("kind", ["plain", "sentinel"])
+def test_a_bounded_client_never_opens_more_than_its_bound_and_makes_the_rest_wait(kind, private_redis, request):
+    import threading
+    import time
+    import uuid
+
+    import redis
+
+    url = private_redis.url if kind == "plain" else request.getfixturevalue("sentinel_url")
+    name = f"rlhbtest-pool-{uuid.uuid4().hex[:8]}"  # CLIENT SETNAME: count this client's sockets on the server
+    client = redis_from_url(url, max_connections=2, pool_timeout_s=10, client_name=name, decode_responses=True)
+    watch = redis.Redis.from_url(private_redis.url, decode_responses=True)
+    errors: list[Exception] = []
+
+    def hold() -> None:
+        try:  # BLPOP on an empty key keeps its connection busy for 0.3 s
+            client.blpop(f"empty-{uuid.uuid4().hex}", timeout=0.3)
+        except Exception as e:  # noqa: BLE001 - asserted below
+            errors.append(e)
+
+    threads = [threading.Thread(target=hold) for _ in range(6)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    peak = 0
+    while any(t.is_alive() for t in threads):
+        peak = max(peak, _named_connections(watch, name))
+        time.sleep(0.02)
+    elapsed = time.monotonic() - started
+    try:
+        assert errors == []  # an unbounded pool opens 6; a non-blocking bounded one raises "Too many connections"
+        assert peak == 2 and _named_connections(watch, name) == 2
+        assert elapsed >= 3 * 0.3 - 0.05  # 6 holds through 2 connections: three rounds, one after another
+    finally:
+        client.close()
+        watch.close()
+
+
+def test_a_bounded_client_gives_up_after_the_pool_timeout(private_redis):
+    import threading
+    import time
+
+    import redis
+
+    client = redis_from_url(private_redis.url, max_connections=1, pool_timeout_s=0.2)
+    holder = threading.Thread(target=client.blpop, args=("nothing-here",), kwargs={"timeout": 1.5})
+    holder.start()
+    time.sleep(0.2)  # the only connection is now inside BLPOP
+    started = time.monotonic()
+    try:
+        with pytest.raises(redis.ConnectionError, match="No connection available"):
+            client.ping()
+        assert time.monotonic() - started < 1.0  # the pool's timeout, not the holder's 1.5 s
+    finally:
+        holder.join(5)
+        client.close()
+    with pytest.raises(ValueError, match="at least 1"):
+        redis_from_url(private_redis.url, max_connections=0)
