@@ -50,6 +50,7 @@ def _secret_keys() -> dict[str, set[str]]:
 
 def test_every_manifest_parses_and_the_kustomization_lists_them():
     assert {"rlhb-api", "rlhb-aggregator", "rlhb-trainer"} == set(_kind("Deployment"))
+    assert {"rlhb-vllm"} == set(_kind("StatefulSet"))
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     for resource in kustomization["resources"]:
         assert (K8S / resource).is_file(), resource
@@ -169,3 +170,38 @@ def test_the_example_configuration_passes_settings_validation(cls, tmp_path, mon
     settings = cls()
     assert settings.kafka_security_protocol == "SASL_SSL"
     assert settings.redis_url.startswith("rediss://:replace-with-the-redis-password@")
+
+
+def test_vllm_replicas_are_addressable_one_by_one_and_serve_the_registry_path():
+    """vLLM (vllm.yaml) runs as a StatefulSet behind a headless Service, and the API's
+    RLHB_API_VLLM_URLS names every replica by its stable pod DNS name (rlhb-vllm-N.rlhb-vllm):
+    the API must load each version into every replica, which a load-balanced Service could not
+    promise. Runtime LoRA updating is on, LoRA rank fits the trainer's, the adapter volume is at
+    the API's RLHB_ADAPTER_DIR (the lora_path the API sends), probes answer on /health, one GPU."""
+    (sts,) = [d for d in _docs() if d.get("kind") == "StatefulSet"]
+    service = _kind("Service")[sts["spec"]["serviceName"]]
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"].items() <= sts["spec"]["template"]["metadata"]["labels"].items()
+    (vllm,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in vllm["env"]}
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    args = vllm["args"]
+    assert "--enable-lora" in args
+    from trainer.config import PPOConfig
+
+    assert int(args[args.index("--max-lora-rank") + 1]) >= PPOConfig().lora_r
+    port = next(p["containerPort"] for p in vllm["ports"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert vllm[probe]["httpGet"]["path"] == "/health", probe
+    assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
+    mounts = {m["mountPath"]: m["name"] for m in vllm["volumeMounts"]}
+    assert mounts[_config()["RLHB_ADAPTER_DIR"]] == "adapters"
+
+    (api,) = _kind("Deployment")["rlhb-api"]["spec"]["template"]["spec"]["containers"]
+    api_env = {e["name"]: e.get("value") for e in api["env"]}
+    assert api_env["RLHB_API_BACKEND"] == "vllm"
+    name, svc = sts["metadata"]["name"], service["metadata"]["name"]
+    expected = [f"http://{name}-{i}.{svc}:{port}" for i in range(sts["spec"]["replicas"])]
+    assert api_env["RLHB_API_VLLM_URLS"].split(",") == expected
+    trainer = _kind("Deployment")["rlhb-trainer"]["spec"]["template"]["spec"]["containers"][0]
+    assert trainer["resources"]["limits"]["nvidia.com/gpu"] == 1
