@@ -10,13 +10,13 @@ Two entry points use it:
   Redis and the registry, writes checkpoints and runs the gate. At each round it broadcasts
   the round (``TrainRequest`` with its records, algorithm and config) with
   ``broadcast_object_list``; every other rank waits for it in ``follow_rounds`` and trains
-  its replica alongside (``train_round``). Rounds of the PPO-core algorithms (rlhb, rlhbc,
-  rlhf) are data-parallel; sft and pro rounds train on rank 0 alone (the others idle). While
+  its replica alongside (``train_round``). Rounds of every algorithm are data-parallel: the
+  PPO-core ones (rlhb, rlhbc, rlhf) sample their own prompts and rollouts on each rank, the
+  supervised ones (sft, pro) split each batch over the ranks (``BatchShard``). While
   no round runs, rank 0 broadcasts a heartbeat every ``HEARTBEAT_SECONDS`` so the waiting
   ranks stay inside the process-group timeout (``LOOP_TIMEOUT_SECONDS``, which must also
   cover the gate after training, during which rank 0 sends nothing).
-- a one-off run from a records file (RLHB and the PPO family), ``-m trainer.distributed``
-  (see ``main``).
+- a one-off run of any algorithm from a records file, ``-m trainer.distributed`` (see ``main``).
 
 Devices: the backend is nccl only when the ranks train on CUDA (``RLHB_DEVICE`` resolves to
 a GPU; each rank then takes ``cuda:LOCAL_RANK``), gloo otherwise.
@@ -25,6 +25,16 @@ Every rank holds a full replica (base LM + LoRA, value head, discriminator), sam
 prompts and rollouts, and averages the gradients of the trainable tensors with the other
 ranks before each optimizer step, as ``DistributedDataParallel`` does. Identical start +
 identical averaged gradients + identical optimizers = replicas that stay identical.
+
+sft and pro draw their batches from a shuffled pass over fixed examples (SFT pairs, PRO ranked
+lists) rather than sampling: every rank draws the same batch (same seed) and trains on its
+share, items rank, rank + N, ... (``BatchShard.take``). Their losses are means over the batch
+(per token for sft, per list for pro), so each rank scales its share's mean by N x its share of
+the batch's count (``BatchShard.weight``; shares differ when N does not divide the batch): the
+averaged gradient is then the gradient of the whole batch's loss, and one step of N ranks is
+the step of one process on the whole batch (up to float rounding). A rank whose share is empty
+(a batch smaller than N) runs the batch's first item with weight 0, so its backward, and the
+all-reduces in it, still match the other ranks'.
 
 Strategies (``DistContext.strategy``; ``RLHB_TRAINER_DIST_STRATEGY``, ``--strategy``):
 
@@ -75,11 +85,12 @@ import dataclasses
 import datetime
 import functools
 import logging
+import math
 import os
 import random
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -88,8 +99,8 @@ STRATEGIES = ("replicate", "fsdp")
 """How ranks hold the policy's base model: a whole copy each, or FSDP2 shards (module doc)."""
 # Distinct streams per rank for sampling; a large prime keeps rank seeds apart from seed + small offsets.
 RANK_SEED_STRIDE = 1_000_003
-DDP_ALGORITHMS = ("rlhb", "rlhbc", "rlhf")
-"""Algorithms on the PPO core: their rounds run data-parallel; others train on rank 0 alone."""
+DDP_ALGORITHMS = ("rlhb", "rlhbc", "rlhf", "sft", "pro")
+"""Algorithms whose rounds run data-parallel: all of them (``trainer.algorithms.ALGORITHMS``)."""
 HEARTBEAT_SECONDS = 30.0
 """``rlhb trainer`` under torchrun: rank 0 tells the waiting ranks it is alive this often between rounds."""
 LOOP_TIMEOUT_SECONDS = 4 * 3600.0
@@ -97,6 +108,7 @@ LOOP_TIMEOUT_SECONDS = 4 * 3600.0
 collective, which includes waiting for the next message while rank 0 gates and registers a version."""
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -380,6 +392,48 @@ def all_ranks_ok(ok: bool, ctx: DistContext) -> bool:
     return int(flag.item()) == 0
 
 
+@dataclass(frozen=True)
+class BatchShard:
+    """This rank's share of each batch of a supervised algorithm (sft, pro; module doc).
+
+    The trainers hold ``BatchShard()`` (one process: the whole batch, weight 1); ``prepare_trainer``
+    gives them this rank's. Per iteration, on every rank and in this order: ``take`` the share,
+    compute its loss, scale it by ``weight``, agree it is finite (``check_finite``), backward."""
+
+    ctx: DistContext = SINGLE_PROCESS
+
+    def take(self, batch: Sequence[T]) -> tuple[list[T], bool]:
+        """(this rank's items, True); (the batch's first item as a stand-in, False) when the share
+        is empty: the caller then passes a count of 0 to ``weight``, which zeroes its loss."""
+        share = list(batch[self.ctx.rank :: self.ctx.world_size])
+        if share:
+            return share, True
+        return list(batch[:1]), False
+
+    def weight(self, count: float) -> float:
+        """N x ``count`` / (sum of ``count`` over the ranks): the factor on this rank's mean loss
+        (``count``: the examples or tokens that mean is over) that makes the ranks' averaged
+        gradient the gradient of the whole batch's mean. 1 alone. One collective."""
+        if not self.ctx.distributed:
+            return 1.0
+        total = torch.tensor([float(count)], dtype=torch.float64, device=self.ctx.device)  # (1,)
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        return self.ctx.world_size * float(count) / float(total.item())
+
+    def check_finite(self, name: str, loss: torch.Tensor) -> None:
+        """Raise ``TrainingDiverged`` on every rank when ``loss`` is NaN/inf on any (before the
+        backward: a rank stopping alone would leave the others waiting in its all-reduces)."""
+        if not self.ctx.distributed:
+            return  # the optimizer's own check
+        from trainer.algorithms.base import TrainingDiverged
+        from trainer.algorithms.ppo_core import check_finite
+
+        value = float(loss.detach())
+        if not all_ranks_ok(math.isfinite(value), self.ctx):
+            check_finite(name, value)  # this rank's own NaN/inf
+            raise TrainingDiverged(f"{name} became NaN/inf on another rank: training stopped, no checkpoint written")
+
+
 def parameters_digest(params: Iterable[torch.Tensor]) -> str:
     """sha256 over the bytes of ``params`` in order: equal digests = identical replicas."""
     import hashlib
@@ -390,12 +444,12 @@ def parameters_digest(params: Iterable[torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-# --------------------------------------------------------------------------- trainers (RLHB and the PPO family)
+# --------------------------------------------------------------------------- trainers (every algorithm)
 def trainable_parameters(trainer) -> list[torch.nn.Parameter]:
     """Actor LoRA + critic value head + discriminator (when the trainer has one), in a fixed order.
 
     ``trainer`` is any algorithm object with ``policy`` (``trainer.policy.Policy``) and optionally
-    ``discriminator``: ``RLHBTrainer``, ``RewardModelPPO``."""
+    ``discriminator``: ``RLHBTrainer``, ``RewardModelPPO``, ``SFTTrainer``, ``PROTrainer``."""
     params = list(trainer.policy.actor_parameters()) + list(trainer.policy.critic_parameters())
     discriminator = getattr(trainer, "discriminator", None)
     if discriminator is not None:
@@ -406,7 +460,10 @@ def trainable_parameters(trainer) -> list[torch.nn.Parameter]:
 def prepare_trainer(trainer, ctx: DistContext, seed: int) -> GradientSync:
     """Make a freshly built trainer a replica: rank 0's parameters everywhere, gradients averaged
     from now on, and a per-rank sampling seed (its ``rng`` and torch's) so replicas see different
-    prompts and rollouts. Call after construction and before any update (including D warm-up)."""
+    prompts and rollouts. A supervised trainer (sft, pro: it has ``batch_shard``) keeps its ``rng``,
+    so every rank draws the same batches, and gets this rank's ``BatchShard`` of them (torch's
+    seed still differs per rank: pro's self-bootstrapping samples). Call after construction and
+    before any update (including D warm-up)."""
     params = trainable_parameters(trainer)
     broadcast_parameters(params, ctx)
     reward_model = getattr(trainer, "reward_model", None)
@@ -414,7 +471,9 @@ def prepare_trainer(trainer, ctx: DistContext, seed: int) -> GradientSync:
         broadcast_module_state(reward_model, ctx)
     sync = GradientSync(params, ctx)
     rank_seed = seed_sampling(seed, ctx)
-    if hasattr(trainer, "rng"):
+    if hasattr(trainer, "batch_shard"):
+        trainer.batch_shard = BatchShard(ctx)
+    elif hasattr(trainer, "rng"):
         trainer.rng = random.Random(rank_seed)
     return sync
 
@@ -471,15 +530,13 @@ def run_iterations(trainer, algorithm: str, ctx: DistContext, local_metrics: lis
 def build_trainer(algorithm: str, request, config: Any = None, ctx: DistContext = SINGLE_PROCESS):
     """The algorithm's trainer object, built identically on every rank (same seed in ``request``).
 
-    ``config``: the algorithm's ``Config``, or a mapping of overrides to its defaults. rlhbc and
-    rlhf train their reward model here, on every rank (same records and seed: the same model;
-    ``prepare_trainer`` then copies rank 0's to be sure). Under strategy fsdp (``ctx``) the
+    ``config``: the algorithm's ``Config``, or a mapping of overrides to its defaults. rlhbc, rlhf
+    (and pro with self-bootstrapping) train their reward model here, on every rank (same records
+    and seed: the same model; ``prepare_trainer`` then copies rank 0's to be sure). Under strategy fsdp (``ctx``) the
     policy's base is sharded as it loads (``policy_loading``); the LM discriminator's trunk and
     the reward models stay whole."""
     if algorithm not in DDP_ALGORITHMS:
-        raise ValueError(
-            f"data-parallel training supports the PPO-core algorithms {', '.join(DDP_ALGORITHMS)}; got {algorithm!r}"
-        )
+        raise ValueError(f"data-parallel training supports {', '.join(DDP_ALGORITHMS)}; got {algorithm!r}")
     from trainer.algorithms import default_config
 
     if config is None or isinstance(config, Mapping):
@@ -497,17 +554,15 @@ def build_trainer(algorithm: str, request, config: Any = None, ctx: DistContext 
 def train_round(algorithm: str, request, config, ctx: DistContext):
     """One training run on every rank of ``ctx`` (each rank calls it with the same arguments).
 
-    PPO-core algorithms: replicas built with the same seed, rank 0's weights broadcast,
-    gradients averaged, per-rank sampling; rank 0 writes the checkpoint and returns the
-    ``RunResult``, the others return None. Other algorithms (sft, pro) run on rank 0 alone and
-    the other ranks return None at once. Single process: the algorithm's own ``run``."""
+    Every algorithm: replicas built with the same seed, rank 0's weights broadcast, gradients
+    averaged; per-rank sampling (PPO core) or per-rank shares of each batch (sft, pro). Rank 0
+    writes the checkpoint and returns the ``RunResult``, the others return None. Single process:
+    the algorithm's own ``run``."""
     from trainer.algorithms import get_algorithm
     from trainer.algorithms.runner import check_request
 
     if not ctx.distributed:
         return get_algorithm(algorithm)(request, config)
-    if algorithm not in DDP_ALGORITHMS:
-        return get_algorithm(algorithm)(request, config) if ctx.is_main else None
     if ctx.is_main:
         check_request(request)
     seed_replicas(request.seed)
@@ -579,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.records import load_records
 
     parser = argparse.ArgumentParser(prog="torchrun -m trainer.distributed", description=main.__doc__)
-    parser.add_argument("--algo", default="rlhb", choices=DDP_ALGORITHMS, help="algorithm on the PPO core")
+    parser.add_argument("--algo", default="rlhb", choices=DDP_ALGORITHMS, help="the algorithm")
     parser.add_argument("--records", required=True, help="JSONL of behavior records")
     parser.add_argument("--model-path", required=True, help="HF causal LM folder")
     parser.add_argument("--output-root", required=True, help="checkpoint versions are written under this folder")
@@ -631,7 +686,7 @@ def main(argv: list[str] | None = None) -> int:
         if ctx.is_main:
             check_request(request)
         seed_replicas(args.seed)
-        trainer = build_trainer(args.algo, request, overrides, ctx)  # rlhb, rlhbc, rlhf
+        trainer = build_trainer(args.algo, request, overrides, ctx)
         sync = prepare_trainer(trainer, ctx, args.seed)
         initial = parameters_digest(trainable_parameters(trainer))
         local: list[dict] = []

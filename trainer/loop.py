@@ -43,7 +43,7 @@ without CUDA stops the trainer at start with an error naming the variable.
 Several processes (``torchrun --nproc_per_node N -m rlhb.cli trainer``; ``trainer/distributed.py``):
 rank 0 is this trainer (Kafka, Redis, registry, gate, checkpoints); at each round it broadcasts
 the round's request to the other ranks, which train replicas alongside it with averaged
-gradients (rlhb, rlhbc, rlhf; sft and pro train on rank 0 alone). Between rounds rank 0 sends
+gradients (every algorithm; sft and pro split each batch by rank). Between rounds rank 0 sends
 heartbeats from the consumer thread; during a round only the round thread talks to the other
 ranks, so the two threads never interleave collectives. Each rank on GPUs takes
 ``cuda:LOCAL_RANK``.

@@ -29,6 +29,11 @@ Departures from the paper:
   the logged answer on top and the samples below it).
 - The prompt holds the same behavior sentence for every candidate ('preferred' or 'none'):
   a ranking compares answers to one prompt, so 'record' (each answer's own sentence) is refused.
+
+Under torchrun (``trainer.distributed``) every rank draws the same batch of lists and trains
+on its share (``batch_shard``; with bootstrapping it samples for its own lists), its loss and
+per-list metrics weighted by its share of the lists, so the averaged gradient and the
+rank-averaged metrics are the whole batch's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ from trainer.algorithms.base import RunResult, TrainRequest
 from trainer.algorithms.conditioning import behavior_chooser
 from trainer.algorithms.runner import check_request, run_iterations, seed_everything
 from trainer.algorithms.supervised import AdapterOptimizer, SupervisedConfig, answer_logprobs
+from trainer.distributed import BatchShard
 from trainer.losses.pro import pro_loss
 from trainer.policy import Policy
 from trainer.records import RecordsError, as_records
@@ -193,6 +199,7 @@ class PROTrainer:
         self.optimizer = AdapterOptimizer(self.policy, config)
         self.rng = random.Random(request.seed)
         self._queue: list[int] = []
+        self.batch_shard = BatchShard()  # the whole batch; trainer.distributed.prepare_trainer sets this rank's
 
     def _next_batch(self) -> list[RankedList]:
         size = min(self.config.batch_size, len(self.lists))
@@ -239,7 +246,9 @@ class PROTrainer:
 
     def iteration(self, i: int) -> dict[str, float]:
         cfg = self.config
-        lists = self._next_batch()
+        lists, real = self.batch_shard.take(self._next_batch())  # this rank's share (all of it alone)
+        # N ranks: the loss is a mean over lists, so this rank's mean counts by its share of them
+        weight = self.batch_shard.weight(float(len(lists)) if real else 0.0)
         extra: dict[str, float] = {}
         if cfg.bootstrap:
             lists = self.bootstrap(lists)
@@ -257,14 +266,21 @@ class PROTrainer:
             padded = [lst.rewards + [lst.rewards[-1]] * (width - len(lst.rewards)) for lst in lists]
             rewards = torch.tensor(padded, dtype=seq_logprobs.dtype, device=seq_logprobs.device) * cfg.reward_scale
         loss, stats = pro_loss(seq_logprobs, seq_lengths, rewards, cfg.sft_weight)  # eq. 7
+        # means over this rank's lists (rank_accuracy: over those with 2+ answers, which every
+        # list has; bootstrap_*: over k samples per list)
+        means = {**stats, "list_len": float((seq_lengths > 0).sum(1).float().mean())}
+        means.update({k: extra.pop(k) for k in ("bootstrap_score", "bootstrap_position") if k in extra})
+        if weight != 1.0:  # N ranks: weighted like the loss, so their rank average is the batch's mean
+            loss = loss * weight
+            means = {k: v * weight for k, v in means.items()}
+        self.batch_shard.check_finite("PRO loss", loss)
         grad_norm = self.optimizer.step(loss, "PRO loss")
         return {
             "iteration": i,
             "loss": loss.item(),
-            **stats,
+            **means,
             "grad_norm": grad_norm,
             "lists": float(len(self.lists)),
-            "list_len": float((seq_lengths > 0).sum(1).float().mean()),
             **extra,
         }
 
@@ -273,6 +289,11 @@ class PROTrainer:
 
     def run(self) -> RunResult:
         return run_iterations(self.request, algorithm=ALGORITHM, step=self.iteration, save_adapter=self.save_adapter)
+
+
+def build(request: TrainRequest, config: Config) -> PROTrainer:
+    """The trainer object (``trainer.distributed.build_trainer``)."""
+    return PROTrainer(request, config)
 
 
 def run(request: TrainRequest, config: Config | None = None) -> RunResult:

@@ -10,6 +10,10 @@
 Metrics per step: ``loss`` (token-mean NLL), ``grad_norm``; and the selection's
 ``selected``, ``selected_min_reward``, ``selected_mean_reward``.
 
+Under torchrun (``trainer.distributed``) every rank draws the same batch and trains on its
+share (``batch_shard``), its loss weighted so the averaged gradient is the whole batch's token
+mean; the rank-averaged ``loss`` metric is the whole batch's.
+
 Departures from the papers: none in the loss; the selection rule (threshold + top share,
 ties broken by impression id) is ours, since logs hold one answer per query more often than
 a ranked set. Identical (query, answer) records are selected once.
@@ -28,6 +32,7 @@ from trainer.algorithms.base import RunResult, TrainRequest
 from trainer.algorithms.conditioning import behavior_chooser
 from trainer.algorithms.runner import check_request, run_iterations, seed_everything
 from trainer.algorithms.supervised import AdapterOptimizer, SupervisedConfig, answer_logprobs
+from trainer.distributed import BatchShard
 from trainer.policy import Policy
 from trainer.records import RecordsError, as_records
 from trainer.reward_models.split import query_key
@@ -102,6 +107,7 @@ class SFTTrainer:
         self.optimizer = AdapterOptimizer(self.policy, config)
         self.rng = random.Random(request.seed)
         self._queue: list[int] = []
+        self.batch_shard = BatchShard()  # the whole batch; trainer.distributed.prepare_trainer sets this rank's
         rewards = [r.reward for r in self.selected]
         self.selection_metrics = {
             "selected": float(len(self.selected)),
@@ -120,9 +126,13 @@ class SFTTrainer:
         return [self.examples[i] for i in picks]
 
     def iteration(self, i: int) -> dict[str, float]:
-        batch = self._next_batch()
+        batch, real = self.batch_shard.take(self._next_batch())  # this rank's share (all of it alone)
         logprobs, lengths = answer_logprobs(self.policy, [p for p, _ in batch], [a for _, a in batch])  # (B,), (B,)
         loss = -logprobs.sum() / lengths.sum()  # token-mean NLL (PRO paper eq. 1)
+        weight = self.batch_shard.weight(float(lengths.sum()) if real else 0.0)  # N ranks: share of the batch's tokens
+        if weight != 1.0:
+            loss = loss * weight
+        self.batch_shard.check_finite("SFT loss", loss)
         grad_norm = self.optimizer.step(loss, "SFT loss")
         return {"iteration": i, "loss": loss.item(), "grad_norm": grad_norm, **self.selection_metrics}
 
@@ -131,6 +141,11 @@ class SFTTrainer:
 
     def run(self) -> RunResult:
         return run_iterations(self.request, algorithm=ALGORITHM, step=self.iteration, save_adapter=self.save_adapter)
+
+
+def build(request: TrainRequest, config: Config) -> SFTTrainer:
+    """The trainer object (``trainer.distributed.build_trainer``)."""
+    return SFTTrainer(request, config)
 
 
 def run(request: TrainRequest, config: Config | None = None) -> RunResult:
