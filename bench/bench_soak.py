@@ -17,16 +17,27 @@ traffic; bytes *per stored impression* (above the memory before any traffic) mus
 window too. At the end, after the aggregator caught up, the counts in Redis are checked
 against every feedback event the API accepted (exactly once: none lost, none doubled).
 
+Hot swaps under load (issue 16: "while the trainer publishes and the API hot-swaps"): every
+``--publish-every-s`` seconds (60; 0 = off) a publisher thread writes a new random LoRA for the
+served model (r=4 on q_proj/v_proj, random lora_B so it changes the answers; the folder format
+of trainer/checkpoints.py) under the API's ``RLHB_ADAPTER_DIR`` and publishes it as the trainer
+does: ``Registry.register`` then ``Registry.promote`` (what trainer/gate.py calls when a
+candidate passes), which moves the active pointer in Redis and announces it; the API swaps on
+that. Recorded: the versions published, the answers per ``adapter_version`` (every published
+version must answer), the time from each promote to the first answer from the new version
+(median, max), and the errors (non-2xx answers and transport errors) per window and in total.
+No version is published in the last 15 s, so every one has time to answer.
+
 Bounded (the summary's verdict): RSS end/start <= 1.10 for both processes, open fds
 end - start <= 8, Redis bytes per impression end/start <= 1.20, query p99 end/start <= 1.5,
-and the counts exact.
+the counts exact, no error, and every published version answered.
 
 The model is the tiny random 2-layer Llama (``--model tiny``, default: this measures the
 service, not generation; 32 clients on SmolLM2 on 2 CPU cores would measure queueing) or
 ``--model smollm2`` or a folder. Prints JSON lines (``{"bench": "soak", ...}``), the last
 one the summary.
 
-    .venv/bin/python bench/bench_soak.py [--seconds 600] [--clients 32] [--model tiny]
+    .venv/bin/python bench/bench_soak.py [--seconds 600] [--clients 32] [--model tiny] [--publish-every-s 60]
 """
 
 from __future__ import annotations
@@ -153,11 +164,15 @@ class Clients:
         self.feedbacks: list[tuple[float, float]] = []
         self.accepted: dict[str, int] = {}
         self.status: dict[str, int] = {}
+        self.answers: list[tuple[float, str]] = []  # (monotonic end, adapter_version) per 200 query
+        self.errors: list[tuple[float, str]] = []  # (monotonic, what): non-2xx answers, transport errors
         self.threads = [threading.Thread(target=self.loop, args=(i,), daemon=True) for i in range(n)]
 
-    def count(self, what: str) -> None:
+    def count(self, what: str, error: bool = False) -> None:
         with self.lock:
             self.status[what] = self.status.get(what, 0) + 1
+            if error:
+                self.errors.append((time.monotonic(), what))
 
     def loop(self, i: int) -> None:
         import httpx
@@ -170,26 +185,28 @@ class Clients:
                     started = time.monotonic()
                     r = c.post("/v1/query", json={"query": rng.choice(QUESTIONS), "max_tokens": self.tokens})
                     ended = time.monotonic()
-                    self.count(f"query_{r.status_code}")
+                    self.count(f"query_{r.status_code}", error=not r.is_success)
                     if r.status_code != 200:
                         time.sleep(0.5)
                         continue
+                    body = r.json()
                     with self.lock:
                         self.queries.append((ended, ended - started))
-                    iid = r.json()["impression_id"]
+                        self.answers.append((ended, body["adapter_version"]))
+                    iid = body["impression_id"]
                     kinds = ["view", rng.choice(["like", "dislike"])]
                     events = [{"event_id": uuid.uuid4().hex, "impression_id": iid, "kind": k} for k in kinds]
                     started = time.monotonic()
                     f = c.post("/v1/feedback", json={"events": events})
                     ended = time.monotonic()
-                    self.count(f"feedback_{f.status_code}")
+                    self.count(f"feedback_{f.status_code}", error=not f.is_success)
                     if f.status_code == 202:
                         with self.lock:
                             self.feedbacks.append((ended, ended - started))
                             for k in kinds:  # the API writes each kind once per impression and client
                                 self.accepted[k] = self.accepted.get(k, 0) + 1
                 except httpx.HTTPError as e:
-                    self.count(f"error_{type(e).__name__}")
+                    self.count(f"error_{type(e).__name__}", error=True)
                     time.sleep(0.5)
 
     def start(self) -> None:
@@ -205,6 +222,89 @@ class Clients:
         with self.lock:
             rows = list(self.queries if kind == "query" else self.feedbacks)
         return [s for t, s in rows if lo <= t < hi]
+
+
+class Publisher:
+    """Publishes a new random adapter every ``every_s`` seconds from ``t0`` (none after
+    ``last_at``), as the trainer does: the version folder (PEFT files + metadata.json with the
+    weights' sha256, written under a temp name and renamed, as trainer/checkpoints.py does),
+    ``Registry.register``, then ``Registry.promote`` (trainer/gate.py's call when a candidate
+    passes: marks it published, moves the Redis pointer and announces the move)."""
+
+    def __init__(self, registry, model_dir: Path, every_s: float, t0: float, last_at: float):
+        self.registry, self.model_dir, self.every_s = registry, model_dir, every_s
+        self.t0, self.last_at = t0, last_at
+        self.stop = threading.Event()
+        self.published: list[dict] = []  # name, promoted_at (monotonic, when promote returned), timings
+        self.failures: list[str] = []
+        self.thread = threading.Thread(target=self.loop, daemon=True)
+
+    def loop(self) -> None:
+        try:
+            import torch
+            from peft import LoraConfig, get_peft_model
+            from transformers import AutoModelForCausalLM
+
+            torch.set_num_threads(1)  # the bench process's only torch work; leave the cores to the API
+            base = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+            config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+            model = get_peft_model(base, config)
+        except Exception as e:  # reported in the summary (published stays empty)
+            self.failures.append(f"setup: {type(e).__name__}: {e}")
+            return
+        parent, k = None, 1
+        while self.t0 + k * self.every_s <= self.last_at:
+            if self.stop.wait(max(0.0, self.t0 + k * self.every_s - time.monotonic())):
+                return
+            try:
+                parent = self.publish_one(model, torch, k, parent)
+            except Exception as e:  # a failed publish is a finding, not a crash of the bench
+                self.failures.append(f"version {k}: {type(e).__name__}: {e}")
+                emit("publish_failed", f"{type(e).__name__}: {e}", k=k)
+            k += 1
+
+    def publish_one(self, model, torch, k: int, parent: str | None) -> str:
+        from core.registry import PointerPublishError, sha256_file, weights_file
+
+        started = time.monotonic()
+        name = f"soak-{k:03d}-{uuid.uuid4().hex[:6]}"
+        torch.manual_seed(k)
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if "lora_B" in pname:  # a fresh LoRA (lora_B = 0) would not change the answers
+                    p.normal_(0.0, 0.5)
+        root = self.registry.root
+        tmp = root / f".{name}.tmp-{os.getpid()}"
+        model.save_pretrained(tmp)
+        meta = {
+            "name": name,
+            "parent": parent,
+            "algorithm": "bench-soak-random",
+            "step": k,
+            "sha256": sha256_file(weights_file(tmp)),
+            "created_at": time.time(),
+        }
+        (tmp / "metadata.json").write_text(json.dumps(meta, indent=2))
+        os.replace(tmp, root / name)
+        written = time.monotonic()
+        self.registry.register(root / name)
+        registered = time.monotonic()
+        try:
+            self.registry.promote(name)
+        except PointerPublishError as e:  # durable; Redis catches up at the next registry read (as the gate)
+            emit("publish_pointer_late", str(e), version=name)
+        promoted = time.monotonic()
+        row = {
+            "name": name,
+            "promoted_at": promoted,
+            "t": round(promoted - self.t0, 1),
+            "write_s": round(written - started, 3),
+            "register_s": round(registered - written, 3),
+            "promote_s": round(promoted - registered, 3),
+        }
+        self.published.append(row)
+        emit("published", {k: v for k, v in row.items() if k != "promoted_at"})
+        return name
 
 
 def redis_figures(r, keys: str) -> dict:
@@ -231,6 +331,12 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     parser.add_argument("--warmup-s", type=float, default=30, help="Load before the start window opens.")
     parser.add_argument("--window-s", type=float, default=60, help="Length of the start and end windows.")
     parser.add_argument("--sample-s", type=float, default=5)
+    parser.add_argument(
+        "--publish-every-s",
+        type=float,
+        default=60,
+        help="Publish and promote a new random adapter this often (the API hot-swaps to it); 0 = never.",
+    )
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     window = min(args.window_s, args.seconds / 3)
@@ -259,6 +365,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         clients=args.clients,
         seconds=args.seconds,
         tokens=args.tokens,
+        publish_every_s=args.publish_every_s,
     )
     broker = EmbeddedBroker().start()
     valkey = EmbeddedRedis().start()  # private: used_memory is this deployment's alone
@@ -297,7 +404,7 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                 [sys.executable, "-m", "rlhb.cli", *cmd], env=env, stdout=log, stderr=subprocess.STDOUT
             )
     url = f"http://127.0.0.1:{port}"
-    clients = None
+    clients = publisher = reg_redis = None
     try:
         deadline = time.monotonic() + 600
         while True:
@@ -321,6 +428,14 @@ def main() -> None:  # noqa: PLR0915 - one linear script
         clients.start()
         samples: list[dict] = []
         end_at = t0 + args.warmup_s + args.seconds
+        if args.publish_every_s > 0:
+            from core.registry import Registry
+
+            # The registry the API reads (same root, Redis and prefix), as the trainer opens it.
+            reg_redis = redis.Redis.from_url(valkey.url)
+            registry = Registry(Path(env["RLHB_ADAPTER_DIR"]), reg_redis, env["RLHB_REDIS_PREFIX"])
+            publisher = Publisher(registry, model_dir, args.publish_every_s, t0, end_at - 15)
+            publisher.thread.start()
         while time.monotonic() < end_at:
             for name, p in procs.items():
                 if p.poll() is not None:
@@ -337,12 +452,21 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                 "api_fd_kinds": fd_kinds(procs["api"].pid, ports),
                 "api_redis_clients": redis_clients_of(procs["api"].pid, r, valkey.port),
                 "queries": len(clients.queries),
+                "errors": len(clients.errors),
+                "published": len(publisher.published) if publisher else 0,
+                # The API's view of the swaps: the version new requests get, the adapters it holds.
+                "serving": ready["checks"]["adapter"]["serving"],
+                "adapters_loaded": len(ready["checks"]["adapter"]["loaded"]),
+                "adapter_error": ready["checks"]["adapter"]["last_error"] or None,
                 **redis_figures(r, agg_keys),
             }
             samples.append(sample)
             emit("sample", sample)
             time.sleep(max(0.0, min(args.sample_s, end_at - time.monotonic())))
         emit("api_fd_kinds", fd_kinds(procs["api"].pid, ports), when="end")
+        if publisher is not None:
+            publisher.stop.set()
+            publisher.thread.join(120)
         clients.join()
         total_s = time.monotonic() - t0
 
@@ -400,6 +524,51 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             emit(key, value)
         queries = len(clients.queries)
         emit("status_counts", clients.status)
+
+        # Hot swaps: answers per version, promote -> first answer from that version, errors per window.
+        served: dict[str, int] = {}
+        first_answer: dict[str, float] = {}
+        with clients.lock:
+            answers, errors = list(clients.answers), list(clients.errors)
+        for ended, version in answers:
+            served[version] = served.get(version, 0) + 1
+            first_answer[version] = min(first_answer.get(version, ended), ended)
+        published = publisher.published if publisher else []
+        swaps = {
+            p["name"]: round(first_answer[p["name"]] - p["promoted_at"], 3) if p["name"] in first_answer else None
+            for p in published
+        }
+        swap_s = [v for v in swaps.values() if v is not None]
+        emit("swap_to_first_answer_s", swaps)
+        errors_by_kind: dict[str, int] = {}
+        for _, what in errors:
+            errors_by_kind[what] = errors_by_kind.get(what, 0) + 1
+        windows = []
+        w_start = 0.0
+        while w_start < total_s:
+            lo_t, hi_t = t0 + w_start, t0 + min(w_start + args.window_s, total_s)
+            lat = [s for t, s in clients.queries if lo_t <= t < hi_t]
+            versions: dict[str, int] = {}
+            for t, v in answers:
+                if lo_t <= t < hi_t:
+                    versions[v] = versions.get(v, 0) + 1
+            windows.append(
+                {
+                    "t": [round(w_start), round(hi_t - t0)],
+                    "queries": len(lat),
+                    "errors": sum(1 for t, _ in errors if lo_t <= t < hi_t),
+                    "query_p50": round(pct(lat, 0.5), 4) if lat else None,
+                    "query_p99": round(pct(lat, 0.99), 4) if lat else None,
+                    "published": sum(1 for p in published if lo_t <= p["promoted_at"] < hi_t),
+                    "versions_answering": versions,
+                }
+            )
+            w_start += args.window_s
+        for w in windows:
+            emit("window", w)
+        emit("errors", {"total": len(errors), "by_kind": errors_by_kind})
+        if publisher is not None and publisher.failures:
+            emit("publish_failures", publisher.failures)
         bounded = {
             "api_rss": (figures["api_rss_mb"]["ratio"] or 0) <= 1.10,
             "agg_rss": (figures["agg_rss_mb"]["ratio"] or 0) <= 1.10,
@@ -408,6 +577,11 @@ def main() -> None:  # noqa: PLR0915 - one linear script
             "redis_per_impression": (figures["redis_bytes_per_impression"]["ratio"] or 99) <= 1.20,
             "query_p99": (figures["query_latency_s"]["p99_ratio"] or 99) <= 1.5,
             "counts_exact": exact,
+            "no_errors": not errors,
+            # Every published version answered (and at least one was published when asked to).
+            "every_version_served": all(served.get(p["name"], 0) > 0 for p in published)
+            and (bool(published) or args.publish_every_s <= 0)
+            and not (publisher and publisher.failures),
         }
         emit(
             "summary",
@@ -429,6 +603,16 @@ def main() -> None:  # noqa: PLR0915 - one linear script
                     "end": figures["query_latency_s"]["end"]["p99"],
                     "ratio": figures["query_latency_s"]["p99_ratio"],
                 },
+                "publish_every_s": args.publish_every_s,
+                "published": [p["name"] for p in published],
+                "versions_served": served,
+                "errors_total": len(errors),
+                "errors_by_kind": errors_by_kind,
+                "swap_to_first_answer_s": {
+                    "n": len(swap_s),
+                    "median": round(statistics.median(swap_s), 3) if swap_s else None,
+                    "max": max(swap_s) if swap_s else None,
+                },
                 "loadavg_1m": os.getloadavg()[0],
                 "checks": bounded,
                 "bounded": all(bounded.values()),
@@ -437,6 +621,11 @@ def main() -> None:  # noqa: PLR0915 - one linear script
     finally:
         if clients is not None:
             clients.stop.set()
+        if publisher is not None:
+            publisher.stop.set()
+            publisher.thread.join(60)
+        if reg_redis is not None:
+            reg_redis.close()
         for p in procs.values():
             if p.poll() is None:
                 p.terminate()
