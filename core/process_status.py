@@ -59,6 +59,18 @@ def clear_status(redis, prefix: str, process: str, member: str = "") -> None:
     redis.hdel(status_key(prefix, process), member or member_name())
 
 
+def stop_reporting(redis, prefix: str, process: str, server, log) -> None:
+    """A process's clean stop: its status entry removed (best effort: if Redis is away the entry
+    goes stale on its own) and its /metrics server (``serve_metrics``'s, or None) shut."""
+    try:
+        clear_status(redis, prefix, process)
+    except Exception as e:  # noqa: BLE001 - stopping anyway
+        log.debug("%s status not cleared: %s", process, e)
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
 def read_status(redis, prefix: str, process: str, now: float | None = None) -> dict[str, Any]:
     """``{"state": "up" | "down", "members": [...]}``; each member gains ``stale`` and ``age_s``.
     Down: no member wrote within its TTL (or none ever did)."""

@@ -20,7 +20,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from core.process_status import clear_status, publish_status, push_curve_points, serve_metrics
+from core.process_status import publish_status, push_curve_points, serve_metrics, stop_reporting
 
 log = logging.getLogger(__name__)
 
@@ -76,14 +76,8 @@ class TrainerStatus:
         self._server = serve_metrics(self.metrics_port, self.registry, "trainer", log)
 
     def close(self) -> None:
-        try:
-            clear_status(self.redis, self.prefix, "trainer")
-        except Exception as e:  # noqa: BLE001 - stopping anyway; the entry goes stale on its own
-            log.debug("status not cleared: %s", e)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        stop_reporting(self.redis, self.prefix, "trainer", self._server, log)
+        self._server = None
 
     # ------------------------------------------------------------------ round events
     def begin_round(self, round_no: int, steps: int, reason: str) -> None:

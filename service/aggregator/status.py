@@ -21,7 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from core.process_status import clear_status, publish_status, serve_metrics
+from core.process_status import publish_status, serve_metrics, stop_reporting
 
 log = logging.getLogger(__name__)
 
@@ -58,14 +58,8 @@ class AggregatorStatus:
         self._server = serve_metrics(self.metrics_port, self.registry, "aggregator", log)
 
     def close(self) -> None:
-        try:
-            clear_status(self.redis, self.prefix, "aggregator")
-        except Exception as e:  # noqa: BLE001 - stopping anyway; the entry goes stale on its own
-            log.debug("status not cleared: %s", e)
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        stop_reporting(self.redis, self.prefix, "aggregator", self._server, log)
+        self._server = None
 
     def tick(self, agg, force: bool = False) -> bool:
         """Every period (or now with ``force``): counters, gauges, the Redis status. Never raises:

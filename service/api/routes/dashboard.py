@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-from importlib import resources
 from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Response
@@ -27,6 +26,7 @@ from core.process_status import read_curve, read_status, wilson_interval
 from schemas.adapters import BASE_VERSION
 from service.api.deps import Admin, State
 from service.api.errors_doc import errors
+from service.api.static_pages import page_response
 
 page = APIRouter(tags=["dashboard"])
 router = APIRouter(
@@ -36,30 +36,18 @@ router = APIRouter(
     responses=errors(401, 403, 503, e503="Redis (the registry, the trainer's state) is unreachable; retry."),
 )
 
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-}
-ASSETS = {"dashboard.js": "text/javascript; charset=utf-8", "dashboard.css": "text/css; charset=utf-8"}
+ASSETS = frozenset({"dashboard.js", "dashboard.css"})
 GATE_ROUNDS_READ = 200  # the trainer keeps this many rounds (trainer.loop.ROUNDS_KEPT)
-
-
-def _page_file(name: str) -> str:
-    return resources.files("service.api").joinpath("static", name).read_text(encoding="utf-8")
 
 
 @page.get("/dashboard", include_in_schema=False)
 async def dashboard_page() -> Response:
-    return Response(_page_file("dashboard.html"), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+    return page_response("dashboard.html")
 
 
 @page.get("/dashboard/{asset}", include_in_schema=False)
 async def dashboard_asset(asset: str) -> Response:
-    if asset not in ASSETS:
-        raise HTTPException(404, f"no dashboard asset {asset!r}; the page is at /dashboard")
-    return Response(_page_file(asset), media_type=ASSETS[asset], headers=PAGE_HEADERS)
+    return page_response(asset, ASSETS, "/dashboard")
 
 
 class LiveRate(BaseModel):

@@ -17,7 +17,6 @@ import asyncio
 import hmac
 import logging
 import threading
-from importlib import resources
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, Request, Response
@@ -36,6 +35,7 @@ from core.ratings_store import (
 )
 from service.api.deps import State
 from service.api.errors_doc import errors
+from service.api.static_pages import page_response
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,9 @@ router = APIRouter(tags=["rating"])
 RATER_HEADER = "X-Rater-Token"
 TASK_ID = r"^[0-9a-f]{20}$"
 RATER_TOKEN_PATTERN = r"^[!-~]{1,512}$"  # what a token can be; anything else is a 422, not a lookup
-# The page loads only its own script and style: an injected answer text cannot run code.
-PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
-    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
-    "Cache-Control": "no-store",
-    "X-Content-Type-Options": "nosniff",
-}
-ASSETS = {"rate.js": "text/javascript; charset=utf-8", "rate.css": "text/css; charset=utf-8"}
+# The page loads only its own script and style (service/api/static_pages.py's CSP): an injected
+# answer text cannot run code.
+ASSETS = frozenset({"rate.js", "rate.css"})
 _store_lock = threading.Lock()
 
 RATE_ERRORS = errors(
@@ -94,10 +89,6 @@ class RatingBody(BaseModel):
 class Stored(BaseModel):
     stored: bool = True
     pending: int
-
-
-def _page_file(name: str) -> str:
-    return resources.files("service.api").joinpath("static", name).read_text(encoding="utf-8")
 
 
 def require_rater(
@@ -154,14 +145,12 @@ async def _call(fn, *args):
 
 @router.get("/rate", include_in_schema=False)
 async def rate_page() -> Response:
-    return Response(_page_file("rate.html"), media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+    return page_response("rate.html")
 
 
 @router.get("/rate/{asset}", include_in_schema=False)
 async def rate_asset(asset: str) -> Response:
-    if asset not in ASSETS:
-        raise HTTPException(404, f"no page asset {asset!r}")
-    return Response(_page_file(asset), media_type=ASSETS[asset], headers=PAGE_HEADERS)
+    return page_response(asset, ASSETS, "/rate")
 
 
 @router.get("/v1/rate/next", responses=RATE_ERRORS)
