@@ -89,7 +89,10 @@ class Member:
         if len(parts) < 8:  # 4 partitions of each topic; one member owns them all
             return False
         end = self.consumer.end_offsets(list(parts))
-        return all(self.consumer.position(tp) >= end[tp] for tp in parts)
+        # None: the position is not known yet (the confluent adapter answers so until the first
+        # fetch of that partition, as consumer.lag() assumes): not caught up.
+        positions = {tp: self.consumer.position(tp) for tp in parts}
+        return all(pos is not None and pos >= end[tp] for tp, pos in positions.items())
 
     def close(self) -> None:
         self.consumer.close(autocommit=False)
