@@ -167,9 +167,15 @@ def cmd_train(a) -> None:
         config = dataclasses.replace(config, preferred_prompt_share=a.preferred_share)
     out_root = Path(a.output_root)
     out_root.mkdir(parents=True, exist_ok=True)
+    parent = None
+    if a.parent:  # chain runs (e.g. behavior-conditioned SFT, then RLHB), as `rlhb train --from-adapter`
+        from trainer.cli import _parent_version
+
+        parent = _parent_version(Path(a.parent))
     request = TrainRequest(
         records=records,
         model_path=model_dir(),
+        parent=parent,
         output_root=out_root,
         version_name=a.name,
         metrics_path=out_root / f"{a.name}.metrics.jsonl",
@@ -192,6 +198,33 @@ def cmd_train(a) -> None:
         elapsed_s=round(time.time() - t0, 1),
         last=result.metrics[-1] if result.metrics else {},
     )
+
+
+def cmd_steer(a) -> None:
+    """Behavior-conditioned SFT alone (``trainer.algorithms.steer``), saved as a LoRA adapter folder."""
+    import torch
+
+    from trainer.algorithms.steer import steer
+    from trainer.config import PPOConfig
+    from trainer.policy import Policy
+    from trainer.records import check_swappable
+
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    records, _, _ = make_records(load_jsonl(a.answers)[: a.n or None], a.users, a.viewers_mean, a.seed)
+    pool = check_swappable(records)
+    policy = Policy.load(model_dir(), PPOConfig(threads=a.threads))
+    t0 = time.time()
+    history = steer(
+        policy, records, a.steps, a.lr, a.batch, random.Random(a.seed),
+        contrast_weight=a.contrast, beta=a.beta, opposite=pool.opposite,
+    )  # fmt: skip
+    out = Path(a.out)
+    policy.model.save_pretrained(str(out))
+    with (out / "steer.metrics.jsonl").open("w") as f:
+        for i, h in enumerate(history):
+            f.write(json.dumps({"iteration": i, **h}) + "\n")
+    log(event="steer_done", out=str(out), elapsed_s=round(time.time() - t0, 1), last=history[-1] if history else {})
 
 
 def cmd_eval(a) -> None:
@@ -316,7 +349,21 @@ def main() -> None:
     t.add_argument("--output-root", default=str(OUT / "adapters"))
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--set", nargs="*", help="Config overrides key=value (JSON values).")
+    t.add_argument("--parent", default="", help="Start from this adapter folder instead of a fresh LoRA.")
     t.add_argument("--preferred-share", type=float, default=0.0, help="RLHB: preferred_prompt_share.")
+    st = sub.add_parser("steer")
+    st.add_argument("--answers", required=True)
+    st.add_argument("--n", type=int, default=0)
+    st.add_argument("--users", default="concise")
+    st.add_argument("--viewers-mean", type=float, default=5.0)
+    st.add_argument("--seed", type=int, default=0)
+    st.add_argument("--steps", type=int, default=160)
+    st.add_argument("--lr", type=float, default=3e-4)
+    st.add_argument("--batch", type=int, default=8)
+    st.add_argument("--contrast", type=float, default=1.0)
+    st.add_argument("--beta", type=float, default=0.1)
+    st.add_argument("--threads", type=int, default=2)
+    st.add_argument("--out", required=True)
     w = sub.add_parser("reward")
     w.add_argument("--answers", required=True)
     w.add_argument("--eval", required=True, help="Answers to score (JSONL from gen).")
@@ -333,7 +380,8 @@ def main() -> None:
     e.add_argument("--seed", type=int, default=0)
     e.add_argument("--no-relevance", action="store_true")
     a = p.parse_args()
-    {"gen": cmd_gen, "records": cmd_records, "train": cmd_train, "eval": cmd_eval, "reward": cmd_reward}[a.cmd](a)
+    commands = {"gen": cmd_gen, "records": cmd_records, "train": cmd_train, "steer": cmd_steer, "eval": cmd_eval}
+    {**commands, "reward": cmd_reward}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -258,6 +258,19 @@ class RLHBConfig(PPOConfig):
     from a record: the policy learns every behavior, the served one in ~30% of its updates). The demo
     uses 1.0: D still judges answers under their behavior, but PPO spends its small CPU budget on the
     sentence that is served (bench/demo_experiments.md E2/E3: 0.5 gave +0.03, 1.0 gave +0.23)."""
+    steer_steps: int = 0
+    """Behavior-conditioned SFT steps before D's warm-up (SteerLM; ``trainer.algorithms.steer``): the policy
+    imitates every training record's answer under that record's own sentence, so it knows what each
+    sentence predicts before PPO starts. 0 = the paper (no such stage)."""
+    steer_learning_rate: float = 3e-4
+    """AdamW learning rate of those steps (the policy's LoRA)."""
+    steer_batch_size: int = 8
+    """Records per steer step."""
+    steer_contrast: float = 1.0
+    """Weight of the behavior contrast in those steps: -log sigmoid(beta * [log pi(a|s,b) - log pi(a|s,b_opp)]),
+    which makes the sentence matter (the NLL alone did not: bench/demo_experiments.md E10). 0 = plain SteerLM."""
+    steer_beta: float = 0.1
+    """beta of the contrast (as in DPO: the scale of the summed log-prob difference)."""
     swap_share: float = 0.3
     """Share of the fake batch made of behavior-swapped real triplets (the rest: kappa, then fresh generations;
     with the defaults half the fake batch is this iteration's rollouts)."""
@@ -315,6 +328,14 @@ class RLHBConfig(PPOConfig):
             0.0 <= self.preferred_prompt_share <= 1.0,
             f"preferred_prompt_share must be in [0, 1]; got {self.preferred_prompt_share}.",
         )
+        _require(self.steer_steps >= 0, f"steer_steps must be >= 0; got {self.steer_steps} (0 turns the stage off).")
+        _require(
+            0 < self.steer_learning_rate < 1,
+            f"steer_learning_rate must be in (0, 1); got {self.steer_learning_rate}. LoRA wants 1e-5 to 1e-3.",
+        )
+        _require(self.steer_batch_size >= 1, f"steer_batch_size must be >= 1; got {self.steer_batch_size}.")
+        _require(self.steer_contrast >= 0, f"steer_contrast must be >= 0; got {self.steer_contrast}.")
+        _require(self.steer_beta > 0, f"steer_beta must be > 0; got {self.steer_beta}.")
         _require(0.0 <= self.swap_share <= 1.0, f"swap_share must be in [0, 1]; got {self.swap_share}.")
         _require(
             self.kappa_source in KAPPA_SOURCES,

@@ -32,6 +32,9 @@ Departures from the paper:
   where the policy is heading, and at 50% half of D's fakes are real, which is why D would
   collapse. The other reading, the highest-rewarded generations so far, stays available
   (``kappa_source="generations"``); those are fakes anyway, so it cannot collapse D.
+- Steering (off by default): ``steer_steps`` of behavior-conditioned SFT (SteerLM, which the
+  paper cites) on the training records under their own sentences before D's warm-up, so the
+  policy knows what a sentence predicts before PPO (``trainer.algorithms.steer``).
 - Stabilisers (all off by default, for this CPU scale): one-sided label smoothing of the
   reals (``d_label_smoothing``), a reservoir of older generations replayed to D
   (``d_replay_size``, ``d_replay_share``), skipping D's step when it already separates
@@ -53,6 +56,7 @@ import torch
 from trainer.algorithms.base import RunResult, TrainRequest
 from trainer.algorithms.ppo_core import PPOCore, check_finite, mean_over_ranks
 from trainer.algorithms.runner import check_request, run_iterations, seed_everything
+from trainer.algorithms.steer import steer
 from trainer.config import RLHBConfig
 from trainer.discriminator import build_discriminator, make_optimizer
 from trainer.losses.discriminator import contrastive_reward, discriminator_loss, discriminator_reward, pairwise_auroc
@@ -229,15 +233,38 @@ class RLHBTrainer:
         }
 
     def warmup(self) -> list[dict[str, float]]:
-        """``d_warmup_steps`` D updates on real vs behavior-swapped triplets, before any PPO."""
-        history = [self.d_step([]) for _ in range(self.config.d_warmup_steps)]
+        """Before any PPO: ``steer_steps`` behavior-conditioned SFT steps on the policy
+        (``trainer.algorithms.steer``), then ``d_warmup_steps`` D updates on real vs
+        behavior-swapped triplets. Returns D's warm-up history."""
+        cfg = self.config
+        steered = steer(
+            self.policy,
+            self.train_records,
+            cfg.steer_steps,
+            cfg.steer_learning_rate,
+            cfg.steer_batch_size,
+            self.rng,
+            contrast_weight=cfg.steer_contrast,
+            beta=cfg.steer_beta,
+            opposite=self.pool.opposite,
+        )
+        if steered:
+            self._warmup_summary = {
+                "steer_steps": float(len(steered)),
+                "steer_loss_first": steered[0]["steer_loss"],
+                "steer_loss_last": steered[-1]["steer_loss"],
+                "steer_margin_last": steered[-1]["steer_margin"],
+            }
+        history = [self.d_step([]) for _ in range(cfg.d_warmup_steps)]
         if history:
             self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
-            self._warmup_summary = {
-                "d_warmup_steps": float(len(history)),
-                "d_warmup_loss": history[-1]["d_loss"],
-                "d_warmup_heldout_acc": self.heldout_acc,
-            }
+            self._warmup_summary.update(
+                {
+                    "d_warmup_steps": float(len(history)),
+                    "d_warmup_loss": history[-1]["d_loss"],
+                    "d_warmup_heldout_acc": self.heldout_acc,
+                }
+            )
         return history
 
     # ------------------------------------------------------------------ the iteration

@@ -1,0 +1,104 @@
+"""Behavior-conditioned SFT before PPO: teach the policy what each behavior sentence means.
+
+SteerLM (Dong et al. 2023, "attribute conditioned SFT", cited by the RLHB paper) fine-tunes on
+every logged answer with its observed attributes in the prompt; at serving time one asks for the
+attributes one wants. Here the attribute is the record's behavior sentence b:
+
+    nll      = - sum_t log pi(a_t | s, b, a_<t) / |a|          over real records (s, a, b), every b alike
+    contrast = - log sigmoid(beta * [log pi(a | s, b) - log pi(a | s, b_opp)])
+    loss     = nll + contrast_weight * contrast
+
+Why RLHB needs it at this scale: RLHB trains pi(a | s, b) by PPO on every record's own sentence
+and serves the most preferred one, so the policy must learn what the sentence means from a few
+hundred rollouts spread over all the logged sentences; in E5/E6/E8 (bench/demo_experiments.md)
+the gap between the most and the least preferred sentence stayed within noise. The logged
+records already pair answers with how users reacted to them.
+
+The NLL alone did not make the sentence matter (E10: gap 0.000): the cheapest way to lower it is
+to fit the answers, whatever the sentence. The contrast term is the part that reads the sentence:
+it is a discriminator inside the policy (a logistic loss on how much likelier the logged answer is
+under its own sentence than under the mirrored one, ``BehaviorPool.opposite``), so under the
+most preferred sentence liked answers rise and disliked ones fall, as under D's contrastive reward.
+The loss itself is ``trainer.losses.behavior_contrast``.
+
+Off by default (``RLHBConfig.steer_steps`` 0: the paper has no such stage). Imitating every
+record, positive and negative, rather than the liked ones is SteerLM's choice and is what makes
+the sentence informative.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+
+from schemas.behavior import BehaviorRecord
+from trainer.algorithms.ppo_core import check_finite
+from trainer.algorithms.supervised import answer_logprobs
+from trainer.losses.behavior_contrast import behavior_contrast_loss
+from trainer.policy import Policy
+from trainer.rollouts import Prompt
+
+
+def steer(
+    policy: Policy,
+    records: Sequence[BehaviorRecord],
+    steps: int,
+    learning_rate: float,
+    batch_size: int,
+    rng: random.Random,
+    max_grad_norm: float = 1.0,
+    contrast_weight: float = 0.0,
+    beta: float = 0.1,
+    opposite: Callable[[str], str | None] | None = None,
+) -> list[dict[str, float]]:
+    """``steps`` AdamW steps on the token-mean NLL of records' answers under their own sentences
+    (shuffled passes, no example twice in a batch), plus ``contrast_weight`` times the
+    behavior contrast (module docstring) against ``opposite(b)`` where one exists.
+    Returns per-step ``steer_loss``, ``steer_nll``, ``steer_contrast``, ``steer_margin``, ``steer_grad_norm``."""
+    examples = sorted({(r.query, r.behavior_text, r.response) for r in records})  # identical triplets once
+    if steps <= 0 or not examples:
+        return []
+    params = policy.actor_parameters()
+    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    size = min(batch_size, len(examples))
+    queue: list[int] = []
+    history = []
+    for _ in range(steps):
+        if len(queue) < size:
+            queue = list(range(len(examples)))
+            rng.shuffle(queue)
+        picks, queue = queue[:size], queue[size:]
+        batch = [examples[i] for i in picks]
+        own, lengths = answer_logprobs(policy, [Prompt(q, b) for q, b, _ in batch], [a for _, _, a in batch])  # (B,)
+        nll = -own.sum() / lengths.sum()  # token-mean NLL over the batch
+        loss, contrast, margin = nll, torch.zeros(()), 0.0
+        mirrored = [(i, opposite(b)) for i, (_, b, _) in enumerate(batch)] if contrast_weight > 0 and opposite else []
+        mirrored = [(i, o) for i, o in mirrored if o is not None and o != batch[i][1]]
+        if mirrored:
+            idx = torch.tensor([i for i, _ in mirrored])
+            other, _ = answer_logprobs(
+                policy, [Prompt(batch[i][0], o) for i, o in mirrored], [batch[i][2] for i, _ in mirrored]
+            )  # (M,)
+            delta = own[idx] - other  # (M,) log pi(a | s, b) - log pi(a | s, b_opp), summed over the answer
+            contrast = behavior_contrast_loss(own[idx], other, beta)
+            loss = nll + contrast_weight * contrast
+            margin = float((delta.detach() / lengths[idx]).mean())
+        check_finite("steer loss", loss)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf)
+        optimizer.step()
+        history.append(
+            {
+                "steer_loss": loss.item(),
+                "steer_nll": nll.item(),
+                "steer_contrast": float(contrast),
+                "steer_margin": margin,
+                "steer_grad_norm": float(norm),
+            }
+        )
+    optimizer.zero_grad(set_to_none=True)
+    return history
