@@ -24,6 +24,10 @@ gap came mostly from the least preferred side, since the contrast is met as well
 under the mirror as by better ones under the served sentence; PPO on D's reward afterwards erased it.
 The loss itself is ``trainer.losses.behavior_contrast``.
 
+Under torchrun (``trainer.distributed``) each rank draws its own batches from its per-rank rng and
+the gradient hooks average the ranks' gradients: one backward per step on every rank, so the
+ranks' adapters stay equal and the stage sees world_size x steer_batch_size records per step.
+
 Off by default (``RLHBConfig.steer_steps`` 0: the paper has no such stage). Imitating every
 record, positive and negative, rather than the liked ones is SteerLM's choice and is what makes
 the sentence informative.
