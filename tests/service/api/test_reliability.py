@@ -331,7 +331,17 @@ def test_watcher_does_not_serve_a_pointer_to_an_unpublished_version(
     asyncio.run(run())
 
 
-def test_clients_may_name_only_the_active_version_a_trial_arm_or_base(serving, tiny_model_dir):
+@pytest.fixture
+def no_preload(serving):
+    """Pause the shared API's preloading (it loads every newly registered version within 2 s),
+    so that a version found loaded was loaded by a request, not by a preload tick."""
+    watcher = serving.app.state.rlhb.watcher
+    before, watcher.preload_s = watcher.preload_s, 0.0
+    yield
+    watcher.preload_s = before
+
+
+def test_clients_may_name_only_the_active_version_a_trial_arm_or_base(serving, tiny_model_dir, no_preload):
     name = f"named-{uuid.uuid4().hex[:6]}"
     _register(serving, tiny_model_dir, name)
 
