@@ -35,15 +35,13 @@ the sentence informative.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 
 import torch
 
 from schemas.behavior import BehaviorRecord
-from trainer.algorithms.ppo_core import check_finite
-from trainer.algorithms.supervised import answer_logprobs
+from trainer.algorithms.supervised import AdapterOptimizer, SupervisedConfig, answer_logprobs
 from trainer.losses.behavior_contrast import behavior_contrast_loss
 from trainer.policy import Policy
 from trainer.rollouts import Prompt
@@ -68,8 +66,10 @@ def steer(
     examples = sorted({(r.query, r.behavior_text, r.response) for r in records})  # identical triplets once
     if steps <= 0 or not examples:
         return []
-    params = policy.actor_parameters()
-    optimizer = torch.optim.AdamW(params, lr=learning_rate)
+    # torch's AdamW default weight decay (0.01), as the stage was measured with in E10
+    optimizer = AdapterOptimizer(
+        policy, SupervisedConfig(learning_rate=learning_rate, weight_decay=0.01, max_grad_norm=max_grad_norm)
+    )
     size = min(batch_size, len(examples))
     queue: list[int] = []
     history = []
@@ -93,11 +93,7 @@ def steer(
             contrast = behavior_contrast_loss(own[idx], other, beta)
             loss = nll + contrast_weight * contrast
             margin = float((delta.detach() / lengths[idx]).mean())
-        check_finite("steer loss", loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm or math.inf)
-        optimizer.step()
+        norm = optimizer.step(loss, "steer loss")
         history.append(
             {
                 "steer_loss": loss.item(),
@@ -107,5 +103,5 @@ def steer(
                 "steer_grad_norm": float(norm),
             }
         )
-    optimizer.zero_grad(set_to_none=True)
+    optimizer.optimizer.zero_grad(set_to_none=True)
     return history
