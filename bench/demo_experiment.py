@@ -217,7 +217,8 @@ def cmd_steer(a) -> None:
     t0 = time.time()
     history = steer(
         policy, records, a.steps, a.lr, a.batch, random.Random(a.seed),
-        contrast_weight=a.contrast, beta=a.beta, opposite=pool.opposite,
+        contrast_weight=a.contrast, beta=a.beta,
+        opposite=pool.opposite_below if a.contrast_records == "preferred" else pool.opposite,
     )  # fmt: skip
     out = Path(a.out)
     policy.model.save_pretrained(str(out))
@@ -362,6 +363,7 @@ def main() -> None:
     st.add_argument("--batch", type=int, default=8)
     st.add_argument("--contrast", type=float, default=1.0)
     st.add_argument("--beta", type=float, default=0.1)
+    st.add_argument("--contrast-records", choices=("all", "preferred"), default="all")
     st.add_argument("--threads", type=int, default=2)
     st.add_argument("--out", required=True)
     w = sub.add_parser("reward")

@@ -272,6 +272,11 @@ class RLHBConfig(PPOConfig):
     steer_beta: float = 1.0
     """beta of the contrast (as in DPO: the scale of the summed log-prob difference). E10: at 0.1 (DPO's usual
     value) the margin hardly moved in 120 steps and the gap was -0.014; at 1.0 the gap was +0.176."""
+    steer_contrast_records: str = "all"
+    """Which records get the contrast: "all" (E10), or "preferred", only records whose sentence is more
+    preferred than its mirror. With "all", a disliked answer logged under a low sentence is pushed *down*
+    under the served sentence (unlikelihood on the served side; E10: repetition 0.036 -> 0.101); with
+    "preferred" the served sentence only ever has answers pushed up, and the mirror takes the push down."""
     swap_share: float = 0.3
     """Share of the fake batch made of behavior-swapped real triplets (the rest: kappa, then fresh generations;
     with the defaults half the fake batch is this iteration's rollouts)."""
@@ -337,6 +342,10 @@ class RLHBConfig(PPOConfig):
         _require(self.steer_batch_size >= 1, f"steer_batch_size must be >= 1; got {self.steer_batch_size}.")
         _require(self.steer_contrast >= 0, f"steer_contrast must be >= 0; got {self.steer_contrast}.")
         _require(self.steer_beta > 0, f"steer_beta must be > 0; got {self.steer_beta}.")
+        _require(
+            self.steer_contrast_records in ("all", "preferred"),
+            f"steer_contrast_records must be 'all' or 'preferred'; got {self.steer_contrast_records!r}.",
+        )
         _require(0.0 <= self.swap_share <= 1.0, f"swap_share must be in [0, 1]; got {self.swap_share}.")
         _require(
             self.kappa_source in KAPPA_SOURCES,

@@ -114,6 +114,19 @@ class BehaviorPool:
 
         return max(candidates, key=distance)
 
+    def preference_score(self, behavior: str) -> int:
+        """How far up the preference order ``behavior`` is: the sum of its levels on positive
+        keys (likes) minus those on negative keys (dislikes). The served sentence scores highest."""
+        return sum(level if self.encoding.positive(k) else -level for k, level in self.by_text.get(behavior, ()))
+
+    def opposite_below(self, behavior: str) -> str | None:
+        """``opposite(behavior)`` when that mirror is less preferred than ``behavior``, else None:
+        the behavior contrast on the preferred side only (``RLHBConfig.steer_contrast_records``)."""
+        mirror = self.opposite(behavior) if behavior in self.by_text else None  # unknown: no level to compare
+        if mirror is None or self.preference_score(mirror) >= self.preference_score(behavior):
+            return None
+        return mirror
+
     def most_preferred(self) -> str:
         """The served sentence: top level on positive keys, bottom on negative ones."""
         return most_preferred_sentence(self.encoding)

@@ -68,6 +68,16 @@ def test_swaps_differ_in_likes_or_dislikes_not_only_in_views():
     assert all(pool.swap(LIKED, rng) == DISLIKED for _ in range(10))
 
 
+def test_preference_score_orders_sentences_and_the_contrast_mirror_only_points_down():
+    liked, disliked = toy_record(0, "q", "a", liked=True), toy_record(1, "q", "b", liked=False)
+    pool = BehaviorPool([liked, disliked])
+    assert pool.preference_score(LIKED) > pool.preference_score(DISLIKED)
+    assert pool.preference_score(pool.most_preferred()) >= pool.preference_score(LIKED)
+    # "preferred" contrast records: a liked sentence contrasts with its mirror, a disliked one with nothing
+    assert pool.opposite_below(LIKED) == DISLIKED and pool.opposite_below(DISLIKED) is None
+    assert pool.opposite_below("never logged") is None
+
+
 def test_paper_bucket_keys_are_recognized():
     """Records from the paper encoding use "like"/"dislike" keys, rates use "like_rate"/"dislike_rate"."""
     a = toy_record(0, "q", "a", liked=True).model_copy(update={"buckets": {"view": 2, "like": 4, "dislike": 0}})

@@ -74,6 +74,32 @@ def test_steer_settings_are_validated():
         Config(steer_steps=-1)
     with pytest.raises(ValueError, match="steer_learning_rate"):
         Config(steer_learning_rate=2.0)
+    with pytest.raises(ValueError, match="steer_contrast_records must be 'all' or 'preferred'"):
+        Config(steer_contrast_records="liked")
+
+
+def test_preferred_contrast_records_push_nothing_down_under_the_served_side(tiny_model_dir, tmp_path):
+    """steer_contrast_records="preferred": in the warm-up only liked-sentence records are also scored
+    under their mirror, so no answer is ever pushed down under the more preferred sentence."""
+    seen: dict[str, list[tuple[str, str]]] = {}
+    for side in ("all", "preferred"):
+        trainer = make_trainer(
+            tiny_model_dir, tmp_path / side, n_records=16, steer_steps=2, steer_batch_size=16, d_warmup_steps=0,
+            steer_contrast_records=side,
+        )  # fmt: skip
+        encode, seen[side] = trainer.policy.encode_pairs, []
+
+        def recording_encode(prompts, answers, _seen=seen[side], _encode=encode):
+            _seen.extend((p.behavior, a) for p, a in zip(prompts, answers, strict=True))
+            return _encode(prompts, answers)
+
+        trainer.policy.encode_pairs = recording_encode
+        trainer.warmup()
+    logged = {r.response: r.behavior_text for r in trainer.train_records}
+    mirrored = {side: {(b, a) for b, a in pairs if b != logged.get(a)} for side, pairs in seen.items()}
+    assert {b for b, _ in mirrored["all"]} == {LIKED, DISLIKED}  # both directions
+    assert mirrored["preferred"] and {b for b, _ in mirrored["preferred"]} == {DISLIKED}
+    assert all(logged[a] == LIKED for _, a in mirrored["preferred"])  # only liked-sentence answers
 
 
 def test_the_contrast_scores_each_answer_under_its_mirrored_sentence_too(tiny_model_dir, tmp_path):
