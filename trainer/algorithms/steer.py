@@ -98,7 +98,7 @@ def steer(
             {
                 "steer_loss": loss.item(),
                 "steer_nll": nll.item(),
-                "steer_contrast": float(contrast),
+                "steer_contrast": float(contrast.detach()),
                 "steer_margin": margin,
                 "steer_grad_norm": float(norm),
             }
