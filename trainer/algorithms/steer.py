@@ -24,6 +24,13 @@ gap came mostly from the least preferred side, since the contrast is met as well
 under the mirror as by better ones under the served sentence; PPO on D's reward afterwards erased it.
 The loss itself is ``trainer.losses.behavior_contrast``.
 
+Which records get the contrast (``RLHBConfig.steer_contrast_records``): on a disliked answer logged under
+a low sentence, the contrast pushes that answer *down under the served sentence* (unlikelihood on the
+served side; E10's repetition 0.036 -> 0.101). With "preferred" only records whose sentence is above its
+mirror get it (``BehaviorPool.opposite_below``): under the served sentence answers are only pushed up.
+E11: served 0.312 (+0.091 over base, p 0.003) vs least preferred 0.037, gap +0.276 (p 3e-22), every
+guard under the served sentence at or better than base's.
+
 Under torchrun (``trainer.distributed``) each rank draws its own batches from its per-rank rng and
 the gradient hooks average the ranks' gradients: one backward per step on every rank, so the
 ranks' adapters stay equal and the stage sees world_size x steer_batch_size records per step.
