@@ -94,7 +94,9 @@ def test_a_repetitive_candidate_is_blocked(tmp_path, tiny_model_dir, heldout):
     assert not result.passed
     assert "behavior guard: repeated 3-grams" in result.reason and "(bound +0.10)" in result.reason
     assert result.metrics["repeated_ngram_rate"] > 0.5 > result.metrics["repeated_ngram_rate_parent"]
-    assert "near-empty" not in result.reason and "answer length" not in result.reason
+    # mostly long loops, so it is the repetition guard that speaks for them; a few may also come out
+    # near-empty (0.17 in one CI run in ~20: the sampling is not bit-stable across machines' threads)
+    assert result.metrics["near_empty_share"] < 0.5 and result.metrics["mean_words"] > 8
 
 
 def test_a_candidate_close_to_its_parent_passes_the_guard(registry, tiny_model_dir, heldout):
