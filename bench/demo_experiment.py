@@ -363,7 +363,7 @@ def main() -> None:
     st.add_argument("--batch", type=int, default=8)
     st.add_argument("--contrast", type=float, default=1.0)
     st.add_argument("--beta", type=float, default=0.1)
-    st.add_argument("--contrast-records", choices=("all", "preferred"), default="all")
+    st.add_argument("--contrast-records", choices=("all", "preferred"), default="preferred")
     st.add_argument("--threads", type=int, default=2)
     st.add_argument("--out", required=True)
     w = sub.add_parser("reward")
