@@ -116,7 +116,7 @@ class BehaviorPool:
 
     def preference_score(self, behavior: str) -> int:
         """How far up the preference order ``behavior`` is: the sum of its levels on positive
-        keys (likes) minus those on negative keys (dislikes). The served sentence scores highest."""
+        keys (likes) minus those on negative keys (dislikes); 0 for a sentence not in the records."""
         return sum(level if self.encoding.positive(k) else -level for k, level in self.by_text.get(behavior, ()))
 
     def opposite_below(self, behavior: str) -> str | None:
