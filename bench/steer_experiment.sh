@@ -47,7 +47,7 @@ CNAME=${CNAME:-steer-contrast}
 if [ ! -e "$OUT/DONE-$CNAME" ]; then
   $X steer --answers "$E/base-train.jsonl" --users "$USERS" --steps "$CONTRAST_STEPS" --lr 0.0005 --batch 8 \
     --contrast "${CONTRAST:-1.0}" --beta "${BETA:-0.1}" \
-    --contrast-records "${CONTRAST_RECORDS:-all}" --threads 2 --out "$E/adapters/$CNAME" > "$OUT/train-$CNAME.jsonl"
+    --contrast-records "${CONTRAST_RECORDS:-preferred}" --threads 2 --out "$E/adapters/$CNAME" > "$OUT/train-$CNAME.jsonl"
   cp "$E/adapters/$CNAME/steer.metrics.jsonl" "$OUT/metrics-$CNAME.jsonl"
   judge "$CNAME"
   echo done > "$OUT/DONE-$CNAME"
