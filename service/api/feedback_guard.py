@@ -9,7 +9,9 @@
   impression id and the kind (``once_event_id``), so the aggregator -- which counts each event
   id once -- counts it once even if this check is skipped, and a client sending "10 batches of
   1,000 likes" for one answer gets one like. The API also claims that event id in Redis (SET NX,
-  expiring with the id), so duplicates are answered as such and never reach the topic. A client's
+  "pending" until the broker acknowledged the write, then "written" until the id expires), so
+  duplicates are answered as such and never reach the topic; a request killed between the claim
+  and the write leaves a pending claim that its retry writes through (``PENDING_S``). A client's
   own event id is kept for dwell (a measure that may come in pieces): its retries stay idempotent.
   Redis down: the claim is skipped (logged) and the derived event ids still dedupe downstream.
 - Rate: a token bucket per client key, in this process (one token per event; ``feedback_burst``
@@ -79,43 +81,85 @@ def retry_after(wait_s: float) -> str:
     return str(max(1, math.ceil(wait_s)))
 
 
-def claim_once(redis, prefix: str, events: list[tuple[FeedbackEvent, float]]) -> list[bool] | None:
-    """SET NX each (event, ttl_s): True where this request is the first with that event id,
-    False for a duplicate. None when Redis does not answer (the caller writes them all: the
-    derived event ids still dedupe in the aggregator)."""
+PENDING_S = 60
+"""How long a claim stays "pending" (the broker has not acknowledged the write yet). A claim that
+never becomes "written" (the API was killed mid-request) expires after this, and meanwhile a retry
+is written again rather than answered "duplicate": the derived event ids dedupe in the aggregator,
+so nothing accepted is lost and nothing is counted twice."""
+
+
+def claim_once(redis, prefix: str, events: list[tuple[FeedbackEvent, float]]) -> list[bool | None] | None:
+    """Claim each event id (distinct ids; SET NX "pending"): True where this request is the first,
+    False where the id is already *written* (a duplicate), None where another request's claim is
+    still pending (it may have died before the broker took the event: write it again). None as a
+    whole when Redis does not answer (the caller writes them all: the derived event ids still
+    dedupe in the aggregator)."""
     if not events:
         return []
     try:
         pipe = redis.pipeline(transaction=False)
-        for ev, ttl_s in events:
-            pipe.set(f"{prefix}feedback:once:{ev.event_id}", "1", nx=True, ex=max(1, int(ttl_s)))
-        return [bool(ok) for ok in pipe.execute()]
+        for ev, _ in events:
+            key = f"{prefix}feedback:once:{ev.event_id}"
+            pipe.set(key, "pending", nx=True, ex=PENDING_S)
+            pipe.get(key)
+        replies = pipe.execute()
     except Exception as e:  # noqa: BLE001 - any Redis failure: fail open, say so in the log
         log.warning("feedback once-per-client check skipped: Redis unavailable (%s)", type(e).__name__)
         return None
+    out: list[bool | None] = []
+    for new, value in zip(replies[0::2], replies[1::2], strict=True):
+        out.append(True if new else (None if value in ("pending", b"pending") else False))
+    return out
 
 
 def first_only(
     redis, prefix: str, events: list[FeedbackEvent], lifetimes: list[float]
-) -> tuple[list[FeedbackEvent], list[FeedbackEvent]]:
-    """(events to write, count events claimed by this request): count events already recorded
-    (or repeated within the batch) are left out. Redis down: every event is written (their
-    derived event ids still dedupe in the aggregator) and nothing is claimed."""
-    once = [(ev, ttl) for ev, ttl in zip(events, lifetimes, strict=True) if ev.kind not in MEASURE_KINDS]
+) -> tuple[list[FeedbackEvent], list[tuple[FeedbackEvent, float]]]:
+    """(events to write, count events claimed by this request with their lifetimes): count events
+    already written (or repeated within the batch) are left out. The claims are "pending" until
+    ``confirm_once`` marks them written after the broker's acknowledgement, so a request that dies
+    in between never turns its retry into a "duplicate" (``PENDING_S``). Redis down: every event is
+    written (their derived event ids still dedupe in the aggregator) and nothing is claimed."""
+    once: list[tuple[FeedbackEvent, float]] = []
+    repeated: set[int] = set()
+    seen: set[str] = set()
+    for ev, ttl in zip(events, lifetimes, strict=True):
+        if ev.kind in MEASURE_KINDS:
+            continue
+        if ev.event_id in seen:
+            repeated.add(id(ev))  # the same count event twice in one batch
+        else:
+            seen.add(ev.event_id)
+            once.append((ev, ttl))
     first = claim_once(redis, prefix, once)
     if first is None:
         return list(events), []
-    duplicate = {id(ev) for (ev, _), new in zip(once, first, strict=True) if not new}
-    claimed = [ev for (ev, _), new in zip(once, first, strict=True) if new]
-    return [ev for ev in events if id(ev) not in duplicate], claimed
+    skip = repeated | {id(ev) for (ev, _), new in zip(once, first, strict=True) if new is False}
+    to_write = [ev for ev in events if id(ev) not in skip]
+    return to_write, [(ev, ttl) for (ev, ttl), new in zip(once, first, strict=True) if new is not False]
 
 
-def release_once(redis, prefix: str, events: list[FeedbackEvent]) -> None:
-    """Undo ``claim_once`` for events that were not written (the broker refused): the client's
-    retry must not be answered "duplicate"."""
-    if not events:
+def confirm_once(redis, prefix: str, claimed: list[tuple[FeedbackEvent, float]]) -> None:
+    """The broker took ``claimed``: mark them written, for as long as their ids live."""
+    if not claimed:
         return
     try:
-        redis.delete(*(f"{prefix}feedback:once:{ev.event_id}" for ev in events))
+        pipe = redis.pipeline(transaction=False)
+        for ev, ttl_s in claimed:
+            pipe.set(f"{prefix}feedback:once:{ev.event_id}", "1", ex=max(1, int(ttl_s)))
+        pipe.execute()
+    except Exception as e:  # noqa: BLE001 - the pending claims expire; the aggregator still dedupes
+        log.warning(
+            "feedback claims not confirmed (%s): a retry within %ds is written again", type(e).__name__, PENDING_S
+        )
+
+
+def release_once(redis, prefix: str, claimed: list[tuple[FeedbackEvent, float]]) -> None:
+    """Undo ``claim_once`` for events that were not written (the broker refused): the client's
+    retry must not be answered "duplicate"."""
+    if not claimed:
+        return
+    try:
+        redis.delete(*(f"{prefix}feedback:once:{ev.event_id}" for ev, _ in claimed))
     except Exception as e:  # noqa: BLE001 - the claim expires with the id anyway
         log.warning("feedback claims not released (%s): a retry may be answered as duplicates", type(e).__name__)

@@ -36,7 +36,7 @@ from core.errors import validation_message
 from schemas import FEEDBACK_BATCH_LIMIT, FeedbackAccepted, FeedbackBatch, FeedbackEvent
 from service.api.deps import ClientKey, IsAdmin, State
 from service.api.errors_doc import errors
-from service.api.feedback_guard import first_only, release_once, retry_after, server_event
+from service.api.feedback_guard import confirm_once, first_only, release_once, retry_after, server_event
 from service.api.producers import BrokerUnavailable
 
 log = logging.getLogger(__name__)
@@ -169,6 +169,7 @@ async def post_feedback(request: Request, state: State, admin: IsAdmin, client_k
     except HTTPException:
         await run_in_threadpool(release_once, redis, prefix, claimed)  # so that the retry is not a "duplicate"
         raise
+    await run_in_threadpool(confirm_once, redis, prefix, claimed)  # only now are they "written"
     return FeedbackAccepted(accepted=written, duplicates=len(events) - len(fresh))
 
 
