@@ -218,7 +218,7 @@ def cmd_steer(a) -> None:
     history = steer(
         policy, records, a.steps, a.lr, a.batch, random.Random(a.seed),
         contrast_weight=a.contrast, beta=a.beta,
-        opposite=pool.opposite_below if a.contrast_records == "preferred" else pool.opposite,
+        opposite=pool.contrast_mirror(a.contrast_records),
     )  # fmt: skip
     out = Path(a.out)
     policy.model.save_pretrained(str(out))

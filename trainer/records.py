@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -126,6 +126,11 @@ class BehaviorPool:
         if mirror is None or self.preference_score(mirror) >= self.preference_score(behavior):
             return None
         return mirror
+
+    def contrast_mirror(self, contrast_records: str) -> Callable[[str], str | None]:
+        """The steering contrast's mirror for ``RLHBConfig.steer_contrast_records``: "preferred" ->
+        ``opposite_below``, "all" -> ``opposite``."""
+        return self.opposite_below if contrast_records == "preferred" else self.opposite
 
     def most_preferred(self) -> str:
         """The served sentence: top level on positive keys, bottom on negative ones."""

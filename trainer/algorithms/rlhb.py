@@ -246,7 +246,7 @@ class RLHBTrainer:
             self.rng,
             contrast_weight=cfg.steer_contrast,
             beta=cfg.steer_beta,
-            opposite=self.pool.opposite_below if cfg.steer_contrast_records == "preferred" else self.pool.opposite,
+            opposite=self.pool.contrast_mirror(cfg.steer_contrast_records),
         )
         if steered:
             self._warmup_summary = {
