@@ -16,6 +16,7 @@ from typing import Any
 from core.settings import unknown_key_message
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
+KL_REFERENCES = ("base", "start")
 DISCRIMINATOR_KINDS = ("minilm", "lm")
 D_REWARD_KINDS = ("contrastive", "log_d", "prob", "logit")
 KAPPA_SOURCES = ("records", "generations")
@@ -77,7 +78,15 @@ class PPOConfig:
 
     # --- rewards and advantages
     kl_coef: float = 0.05
-    """eta in eq. 10: weight of the per-token KL to the reference policy (adapter disabled)."""
+    """eta in eq. 10: weight of the per-token KL to the reference policy (see kl_reference)."""
+    kl_reference: str = "base"
+    """The reference policy of the KL term: "base" (the base model, adapter disabled: the paper's pi_ref, the
+    initial policy) or "start" (a frozen copy of the adapter as it stands when the first rollout of the round is
+    sampled: the parent a continual round starts from, after any steering stage). With "base", a policy that
+    steering or earlier rounds moved far from the base pays that distance as KL at every token of every rollout
+    (E11: 14 nats per answer at iteration 0), so the penalty pulls back toward the base, not toward what the
+    earlier training taught; "start" makes each round a trust-region step from where it began (as RLHF's
+    reference is the SFT model rather than the pretrained one). Not with an FSDP-sharded base."""
     kl_estimator: str = "k1"
     """Per-token KL estimator: k1 (log ratio), k2, k3."""
     adaptive_kl: bool = False
@@ -165,6 +174,10 @@ class PPOConfig:
             )
         _require(self.vllm_timeout_s > 0, f"vllm_timeout_s must be > 0; got {self.vllm_timeout_s}.")
         _require(self.kl_coef >= 0, f"kl_coef must be >= 0; got {self.kl_coef}. Typical: 0.01-0.1.")
+        _require(
+            self.kl_reference in KL_REFERENCES,
+            f"kl_reference must be one of {KL_REFERENCES}; got {self.kl_reference!r}. 'base' is the paper's.",
+        )
         _require(
             self.kl_estimator in KL_ESTIMATORS,
             f"kl_estimator must be one of {KL_ESTIMATORS}; got {self.kl_estimator!r}.",

@@ -1,7 +1,8 @@
 """The generator pi(a | s, b) and its critic V(s; b) on one copy of the base weights.
 
 - Actor: base causal LM + a trainable LoRA adapter (peft). The base weights stay frozen.
-- Reference policy (KL term): the same model inside ``disable_adapter()``; never a copy.
+- Reference policy (KL term): the same model inside ``disable_adapter()`` (the base), or, after
+  ``freeze_reference()``, a frozen second LoRA on the same base weights (``kl_reference="start"``).
 - Critic: a small MLP value head over the actor's last hidden states, one value per
   response token. Its input is detached, so the critic loss never moves the actor.
 
@@ -33,6 +34,8 @@ from trainer.config import PPOConfig
 from trainer.rollouts import Prompt, SequenceBatch, response_mask_from_eos
 
 VALUE_HEAD_FILE = "value_head.safetensors"
+REFERENCE_ADAPTER = "frozen_reference"
+"""peft adapter name of the frozen copy ``freeze_reference`` makes; never saved with the policy."""
 
 BaseSharder = Callable[[nn.Module, torch.device], None]
 """Shards a freshly built peft model's frozen base weights onto a device and moves its trainable
@@ -100,6 +103,8 @@ class Policy:
         # FSDP2-sharded base (trainer.distributed, strategy fsdp): every forward all-gathers
         # the weights, a collective that every rank must enter the same number of times
         self.sharded = is_sharded(model)
+        self.reference_frozen = False
+        """True once ``freeze_reference`` made a frozen adapter copy the KL reference (else: the base)."""
         self.model.eval()  # no dropout anywhere: rollout-time and update-time log-probs agree
 
     # ------------------------------------------------------------------ loading / saving
@@ -148,6 +153,39 @@ class Policy:
             if state.exists():
                 _load_matching(value_head, state)
         return cls(model, tokenizer, value_head, config)
+
+    def freeze_reference(self) -> None:
+        """Make the adapter's current weights the reference policy: a frozen copy as a second peft adapter.
+
+        Costs the adapter's size in memory (a few MB), not a second model: both adapters share the
+        base weights, and ``forward(reference=True)`` routes every row through the copy (peft's
+        per-row ``adapter_names``, an inference-only path, which is all the reference needs). Called
+        again, it re-freezes at the weights of that moment.
+        """
+        import copy
+
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+        if self.sharded:
+            raise ValueError(
+                "kl_reference='start' needs the adapter copied whole; with an FSDP-sharded base use "
+                "kl_reference='base' (or the replicate strategy)."
+            )
+        active = self.model.active_adapter
+        if REFERENCE_ADAPTER in self.model.peft_config:
+            self.model.delete_adapter(REFERENCE_ADAPTER)
+        self.model.add_adapter(REFERENCE_ADAPTER, copy.deepcopy(self.model.peft_config[active]))
+        state = get_peft_model_state_dict(self.model, adapter_name=active)
+        set_peft_model_state_dict(self.model, state, adapter_name=REFERENCE_ADAPTER)
+        self.model.set_adapter(active)  # peft marks only the active adapter trainable
+        for name, p in self.model.named_parameters():
+            if f".{REFERENCE_ADAPTER}." in name:
+                p.requires_grad_(False)
+        self.reference_frozen = True
+
+    def save_adapter(self, folder: str | Path) -> None:
+        """The trained adapter alone (peft would also write the frozen reference copy, in a subfolder)."""
+        self.model.save_pretrained(str(folder), selected_adapters=[self.model.active_adapter])
 
     def actor_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
@@ -271,14 +309,18 @@ class Policy:
     def forward(self, batch: SequenceBatch, *, reference: bool = False, keep_logits: bool = False) -> ForwardOutput:
         """Log-probs of the response tokens (with gradient unless under no_grad) and the features.
 
-        reference=True runs the base model (adapter disabled): the reference policy.
+        reference=True runs the reference policy: the base model (adapter disabled), or the frozen
+        adapter copy once ``freeze_reference`` made one.
         """
         input_ids = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)  # (B, P+T)
         attention = torch.cat([batch.prompt_mask, batch.response_mask], dim=1)  # (B, P+T)
         # positions count real tokens only, as generate() does for left-padded prompts
         position_ids = (attention.cumsum(dim=1) - 1).clamp_min(0)  # (B, P+T)
         num_response = batch.response_ids.shape[1]
-        ctx = self.model.disable_adapter() if reference else contextlib.nullcontext()
+        routing = {}
+        if reference and self.reference_frozen:
+            routing = {"adapter_names": [REFERENCE_ADAPTER] * input_ids.shape[0]}
+        ctx = self.model.disable_adapter() if reference and not routing else contextlib.nullcontext()
         with ctx:
             out = self.model(
                 input_ids=input_ids,
@@ -287,6 +329,7 @@ class Policy:
                 output_hidden_states=True,
                 logits_to_keep=num_response + 1,  # LM head only where response tokens are predicted
                 use_cache=False,
+                **routing,
             )
         logits = out.logits[:, :-1].float()  # (B, T, V): position P-1+t predicts response token t
         if self.config.temperature != 1.0:

@@ -100,7 +100,7 @@ class VllmRolloutSampler:
         name = f"rollout.{self._nonce}.{n}"
         folder = self.lora_dir / f"rollout-{self._nonce}-{n}"
         self.lora_dir.mkdir(parents=True, exist_ok=True)
-        policy.model.save_pretrained(str(folder))
+        policy.save_adapter(folder)
         body = {"lora_name": name, "lora_path": str(folder)}
         answers = self._on_every_server("/v1/load_lora_adapter", body)
         failed = [(u, a) for u, a in zip(self.urls, answers, strict=True) if not _ok(a)]

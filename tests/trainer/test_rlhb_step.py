@@ -198,3 +198,42 @@ def test_d_learning_rates_scale_once_ppo_starts(tiny_model_dir, tmp_path):
     trainer.iteration(0)
     trainer.iteration(1)  # scaled once, not once per iteration
     assert [g["lr"] for g in trainer.d_optimizer.param_groups] == pytest.approx([lr * 0.1 for lr in warm])
+
+
+def test_kl_reference_start_is_the_policy_as_ppo_found_it_and_stays_frozen(tiny_model_dir, tmp_path):
+    """kl_reference="start": the first rollout freezes a copy of the adapter as the reference, so the KL
+    is zero at the first batch however far the adapter is from the base; the copy then stays put
+    while the policy trains, and the saved adapter holds the trained weights alone."""
+    trainer = make_trainer(tiny_model_dir, tmp_path, learning_rate=5e-2, kl_reference="start")
+    with torch.no_grad():  # a start far from the base, as after steering or an earlier round
+        for name, p in trainer.policy.model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    trainable = [n for n, p in trainer.policy.model.named_parameters() if p.requires_grad]
+    metrics = trainer.iteration(0)
+    assert trainer.policy.reference_frozen
+    assert metrics["kl"] == pytest.approx(0.0, abs=1e-4)  # KL(pi_old || reference) at the first rollout
+    assert [n for n, p in trainer.policy.model.named_parameters() if p.requires_grad] == trainable
+    batch = trainer.policy.generate([Prompt("Tell me about item 1.", LIKED), Prompt("Hi", DISLIKED)], 2)
+    mask = batch.response_mask.bool()
+    with torch.no_grad():
+        ref = trainer.policy.forward(batch, reference=True).logprobs
+        policy = trainer.policy.forward(batch).logprobs
+        trainer.policy.reference_frozen = False  # the same call, routed to the base (adapter disabled)
+        base = trainer.policy.forward(batch, reference=True).logprobs
+        trainer.policy.reference_frozen = True
+    assert not torch.allclose(ref[mask], base[mask], atol=1e-3)  # the copy is the perturbed start, not the base
+    assert not torch.allclose(policy[mask], ref[mask], atol=1e-4)  # the policy trained away from the copy
+    frozen = {n: p.detach().clone() for n, p in trainer.policy.model.named_parameters() if "frozen_reference" in n}
+    assert frozen and not any(p.requires_grad for n, p in trainer.policy.model.named_parameters() if n in frozen)
+    trainer.iteration(1)
+    after = dict(trainer.policy.model.named_parameters())
+    assert all(torch.equal(frozen[n], after[n]) for n in frozen)
+    trainer.save_adapter(tmp_path / "saved")
+    assert (tmp_path / "saved" / "adapter_model.safetensors").exists()
+    assert not (tmp_path / "saved" / "frozen_reference").exists()
+
+
+def test_kl_reference_is_validated_with_a_message():
+    with pytest.raises(ValueError, match="kl_reference must be one of"):
+        small_config(kl_reference="parent")

@@ -121,6 +121,8 @@ class PPOCore:
     # ------------------------------------------------------------------ steps 1-2
     def rollout(self, prompts: Sequence[Prompt]) -> Rollouts:
         """Sample k answers per prompt and record pi_old, pi_ref log-probs and values."""
+        if self.config.kl_reference == "start" and not self.policy.reference_frozen:
+            self.policy.freeze_reference()  # the policy as this round's PPO found it (after any steering)
         try:
             if self.sampler is not None:
                 batch = self.sampler.generate(self.policy, prompts, self.config.rollouts_per_prompt)

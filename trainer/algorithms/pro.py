@@ -285,7 +285,7 @@ class PROTrainer:
         }
 
     def save_adapter(self, folder: Path) -> None:
-        self.policy.model.save_pretrained(str(folder))
+        self.policy.save_adapter(folder)
 
     def run(self) -> RunResult:
         return run_iterations(self.request, algorithm=ALGORITHM, step=self.iteration, save_adapter=self.save_adapter)

@@ -110,7 +110,7 @@ class RewardModelPPO:
         }
 
     def save_adapter(self, folder: Path) -> None:
-        self.policy.model.save_pretrained(str(folder))
+        self.policy.save_adapter(folder)
 
     def save_state(self, folder: Path) -> None:
         self.policy.save_value_head(folder / VALUE_HEAD_FILE)

@@ -324,7 +324,7 @@ class RLHBTrainer:
 
     # ------------------------------------------------------------------ outputs
     def save_adapter(self, folder: Path) -> None:
-        self.policy.model.save_pretrained(str(folder))
+        self.policy.save_adapter(folder)
 
     def save_state(self, folder: Path) -> None:
         from trainer.policy import VALUE_HEAD_FILE

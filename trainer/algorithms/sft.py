@@ -137,7 +137,7 @@ class SFTTrainer:
         return {"iteration": i, "loss": loss.item(), "grad_norm": grad_norm, **self.selection_metrics}
 
     def save_adapter(self, folder: Path) -> None:
-        self.policy.model.save_pretrained(str(folder))
+        self.policy.save_adapter(folder)
 
     def run(self) -> RunResult:
         return run_iterations(self.request, algorithm=ALGORITHM, step=self.iteration, save_adapter=self.save_adapter)
