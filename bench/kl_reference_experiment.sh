@@ -9,6 +9,8 @@
 #   frozen-start : frozen D (paper 6.4), every prompt on the served sentence, kl_reference=start
 #   adv-start    : the paper's adversarial D (E6 stabilisers), every prompt on its record's own
 #                  sentence, kl_reference=start
+#   frozen-start-kl05 : frozen-start with kl_coef 0.05 instead of 0.02 (a tighter trust region)
+#   frozen-base  : E11's arm (frozen D, KL to the base), for a rerun on other users
 #   usage: USERS=concise ARMS="frozen-start adv-start" bash bench/kl_reference_experiment.sh OUT_DIR
 set -euo pipefail
 OUT=${1:?output folder}
@@ -43,6 +45,7 @@ for arm in $ARMS; do
   [ -e "$OUT/DONE-$name" ] && continue
   case $arm in
     frozen-start) extra='d_frozen=true preferred_prompt_share=1.0 kl_reference="start"' ;;
+    frozen-start-kl05) extra='d_frozen=true preferred_prompt_share=1.0 kl_reference="start" kl_coef=0.05' ;;
     frozen-base) extra='d_frozen=true preferred_prompt_share=1.0' ;;
     adv-start) extra='ppo_epochs=2 minibatch_size=8 swap_share=0.5 d_label_smoothing=0.1 d_replay_size=256 d_adversarial_lr_scale=0.2 kl_reference="start"' ;;
     *) echo "unknown arm $arm" >&2; exit 2 ;;

@@ -139,13 +139,25 @@ def test_a_variant_lane_runs_next_to_its_algorithm_and_each_lane_leaves_a_report
     monkeypatch.setenv("RLHB_REDIS_URL", redis_url)
     monkeypatch.setenv("RLHB_STATE_DIR", str(tmp_path / "state"))
     cfg = quick_config(
-        tmp_path / "demo", model_path=str(tiny_model_dir), algorithms=("rlhb", "rlhb-frozen"), base_traffic=24,
-        eval_questions=4,
+        tmp_path / "demo", model_path=str(tiny_model_dir), algorithms=("rlhb", "rlhb-frozen", "rlhb-steer"),
+        base_traffic=24, eval_questions=4,
     )  # fmt: skip
+    cfg.algorithm_config["rlhb-steer"]["steer_learning_rate"] = 0.05  # steer far from the base in 2 steps
     report = run_demo(cfg)
 
     rows = {row["algorithm"]: row for row in report["versions"]}
-    assert set(rows) == {"base", "rlhb", "rlhb-frozen"} and report["complete"]
+    assert set(rows) == {"base", "rlhb", "rlhb-frozen", "rlhb-steer"} and report["complete"]
+    # rlhb-steer's string overrides (kl_reference, steer_contrast_records) reached its trainer through the
+    # environment; it steered before PPO and took the KL from the steered adapter (0 at the first batch)
+    assert "steering steps before PPO" in rows["rlhb-steer"]["variant"]
+    logged = [
+        json.loads(line)
+        for path in (cfg.out_dir / "lane-rlhb-steer" / "state" / "trainer-metrics").glob("*.jsonl")
+        for line in path.read_text().splitlines()
+    ]
+    assert any(row.get("steer_steps") == 2 for row in logged)
+    first = next(row for row in logged if row.get("iteration") == 0)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-3)
     assert report["lanes"]["rlhb-frozen"]["replayed_records"] >= 20
     assert "frozen discriminator" in rows["rlhb-frozen"]["variant"] and "frozen" not in rows["rlhb"]["variant"]
     # The variant's own overrides reached its trainer (quick rlhb-frozen: 2 D warm-up steps; rlhb: none).
