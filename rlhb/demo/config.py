@@ -113,7 +113,9 @@ FULL_ALGORITHM_CONFIG["rlhb-steer"] = {
     "kl_reference": "start",
 }
 """``--algorithms rlhb-steer``: the demo's RLHB lane with a steering stage before PPO and the KL to the steered
-adapter (a lane, not the default, until a full run through the services has measured it)."""
+adapter (a lane, not the default, until a full run through the services has measured it). The gate still takes its
+KL from the base: E12's candidate measured 0.580 nats/token there (the steered adapter alone 0.306), over the default
+bound of 0.5, so run this lane with ``RLHB_TRAINER_GATE__KL_BOUND=0.7`` until the gate's reference is decided."""
 """``--algorithms rlhb-adversarial,rlhb-frozen`` compares the two discriminators on the same base traffic."""
 EVAL_SEED_OFFSET = 7919
 """Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
