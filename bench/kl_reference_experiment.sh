@@ -21,7 +21,6 @@ ARMS=${ARMS:-frozen-start adv-start}
 E=${RLHB_EXP_DIR:-/tmp/rlhb-exp}
 PY="${PY:-$(pwd)/.venv/bin/python}"
 X="env PYTHONPATH=$CODE RLHB_EXP_DIR=$E $PY $CODE/bench/demo_experiment.py"
-LEAST="Users liked this answer at a low rate and disliked it at a high rate."
 PARENT=${PARENT:-steer-pref-$USERS}
 mkdir -p "$OUT" "$E/adapters"
 
@@ -30,14 +29,8 @@ touch "$OUT/DONE-steer-sft"
 CNAME=$PARENT BETA=1.0 CONTRAST_RECORDS=preferred SKIP_RLHB=1 USERS=$USERS CODE=$CODE PY=$PY \
   bash "$CODE/bench/steer_experiment.sh" "$OUT"
 
-judge() {  # judge NAME: held-out answers under the most and the least preferred sentence
-  local name=$1
-  $X gen --split held-out --samples 2 --adapter "$E/adapters/$name" --version "$name" --out "$E/$name-heldout.jsonl" --threads 2
-  $X eval --answers "$E/$name-heldout.jsonl" --users "$USERS" > "$OUT/eval-$name.jsonl"
-  $X gen --split held-out --samples 2 --adapter "$E/adapters/$name" --version "$name-least" --behavior "$LEAST" \
-    --out "$E/$name-heldout-least.jsonl" --threads 2
-  $X eval --answers "$E/$name-heldout-least.jsonl" --users "$USERS" > "$OUT/eval-$name-least.jsonl"
-}
+# shellcheck source=bench/judge_heldout.sh
+source "$CODE/bench/judge_heldout.sh"
 
 COMMON="d_warmup_steps=150 kl_coef=0.02 learning_rate=0.0005 batch_size=16 rollouts_per_prompt=4 max_new_tokens=48"
 for arm in $ARMS; do

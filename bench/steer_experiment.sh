@@ -16,20 +16,13 @@ RLHB_STEPS=${RLHB_STEPS:-24}
 E=${RLHB_EXP_DIR:-/tmp/rlhb-exp}
 PY="${PY:-$(pwd)/.venv/bin/python}"
 X="env PYTHONPATH=$CODE RLHB_EXP_DIR=$E $PY $CODE/bench/demo_experiment.py"
-LEAST="Users liked this answer at a low rate and disliked it at a high rate."
 mkdir -p "$OUT" "$E/adapters"
 [ -s "$E/base-train.jsonl" ] || $X gen --split train --samples 2 --n 640 --out "$E/base-train.jsonl" --threads 2
 [ -s "$E/base-heldout.jsonl" ] || $X gen --split held-out --samples 2 --out "$E/base-heldout.jsonl" --threads 2
 [ -s "$OUT/eval-base.jsonl" ] || $X eval --answers "$E/base-heldout.jsonl" --users "$USERS" > "$OUT/eval-base.jsonl"
 
-judge() {  # judge NAME: held-out answers under the most and the least preferred sentence
-  local name=$1
-  $X gen --split held-out --samples 2 --adapter "$E/adapters/$name" --version "$name" --out "$E/$name-heldout.jsonl" --threads 2
-  $X eval --answers "$E/$name-heldout.jsonl" --users "$USERS" > "$OUT/eval-$name.jsonl"
-  $X gen --split held-out --samples 2 --adapter "$E/adapters/$name" --version "$name-least" --behavior "$LEAST" \
-    --out "$E/$name-heldout-least.jsonl" --threads 2
-  $X eval --answers "$E/$name-heldout-least.jsonl" --users "$USERS" > "$OUT/eval-$name-least.jsonl"
-}
+# shellcheck source=bench/judge_heldout.sh
+source "$CODE/bench/judge_heldout.sh"
 
 # 1. SteerLM: imitate every record (top_fraction 1, no reward threshold) under its own sentence.
 if [ ! -e "$OUT/DONE-steer-sft" ]; then
