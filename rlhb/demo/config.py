@@ -105,6 +105,7 @@ FULL_ALGORITHM_CONFIG["rlhb-steer"] = {
     # bench/demo_experiments.md E11-E12 (in process, concise): steering on every record under its own
     # sentence with the contrast on the preferred side, then the frozen-D PPO above with the KL taken
     # from the steered adapter: 0.440 (+0.219) with a behavior gap of +0.182 (p 2e-7); near-empty 5.7%.
+    # On example users it did not lift (0.088 vs base 0.105, n.s.; gap +0.051).
     "steer_steps": 120,
     "steer_learning_rate": 5e-4,
     "steer_batch_size": 8,
