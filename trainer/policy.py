@@ -159,8 +159,8 @@ class Policy:
 
         Costs the adapter's size in memory (a few MB), not a second model: both adapters share the
         base weights, and ``forward(reference=True)`` routes every row through the copy (peft's
-        per-row ``adapter_names``, an inference-only path, which is all the reference needs). Called
-        again, it re-freezes at the weights of that moment.
+        per-row ``adapter_names``, an inference-only path, which is all the reference needs). Once per
+        policy: PPOCore calls it at the round's first rollout.
         """
         import copy
 
@@ -172,8 +172,6 @@ class Policy:
                 "kl_reference='base' (or the replicate strategy)."
             )
         active = self.model.active_adapter
-        if REFERENCE_ADAPTER in self.model.peft_config:
-            self.model.delete_adapter(REFERENCE_ADAPTER)
         self.model.add_adapter(REFERENCE_ADAPTER, copy.deepcopy(self.model.peft_config[active]))
         state = get_peft_model_state_dict(self.model, adapter_name=active)
         set_peft_model_state_dict(self.model, state, adapter_name=REFERENCE_ADAPTER)
