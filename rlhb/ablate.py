@@ -12,7 +12,9 @@ In process (no broker), on one fixed set of logged data, so that only the varian
    rate, with its Wilson CI, the lift over base and a one-sided p-value; the guards beside
    it: mean words, near-empty share, repeated 3-grams, relevance.
 
-Outputs in ``out_dir``: ``results.json``, ``table.md`` (with the paper's qualitative claims
+Outputs in ``out_dir``, rewritten after every variant (a run cut short keeps what it measured and a
+rerun with the same settings skips the variants already there): ``results.json``, ``table.md`` (with
+the paper's qualitative claims
 and whether each held here) and ``curves.png`` (figure 6: D loss, D reward, mean return and
 KL per iteration, one line per variant).
 """
@@ -146,6 +148,8 @@ def run_ablation(cfg: AblateConfig) -> dict:
     held = split.held_out[: cfg.eval_questions or None]
     eval_q = [q for q in held for _ in range(cfg.eval_samples)]
 
+    config_key = {**dataclasses.asdict(cfg), "out_dir": str(cfg.out_dir)}
+    done = _finished_rows(cfg.out_dir / "results.json", config_key)
     t0 = time.time()
     logged = _answers(cfg, train_q, None, served, cfg.seed)
     answers = [{"question": q, "answer": a, "behavior": served} for q, a in zip(train_q, logged, strict=True)]
@@ -154,7 +158,12 @@ def run_ablation(cfg: AblateConfig) -> dict:
     _say(event="base", records=len(records), like_rate=base["like_rate"], seconds=round(time.time() - t0, 1))
 
     rows = [{"variant": "base", **base}]
+    report = {"config": config_key, "served": served, "rows": rows}
     for name in cfg.variants:
+        if name in done:  # an earlier run of this same configuration finished it (the base is deterministic)
+            rows.append(done[name])
+            _say(event="variant", variant=name, resumed=True, like_rate=done[name]["like_rate"])
+            continue
         started = time.time()
         config = dataclasses.replace(default_config("rlhb"), **{**cfg.budget, **VARIANTS[name]})
         slug = name.replace("=", "").replace(" ", "-").replace(".", "")
@@ -172,12 +181,28 @@ def run_ablation(cfg: AblateConfig) -> dict:
         row["final_d_heldout_acc"] = result.metrics[-1].get("d_heldout_acc") if result.metrics else None
         rows.append(row)
         _say(event="variant", variant=name, like_rate=judged["like_rate"], lift=vs.get("lift"), seconds=train_s)
-    report = {"config": {**dataclasses.asdict(cfg), "out_dir": str(cfg.out_dir)}, "served": served, "rows": rows}
-    report["claims"] = check_claims(rows)
-    (cfg.out_dir / "results.json").write_text(json.dumps(report, indent=2, default=str))
-    (cfg.out_dir / "table.md").write_text(format_table(report))
-    plot_curves(rows, cfg.out_dir / "curves.png")
+        _write(report, cfg.out_dir)  # after every variant: a run cut short keeps what it measured
+    _write(report, cfg.out_dir)
     return report
+
+
+def _write(report: dict, out_dir: Path) -> None:
+    report["claims"] = check_claims(report["rows"])
+    (out_dir / "results.json").write_text(json.dumps(report, indent=2, default=str))
+    (out_dir / "table.md").write_text(format_table(report))
+    plot_curves(report["rows"], out_dir / "curves.png")
+
+
+def _finished_rows(path: Path, config_key: dict) -> dict[str, dict]:
+    """Variants an earlier run with the same settings (the variant list aside) already measured, by name:
+    a full ablation takes about two hours here, so a run cut short resumes where it stopped."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    same = {k: v for k, v in earlier.get("config", {}).items() if k != "variants"} == {
+        k: v for k, v in json.loads(json.dumps(config_key, default=str)).items() if k != "variants"
+    }
+    return {r["variant"]: r for r in earlier.get("rows", [])[1:]} if same else {}
 
 
 def _row(rows: list[dict], name: str) -> dict | None:
@@ -216,8 +241,8 @@ def check_claims(rows: list[dict]) -> list[dict]:
 def format_table(report: dict) -> str:
     lines = [
         "| variant | like rate | 95% CI | lift | p (one-sided) | words | near-empty | rep. 3-grams | relevance | "
-        "D held-out acc | train s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "D held-out acc | D reward first -> last | KL last | train s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
         g, vs = r["guards"], r.get("vs_base", {})
@@ -229,12 +254,20 @@ def format_table(report: dict) -> str:
             f"| {r['variant']} | {r['like_rate']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {lift} | {p} | "
             f"{g.get('mean_words', 0):.1f} | {g.get('near_empty_share', 0):.3f} | "
             f"{g.get('repeated_ngram_rate', 0):.3f} | {(g.get('relevance') or 0):.3f} | {acc_text} | "
-            f"{r.get('train_seconds', 0):.0f} |"
+            f"{_first_last(r, 'd_reward')} | {_first_last(r, 'kl', first=False)} | {r.get('train_seconds', 0):.0f} |"
         )
     lines += ["", "| the paper's claim | measured here | held |", "|---|---|---|"]
     for c in report["claims"]:
         lines.append(f"| {c['claim']} | {c['measured']} | {c['held']} |")
     return "\n".join(lines) + "\n"
+
+
+def _first_last(row: dict, key: str, first: bool = True) -> str:
+    """A curve's first and last logged values ("0.41 -> 0.63"), or its last only; '' for base."""
+    values = [v for v in row.get("curves", {}).get(key) or [] if v is not None]
+    if not values:
+        return ""
+    return f"{values[0]:.3g} -> {values[-1]:.3g}" if first else f"{values[-1]:.3g}"
 
 
 def plot_curves(rows: list[dict], path: Path) -> None:

@@ -33,3 +33,21 @@ def test_unknown_variant_is_refused(tmp_path, tiny_model_dir):
     with pytest.raises(ValueError, match="unknown variants"):
         run_ablation(quick_config(tmp_path, str(tiny_model_dir), variants=("kappa=9",)))
     assert "frozen D" in VARIANTS
+
+
+def test_a_rerun_with_the_same_settings_resumes_and_one_with_other_settings_does_not(tiny_model_dir, tmp_path):
+    out = tmp_path / "out"
+    first = run_ablation(quick_config(out, str(tiny_model_dir), variants=("kappa=0",)))
+    table = (out / "table.md").read_text()
+    assert "KL last" in table and " -> " in table.split("| kappa=0 |")[1].splitlines()[0]  # D reward first -> last
+    trained = out / "adapters" / "kappa0"
+    assert trained.is_dir()
+    trained.rename(out / "kappa0-first")  # a variant trained again would write this folder again
+
+    second = run_ablation(quick_config(out, str(tiny_model_dir), variants=("kappa=0", "rollouts=1")))
+    assert [r["variant"] for r in second["rows"]] == ["base", "kappa=0", "rollouts=1"]
+    assert second["rows"][1] == json.loads(json.dumps(first["rows"][1]))  # resumed from results.json, not retrained
+    assert not trained.exists() and (out / "adapters" / "rollouts1").is_dir()
+
+    other = run_ablation(quick_config(out, str(tiny_model_dir), variants=("kappa=0",), steps=1))
+    assert len(other["rows"][1]["curves"]["kl"]) == 1 and trained.is_dir()  # other settings: trained afresh
