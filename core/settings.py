@@ -627,6 +627,13 @@ class GateSettings(BaseModel):
         default=0.5,
         description="Largest allowed mean per-token KL(candidate || reference) on the candidate's own answers.",
     )
+    kl_reference: Literal["parent", "base"] = Field(
+        default="parent",
+        description="The KL check's reference: 'parent' (the active version the candidate would replace; the base "
+        "model while base is active) bounds each round's step, so continual rounds are not blocked by the distance "
+        "earlier rounds already moved; 'base' bounds the total distance from the base model. Both are reported "
+        "(kl_token, kl_token_base).",
+    )
     reward_tolerance: float = Field(
         default=0.05, description="Largest allowed drop of implicit-reward ranking accuracy below the active version's."
     )

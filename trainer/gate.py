@@ -4,9 +4,15 @@
    make every answer garbage). Checked from the file, before any model is built.
 2. **KL to the reference is bounded.** On the held-out records' prompts (query + the
    behavior sentence they were served under) the candidate samples answers; along each
-   answer we take the exact KL between the candidate's and the reference's (same base,
-   adapter disabled) next-token distributions over the whole vocabulary, and average over
-   answer tokens: ``kl_token = mean_t KL(pi_cand(.|s,b,a_<t) || pi_ref(.|s,b,a_<t))``.
+   answer we take the exact KL between the candidate's and the reference's next-token
+   distributions over the whole vocabulary, and average over answer tokens:
+   ``kl_token = mean_t KL(pi_cand(.|s,b,a_<t) || pi_ref(.|s,b,a_<t))``. The reference is the
+   parent by default (``kl_reference="parent"``: the active version the candidate would
+   replace, the base model while base is active), so the bound is on one round's step: in a
+   continual loop the distance to the base only grows round after round, and a fixed bound
+   on it would block every round once earlier ones had used it up (E12 measured a steered
+   round-1 candidate at 0.58 nats/token from the base). ``kl_reference="base"`` bounds the
+   total distance instead; ``kl_token_base`` is reported either way.
    ``kl_token <= kl_bound`` is the check. Per token, not per answer, so the bound does not
    depend on answer length; ``kl_seq`` (the per-answer sum, the quantity eq. 10 penalises)
    is reported alongside. A degenerate policy that repeats a phrase the base model finds
@@ -295,9 +301,9 @@ class _Scorer:
                 texts.append(self.tok.decode(ids, skip_special_tokens=True).strip())
         return texts
 
-    def kl_on_answers(self, batches: list) -> tuple[float, float]:
-        """(mean per-token KL, mean per-answer KL) of candidate vs reference along the candidate's
-        sampled answers (``sample_answers(prompts, "candidate", cfg)``)."""
+    def kl_on_answers(self, batches: list, reference: str | None = None) -> tuple[float, float]:
+        """(mean per-token KL, mean per-answer KL) of the candidate vs ``reference`` (an adapter name; None =
+        the base model) along the candidate's sampled answers (``sample_answers(prompts, "candidate", cfg)``)."""
         torch = self.torch
         total_kl, total_tokens, seq_kls = 0.0, 0, []
         for enc, answer, answer_mask in batches:
@@ -305,7 +311,7 @@ class _Scorer:
             mask = torch.cat([enc["attention_mask"], answer_mask.long()], 1)
             T = answer.shape[1]
             logp = self._logits(ids, mask, "candidate", T).log_softmax(-1)  # (B, T, V)
-            logq = self._logits(ids, mask, None, T).log_softmax(-1)  # (B, T, V)
+            logq = self._logits(ids, mask, reference, T).log_softmax(-1)  # (B, T, V)
             kl = (logp.exp() * (logp - logq)).sum(-1) * answer_mask  # (B, T)
             total_kl += float(kl.sum())
             total_tokens += int(answer_mask.sum())
@@ -392,11 +398,18 @@ def _threads(n: int):
 def _score(candidate, active, model_path, records, prompts, cfg: GateConfig, device, dtype) -> GateResult:
     scorer = _Scorer(model_path, candidate, active, device, dtype)
     sampled = scorer.sample_answers(prompts, "candidate", cfg)
-    kl_token, kl_seq = scorer.kl_on_answers(sampled)
-    metrics = {"finite": 1.0, "kl_token": kl_token, "kl_seq": kl_seq, "kl_prompts": float(len(prompts))}
+    from_parent = cfg.kl_reference == "parent" and active is not None
+    kl_token, kl_seq = scorer.kl_on_answers(sampled, "active" if from_parent else None)
+    # the distance to the base too, whichever the check uses: continual rounds add up, and this shows how far
+    kl_token_base, kl_seq_base = scorer.kl_on_answers(sampled, None) if from_parent else (kl_token, kl_seq)
+    metrics = {
+        "finite": 1.0, "kl_token": kl_token, "kl_seq": kl_seq, "kl_token_base": kl_token_base,
+        "kl_seq_base": kl_seq_base, "kl_from_parent": float(from_parent), "kl_prompts": float(len(prompts)),
+    }  # fmt: skip
     reasons = []
     if not math.isfinite(kl_token) or kl_token > cfg.kl_bound:
-        reasons.append(f"KL to the reference {kl_token:.3f} nats/token exceeds the bound {cfg.kl_bound}")
+        reference = f"the parent {active.name}" if from_parent else "the base model"
+        reasons.append(f"KL to {reference} {kl_token:.3f} nats/token exceeds the bound {cfg.kl_bound}")
     if cfg.behavior_guard:  # the parent answers the same prompts with the same random numbers
         parent_answers = scorer.answer_texts(
             scorer.sample_answers(prompts, "active" if active is not None else None, cfg)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -114,9 +116,15 @@ FULL_ALGORITHM_CONFIG["rlhb-steer"] = {
     "kl_reference": "start",
 }
 """``--algorithms rlhb-steer``: the demo's RLHB lane with a steering stage before PPO and the KL to the steered
-adapter (a lane, not the default, until a full run through the services has measured it). The gate still takes its
-KL from the base: E12's candidate measured 0.580 nats/token there (the steered adapter alone 0.306), over the default
-bound of 0.5, so run this lane with ``RLHB_TRAINER_GATE__KL_BOUND=0.7`` until the gate's reference is decided."""
+adapter (a lane, not the default, until a full run through the services has measured it)."""
+LANE_GATE_CONFIG: dict[str, dict] = {
+    # The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on
+    # the logs before PPO, so this lane's first candidate is further from the base than a PPO-only one: E12's
+    # measured 0.580 nats/token (the steered adapter alone 0.306) with a clean behavior guard, over the
+    # default bound of 0.5 that was set from PPO-only candidates. The label names the raised bound.
+    "rlhb-steer": {"kl_bound": 0.7},
+}
+"""Per-lane gate overrides (RLHB_TRAINER_GATE__<FIELD>) under ``DemoConfig.gate_config`` and the environment."""
 """``--algorithms rlhb-adversarial,rlhb-frozen`` compares the two discriminators on the same base traffic."""
 EVAL_SEED_OFFSET = 7919
 """Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
@@ -228,8 +236,22 @@ class DemoConfig:
         return dict(self.algorithm_config.get(lane, self.algorithm_config.get(lane_algorithm(lane), {})))
 
     def label(self, lane: str) -> str:
-        """The lane's display label, naming its departures from the paper."""
-        return algorithm_label(lane_algorithm(lane), self.lane_overrides(lane))
+        """The lane's display label, naming its departures from the paper (and a gate bound it raises)."""
+        label = algorithm_label(lane_algorithm(lane), self.lane_overrides(lane))
+        bound = self.gate_overrides(lane, os.environ).get("kl_bound") if lane in LANE_GATE_CONFIG else None
+        if bound is not None:
+            label = (
+                f"{label[:-1]}; gate KL bound {bound})" if label.endswith(")") else f"{label} (gate KL bound {bound})"
+            )
+        return label
+
+    def gate_overrides(self, lane: str, environ: Mapping[str, str]) -> dict:
+        """The gate overrides ``lane``'s trainer gets: the lane's defaults (``LANE_GATE_CONFIG``) unless the
+        environment already sets that field, then ``gate_config`` (the run's own, for every lane)."""
+        lane_defaults = {
+            k: v for k, v in LANE_GATE_CONFIG.get(lane, {}).items() if f"RLHB_TRAINER_GATE__{k.upper()}" not in environ
+        }
+        return {**lane_defaults, **self.gate_config}
 
     def drift_parts(self) -> tuple[str, str, int]:
         """(users before, users after, round) of ``drift``."""

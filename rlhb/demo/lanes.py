@@ -114,7 +114,7 @@ def make_lane(cfg: DemoConfig, run_id: str, algorithm: str, infra, model_path: s
         "RLHB_TRAINER_SEED": str(cfg.seed),
         "RLHB_TRAINER_MIN_RECORDS": "8",
     }
-    env.update(nested_env("RLHB_TRAINER_GATE", cfg.gate_config))
+    env.update(nested_env("RLHB_TRAINER_GATE", cfg.gate_overrides(algorithm, os.environ)))
     if cfg.ab_share > 0:
         env["RLHB_TRAINER_AB_SHARE"] = str(cfg.ab_share)
         env["RLHB_TRAINER_AB_MIN_VIEWS"] = str(cfg.ab_min_views())

@@ -24,6 +24,17 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
     )
 
 
+def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_can_override_it():
+    cfg = DemoConfig(algorithms=("rlhb-steer", "rlhb"))
+    assert cfg.gate_overrides("rlhb-steer", {}) == {"kl_bound": 0.7} and cfg.gate_overrides("rlhb", {}) == {}
+    assert cfg.label("rlhb-steer").endswith("KL to the round's start, not the base; gate KL bound 0.7)")
+    assert "gate" not in cfg.label("rlhb")
+    assert cfg.gate_overrides("rlhb-steer", {"RLHB_TRAINER_GATE__KL_BOUND": "0.4"}) == {}  # the trainer reads 0.4
+    own = DemoConfig(algorithms=("rlhb-steer",), gate_config={"kl_bound": 0.9, "seed": 3})
+    assert own.gate_overrides("rlhb-steer", {}) == {"kl_bound": 0.9, "seed": 3}
+    assert own.label("rlhb-steer").endswith("gate KL bound 0.9)")
+
+
 def test_report_table_lists_the_variant():
     row = {"label": "RLHB", "variant": "RLHB (frozen discriminator, paper section 6.4)", "version": "v", "status": "x"}
     assert "variant: RLHB (frozen discriminator, paper section 6.4)" in format_table({"versions": [row]})

@@ -21,6 +21,8 @@ OLD_GATE_DEFAULTS = {
 BEHAVIOR_GUARD_DEFAULTS = {
     "behavior_guard": True, "near_empty_words": 3, "max_near_empty_increase": 0.10, "max_length_drop": 0.6,
     "max_repetition_increase": 0.10, "max_relevance_drop": 0.25, "max_refusal_increase": 0.10,
+    # and the KL check's reference (E12): each round's step from its parent; the base before any version
+    "kl_reference": "parent",
 }  # fmt: skip
 
 
@@ -109,6 +111,12 @@ def test_bad_values_name_the_variable(monkeypatch):
     monkeypatch.setenv("RLHB_TRAINER_GATE__KL_BOUND", "0")
     with pytest.raises(ValidationError, match="kl_bound must be > 0"):
         TrainerSettings()
+    monkeypatch.setenv("RLHB_TRAINER_GATE__KL_BOUND", "0.5")
+    monkeypatch.setenv("RLHB_TRAINER_GATE__KL_REFERENCE", "start")  # PPO's word; the gate has parent or base
+    with pytest.raises(ValidationError, match=r"kl_reference\n.*'parent' or 'base'"):
+        TrainerSettings()
+    monkeypatch.setenv("RLHB_TRAINER_GATE__KL_REFERENCE", "base")
+    assert build_gate_config(TrainerSettings()).kl_reference == "base"
 
 
 @pytest.mark.parametrize(

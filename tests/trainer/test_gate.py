@@ -91,6 +91,35 @@ def test_large_kl_candidate_is_rejected_small_one_published(registry, tiny_model
     assert registry.active() == "near" and registry.get("near").status == AdapterStatus.published
 
 
+def test_kl_is_bounded_per_round_from_the_parent_and_the_distance_to_the_base_is_reported(
+    registry, tiny_model_dir, heldout
+):
+    far_modules = ("q_proj", "v_proj", "lm_head")
+    parent = registry.register(write_test_adapter(tiny_model_dir, registry.root, "far", seed=1, scale=2.0,
+                                                  target_modules=far_modules))  # fmt: skip
+    registry.promote(parent.name)  # an earlier round already moved this far from the base
+    # the next round's candidate: a small step from the parent (the same weights, a little more of them)
+    step = registry.register(write_test_adapter(tiny_model_dir, registry.root, "step", seed=1, scale=2.02,
+                                                target_modules=far_modules))  # fmt: skip
+
+    from_parent = evaluate(
+        step, parent, str(tiny_model_dir), heldout, FAST.model_copy(update={"behavior_guard": False})
+    )
+    assert from_parent.metrics["kl_from_parent"] == 1.0
+    assert from_parent.metrics["kl_token"] < 0.05 < FAST.kl_bound < from_parent.metrics["kl_token_base"]
+    assert "KL" not in from_parent.reason
+
+    to_base = FAST.model_copy(update={"kl_reference": "base", "behavior_guard": False})
+    from_base = evaluate(step, parent, str(tiny_model_dir), heldout, to_base)
+    assert not from_base.passed and "KL to the base model" in from_base.reason
+    assert from_base.metrics["kl_token"] == pytest.approx(from_parent.metrics["kl_token_base"], rel=1e-4)
+
+    back = registry.register(write_test_adapter(tiny_model_dir, registry.root, "back", seed=2, scale=0.01))
+    result = gate_and_publish(registry, back, str(tiny_model_dir), heldout, FAST)  # near the base, far from the parent
+    assert not result.passed and "KL to the parent far" in result.reason and result.metrics["kl_token_base"] < 0.01
+    assert registry.active() == "far"
+
+
 def test_reward_check_prefers_the_version_that_moved_toward_liked_answers(tmp_path, tiny_model_dir, heldout):
     from schemas.adapters import AdapterVersion
 
