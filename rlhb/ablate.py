@@ -15,8 +15,8 @@ In process (no broker), on one fixed set of logged data, so that only the varian
 Outputs in ``out_dir``, rewritten after every variant (a run cut short keeps what it measured and a
 rerun with the same settings skips the variants already there): ``results.json``, ``table.md`` (with
 the paper's qualitative claims
-and whether each held here) and ``curves.png`` (figure 6: D loss, D reward, mean return and
-KL per iteration, one line per variant).
+and whether each held here) and ``curves.png`` (figure 6: D loss, D's probability of real on
+the generations, the shaped D reward, mean return and KL per iteration, one line per variant).
 """
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ def run_ablation(cfg: AblateConfig) -> dict:
         train_s = time.time() - started
         judged = _judge(cfg, eval_q, _answers(cfg, eval_q, str(result.checkpoint), served, cfg.seed + 1))
         vs = compare_to_base(judged["likes"], judged["n"], base["likes"], base["n"]).as_dict()
-        curves = {k: [m.get(k) for m in result.metrics] for k in ("d_loss", "d_reward", "mean_return", "kl")}
+        curves = {k: [m.get(k) for m in result.metrics] for k in CURVES}
         row = {"variant": name, "changes": VARIANTS[name], **judged, "vs_base": vs, "train_seconds": train_s}
         row["curves"] = curves
         row["final_d_heldout_acc"] = result.metrics[-1].get("d_heldout_acc") if result.metrics else None
@@ -209,39 +209,75 @@ def _row(rows: list[dict], name: str) -> dict | None:
     return next((r for r in rows if r["variant"] == name), None)
 
 
-def check_claims(rows: list[dict]) -> list[dict]:
-    """The paper's qualitative claims (section 6.4), each with what this run measured."""
-    out = []
-    default, k5, frozen, r1 = (_row(rows, n) for n in ("default", "kappa=0.5", "frozen D", "rollouts=1"))
-    if default and k5:
-        acc = (default.get("final_d_heldout_acc"), k5.get("final_d_heldout_acc"))
-        held = None if None in acc else acc[1] < acc[0]
-        out.append({"claim": "kappa = 0.5 collapses D", "measured": f"D held-out accuracy {acc[0]} vs {acc[1]}",
-                    "held": held})  # fmt: skip
-    if default and frozen:
-        from rlhb.evaluation.stats import two_proportion_z
+CURVES = ("d_loss", "d_prob_generated", "d_reward", "mean_return", "kl")
+"""Per-iteration curves kept for every variant (figure 6: D loss, D's probability of "real" on the policy's
+generations, the shaped reward PPO gets, mean return, KL)."""
 
+
+def _values(row: dict, key: str) -> list[float]:
+    return [v for v in row.get("curves", {}).get(key) or [] if v is not None]
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _std(values: list[float]) -> float:
+    m = _mean(values)
+    return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5 if values else float("nan")
+
+
+def _late(values: list[float]) -> list[float]:
+    """The last third of a curve: where the paper reads its ablations' end states."""
+    return values[-max(1, len(values) // 3) :]
+
+
+def check_claims(rows: list[dict]) -> list[dict]:
+    """The paper's section 6.4 statements about figure 6, each with what this run measured. "held" is True or
+    False, or says why neither (a missing curve, or a like-rate difference that is not significant)."""
+    from rlhb.evaluation.stats import two_proportion_z
+
+    out = []
+    default, k5, frozen, r1, b8 = (_row(rows, n) for n in ("default", "kappa=0.5", "frozen D", "rollouts=1", "batch=8"))
+    if default and k5:  # 6(a)-(b): "the discriminator collapses sharply, with the rewards approach almost 1.0"
+        late = (_mean(_late(_values(default, "d_prob_generated"))), _mean(_late(_values(k5, "d_prob_generated"))))
+        acc = (default.get("final_d_heldout_acc"), k5.get("final_d_heldout_acc"))
+        held = "no D probability logged" if late[1] != late[1] else late[1] >= 0.9 and late[1] > late[0]
+        out.append({"claim": "kappa = 0.5 collapses D: its probability of real on generations nears 1.0",
+                    "measured": f"last third of the iterations {late[0]:.3f} (kappa 0.2) vs {late[1]:.3f} "
+                    f"(kappa 0.5); D held-out accuracy {acc[0]} vs {acc[1]}", "held": held})  # fmt: skip
+    if default and frozen:  # 6(a)-(b): "the frozen discriminator tends to predict ... a stable score of around 0.6"
+        probs = (_values(default, "d_prob_generated"), _values(frozen, "d_prob_generated"))
+        held = "no D probability logged" if not probs[1] else _std(probs[1]) < _std(probs[0])
+        out.append({"claim": "a frozen D scores generations at a stable level (the paper: about 0.6) and does not "
+                    "follow the policy", "measured": f"D probability on generations mean {_mean(probs[1]):.3f}, "
+                    f"std {_std(probs[1]):.3f} over the iterations (frozen) vs {_mean(probs[0]):.3f}, "
+                    f"{_std(probs[0]):.3f} (adversarial)", "held": held})  # fmt: skip
         _, p_adv_better, p_two = two_proportion_z(default["likes"], default["n"], frozen["likes"], frozen["n"])
         held = True if p_adv_better < 0.05 else False if p_two < 0.05 else f"not significant (p={p_two:.2g})"
-        out.append({"claim": "a frozen D loses to the adversarial one", "measured": f"like rate "
-                    f"{default['like_rate']:.3f} (adversarial) vs {frozen['like_rate']:.3f} (frozen)",
-                    "held": held})  # fmt: skip
-    if default and r1:
-
-        def spread(row: dict) -> float:
-            values = [v for v in row["curves"]["mean_return"] if v is not None]
-            return (sum((v - sum(values) / len(values)) ** 2 for v in values) / len(values)) ** 0.5 if values else 0.0
-
-        s4, s1 = spread(default), spread(r1)
+        out.append({"claim": "so a frozen D cannot work like a reward model: it loses to the adversarial one",
+                    "measured": f"like rate {default['like_rate']:.3f} (adversarial) vs {frozen['like_rate']:.3f} "
+                    f"(frozen)", "held": held})  # fmt: skip
+    if default and r1:  # 6(c): "with rollouts increasing from 1 to 4 ... stability can be significantly improved"
+        s4, s1 = _std(_values(default, "mean_return")), _std(_values(r1, "mean_return"))
         out.append({"claim": "more rollouts per prompt train more stably", "measured": f"std of mean return per "
                     f"iteration {s4:.3f} (4) vs {s1:.3f} (1)", "held": s4 < s1})  # fmt: skip
+    if (
+        default and b8
+    ):  # 6(d): "batch size 16 to 8, the variance ... not obvious, except ... slightly larger volatility"
+        s16, s8 = _std(_values(default, "mean_return")), _std(_values(b8, "mean_return"))
+        _, _, p_two = two_proportion_z(default["likes"], default["n"], b8["likes"], b8["n"])
+        measured = (f"like rate {default['like_rate']:.3f} (16) vs {b8['like_rate']:.3f} (8), p={p_two:.2g}; "
+                    f"std of mean return per iteration {s16:.3f} vs {s8:.3f}")  # fmt: skip
+        out.append({"claim": "batch 8 instead of 16: about the same effect, slightly more volatile",
+                    "measured": measured, "held": p_two >= 0.05 and s8 >= s16})  # fmt: skip
     return out
 
 
 def format_table(report: dict) -> str:
     lines = [
         "| variant | like rate | 95% CI | lift | p (one-sided) | words | near-empty | rep. 3-grams | relevance | "
-        "D held-out acc | D reward first -> last | KL last | train s |",
+        "D held-out acc | D prob. on generations first -> last | KL last | train s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:
@@ -254,7 +290,7 @@ def format_table(report: dict) -> str:
             f"| {r['variant']} | {r['like_rate']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {lift} | {p} | "
             f"{g.get('mean_words', 0):.1f} | {g.get('near_empty_share', 0):.3f} | "
             f"{g.get('repeated_ngram_rate', 0):.3f} | {(g.get('relevance') or 0):.3f} | {acc_text} | "
-            f"{_first_last(r, 'd_reward')} | {_first_last(r, 'kl', first=False)} | {r.get('train_seconds', 0):.0f} |"
+            f"{_first_last(r, 'd_prob_generated')} | {_first_last(r, 'kl', first=False)} | {r.get('train_seconds', 0):.0f} |"
         )
     lines += ["", "| the paper's claim | measured here | held |", "|---|---|---|"]
     for c in report["claims"]:
@@ -276,9 +312,8 @@ def plot_curves(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = ("d_loss", "d_reward", "mean_return", "kl")
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for ax, key in zip(axes, keys, strict=True):
+    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.6))
+    for ax, key in zip(axes, CURVES, strict=True):
         for r in rows:
             values = r.get("curves", {}).get(key)
             if values:

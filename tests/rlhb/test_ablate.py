@@ -21,8 +21,11 @@ def test_ablation_runner_writes_table_claims_and_curves(tiny_model_dir, tmp_path
         assert {"mean_words", "near_empty_share", "repeated_ngram_rate"} <= set(row["guards"])
         assert len(row["curves"]["d_reward"]) == cfg.steps and len(row["curves"]["kl"]) == cfg.steps
     assert (tmp_path / "out" / "adapters" / "kappa05").is_dir()  # each variant its own trained adapter
-    claims = {c["claim"] for c in report["claims"]}
-    assert {"kappa = 0.5 collapses D", "a frozen D loses to the adversarial one"} <= claims
+    claims = {c["claim"].split(":")[0] for c in report["claims"]}
+    assert {"kappa = 0.5 collapses D", "so a frozen D cannot work like a reward model"} <= claims
+    assert any(c["claim"].startswith("a frozen D scores generations at a stable level") for c in report["claims"])
+    frozen = report["rows"][3]["curves"]["d_prob_generated"]
+    assert len(frozen) == cfg.steps and all(0.0 <= p <= 1.0 for p in frozen)  # figure 6(b)'s curve
     table = (tmp_path / "out" / "table.md").read_text()
     assert "| frozen D |" in table and "the paper's claim" in table
     assert json.loads((tmp_path / "out" / "results.json").read_text())["rows"][2]["changes"] == {"kappa": 0.5}
@@ -51,3 +54,33 @@ def test_a_rerun_with_the_same_settings_resumes_and_one_with_other_settings_does
 
     other = run_ablation(quick_config(out, str(tiny_model_dir), variants=("kappa=0",), steps=1))
     assert len(other["rows"][1]["curves"]["kl"]) == 1 and trained.is_dir()  # other settings: trained afresh
+
+
+def _row(name: str, likes: int, d_prob: list[float], returns: list[float]) -> dict:
+    return {"variant": name, "likes": likes, "n": 200, "like_rate": likes / 200,
+            "curves": {"d_prob_generated": d_prob, "mean_return": returns}}  # fmt: skip
+
+
+def test_claims_read_figure_6s_statements_off_the_curves():
+    from rlhb.ablate import check_claims
+
+    wiggle = [0.1, 0.3, 0.2, 0.4, 0.3, 0.5]
+    rows = [
+        _row("default", 80, [0.5, 0.7, 0.4, 0.6, 0.5, 0.65], [0.1, 0.2, 0.25, 0.3, 0.35, 0.4]),
+        _row("kappa=0.5", 60, [0.6, 0.8, 0.9, 0.95, 0.97, 0.99], wiggle),  # D says "real" to everything
+        _row("frozen D", 50, [0.6, 0.61, 0.6, 0.59, 0.6, 0.6], wiggle),
+        _row("rollouts=1", 70, [0.5] * 6, [0.0, 0.6, -0.2, 0.5, 0.1, 0.7]),
+        _row("batch=8", 78, [0.5] * 6, [0.1, 0.3, 0.15, 0.35, 0.3, 0.5]),
+    ]
+    held = {c["claim"].split(":")[0]: c["held"] for c in check_claims(rows)}
+    assert held == {
+        "kappa = 0.5 collapses D": True,
+        "a frozen D scores generations at a stable level (the paper": True,
+        "so a frozen D cannot work like a reward model": True,
+        "more rollouts per prompt train more stably": True,
+        "batch 8 instead of 16": True,
+    }
+    rows[1]["curves"]["d_prob_generated"] = [0.5] * 6  # no collapse
+    rows[2]["likes"] = 110  # the frozen D wins, significantly
+    held = {c["claim"].split(":")[0]: c["held"] for c in check_claims(rows)}
+    assert held["kappa = 0.5 collapses D"] is False and held["so a frozen D cannot work like a reward model"] is False
