@@ -783,6 +783,13 @@ class TrainerSettings(CommonSettings):
         description="Views each A/B arm needs without a significant drop before the candidate is promoted "
         "(a significant drop rejects it earlier; the RLHB_TRAINER_GUARDRAIL_* thresholds apply).",
     )
+    ab_guard_min_answers: int = Field(
+        default=30,
+        ge=1,
+        description="Answers each A/B arm needs before the live behavior guard compares them (the gate's bounds on "
+        "near-empty, refusal and repetition shares, length and relevance) at the promotion look; with fewer, the "
+        "decision says the guard was skipped. RLHB_TRAINER_GATE__BEHAVIOR_GUARD=false turns it off.",
+    )
     metrics_port: int = Field(
         default=9102,
         ge=0,

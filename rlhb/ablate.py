@@ -290,7 +290,8 @@ def format_table(report: dict) -> str:
             f"| {r['variant']} | {r['like_rate']:.3f} | [{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] | {lift} | {p} | "
             f"{g.get('mean_words', 0):.1f} | {g.get('near_empty_share', 0):.3f} | "
             f"{g.get('repeated_ngram_rate', 0):.3f} | {(g.get('relevance') or 0):.3f} | {acc_text} | "
-            f"{_first_last(r, 'd_prob_generated')} | {_first_last(r, 'kl', first=False)} | {r.get('train_seconds', 0):.0f} |"
+            f"{_first_last(r, 'd_prob_generated')} | {_first_last(r, 'kl', first=False)} | "
+            f"{r.get('train_seconds', 0):.0f} |"
         )
     lines += ["", "| the paper's claim | measured here | held |", "|---|---|---|"]
     for c in report["claims"]:

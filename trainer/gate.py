@@ -191,6 +191,24 @@ def compare_behavior(
     return metrics, [f"behavior guard: {r}" for r in reasons]
 
 
+def live_arms_guard(
+    active: Sequence[tuple[str, str]], candidate: Sequence[tuple[str, str]], cfg: GateConfig
+) -> tuple[dict[str, float], list[str]]:
+    """``compare_behavior`` of the answers two A/B arms served live, as (question, answer) pairs, with the
+    gate's bounds: the check of item 4 on real traffic. The arms answered different questions, drawn from the
+    same stream over the same period (the split is a hash of the impression id), so their measures compare as
+    two samples of one population, not pair by pair as in the gate."""
+    from core.relevance import relevance_scores
+
+    pairs = [*active, *candidate]
+    scores = relevance_scores([q for q, _ in pairs], [a for _, a in pairs])
+    n = len(active)
+    parent = answer_measures([a for _, a in active], scores[:n], cfg.near_empty_words)
+    cand = answer_measures([a for _, a in candidate], scores[n:], cfg.near_empty_words)
+    metrics, reasons = compare_behavior(parent, cand, cfg)
+    return {**metrics, "answers": float(len(candidate)), "answers_parent": float(n)}, reasons
+
+
 def behavior_guard(
     questions: Sequence[str], parent_answers: Sequence[str], candidate_answers: Sequence[str], cfg: GateConfig
 ) -> tuple[dict[str, float], list[str]]:

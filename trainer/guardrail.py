@@ -159,6 +159,11 @@ def ab_test(
     return TrialDecision("wait", drop.statistic, drop.diff, f"waiting for {need} views per arm", **counts)
 
 
+MAX_ARM_ANSWERS = 2000
+"""Answers kept per A/B arm for the live behavior guard (a share's precision is about 1/sqrt(n); 2000 is
+about 2 MB of text per arm and a few seconds of MiniLM on a CPU)."""
+
+
 class LiveCounts:
     """Views and likes per adapter version and per A/B trial arm, from the latest record of
     each impression."""
@@ -168,6 +173,8 @@ class LiveCounts:
         self._by_impression: dict[str, tuple[str, tuple[str, str] | None, float, float, float]] = {}
         self.totals: dict[str, list[float]] = {}  # version -> [views, likes]
         self.arms: dict[tuple[str, str], list[float]] = {}  # (trial, arm) -> [views, likes]
+        # (trial, arm) -> iid -> (query, answer): what each arm served, for the live behavior guard
+        self.arm_answers: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
 
     def add(self, record: BehaviorRecord) -> None:
         old = self._by_impression.get(record.impression_id)
@@ -189,11 +196,19 @@ class LiveCounts:
                 total[0] += views
                 total[1] += likes
         self._by_impression[record.impression_id] = (record.adapter_version, arm, views, likes, record.updated_at)
+        if arm:
+            answers = self.arm_answers.setdefault(arm, {})
+            if len(answers) < MAX_ARM_ANSWERS or record.impression_id in answers:
+                answers[record.impression_id] = (record.query, record.response)
 
     def get(self, version: str) -> tuple[float, float]:
         """(views, likes) of ``version`` (zeros if it never served)."""
         views, likes = self.totals.get(version, (0.0, 0.0))
         return views, likes
+
+    def answers_of_arm(self, trial: str, arm: str) -> list[tuple[str, str]]:
+        """(question, answer) of each impression one arm of ``trial`` served (the first ``MAX_ARM_ANSWERS``)."""
+        return list(self.arm_answers.get((trial, arm), {}).values())
 
     def get_arm(self, trial: str, arm: str) -> tuple[float, float]:
         """(views, likes) of one arm ("active" | "candidate") of the A/B trial ``trial``

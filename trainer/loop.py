@@ -30,7 +30,10 @@ not made active; it serves that share of live traffic next to the active version
 registry's ``start_trial``). Every step the trainer compares the two arms' like rates over the
 same period (``trainer.guardrail.ab_test``) and ends the trial (``Registry.end_trial``): a
 significant drop rejects the candidate (traffic returns to the active version), ``ab_min_views``
-views per arm without one promote it. No round starts while a trial runs, so every version
+views per arm without one promote it, unless the answers the candidate's arm served fail the
+gate's behavior guard against the active arm's (near-empty, refusals, repetition, length,
+relevance; ``trainer.gate.live_arms_guard``, once each arm has ``ab_guard_min_answers``
+answers): then it is rejected with that reason. No round starts while a trial runs, so every version
 serves live traffic before the next one is trained on top of the active version. The trial
 lives in the registry (manifest + Redis) and the counts are rebuilt from the records topic,
 so a restarted trainer picks the trial up where it was. With ``ab_share`` = 0 the candidate is
@@ -55,6 +58,7 @@ Redis keys written (``P`` = redis_prefix): ``P train:status`` (JSON, every secon
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -544,6 +548,11 @@ class Trainer:
         cand_views, cand_likes = self.live.get_arm(trial.candidate, "candidate")
         act_views, act_likes = self.live.get_arm(trial.candidate, "active")
         look = ab_test(cand_likes, cand_views, act_likes, act_views, self.settings.ab_min_views, self.guardrail_cfg)
+        behavior: dict[str, Any] = {}
+        if look.outcome == "promote":  # users did not like it less: did it get there by gaming them?
+            behavior, problem = self._live_behavior_guard(trial.candidate)
+            if problem:
+                look = dataclasses.replace(look, outcome="reject", reason=problem)
         self.trial_look = {
             "candidate": trial.candidate,
             "active": trial.active,
@@ -576,6 +585,7 @@ class Trainer:
             "diff": look.diff,
             "statistic": look.statistic,
             "arms": self.trial_look["arms"],
+            "behavior": behavior,
         }
         self.trial_decisions.append(event)
         self.trial_look = {}
@@ -585,6 +595,29 @@ class Trainer:
             log.info("%s -> promoted %s", look.reason, trial.candidate)
         self._publish_status(force=True)
         return event
+
+    def _live_behavior_guard(self, trial: str) -> tuple[dict[str, Any], str]:
+        """(metrics, problem) of the behavior guard on what the two arms of ``trial`` served
+        (``trainer.gate.live_arms_guard``, the gate's bounds): a candidate users liked no less can still have
+        got there by gaming them (terse, empty, repetitive or off-topic answers). ``problem`` is '' when it
+        passed or was skipped; the metrics say which."""
+        if not self.gate_cfg.behavior_guard:
+            return {"skipped": "RLHB_TRAINER_GATE__BEHAVIOR_GUARD=false"}, ""
+        active, candidate = (self.live.answers_of_arm(trial, arm) for arm in ("active", "candidate"))
+        if min(len(active), len(candidate)) < self.settings.ab_guard_min_answers:
+            fewest = min(len(active), len(candidate))
+            return {"skipped": f"{fewest} answers in an arm, fewer than {self.settings.ab_guard_min_answers}"}, ""
+        from trainer.gate import live_arms_guard
+
+        try:
+            metrics, reasons = live_arms_guard(active, candidate, self.gate_cfg)
+        except Exception as e:  # as in the gate: a candidate that cannot be checked is not promoted
+            return {}, f"A/B live behavior guard could not compare the arms: {type(e).__name__}: {e}"
+        if not reasons:
+            return metrics, ""
+        return metrics, "A/B live behavior guard, the arms' answers over the same period: " + "; ".join(
+            r.removeprefix("behavior guard: ") for r in reasons
+        )
 
     # ------------------------------------------------------------------ status
     def _stored_encoding(self):

@@ -210,6 +210,7 @@ def test_ab_trial_rejects_a_worse_candidate_promotes_an_as_good_one_and_survives
             break
     decision = trainer.trial_decisions[-1]
     assert decision["candidate"] == "good" and decision["decision"] == "promoted", decision
+    assert decision["behavior"]["near_empty_share"] == decision["behavior"]["near_empty_share_parent"]  # guard ran
     assert min(decision["arms"]["candidate"]["views"], decision["arms"]["active"]["views"]) >= 300
     assert reg.serving() == ("good", None) and reg.get("good").status == AdapterStatus.published
 
@@ -219,6 +220,61 @@ def test_ab_trial_rejects_a_worse_candidate_promotes_an_as_good_one_and_survives
     feed(trainer, [], total)
     assert trainer.check_trial() is None and reg.serving() == ("good", None)
     assert [t["outcome"] for t in reg.trials()] == ["rejected", "promoted"]
+
+
+def test_ab_trial_rejects_a_candidate_users_like_as_much_whose_live_answers_are_near_empty(
+    make_trainer, kafka_bootstrap, tiny_model_dir
+):
+    """Issue 14 item 5 on the live arms: the like rates alone would promote it (same rate, enough views)."""
+    ab = dict(RLHB_TRAINER_AB_SHARE="0.5", RLHB_TRAINER_AB_MIN_VIEWS="60", RLHB_TRAINER_GUARDRAIL_MIN_VIEWS="50")
+    trainer = make_trainer(records_per_round=100_000, RLHB_TRAINER_AB_GUARD_MIN_ANSWERS="100", **ab)
+    reg = trainer.registry
+    for name, seed in (("act", 1), ("terse", 2)):
+        reg.register(write_test_adapter(tiny_model_dir, reg.root, name, seed=seed, scale=0.01, parent="act"))
+    reg.promote("act")
+    reg.start_trial("terse", 0.5)
+
+    def answered(records, answer):
+        return [
+            r.model_copy(update={"query": f"How do I bake loaf number {i}?", "response": answer(i)})
+            for i, r in enumerate(records)
+        ]
+
+    full = answered(arm_served("terse", "active", "act", 0, 80, 0.3, seed=1), lambda i: (
+        f"Mix flour, water, salt and yeast, knead for ten minutes, let it rise, then bake loaf {i} for forty minutes."
+    ))  # fmt: skip
+    terse = answered(arm_served("terse", "candidate", "terse", 0, 80, 0.3, seed=1), lambda i: "Bake." if i % 4 else "")
+    produce_records(kafka_bootstrap, trainer.settings.topic_records, full + terse)
+    deadline = time.monotonic() + 60
+    while reg.trial() is not None:
+        assert time.monotonic() < deadline, f"no decision: {trainer.trial_look}, {trainer.trial_decisions}"
+        trainer.step()
+    decision = trainer.trial_decisions[-1]  # fewer answers per arm than the guard needs: promoted, the skip said
+    assert decision["decision"] == "promoted" and "fewer than 100" in decision["behavior"]["skipped"]
+
+    trainer.close()  # the same trial again, with the guard's minimum met: rejected on what the arm served
+    trainer = make_trainer(records_per_round=100_000, RLHB_TRAINER_AB_GUARD_MIN_ANSWERS="40", **ab)
+    reg = trainer.registry
+    reg.register(write_test_adapter(tiny_model_dir, reg.root, "terse2", seed=3, scale=0.01, parent="terse"))
+    reg.start_trial("terse2", 0.5)
+    full2 = [
+        r.model_copy(update={"trial": "terse2", "adapter_version": "terse", "impression_id": r.impression_id + "-2"})
+        for r in full
+    ]
+    terse2 = [
+        r.model_copy(update={"trial": "terse2", "adapter_version": "terse2", "impression_id": r.impression_id + "-2"})
+        for r in terse
+    ]
+    produce_records(kafka_bootstrap, trainer.settings.topic_records, full2 + terse2)
+    deadline = time.monotonic() + 60
+    while reg.trial() is not None:
+        assert time.monotonic() < deadline, f"no decision: {trainer.trial_look}, {trainer.trial_decisions}"
+        trainer.step()
+    decision = trainer.trial_decisions[-1]
+    assert decision["decision"] == "rejected" and decision["now_active"] == "terse", decision
+    assert "live behavior guard" in decision["reason"] and "near-empty answers" in decision["reason"]
+    assert decision["behavior"]["near_empty_share"] == 1.0 and decision["behavior"]["near_empty_share_parent"] == 0.0
+    assert reg.get("terse2").status == AdapterStatus.rejected and "near-empty" in reg.get("terse2").reason
 
 
 def test_with_ab_share_a_round_that_passes_the_gate_starts_a_trial_and_no_round_starts_during_it(
