@@ -139,6 +139,59 @@ def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, to
     }
 
 
+def drift_recovery(report: dict) -> list[dict]:
+    """Per lane, whether the loop followed the users' new taste (issue 14 item 4; ``report["drift"]`` is
+    ``A:B@R``). The version published at round R was trained on feedback given under taste A and is judged
+    under B: that is the drop. The versions published in rounds R+1 and R+2 were trained on traffic served
+    under B. The lane recovered at the first of them whose held-out like rate is above round R's with a
+    one-sided two-proportion p < 0.05. A lane whose round-R candidate was not published (no version judged
+    under B at the drop) has no verdict. Rows: lane, drift round, the rates before (round R-1, taste A, base
+    when R = 1), at the drop and after it, and ``recovered_at`` (a round, or None)."""
+    from rlhb.evaluation.stats import two_proportion_z
+
+    if not report.get("drift"):
+        return []
+    at = int(report["drift"].rsplit("@", 1)[1])
+    published = {}
+    for row in report["versions"]:
+        if "n" in row and (row["status"] == "published" or row["algorithm"] == "base"):
+            published[(row["algorithm"], row["round"])] = row
+    base = next((r for r in report["versions"] if r["algorithm"] == "base" and "n" in r), None)
+    out = []
+    for lane in dict.fromkeys(r["algorithm"] for r in report["versions"] if r["algorithm"] != "base"):
+        drop = published.get((lane, at))
+        before = published.get((lane, at - 1)) or (base if at == 1 else None)
+        entry = {"lane": lane, "drift_round": at, "before": before and before["like_rate"],
+                 "at_drift": drop and drop["like_rate"], "after": {}, "recovered_at": None}  # fmt: skip
+        if drop is None:
+            entry["verdict"] = f"no version of round {at} was published and judged under the new taste"
+            out.append(entry)
+            continue
+        for r in (at + 1, at + 2):
+            row = published.get((lane, r))
+            if row is None:
+                continue
+            _, p, _ = two_proportion_z(row["likes"], row["n"], drop["likes"], drop["n"])
+            entry["after"][r] = {"like_rate": row["like_rate"], "p_above_drift": p}
+            if p < 0.05 and entry["recovered_at"] is None:
+                entry["recovered_at"] = r
+        rates = ", ".join(
+            f"round {r} {a['like_rate']:.3f} (p {a['p_above_drift']:.2g})" for r, a in entry["after"].items()
+        )
+        entry["verdict"] = (
+            (
+                f"recovered at round {entry['recovered_at']}"
+                if entry["recovered_at"]
+                else "did not recover within two rounds"
+            )
+            + f": round {at} {drop['like_rate']:.3f} under the new taste"
+            + (f" (before the drift {before['like_rate']:.3f})" if before else "")
+            + (f"; then {rates}" if rates else "; no later version was published")
+        )
+        out.append(entry)
+    return out
+
+
 def format_table(report: dict) -> str:
     head = (
         f"{'algorithm':<18}{'version':<40}{'status':<10}{'n':>5}{'like rate':>10}{'95% CI':>16}"
@@ -195,6 +248,9 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
     say("like rate per adapter version (held-out questions, one simulated user per answer):\n" + table)
     if judged_offline:
         say("rejected candidates were never served: the demo generated their held-out answers itself")
+    report["drift_recovery"] = drift_recovery(report)
+    for entry in report["drift_recovery"]:
+        say(f"drift ({report['drift']}): {entry['lane']} {entry['verdict']}")
     gaps = format_gaps(report)
     for line in gaps:
         say("behavior following: " + line)
@@ -224,6 +280,9 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
             if row.get("reason"):
                 md.append(f"- {row['algorithm']} round {row['round']}: {row['decision']}: {row['reason']}")
         md.append("")
+    if report.get("drift_recovery"):
+        md += ["## Following the drift (held-out like rate, versions published at and after the drift round)", ""]
+        md += [f"- {entry['lane']}: {entry['verdict']}" for entry in report["drift_recovery"]] + [""]
     if judged_offline:
         md += ["Rejected candidates were never served; their answers were generated in the demo process", ""]
     if gaps:

@@ -125,6 +125,9 @@ def test_quick_demo_with_drift_a_poisoned_round_and_ab_trials(
         assert 0 <= row["ci_low"] <= row["like_rate"] <= row["ci_high"] <= 1
     assert "decision" in format_live_table(report)
     assert "Live traffic per round" in (cfg.out_dir / "report.md").read_text()
+    (recovery,) = report["drift_recovery"]  # one verdict per lane, whatever the noise of the tiny model says
+    assert recovery["lane"] == "rlhb" and recovery["drift_round"] == 2 and recovery["verdict"]
+    assert f"- rlhb: {recovery['verdict']}" in (cfg.out_dir / "report.md").read_text()
     assert (cfg.out_dir / "live.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
