@@ -76,6 +76,7 @@ class AblateConfig:
     eval_samples: int = 2
     steps: int = 24
     max_new_tokens: int = 48
+    """Answer cap of the logged answers, the rollouts and the judged answers (thorough users need 96-128)."""
     temperature: float = 0.7
     threads: int = 2
     seed: int = 0
@@ -165,7 +166,8 @@ def run_ablation(cfg: AblateConfig) -> dict:
             _say(event="variant", variant=name, resumed=True, like_rate=done[name]["like_rate"])
             continue
         started = time.time()
-        config = dataclasses.replace(default_config("rlhb"), **{**cfg.budget, **VARIANTS[name]})
+        budget = {**cfg.budget, "max_new_tokens": cfg.max_new_tokens}  # the rollouts as long as the answers judged
+        config = dataclasses.replace(default_config("rlhb"), **{**budget, **VARIANTS[name]})
         slug = name.replace("=", "").replace(" ", "-").replace(".", "")
         request = TrainRequest(
             records=records, model_path=cfg.model_path, output_root=cfg.out_dir / "adapters", version_name=slug,

@@ -185,6 +185,7 @@ def ablate(
     steps: int = typer.Option(24, min=1, help="RLHB iterations per variant."),
     base_answers: int = typer.Option(640, min=8, help="Logged base answers the records are made of."),
     eval_questions: int = typer.Option(0, min=0, help="Held-out questions (0: all)."),
+    max_tokens: int = typer.Option(48, min=8, help="Answer cap (logged, rollouts, judged); thorough users: 96-128."),
     variants: str = typer.Option("", help="Comma-separated subset of: " + ", ".join(VARIANT_NAMES)),
     quick: bool = typer.Option(False, help="Tiny random model and tiny sizes (about a minute)."),
 ) -> None:
@@ -203,7 +204,7 @@ def ablate(
             _ensure_model()
             cfg = AblateConfig(
                 out_dir=out, users=users, steps=steps, base_answers=base_answers, eval_questions=eval_questions,
-                variants=chosen,
+                max_new_tokens=max_tokens, variants=chosen,
             )  # fmt: skip
         report = run_ablation(cfg)
     typer.echo((out / "table.md").read_text())

@@ -24,6 +24,12 @@ def demo(
     base_traffic: int = typer.Option(None, min=1, help="Answers served by base before round 1."),
     traffic_per_round: int = typer.Option(None, min=0, help="Answers served by each new version."),
     eval_samples: int = typer.Option(None, min=1, help="Answers per held-out question per version."),
+    max_tokens: int = typer.Option(
+        None,
+        min=8,
+        help="Answer length cap in tokens: serving, the trainer's rollouts and evaluation (default 48; users who "
+        "like thorough answers need 96-128, or every answer is cut).",
+    ),
     users: str = typer.Option(
         "concise", help="Simulated users: concise | example | warm | thorough | package.module:Class."
     ),
@@ -61,6 +67,7 @@ def demo(
             base_traffic=base_traffic,
             traffic_per_round=traffic_per_round,
             eval_samples=eval_samples,
+            max_tokens=max_tokens,
             judge_rejected=judge_rejected,
             drift=drift or None,
             poison_round=poison_round or None,

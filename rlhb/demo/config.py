@@ -68,12 +68,12 @@ def parse_sets(items: list[str] | tuple[str, ...], lanes: tuple[str, ...]) -> di
 PPO_BUDGET: dict = {
     "batch_size": 16,
     "rollouts_per_prompt": 4,
-    "max_new_tokens": 48,
     "kl_coef": 0.02,
     "learning_rate": 5e-4,
     "threads": 2,
 }
-"""The PPO budget every full-demo lane shares (so the comparison is like with like)."""
+"""The PPO budget every full-demo lane shares (so the comparison is like with like). The rollouts' length is
+the demo's answer cap (``DemoConfig.max_tokens``, ``--max-tokens``) unless a lane sets ``max_new_tokens``."""
 
 ADVERSARIAL_RLHB: dict = {
     **PPO_BUDGET,

@@ -52,8 +52,10 @@ def test_a_rerun_with_the_same_settings_resumes_and_one_with_other_settings_does
     assert second["rows"][1] == json.loads(json.dumps(first["rows"][1]))  # resumed from results.json, not retrained
     assert not trained.exists() and (out / "adapters" / "rollouts1").is_dir()
 
-    other = run_ablation(quick_config(out, str(tiny_model_dir), variants=("kappa=0",), steps=1))
+    other = run_ablation(quick_config(out, str(tiny_model_dir), variants=("kappa=0",), steps=1, max_new_tokens=3))
     assert len(other["rows"][1]["curves"]["kl"]) == 1 and trained.is_dir()  # other settings: trained afresh
+    logged = [json.loads(line) for line in (out / "kappa0.metrics.jsonl").read_text().splitlines()]
+    assert 0 < logged[-1]["response_length"] <= 3  # the answer cap reaches the rollouts, not only the judged answers
 
 
 def _row(name: str, likes: int, d_prob: list[float], returns: list[float]) -> dict:

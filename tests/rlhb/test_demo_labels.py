@@ -82,3 +82,21 @@ def test_behavior_gap_compares_the_two_sentences():
     assert gap["most_preferred"]["like_rate"] == 0.6 and gap["least_preferred"]["n"] == 100
     assert gap["mean_p_like_most"] > gap["mean_p_like_least"]
     assert behavior_gap(served(30, 100), served(30, 100))["p_one_sided"] == pytest.approx(0.5)
+
+
+def test_a_lanes_trainer_gets_the_demos_answer_cap_and_its_gate_overrides(tmp_path, kafka_bootstrap, redis_url):
+    """What ``make_lane`` hands the lane's processes: --max-tokens reaches serving and the trainer's rollouts
+    (thorough users need 96-128 tokens), and rlhb-steer's trainer gets its raised KL bound."""
+    import types
+    import uuid
+
+    from rlhb.demo.lanes import make_lane
+
+    infra = types.SimpleNamespace(bootstrap=kafka_bootstrap, redis_url=redis_url)
+    cfg = DemoConfig(out_dir=tmp_path, algorithms=("rlhb-steer", "rlhb"), max_tokens=128)
+    cfg.algorithm_config["rlhb"] = {**cfg.lane_overrides("rlhb"), "max_new_tokens": 64}  # --set rlhb.max_new_tokens
+    run_id = uuid.uuid4().hex[:8]
+    steer, plain = (make_lane(cfg, run_id, lane, infra, "model") for lane in cfg.algorithms)
+    assert steer.env["RLHB_API_MAX_NEW_TOKENS"] == "128" and steer.env["RLHB_TRAINER_ALGO__MAX_NEW_TOKENS"] == "128"
+    assert plain.env["RLHB_TRAINER_ALGO__MAX_NEW_TOKENS"] == "64"  # a lane's own setting wins
+    assert steer.env["RLHB_TRAINER_GATE__KL_BOUND"] == "0.7" and "RLHB_TRAINER_GATE__KL_BOUND" not in plain.env
