@@ -195,7 +195,7 @@ def live_arms_guard(
     active: Sequence[tuple[str, str]], candidate: Sequence[tuple[str, str]], cfg: GateConfig
 ) -> tuple[dict[str, float], list[str]]:
     """``compare_behavior`` of the answers two A/B arms served live, as (question, answer) pairs, with the
-    gate's bounds: the check of item 4 on real traffic. The arms answered different questions, drawn from the
+    gate's bounds: check 4 on live traffic. The arms answered different questions, drawn from the
     same stream over the same period (the split is a hash of the impression id), so their measures compare as
     two samples of one population, not pair by pair as in the gate."""
     from core.relevance import relevance_scores

@@ -210,6 +210,12 @@ class LiveCounts:
         """(question, answer) of each impression one arm of ``trial`` served (the first ``MAX_ARM_ANSWERS``)."""
         return list(self.arm_answers.get((trial, arm), {}).values())
 
+    def forget_answers(self, keep_trial: str | None) -> None:
+        """Drop the answers kept for every trial but ``keep_trial`` (the running one, or None): ended trials
+        need only their counts, and a trainer that re-reads the topic would otherwise keep every trial's."""
+        for key in [k for k in self.arm_answers if k[0] != keep_trial]:
+            del self.arm_answers[key]
+
     def get_arm(self, trial: str, arm: str) -> tuple[float, float]:
         """(views, likes) of one arm ("active" | "candidate") of the A/B trial ``trial``
         (its candidate's name), counting only impressions served during that trial."""

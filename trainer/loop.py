@@ -542,6 +542,7 @@ class Trainer:
         the candidate on a significant live like-rate drop against the active arm over the same
         period, promote it after ``ab_min_views`` views per arm without one. The decision, or None."""
         trial = self.registry.serving()[1]
+        self.live.forget_answers(trial.candidate if trial is not None else None)
         if trial is None:
             self.trial_look = {}
             return None

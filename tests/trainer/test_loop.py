@@ -275,6 +275,10 @@ def test_ab_trial_rejects_a_candidate_users_like_as_much_whose_live_answers_are_
     assert "live behavior guard" in decision["reason"] and "near-empty answers" in decision["reason"]
     assert decision["behavior"]["near_empty_share"] == 1.0 and decision["behavior"]["near_empty_share_parent"] == 0.0
     assert reg.get("terse2").status == AdapterStatus.rejected and "near-empty" in reg.get("terse2").reason
+    assert trainer.live.arm_answers  # kept while the trial ran (and "terse"'s, re-read from the topic, dropped)
+    assert {trial for trial, _ in trainer.live.arm_answers} == {"terse2"}
+    trainer.step()
+    assert not trainer.live.arm_answers and trainer.live.get_arm("terse2", "candidate")[0] == 80  # counts stay
 
 
 def test_with_ab_share_a_round_that_passes_the_gate_starts_a_trial_and_no_round_starts_during_it(
