@@ -72,6 +72,7 @@ BENCHES = (
         ("--prompts", "2", "--per-client", "1", "--swaps", "1", "--tokens", "8"),
         900,
     ),
+    Bench("rollouts", "bench_rollouts.py", ("--rounds", "1", "--prompts", "4", "--tokens", "16"), 600),
     # Quick: one minute; --full: the 10-minute soak (32 clients) of bench/README.md.
     Bench("soak", "bench_soak.py", ("--seconds", "60", "--warmup-s", "10", "--window-s", "20"), 600),
     Bench(

@@ -269,14 +269,18 @@ class Policy:
         """k sampled answers per prompt (KV cache on), rows grouped by prompt."""
         cfg = self.config
         repeated = [p for p in prompts for _ in range(rollouts_per_prompt)]
-        prompt_ids, prompt_mask = self.encode_prompts(repeated)
+        unique_ids, unique_mask = self.encode_prompts(prompts)  # (P, L): left-padded as the repeated batch would be
+        prompt_ids = unique_ids.repeat_interleave(rollouts_per_prompt, 0)  # (B, L), rows grouped by prompt
+        prompt_mask = unique_mask.repeat_interleave(rollouts_per_prompt, 0)  # (B, L)
         # sharded: keep decoding until every rank is done (the ranks' answers end at different
         # steps, and each step's forward all-gathers the weights with all of them)
         sync = {"synced_gpus": True} if self.sharded else {}
         with merged_lora(self.model):
+            shared = {} if self.sharded else self._shared_prefill(unique_ids, unique_mask, rollouts_per_prompt)
             out = self.model.generate(
                 input_ids=prompt_ids,
                 attention_mask=prompt_mask,
+                **shared,
                 do_sample=True,
                 max_new_tokens=cfg.max_new_tokens,
                 temperature=cfg.temperature,
@@ -302,6 +306,23 @@ class Policy:
             responses=[self.decode(r[m.bool()].tolist()) for r, m in zip(response_ids, response_mask, strict=True)],
             prompt_index=torch.arange(len(prompts), device=self.device).repeat_interleave(rollouts_per_prompt),
         )
+
+    def _shared_prefill(self, ids: torch.Tensor, mask: torch.Tensor, k: int) -> dict:
+        """``{"past_key_values": cache}`` of every distinct prompt but its last token, computed once and repeated
+        for its ``k`` rollouts (``{}`` when k = 1): the rollouts of one prompt share it, so the prefill costs a
+        k-th of prefilling the repeated batch. generate() then feeds only the last prompt token and decodes
+        as before. Positions count real tokens only, as generate() does for left-padded prompts (padding
+        is masked, so what it holds does not matter). ids, mask: (P, L)."""
+        if k == 1 or ids.shape[1] < 2:
+            return {}
+        positions = (mask.cumsum(1) - 1).clamp_min(0)  # (P, L)
+        out = self.model(
+            input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], use_cache=True,
+            logits_to_keep=1,
+        )  # fmt: skip
+        cache = out.past_key_values
+        cache.batch_repeat_interleave(k)  # (P, ...) -> (P * k, ...), row i * k + j = prompt i
+        return {"past_key_values": cache}
 
     # ------------------------------------------------------------------ scoring
     def forward(self, batch: SequenceBatch, *, reference: bool = False, keep_logits: bool = False) -> ForwardOutput:

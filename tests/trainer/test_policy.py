@@ -43,6 +43,38 @@ def test_generate_and_forward_agree_with_a_plain_full_forward(tiny_model_dir):
     assert policy.values(out.features).shape == (4, t)
 
 
+def test_rollouts_of_one_prompt_share_its_prefill_and_sample_what_a_full_prefill_samples(smollm2_dir, monkeypatch):
+    """The KV cache of each distinct prompt is computed once and repeated for its rollouts: the same seed
+    gives the same answers as prefilling every repeated row, and the prefill forward sees one row per
+    prompt. SmolLM2, not the tiny random model: the tiny model's next token barely depends on the context,
+    so a misaligned cache (checked by hand: prompts' caches swapped) gave it the same answers; SmolLM2's
+    answers with swapped caches are gibberish."""
+    torch.manual_seed(0)
+    policy = Policy.load(str(smollm2_dir), PPOConfig(max_new_tokens=12, lora_r=2))
+    with torch.no_grad():
+        for name, p in policy.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.01)  # a LoRA that changes the answers: the prefill runs with it merged too
+    prompts = [Prompt(q, BEHAVIOR) for q in ("Hi", "What is the capital of France, and why?", "Are you sad")]
+    prefill_rows = []
+    original = Policy._shared_prefill
+
+    def counted(self, ids, mask, k):
+        prefill_rows.append(ids.shape[0])
+        return original(self, ids, mask, k)
+
+    monkeypatch.setattr(Policy, "_shared_prefill", counted)
+    torch.manual_seed(1)
+    shared = policy.generate(prompts, 4)
+    monkeypatch.setattr(Policy, "_shared_prefill", lambda self, ids, mask, k: {})
+    torch.manual_seed(1)
+    full = policy.generate(prompts, 4)
+    assert prefill_rows == [3] and shared.prompt_ids.shape[0] == 12
+    assert len(set(shared.responses)) > 3  # the rollouts of a prompt differ: sampling, not one answer copied
+    assert shared.responses == full.responses and torch.equal(shared.response_ids, full.response_ids)
+    assert torch.equal(shared.prompt_ids, full.prompt_ids) and torch.equal(shared.prompt_mask, full.prompt_mask)
+
+
 def test_long_queries_are_cut_but_the_behavior_sentence_never_is(tiny_model_dir):
     policy = Policy.load(str(tiny_model_dir), PPOConfig(max_prompt_tokens=64, lora_r=2))
     text = policy.render(Prompt("filler " * 300 + "What is two plus two?", BEHAVIOR))
