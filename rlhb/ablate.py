@@ -279,7 +279,7 @@ def check_claims(rows: list[dict]) -> list[dict]:
 def format_table(report: dict) -> str:
     lines = [
         "| variant | like rate | 95% CI | lift | p (one-sided) | words | near-empty | rep. 3-grams | relevance | "
-        "D held-out acc | D prob. on generations first -> last | KL last | train s |",
+        "D held-out acc | D prob. on generations first -> last | KL per answer, last (nats) | train s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["rows"]:

@@ -42,7 +42,7 @@ def test_a_rerun_with_the_same_settings_resumes_and_one_with_other_settings_does
     out = tmp_path / "out"
     first = run_ablation(quick_config(out, str(tiny_model_dir), variants=("kappa=0",)))
     table = (out / "table.md").read_text()
-    assert "KL last" in table and " -> " in table.split("| kappa=0 |")[1].splitlines()[0]  # D reward first -> last
+    assert "KL per answer" in table and " -> " in table.split("| kappa=0 |")[1].splitlines()[0]  # D first -> last
     trained = out / "adapters" / "kappa0"
     assert trained.is_dir()
     trained.rename(out / "kappa0-first")  # a variant trained again would write this folder again
