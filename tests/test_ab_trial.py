@@ -79,7 +79,9 @@ def test_ab_trial_splits_live_traffic_labels_the_arms_and_rejects_a_worse_candid
         for iid, version in answers:  # reproducible: the arm is a hash of the impression id
             assert version == (CANDIDATE if trial.arm_of(iid) == "candidate" else ACTIVE)
         share = sum(v == CANDIDATE for _, v in answers) / N_ANSWERS
-        assert 0.2 <= share <= 0.6, share  # SHARE = 0.4, 50 answers
+        # SHARE = 0.4 of 50 answers hashed from random ids: Binomial(50, 0.4). The band [0.1, 0.7] fails
+        # a correct split once in 200,000 runs; the earlier [0.2, 0.6] failed once in 470 (CI drew 0.64).
+        assert 0.1 <= share <= 0.7, share
         assert registry.trial() == trial  # not decided before any feedback
 
         def impressions() -> dict[str, Impression]:
