@@ -99,6 +99,7 @@ FULL_ALGORITHM_CONFIG: dict[str, dict] = {
     "rlhb": {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True, "preferred_prompt_share": 1.0},
     "rlhbc": dict(PPO_BUDGET),
     "rlhf": dict(PPO_BUDGET),
+    # --algorithms rlhb-adversarial,rlhb-frozen compares the two discriminators on the same base traffic
     "rlhb-adversarial": ADVERSARIAL_RLHB,
 }
 FULL_ALGORITHM_CONFIG["rlhb-frozen"] = dict(FULL_ALGORITHM_CONFIG["rlhb"])
@@ -125,7 +126,6 @@ LANE_GATE_CONFIG: dict[str, dict] = {
     "rlhb-steer": {"kl_bound": 0.7},
 }
 """Per-lane gate overrides (RLHB_TRAINER_GATE__<FIELD>) under ``DemoConfig.gate_config`` and the environment."""
-"""``--algorithms rlhb-adversarial,rlhb-frozen`` compares the two discriminators on the same base traffic."""
 EVAL_SEED_OFFSET = 7919
 """Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
 
