@@ -229,6 +229,10 @@ def _std(values: list[float]) -> float:
     return (sum((v - m) ** 2 for v in values) / len(values)) ** 0.5 if values else float("nan")
 
 
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _late(values: list[float]) -> list[float]:
     """The last third of a curve: where the paper reads its ablations' end states."""
     return values[-max(1, len(values) // 3) :]
@@ -247,7 +251,7 @@ def check_claims(rows: list[dict]) -> list[dict]:
         held = "no D probability logged" if late[1] != late[1] else late[1] >= 0.9 and late[1] > late[0]
         out.append({"claim": "kappa = 0.5 collapses D: its probability of real on generations nears 1.0",
                     "measured": f"last third of the iterations {late[0]:.3f} (kappa 0.2) vs {late[1]:.3f} "
-                    f"(kappa 0.5); D held-out accuracy {acc[0]} vs {acc[1]}", "held": held})  # fmt: skip
+                    f"(kappa 0.5); D held-out accuracy {_num(acc[0])} vs {_num(acc[1])}", "held": held})  # fmt: skip
     if default and frozen:  # 6(a)-(b): "the frozen discriminator tends to predict ... a stable score of around 0.6"
         probs = (_values(default, "d_prob_generated"), _values(frozen, "d_prob_generated"))
         held = "no D probability logged" if not probs[1] else _std(probs[1]) < _std(probs[0])
