@@ -14,9 +14,9 @@ In process (no broker), on one fixed set of logged data, so that only the varian
 
 Outputs in ``out_dir``, rewritten after every variant (a run cut short keeps what it measured and a
 rerun with the same settings skips the variants already there): ``results.json``, ``table.md`` (with
-the paper's qualitative claims
-and whether each held here) and ``curves.png`` (figure 6: D loss, D's probability of real on
-the generations, the shaped D reward, mean return and KL per iteration, one line per variant).
+the paper's qualitative claims and whether each held here) and ``curves.png`` (figure 6: D loss, D's
+probability of real on the generations, the shaped D reward, mean return and KL per iteration, one
+line per variant).
 """
 
 from __future__ import annotations
@@ -268,9 +268,8 @@ def check_claims(rows: list[dict]) -> list[dict]:
         s4, s1 = _std(_values(default, "mean_return")), _std(_values(r1, "mean_return"))
         out.append({"claim": "more rollouts per prompt train more stably", "measured": f"std of mean return per "
                     f"iteration {s4:.3f} (4) vs {s1:.3f} (1)", "held": s4 < s1})  # fmt: skip
-    if (
-        default and b8
-    ):  # 6(d): "batch size 16 to 8, the variance ... not obvious, except ... slightly larger volatility"
+    # 6(d): "batch size 16 to 8, the variance ... not obvious, except ... slightly larger volatility"
+    if default and b8:
         s16, s8 = _std(_values(default, "mean_return")), _std(_values(b8, "mean_return"))
         _, _, p_two = two_proportion_z(default["likes"], default["n"], b8["likes"], b8["n"])
         measured = (f"like rate {default['like_rate']:.3f} (16) vs {b8['like_rate']:.3f} (8), p={p_two:.2g}; "
