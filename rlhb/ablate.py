@@ -306,7 +306,7 @@ def format_table(report: dict) -> str:
 
 def _first_last(row: dict, key: str, first: bool = True) -> str:
     """A curve's first and last logged values ("0.41 -> 0.63"), or its last only; '' for base."""
-    values = [v for v in row.get("curves", {}).get(key) or [] if v is not None]
+    values = _values(row, key)
     if not values:
         return ""
     return f"{values[0]:.3g} -> {values[-1]:.3g}" if first else f"{values[-1]:.3g}"
