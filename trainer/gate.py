@@ -191,6 +191,23 @@ def compare_behavior(
     return metrics, [f"behavior guard: {r}" for r in reasons]
 
 
+def _compare_answered(
+    parent: Sequence[tuple[str, str]], candidate: Sequence[tuple[str, str]], cfg: GateConfig
+) -> tuple[dict[str, float], list[str]]:
+    """``compare_behavior`` of two sets of (question, answer) pairs, relevance scored for every pair
+    (MiniLM cosine of question and answer, ``core/relevance.py``)."""
+    from core.relevance import relevance_scores
+
+    pairs = [*parent, *candidate]
+    scores = relevance_scores([q for q, _ in pairs], [a for _, a in pairs])
+    n = len(parent)
+    return compare_behavior(
+        answer_measures([a for _, a in parent], scores[:n], cfg.near_empty_words),
+        answer_measures([a for _, a in candidate], scores[n:], cfg.near_empty_words),
+        cfg,
+    )
+
+
 def live_arms_guard(
     active: Sequence[tuple[str, str]], candidate: Sequence[tuple[str, str]], cfg: GateConfig
 ) -> tuple[dict[str, float], list[str]]:
@@ -198,29 +215,17 @@ def live_arms_guard(
     gate's bounds: check 4 on live traffic. The arms answered different questions, drawn from the
     same stream over the same period (the split is a hash of the impression id), so their measures compare as
     two samples of one population, not pair by pair as in the gate."""
-    from core.relevance import relevance_scores
-
-    pairs = [*active, *candidate]
-    scores = relevance_scores([q for q, _ in pairs], [a for _, a in pairs])
-    n = len(active)
-    parent = answer_measures([a for _, a in active], scores[:n], cfg.near_empty_words)
-    cand = answer_measures([a for _, a in candidate], scores[n:], cfg.near_empty_words)
-    metrics, reasons = compare_behavior(parent, cand, cfg)
-    return {**metrics, "answers": float(len(candidate)), "answers_parent": float(n)}, reasons
+    metrics, reasons = _compare_answered(active, candidate, cfg)
+    return {**metrics, "answers": float(len(candidate)), "answers_parent": float(len(active))}, reasons
 
 
 def behavior_guard(
     questions: Sequence[str], parent_answers: Sequence[str], candidate_answers: Sequence[str], cfg: GateConfig
 ) -> tuple[dict[str, float], list[str]]:
-    """``compare_behavior`` of the parent's and the candidate's answers to the same ``questions``
-    (relevance: MiniLM cosine of question and answer, ``core/relevance.py``)."""
-    from core.relevance import relevance_scores
-
-    n = len(questions)
-    scores = relevance_scores([*questions, *questions], [*parent_answers, *candidate_answers])
-    parent = answer_measures(parent_answers, scores[:n], cfg.near_empty_words)
-    candidate = answer_measures(candidate_answers, scores[n:], cfg.near_empty_words)
-    return compare_behavior(parent, candidate, cfg)
+    """``compare_behavior`` of the parent's and the candidate's answers to the same ``questions``."""
+    return _compare_answered(
+        list(zip(questions, parent_answers, strict=True)), list(zip(questions, candidate_answers, strict=True)), cfg
+    )
 
 
 # --------------------------------------------------------------------------- models
