@@ -148,12 +148,17 @@ def ab_test(
         return TrialDecision("reject", drop.statistic, drop.diff, f"A/B {reason}", **counts)
     need = max(min_views, cfg.min_views)
     if min(candidate_views, active_views) >= need:
+        # Lambda measures how far the two rates are apart in either direction: past 1/alpha with the
+        # candidate ahead, the candidate is significantly better; otherwise there is no significant drop.
+        threshold = 1 / cfg.alpha
+        ahead = drop.diff + cfg.margin >= 0 and drop.statistic >= threshold
+        verdict = "the candidate's arm is significantly ahead" if ahead else "no significant drop"
         reason = (
             f"A/B guardrail: live like rate {_rate(candidate_likes, candidate_views):.3f} "
             f"({candidate_likes:g}/{candidate_views:g} views) vs the active arm's "
             f"{_rate(active_likes, active_views):.3f} ({active_likes:g}/{active_views:g}) over the same period: "
-            f"no significant drop after {need} views per arm (mSPRT Lambda={drop.statistic:.3g} < "
-            f"1/alpha={1 / cfg.alpha:g})"
+            f"{verdict} after {need} views per arm (mSPRT Lambda={drop.statistic:.3g} "
+            f"{'>=' if drop.statistic >= threshold else '<'} 1/alpha={threshold:g})"
         )
         return TrialDecision("promote", drop.statistic, drop.diff, reason, **counts)
     return TrialDecision("wait", drop.statistic, drop.diff, f"waiting for {need} views per arm", **counts)

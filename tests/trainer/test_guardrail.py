@@ -7,7 +7,7 @@ import random
 import pytest
 
 from schemas.behavior import BehaviorRecord
-from trainer.guardrail import GuardrailConfig, LiveCounts, drop_test
+from trainer.guardrail import GuardrailConfig, LiveCounts, ab_test, drop_test
 
 CFG = GuardrailConfig()
 
@@ -54,6 +54,19 @@ def test_waits_for_min_views_and_respects_the_margin():
     assert not drop_test(**small_drop, config=GuardrailConfig(margin=0.05)).rollback  # but under a 5-point margin
     with pytest.raises(ValueError, match="alpha"):
         GuardrailConfig(alpha=0)
+
+
+def test_ab_trial_rejects_a_drop_promotes_otherwise_and_says_which():
+    """Same period, two arms: a clear drop rejects; a clear rise promotes and says it is significant
+    (Lambda is past 1/alpha there too, in the other direction); a tie promotes after min_views."""
+    drop = ab_test(60, 500, 150, 500, min_views=200)
+    assert drop.outcome == "reject" and "below the active arm's" in drop.reason
+    rise = ab_test(240, 500, 100, 500, min_views=200)
+    assert rise.outcome == "promote" and rise.statistic >= 20
+    assert "significantly ahead" in rise.reason and ">= 1/alpha=20" in rise.reason
+    tie = ab_test(100, 500, 100, 500, min_views=200)
+    assert tie.outcome == "promote" and "no significant drop" in tie.reason and "< 1/alpha=20" in tie.reason
+    assert ab_test(100, 150, 100, 500, min_views=200).outcome == "wait"
 
 
 def test_live_counts_keep_the_latest_record_per_impression():
