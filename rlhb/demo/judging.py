@@ -1,6 +1,8 @@
 """Held-out like rates: ``evaluate`` asks a served version through the lane's API, and
 ``judge_offline`` generates a rejected (never served) candidate's answers in this process; both
-are judged by one silent simulated user per answer. ``VersionResult`` holds one version's outcome."""
+are judged by one silent simulated user per answer. ``rejudge`` judges answers already served by
+another population (under drift: base's answers by the new taste). ``VersionResult`` holds one
+version's outcome."""
 
 from __future__ import annotations
 
@@ -55,6 +57,38 @@ def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say, behavior
     under = f" under {behavior!r}" if behavior else ""
     say(f"  evaluated {version}{under}: {len(served)} held-out answers, like rate {rate:.3f} ({time.time() - t0:.0f}s)")
     return sorted(served, key=lambda s: s.index)
+
+
+def rejudge(served: list, users: str, seed: int) -> list:
+    """The same answers judged by another population, ``users``: each answer ``i`` gets the asker's
+    draw ``evaluate`` would give it (``random.Random(f"{seed}:{i}")``, one viewer), so the result is
+    what ``evaluate`` would have measured had those users asked, with the same luck per answer.
+
+    Under drift the base is evaluated before the users change taste; judged again by the new taste
+    (no generation: the same answers), it is the fair base for the versions judged after the change."""
+    import dataclasses
+    import random
+
+    from rlhb.simulate.users import load_user_model, sample_reactions
+
+    user = load_user_model(users)
+    out = []
+    for s in served:
+        judgement = user.judge(s.question, s.answer)
+        asker = sample_reactions(judgement, 1, random.Random(f"{seed}:{s.index}"))[0]
+        out.append(
+            dataclasses.replace(
+                s,
+                p_like=judgement.p_like,
+                degenerate=judgement.degenerate,
+                asker_liked=asker.like,
+                asker_disliked=asker.dislike,
+                clicks=int(asker.click),
+                likes=int(asker.like),
+                dislikes=int(asker.dislike),
+            )
+        )
+    return out
 
 
 def judge_offline(

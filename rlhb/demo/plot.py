@@ -36,6 +36,9 @@ def plot(cfg: DemoConfig, report: dict, results: list[VersionResult]) -> None:
             [max(0.0, r["ci_high"] - r["like_rate"]) for r in pts],
         ]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=cfg.label(algo), color=colors.get(algo))
+    for other in [r for r in rows if r["algorithm"] == "base" and r is not base]:  # drift: base under the new taste
+        err = [[max(0.0, other["like_rate"] - other["ci_low"])], [max(0.0, other["ci_high"] - other["like_rate"])]]
+        ax.errorbar([0], [other["like_rate"]], yerr=err, marker="x", capsize=4, color="grey", label=other["version"])
     ax.set_xlabel("training round (0 = base)")
     ax.set_ylabel("held-out like rate (95% Wilson CI)")
     ax.set_title("Like rate per adapter version")

@@ -98,7 +98,13 @@ def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, to
     from rlhb.evaluation.stats import power_at_n, required_n_per_arm
 
     base = next((r for r in results if r.algorithm == "base"), None)
-    rows = [summarize(r, base) for r in results]
+    # Under drift base is judged once per taste (``rlhb.demo.judging.rejudge``): each version's lift is
+    # against base judged by the users that judged it, never across tastes.
+    bases: dict[str, VersionResult] = {}
+    for r in results:
+        if r.algorithm == "base":
+            bases.setdefault(r.round_info.get("users", cfg.users_at(0)), r)
+    rows = [summarize(r, bases.get(r.round_info.get("users", cfg.users_at(r.round)), base)) for r in results]
     for row, r in zip(rows, results, strict=True):  # name the variant for what it is (d_frozen: paper 6.4)
         row["variant"] = cfg.label(r.algorithm)
     power = {}
@@ -157,12 +163,22 @@ def drift_recovery(report: dict) -> list[dict]:
         if "n" in row and (row["status"] == "published" or row["algorithm"] == "base"):
             published[(row["algorithm"], row["round"])] = row
     base = next((r for r in report["versions"] if r["algorithm"] == "base" and "n" in r), None)
+    new_taste = report["drift"].rsplit("@", 1)[0].split(":", 1)[1]
+    base_after = next(
+        (
+            r
+            for r in report["versions"][1:]
+            if r["algorithm"] == "base" and "n" in r and r.get("round_info", {}).get("users") == new_taste
+        ),
+        None,
+    )
     out = []
     for lane in dict.fromkeys(r["algorithm"] for r in report["versions"] if r["algorithm"] != "base"):
         drop = published.get((lane, at))
         before = published.get((lane, at - 1)) or (base if at == 1 else None)
         entry = {"lane": lane, "drift_round": at, "before": before and before["like_rate"],
-                 "at_drift": drop and drop["like_rate"], "after": {}, "recovered_at": None}  # fmt: skip
+                 "at_drift": drop and drop["like_rate"], "base_new_taste": base_after and base_after["like_rate"],
+                 "after": {}, "recovered_at": None}  # fmt: skip
         if drop is None:
             entry["verdict"] = f"no version of round {at} was published and judged under the new taste"
             out.append(entry)
@@ -186,6 +202,7 @@ def drift_recovery(report: dict) -> list[dict]:
             )
             + f": round {at} {drop['like_rate']:.3f} under the new taste"
             + (f" (before the drift {before['like_rate']:.3f})" if before else "")
+            + (f"; base's answers under the new taste {base_after['like_rate']:.3f}" if base_after else "")
             + (f"; then {rates}" if rates else "; no later version was published")
         )
         out.append(entry)
@@ -214,6 +231,12 @@ def format_table(report: dict) -> str:
             f"{(q.get('relevance') or 0):>8.3f}{q.get('repeated_ngram_rate', 0):>7.3f}"
             f"{q.get('mean_words', 0):>7.1f}{q.get('cut_off_share', 0):>6.2f}"
         )
+    if report.get("drift"):
+        lines += [
+            "",
+            f"drift {report['drift']}: each lift is against base's held-out answers judged by the same users "
+            "as the version (one base row per taste)",
+        ]
     variants = {r["label"]: r["variant"] for r in report["versions"] if r.get("variant", r["label"]) != r["label"]}
     lines += ["", *(f"variant: {v}" for v in variants.values())] if variants else []
     return "\n".join(lines)

@@ -11,8 +11,8 @@ import uuid
 from pathlib import Path
 
 from core.behavior.encoding import least_preferred_sentence
-from rlhb.demo.config import DemoConfig, lane_algorithm
-from rlhb.demo.judging import VersionResult, evaluate, judge_offline
+from rlhb.demo.config import EVAL_SEED_OFFSET, DemoConfig, lane_algorithm
+from rlhb.demo.judging import VersionResult, evaluate, judge_offline, rejudge
 from rlhb.demo.lanes import (
     Lane,
     copy_records,
@@ -161,10 +161,20 @@ def run_demo(cfg: DemoConfig) -> dict:
                 first_records_topic = lane.topics["records"]
                 phases["base traffic"] = time.time() - t0
                 t0 = time.time()
-                base = VersionResult("base", "base", 0, "base")
+                base = VersionResult("base", "base", 0, "base", round_info={"users": cfg.users_at(0)})
                 base.served = evaluate(cfg.at_round(0), lane, "base", held_out, say)
                 base.evaluated_at = time.time() - started
                 results.append(base)
+                if cfg.drift:  # the versions judged after the change compare with base judged by the same users
+                    after = cfg.drift_parts()[1]
+                    rejudged = VersionResult(
+                        "base", f"base, judged by {after} users", 0, "base", round_info={"users": after}
+                    )
+                    rejudged.served = rejudge(base.served, after, cfg.seed + EVAL_SEED_OFFSET)
+                    rejudged.evaluated_at = time.time() - started
+                    results.append(rejudged)
+                    rate = sum(s.asker_liked for s in rejudged.served) / max(1, len(rejudged.served))
+                    say(f"  base's held-out answers judged by the new taste '{after}': like rate {rate:.3f}")
                 phases["base evaluation"] = time.time() - t0
             else:
                 wait_records(redis, lane, base_count, say)

@@ -30,6 +30,7 @@ def test_recovery_is_the_first_later_round_significantly_above_the_drop():
     }
     rows = {r["lane"]: r for r in drift_recovery(report)}
     assert rows["rlhb"]["recovered_at"] == 4 and rows["rlhb"]["before"] == 140 / 352
+    assert rows["rlhb"]["base_new_taste"] is None  # no base row judged by the new taste in this report
     assert rows["rlhb"]["after"][3]["p_above_drift"] > 0.05 > rows["rlhb"]["after"][4]["p_above_drift"]
     assert rows["rlhb"]["verdict"].startswith("recovered at round 4: round 2 0.114 under the new taste")
     assert rows["rlhbc"]["recovered_at"] is None and set(rows["rlhbc"]["after"]) == {4}
@@ -43,3 +44,13 @@ def test_a_drift_at_round_one_compares_with_base():
                                                       version("rlhb", 2, 90)]}  # fmt: skip
     (row,) = drift_recovery(report)
     assert row["before"] == 100 / 352 and row["recovered_at"] == 2
+
+
+def test_the_verdict_names_base_judged_by_the_new_taste():
+    base_new = {**version("base", 0, 60), "round_info": {"users": "thorough"}}
+    report = {"drift": "concise:thorough@1",
+              "versions": [{**version("base", 0, 80), "round_info": {"users": "concise"}}, base_new,
+                           version("rlhb", 1, 40), version("rlhb", 2, 70)]}  # fmt: skip
+    (row,) = drift_recovery(report)
+    assert row["before"] == 80 / 352 and row["base_new_taste"] == 60 / 352 and row["recovered_at"] == 2
+    assert "base's answers under the new taste 0.170" in row["verdict"]

@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from rlhb.demo import format_table, quick_config, run_demo
+from rlhb.demo.config import EVAL_SEED_OFFSET
+from rlhb.demo.judging import rejudge
+from rlhb.simulate.driver import Served
 
 
 @pytest.mark.slow
@@ -127,6 +131,25 @@ def test_quick_demo_with_drift_a_poisoned_round_and_ab_trials(
     assert "Live traffic per round" in (cfg.out_dir / "report.md").read_text()
     (recovery,) = report["drift_recovery"]  # one verdict per lane, whatever the noise of the tiny model says
     assert recovery["lane"] == "rlhb" and recovery["drift_round"] == 2 and recovery["verdict"]
+    # base judged a second time, by the new taste: its answers, and the lifts after the drift are against it
+    bases = {row["round_info"]["users"]: row for row in report["versions"] if row["algorithm"] == "base"}
+    assert set(bases) == {"concise", "warm"} and recovery["base_new_taste"] == bases["warm"]["like_rate"]
+    served = [json.loads(line) for line in (cfg.out_dir / "served.jsonl").read_text().splitlines()]
+    by_version = {}
+    for row in served:
+        by_version.setdefault(row["version"], []).append(row)
+    base_answers, rejudged = by_version["base"], by_version["base, judged by warm users"]
+    assert [r["answer"] for r in base_answers] == [r["answer"] for r in rejudged]
+    if rounds[2].get("n"):
+        warm_likes = sum(r["asker_liked"] for r in rejudged)
+        assert rounds[2]["vs_base"]["lift"] == pytest.approx(rounds[2]["like_rate"] - warm_likes / len(rejudged))
+    # rejudging with the users who asked reproduces the API evaluation exactly: the same draw per answer
+    fields = {f.name for f in dataclasses.fields(Served)}
+    again = rejudge([Served(**{k: v for k, v in r.items() if k in fields}) for r in base_answers], "concise",
+                    cfg.seed + EVAL_SEED_OFFSET)  # fmt: skip
+    assert [(s.p_like, s.asker_liked, s.asker_disliked) for s in again] == [
+        (r["p_like"], r["asker_liked"], r["asker_disliked"]) for r in base_answers
+    ]
     assert f"- rlhb: {recovery['verdict']}" in (cfg.out_dir / "report.md").read_text()
     assert (cfg.out_dir / "live.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
