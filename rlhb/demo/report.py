@@ -266,7 +266,10 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
     table = format_table(report)
     live_table = format_live_table(report) if report.get("live_rounds") else ""
     if live_table:
-        say("live like rate per round (traffic served after each round; arms: like rate/answers):\n" + live_table)
+        say(
+            "live like rate per round (traffic served after each round; arms: like rate/answers before the "
+            "decision):\n" + live_table
+        )
     judged_offline = any(row["status"] == "rejected" and "n" in row for row in report["versions"])
     say("like rate per adapter version (held-out questions, one simulated user per answer):\n" + table)
     if judged_offline:
@@ -297,6 +300,7 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
     md = ["# rlhb demo report", "", "```", table, "```", ""]
     if live_table:
         md += ["## Live traffic per round", "", "```", live_table, "```", ""]
+        md += ["A/B arms: like rate/answers served before the live guardrail's decision.", ""]
         md += [f"drift: {cfg.drift or 'none'}; poisoned round: {cfg.poison_round or 'none'}; A/B share: {cfg.ab_share}"]
         md += ["", "![like rate per round](live.png)", ""]
         for row in report["live_rounds"]:

@@ -63,9 +63,13 @@ def prepare_model(cfg: DemoConfig, say) -> str:
     return str(target)
 
 
-def live_row(algorithm: str, round_no: int, users: str, served: list, candidate: str = "", **extra) -> dict:
+def live_row(
+    algorithm: str, round_no: int, users: str, served: list, candidate: str = "", decided_at: float = 0.0, **extra
+) -> dict:
     """One row of the per-round live table: the like rate (95% Wilson CI) of the answers served
-    after a round, overall and per A/B arm (the candidate's answers vs the rest)."""
+    after a round, overall and per A/B arm (the candidate's answers vs the rest). The arms count only
+    answers served before the trial's decision (``decided_at``, the trainer's clock; 0: all): after a
+    promotion the rest of the batch comes from the candidate as the active version, not as an arm."""
     from rlhb.evaluation.stats import wilson_interval
 
     def rate(rows: list) -> dict:
@@ -74,10 +78,12 @@ def live_row(algorithm: str, round_no: int, users: str, served: list, candidate:
 
     row = {"algorithm": algorithm, "round": round_no, "users": users, **rate(served), **extra}
     if candidate:
+        trial = [s for s in served if not decided_at or s.t <= decided_at]
         row["arms"] = {
-            "active": rate([s for s in served if s.adapter_version != candidate]),
-            "candidate": rate([s for s in served if s.adapter_version == candidate]),
+            "active": rate([s for s in trial if s.adapter_version != candidate]),
+            "candidate": rate([s for s in trial if s.adapter_version == candidate]),
         }
+        row["after_decision"] = len(served) - len(trial)
     return row
 
 
@@ -236,8 +242,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                     vr.round_info["guardrail"] = decision or {"decision": "undecided"}
                     live.append(
                         live_row(algorithm, r, rcfg.users, served_ab, candidate=version,
-                                 poisoned=cfg.poison_round == r, version=version, decision=verdict,
-                                 reason=(decision or {}).get("reason", ""))
+                                 decided_at=(decision or {}).get("at", 0.0), poisoned=cfg.poison_round == r,
+                                 version=version, decision=verdict, reason=(decision or {}).get("reason", ""))
                     )  # fmt: skip
                     say(f"  round {r}: live guardrail {verdict} {version} {(decision or {}).get('reason', '')}")
                     if decision is None:

@@ -125,6 +125,8 @@ def test_quick_demo_with_drift_a_poisoned_round_and_ab_trials(
         assert rounds[r]["round_info"]["guardrail"]["decision"] == row["decision"]
         assert rounds[r]["status"] == ("published" if row["decision"] == "promoted" else "rejected")
         assert row["arms"]["active"]["n"] > 0 and row["arms"]["candidate"]["n"] > 0  # both arms served
+        # the arms hold what was served before the decision; the rest came after it, from the winner
+        assert row["arms"]["active"]["n"] + row["arms"]["candidate"]["n"] + row["after_decision"] == row["n"]
         assert row["users"] == ("warm" if r == 2 else "concise") and row["poisoned"] == (r == 2)
         assert 0 <= row["ci_low"] <= row["like_rate"] <= row["ci_high"] <= 1
     assert "decision" in format_live_table(report)
