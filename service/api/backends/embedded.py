@@ -604,7 +604,11 @@ class EmbeddedBackend(Backend):
         it. A step of one version sets that adapter; a step of base rows disables the adapter
         layers. That state is kept between steps and changed only when the mode changes:
         switching costs a walk over every module (peft's ``disable_adapter()`` context took
-        ~20% of a decode step when entered per step)."""
+        ~20% of a decode step when entered per step).
+
+        Base rows run on the wrapped model itself (its LoRA layers disabled pass straight through),
+        not through the PeftModel: once the last adapter is unloaded (a rejected first candidate)
+        peft still names the deleted adapter as active, and its forward raises KeyError on it."""
         if self._peft is None:
             return self._model, {}
         unique = set(names)
@@ -619,6 +623,8 @@ class EmbeddedBackend(Backend):
                 if mode != MIXED_ROWS:
                     self._peft.set_adapter(mode)
             self._mode = mode
+        if mode == BASE_ROW:
+            return self._model, {}
         return self._peft, ({"adapter_names": list(names)} if mode == MIXED_ROWS else {})
 
     def _inputs(self, jobs: list[_Job], names: list[str]) -> tuple[dict[str, Any], list[int]]:

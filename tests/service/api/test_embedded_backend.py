@@ -283,3 +283,40 @@ def test_the_device_and_dtype_settings_reach_the_served_model(tiny_model_dir, ve
         missing = EmbeddedBackend(tiny_model_dir, device="cuda")
         with pytest.raises(Exception, match="RLHB_DEVICE=cuda"):
             asyncio.run(missing.start())
+
+
+def test_base_still_answers_after_its_only_adapter_is_unloaded(tiny_model_dir, versions):
+    """An A/B trial of the first candidate against base, rejected: the API unloads the candidate and
+    base is all that is left. peft keeps the deleted adapter as its active one, so running base rows
+    through the PeftModel raised KeyError on every request (found in a full `rlhb demo --poison-round 1`
+    run). Base answers must go on, with and without the shared prefix, and equal plain greedy text."""
+    from service.api.answer import shared_prefix
+    from tests.helpers.serving import GreedyOracle
+
+    oracle = GreedyOracle(tiny_model_dir)
+    b = EmbeddedBackend(tiny_model_dir, batch_window_ms=20, max_batch_size=8)
+    asyncio.run(b.start())
+    try:
+        prefix = shared_prefix(b.tokenizer, BEHAVIOR)
+        candidate = versions[0]
+
+        async def run():
+            await b.load_adapter(candidate)
+            served = await asyncio.gather(
+                b.generate(GenerationRequest(prompts(b)[0], 6, adapter=candidate, prefix=prefix)),
+                b.generate(GenerationRequest(prompts(b)[1], 6, prefix=prefix)),
+            )
+            assert await b.unload_adapter(candidate)
+            after = await asyncio.gather(
+                b.generate(GenerationRequest(prompts(b)[0], 6, prefix=prefix)),
+                b.generate(GenerationRequest(prompts(b)[2], 6)),
+            )
+            return served, after
+
+        served, after = asyncio.run(run())
+        assert not list(b.loaded_adapters())
+        assert served[0].adapter_version == candidate.name
+        assert after[0].text == oracle.text(prompts(b)[0], None, 6)
+        assert after[1].text == oracle.text(prompts(b)[2], None, 6)
+    finally:
+        asyncio.run(b.close())
