@@ -254,11 +254,17 @@ def run_simulation(
             if on_served is not None:
                 on_served(served)
 
+    pool = ThreadPoolExecutor(max_workers=config.concurrency)
     try:
-        with ThreadPoolExecutor(max_workers=config.concurrency) as pool:
-            for future in [pool.submit(work, i, q) for i, q in enumerate(questions)]:
-                future.result()
+        for future in [pool.submit(work, i, q) for i, q in enumerate(questions)]:
+            future.result()
+    except BaseException:
+        # The first failure ends the run: the questions still queued are dropped, not each retried
+        # until it fails too (an API that keeps answering 503 held a 300-answer batch for ~25 minutes).
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
     finally:
+        pool.shutdown(wait=True)
         client.close()
     return out
 

@@ -109,6 +109,27 @@ def test_unknown_version_is_a_clear_error(api):
         run_simulation(SimulationConfig(api_url=url, model="no-such-version", send_feedback=False), ["Hi there?"])
 
 
+def test_the_first_failure_ends_the_run_and_the_queued_questions_are_not_asked(api, monkeypatch):
+    """An API that keeps failing (here: an unknown version, 404 at once) ends the run at the first
+    failure: the questions still queued are dropped. Before, each was asked in turn and failed too:
+    with 503s and their retries a 300-answer batch hung for ~25 minutes. A spy counts the asks."""
+    from rlhb.simulate import driver
+
+    url, _ = api
+    asked: list[str] = []
+    real_ask = driver.ApiClient.ask
+
+    def counting_ask(self, question):
+        asked.append(question)
+        return real_ask(self, question)
+
+    monkeypatch.setattr(driver.ApiClient, "ask", counting_ask)
+    config = SimulationConfig(api_url=url, model="no-such-version", send_feedback=False, concurrency=2)
+    with pytest.raises(RuntimeError, match="404"):
+        run_simulation(config, [f"Question number {i}?" for i in range(80)])
+    assert 1 <= len(asked) < 40  # a few in flight when the first failed; all 80 before
+
+
 def test_pure_helpers():
     import random
 
