@@ -311,10 +311,14 @@ def test_base_still_answers_after_its_only_adapter_is_unloaded(tiny_model_dir, v
                 b.generate(GenerationRequest(prompts(b)[0], 6, prefix=prefix)),
                 b.generate(GenerationRequest(prompts(b)[2], 6)),
             )
-            return served, after
+            empty = list(b.loaded_adapters())
+            await b.load_adapter(versions[1])  # the next round's candidate loads into the emptied model
+            nxt = await b.generate(GenerationRequest(prompts(b)[1], 6, adapter=versions[1], prefix=prefix))
+            return served, after, empty, nxt
 
-        served, after = asyncio.run(run())
-        assert not list(b.loaded_adapters())
+        served, after, empty, nxt = asyncio.run(run())
+        assert empty == []
+        assert nxt.adapter_version == versions[1].name and nxt.text == oracle.text(prompts(b)[1], versions[1], 6)
         assert served[0].adapter_version == candidate.name
         assert after[0].text == oracle.text(prompts(b)[0], None, 6)
         assert after[1].text == oracle.text(prompts(b)[2], None, 6)
