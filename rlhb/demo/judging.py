@@ -59,6 +59,27 @@ def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say, behavior
     return sorted(served, key=lambda s: s.index)
 
 
+def asker_judgement(user, question: str, answer: str, seed: int, index: int) -> dict:
+    """The ``Served`` fields of one silent asker's verdict on answer ``index``: the user model's
+    judgement and the draw ``evaluate`` gives that index (``random.Random(f"{seed}:{index}")``,
+    one viewer, as ``rlhb.simulate.driver.simulate_one`` draws it), so every judging path agrees."""
+    import random
+
+    from rlhb.simulate.users import sample_reactions
+
+    judgement = user.judge(question, answer)
+    asker = sample_reactions(judgement, 1, random.Random(f"{seed}:{index}"))[0]
+    return {
+        "p_like": judgement.p_like,
+        "degenerate": judgement.degenerate,
+        "asker_liked": asker.like,
+        "asker_disliked": asker.dislike,
+        "clicks": int(asker.click),
+        "likes": int(asker.like),
+        "dislikes": int(asker.dislike),
+    }
+
+
 def rejudge(served: list, users: str, seed: int) -> list:
     """The same answers judged by another population, ``users``: each answer ``i`` gets the asker's
     draw ``evaluate`` would give it (``random.Random(f"{seed}:{i}")``, one viewer), so the result is
@@ -67,28 +88,11 @@ def rejudge(served: list, users: str, seed: int) -> list:
     Under drift the base is evaluated before the users change taste; judged again by the new taste
     (no generation: the same answers), it is the fair base for the versions judged after the change."""
     import dataclasses
-    import random
 
-    from rlhb.simulate.users import load_user_model, sample_reactions
+    from rlhb.simulate.users import load_user_model
 
     user = load_user_model(users)
-    out = []
-    for s in served:
-        judgement = user.judge(s.question, s.answer)
-        asker = sample_reactions(judgement, 1, random.Random(f"{seed}:{s.index}"))[0]
-        out.append(
-            dataclasses.replace(
-                s,
-                p_like=judgement.p_like,
-                degenerate=judgement.degenerate,
-                asker_liked=asker.like,
-                asker_disliked=asker.dislike,
-                clicks=int(asker.click),
-                likes=int(asker.like),
-                dislikes=int(asker.dislike),
-            )
-        )
-    return out
+    return [dataclasses.replace(s, **asker_judgement(user, s.question, s.answer, seed, s.index)) for s in served]
 
 
 def judge_offline(
@@ -105,14 +109,13 @@ def judge_offline(
     with the served versions stays paired. Batched ``generate`` instead of the API's scheduler:
     same distribution, not the same samples.
     """
-    import random
 
     import torch
 
     from core.behavior.encoding import most_preferred_sentence
     from rlhb.evaluation.offline_answers import generate_answers, load_generator
     from rlhb.simulate.driver import Served
-    from rlhb.simulate.users import load_user_model, sample_reactions
+    from rlhb.simulate.users import load_user_model
 
     t0 = time.time()
     tok, model = load_generator(model_path, str(lane.root / "adapters" / version), cfg.threads)
@@ -127,8 +130,6 @@ def judge_offline(
         answers = generate_answers(tok, model, batch, behavior, cfg.max_tokens, cfg.temperature)
         for offset, (question, answer) in enumerate(zip(batch, answers, strict=True)):
             index = start + offset
-            judgement = user.judge(question, answer)
-            asker = sample_reactions(judgement, 1, random.Random(f"{eval_seed}:{index}"))[0]
             served.append(
                 Served(
                     index=index,
@@ -136,16 +137,10 @@ def judge_offline(
                     answer=answer.strip(),
                     impression_id="",  # never served: no impression
                     adapter_version=version,
-                    p_like=judgement.p_like,
-                    degenerate=judgement.degenerate,
-                    asker_liked=asker.like,
-                    asker_disliked=asker.dislike,
                     views=1,
-                    clicks=int(asker.click),
-                    likes=int(asker.like),
-                    dislikes=int(asker.dislike),
                     events_sent=0,
                     latency_s=0.0,
+                    **asker_judgement(user, question, answer, eval_seed, index),
                 )
             )
     del model
