@@ -1,6 +1,7 @@
 """D designs on held-out accuracy, and the ceiling (issue 14 item 3, the measurement part).
 
-For each discriminator design (``discriminator="minilm"``, the factorized MiniLM default, and
+For each discriminator design (``discriminator="minilm"``, the factorized MiniLM default;
+``minilm-frozen``, the same with its encoder frozen and its features cached, ``d_freeze_encoder``; and
 ``discriminator="lm"``, the paper's D: the SmolLM2 base trunk with its own LoRA and a scalar head)
 this runs RLHB's D warm-up only (no PPO) with the trainer's own code (``RLHBTrainer.warmup``: real vs
 behavior-swapped triplets plus the kappa bootstrap, E8's settings: 150 steps, the library's D
@@ -205,6 +206,13 @@ def bootstrap(d_real, d_swap, o_real, o_swap, n_boot: int, seed: int) -> dict[st
 
 
 # --------------------------------------------------------------------------- designs
+DESIGNS = {
+    "minilm": {"discriminator": "minilm"},
+    "minilm-frozen": {"discriminator": "minilm", "d_freeze_encoder": True},  # cached f(s, a), head trained alone
+    "lm": {"discriminator": "lm"},
+}
+
+
 def make_trainer(records, design: str, steps: int, threads: int, seed: int, scratch: Path):
     from trainer.algorithms import TrainRequest, default_config
     from trainer.algorithms.rlhb import RLHBTrainer
@@ -223,7 +231,7 @@ def make_trainer(records, design: str, steps: int, threads: int, seed: int, scra
         minibatch_size=8,
         d_frozen=True,
         preferred_prompt_share=0.5,
-        discriminator=design,
+        **DESIGNS[design],
     )
     request = TrainRequest(
         records=records,
@@ -378,6 +386,9 @@ def main() -> None:
     p.add_argument("--designs", default="minilm,lm")
     p.add_argument("--steps", type=int, default=150, help="D warm-up steps (E8: 150).")
     p.add_argument("--lm-steps", type=int, default=150, help="Warm-up steps of the lm design (slow on a CPU).")
+    p.add_argument(
+        "--frozen-steps", type=int, default=1500, help="Warm-up steps of minilm-frozen (a head step is cheap)."
+    )
     p.add_argument("--eval-every", type=int, default=50, help="Held-out metrics every this many steps.")
     p.add_argument("--lm-eval-every", type=int, default=10)
     p.add_argument("--budget-s", type=float, default=0, help="Stop a design's warm-up after this wall time (0: none).")
@@ -418,8 +429,10 @@ def main() -> None:
     results, heldout_ids = [], None
     with tempfile.TemporaryDirectory(prefix="d-designs-") as scratch:
         for design in args.designs.split(","):
-            steps = args.lm_steps if design == "lm" else args.steps
-            every = args.lm_eval_every if design == "lm" else args.eval_every
+            steps = {"lm": args.lm_steps, "minilm-frozen": args.frozen_steps}.get(design, args.steps)
+            every = {"lm": args.lm_eval_every, "minilm-frozen": max(args.eval_every, steps // 10)}.get(
+                design, args.eval_every
+            )
             args.deadline = time.time() + args.budget_s if args.budget_s else math.inf
             res, ids = run_design(design, steps, every, records, oracle_rows, args, rows, Path(scratch))
             if heldout_ids is not None and ids != heldout_ids:

@@ -257,6 +257,11 @@ class RLHBConfig(PPOConfig):
     """D's learning rate (encoder / adapter)."""
     d_head_learning_rate: float = 1e-3
     """Learning rate of D's freshly initialized head (projections, scalar head)."""
+    d_freeze_encoder: bool = False
+    """discriminator="minilm" only: keep the encoder f(s, a) as shipped and train the bilinear head alone.
+    f is then a fixed function of the (question, answer) text, so each pair is encoded once and cached:
+    a warm-up step costs a head update instead of an encoder backward (issue 14 item 7's "frozen encoder
+    features cached, a trained head"). What it costs in D's accuracy: bench/demo_experiments.md E16."""
     d_batch_size: int = 16
     """Real triplets per D update; the fake batch has the same size."""
     d_updates_per_iteration: int = 1
@@ -332,6 +337,11 @@ class RLHBConfig(PPOConfig):
             f"discriminator must be one of {DISCRIMINATOR_KINDS}; got {self.discriminator!r}.",
         )
         _require(self.reward in D_REWARD_KINDS, f"reward must be one of {D_REWARD_KINDS}; got {self.reward!r}.")
+        _require(
+            not (self.d_freeze_encoder and self.discriminator != "minilm"),
+            f'd_freeze_encoder applies to discriminator="minilm" (a cached f(s, a)); the {self.discriminator!r} D '
+            "reads the behavior sentence in its trunk, so there is nothing behavior-free to cache: unset it.",
+        )
         _require(self.d_lora_r >= 1, f"d_lora_r must be >= 1; got {self.d_lora_r}.")
         _require(self.d_embed_dim >= 1, f"d_embed_dim must be >= 1; got {self.d_embed_dim}.")
         _require(self.d_max_tokens >= 16, f"d_max_tokens must be >= 16; got {self.d_max_tokens}.")

@@ -96,11 +96,20 @@ class Discriminator(nn.Module):
         return True
 
 
+FEATURE_CACHE_SIZE = 50_000
+"""With a frozen encoder: (question, answer) features kept, oldest dropped first (~1.5 KB each)."""
+
+
 class MiniLMDiscriminator(Discriminator):
-    """z = <P f(s, a), Q e(b)> + c(e(b)); f fine-tuned, e frozen."""
+    """z = <P f(s, a), Q e(b)> + c(e(b)); f fine-tuned (or frozen and cached: ``freeze_encoder``), e frozen."""
 
     def __init__(
-        self, embed_dim: int, max_tokens: int, folder: Path | None = None, device: torch.device | str = "cpu"
+        self,
+        embed_dim: int,
+        max_tokens: int,
+        folder: Path | None = None,
+        device: torch.device | str = "cpu",
+        freeze_encoder: bool = False,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -120,6 +129,11 @@ class MiniLMDiscriminator(Discriminator):
         self.max_tokens = max_tokens
         self._behavior_cache: dict[str, torch.Tensor] = {}
         self._center: torch.Tensor | None = None
+        self.freeze_encoder = freeze_encoder
+        self._feature_cache: dict[tuple[str, str], torch.Tensor] = {}
+        if freeze_encoder:
+            for p in self.encoder.parameters():
+                p.requires_grad_(False)
         self.to(device)
         frozen.to(device)
         self.eval()
@@ -163,8 +177,21 @@ class MiniLMDiscriminator(Discriminator):
         return torch.stack([self._behavior_cache[b] for b in behaviors])  # (B, H)
 
     def answer_features(self, queries: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
-        """f(s, a): (B, H)."""
-        return self._encode(self.encoder, queries, answers)
+        """f(s, a): (B, H). A frozen encoder encodes each distinct pair once (no gradient flows into it)."""
+        if not self.freeze_encoder:
+            return self._encode(self.encoder, queries, answers)
+        keys = list(zip(queries, answers, strict=True))
+        missing = list(dict.fromkeys(k for k in keys if k not in self._feature_cache))
+        if missing:
+            with torch.no_grad():
+                for start in range(0, len(missing), 64):  # bounded activations however many are new
+                    chunk = missing[start : start + 64]
+                    feats = self._encode(self.encoder, [q for q, _ in chunk], [a for _, a in chunk])
+                    self._feature_cache.update(zip(chunk, feats, strict=True))
+        features = torch.stack([self._feature_cache[k] for k in keys])  # (B, H), before any eviction
+        for old in list(self._feature_cache)[: max(0, len(self._feature_cache) - FEATURE_CACHE_SIZE)]:
+            del self._feature_cache[old]
+        return features
 
     def combine(self, features: torch.Tensor, behaviors: Sequence[str]) -> torch.Tensor:
         e = self.behavior_embeddings(behaviors)  # (B, H)
@@ -246,15 +273,15 @@ def build_discriminator(
 
     device, dtype = resolve_device(device, dtype)
     if config.discriminator == "minilm":
-        return MiniLMDiscriminator(config.d_embed_dim, config.d_max_tokens, device=device)
+        return MiniLMDiscriminator(
+            config.d_embed_dim, config.d_max_tokens, device=device, freeze_encoder=config.d_freeze_encoder
+        )
     return LMDiscriminator(config.d_model_path or model_path, config.d_lora_r, config.d_max_tokens, device, dtype)
 
 
 def make_optimizer(d: Discriminator, config: RLHBConfig) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        [
-            {"params": d.body_parameters(), "lr": config.d_learning_rate},
-            {"params": d.head_parameters(), "lr": config.d_head_learning_rate},
-        ],
-        weight_decay=0.0,
-    )
+    groups = [
+        {"params": d.body_parameters(), "lr": config.d_learning_rate},
+        {"params": d.head_parameters(), "lr": config.d_head_learning_rate},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)  # a frozen encoder: no body

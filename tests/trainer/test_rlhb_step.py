@@ -237,3 +237,37 @@ def test_kl_reference_start_is_the_policy_as_ppo_found_it_and_stays_frozen(tiny_
 def test_kl_reference_is_validated_with_a_message():
     with pytest.raises(ValueError, match="kl_reference must be one of"):
         small_config(kl_reference="parent")
+
+
+def test_frozen_encoder_d_trains_its_head_alone_and_encodes_each_pair_once(tiny_model_dir, tmp_path, monkeypatch):
+    trainer = make_trainer(tiny_model_dir, tmp_path, d_freeze_encoder=True)
+    d = trainer.discriminator
+    encoder_before = {n: p.detach().clone() for n, p in d.encoder.named_parameters()}
+    head_before = [p.detach().clone() for p in d.head_parameters()]
+    encoded: list[tuple[str, str]] = []  # (question, answer) pairs that went through the encoder f
+    real_encode = type(d)._encode
+
+    def spy(model, texts, pairs=None):
+        if model is d.encoder:
+            encoded.extend(zip(texts, pairs, strict=True))
+        return real_encode(d, model, texts, pairs)
+
+    monkeypatch.setattr(d, "_encode", spy)
+    cached_at_start = len(d._feature_cache)  # the held-out pairs, scored once when the trainer was built
+    for _ in range(4):
+        trainer.d_step([])
+    assert all(torch.equal(p, encoder_before[n]) for n, p in d.encoder.named_parameters())
+    assert any(not torch.equal(p, old) for p, old in zip(d.head_parameters(), head_before, strict=True))
+    assert encoded and len(encoded) == len(set(encoded)) == len(d._feature_cache) - cached_at_start
+    trainer.heldout_accuracy()
+    trainer.heldout_accuracy()
+    assert len(encoded) == len(set(encoded))  # held-out pairs came from the cache, twice
+    r = trainer.train_records[0]
+    with torch.no_grad():
+        fresh = real_encode(d, d.encoder, [r.query], [r.response])[0]
+    assert torch.allclose(d.answer_features([r.query], [r.response])[0], fresh, atol=1e-6)
+
+
+def test_frozen_encoder_is_only_for_the_minilm_d():
+    with pytest.raises(ValueError, match='d_freeze_encoder applies to discriminator="minilm"'):
+        small_config(discriminator="lm", d_freeze_encoder=True)
