@@ -17,15 +17,29 @@ ALGORITHM_LABELS = {"rlhb": "RLHB", "rlhbc": "RLHBC", "rlhf": "direct-reward RL"
 def algorithm_label(name: str, overrides: dict) -> str:
     """The algorithm's label with the departures from the paper its overrides make, so a report
     never calls a variant by the method's plain name (e.g. RLHB with a frozen discriminator is
-    the paper's own negative ablation, section 6.4)."""
+    the paper's own negative ablation, section 6.4). The overrides are read as the trainer reads
+    them (``--set d_frozen=false`` is text: not frozen)."""
+    import typing
+
+    from trainer.algorithms import default_config
+    from trainer.config import parse_value
+
+    hints = typing.get_type_hints(type(default_config(name)))  # fields this algorithm has, with their types
+    o = {
+        k: parse_value(v, hints[k], f"--set {k}") if isinstance(v, str) else v
+        for k, v in overrides.items()
+        if k in hints
+    }
     notes = []
-    if overrides.get("d_frozen"):
+    if o.get("d_frozen"):
         notes.append("frozen discriminator, paper section 6.4")
-    if float(overrides.get("preferred_prompt_share", 0.0)) >= 1.0:
+    if o.get("d_freeze_encoder"):
+        notes.append("discriminator's encoder frozen, head trained alone")
+    if float(o.get("preferred_prompt_share", 0.0)) >= 1.0:
         notes.append("every PPO prompt on the served sentence")
-    if int(overrides.get("steer_steps", 0)) > 0:
-        notes.append(f"{int(overrides['steer_steps'])} steering steps before PPO")
-    if overrides.get("kl_reference", "base") != "base":
+    if int(o.get("steer_steps", 0)) > 0:
+        notes.append(f"{int(o['steer_steps'])} steering steps before PPO")
+    if o.get("kl_reference", "base") != "base":
         notes.append("KL to the round's start, not the base")
     base = ALGORITHM_LABELS.get(name, name)
     return f"{base} ({'; '.join(notes)})" if notes else base

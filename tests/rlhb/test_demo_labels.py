@@ -24,6 +24,15 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
     )
 
 
+def test_labels_read_set_values_as_the_trainer_does():
+    # --set values arrive as text: "false" must not read as a frozen discriminator
+    assert algorithm_label("rlhb", {"d_frozen": "false", "preferred_prompt_share": "0.5"}) == "RLHB"
+    assert algorithm_label("rlhb", {"d_frozen": "true", "d_freeze_encoder": "true", "d_warmup_steps": "600"}) == (
+        "RLHB (frozen discriminator, paper section 6.4; discriminator's encoder frozen, head trained alone)"
+    )
+    assert algorithm_label("sft", {"d_frozen": "true"}) == "SFT"  # a field sft does not have is not its departure
+
+
 def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_can_override_it():
     cfg = DemoConfig(algorithms=("rlhb-steer", "rlhb"))
     assert cfg.gate_overrides("rlhb-steer", {}) == {"kl_bound": 0.7} and cfg.gate_overrides("rlhb", {}) == {}
