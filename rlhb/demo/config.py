@@ -21,10 +21,11 @@ def algorithm_label(name: str, overrides: dict) -> str:
     them (``--set d_frozen=false`` is text: not frozen)."""
     import typing
 
-    from trainer.algorithms import default_config
+    from trainer.algorithms import ALGORITHMS, default_config
     from trainer.config import parse_value
 
-    hints = typing.get_type_hints(type(default_config(name)))  # fields this algorithm has, with their types
+    # the fields this algorithm has, with their types ("base", a report row, has none)
+    hints = typing.get_type_hints(type(default_config(name))) if name in ALGORITHMS else {}
     o = {
         k: parse_value(v, hints[k], f"--set {k}") if isinstance(v, str) else v
         for k, v in overrides.items()

@@ -31,6 +31,7 @@ def test_labels_read_set_values_as_the_trainer_does():
         "RLHB (frozen discriminator, paper section 6.4; discriminator's encoder frozen, head trained alone)"
     )
     assert algorithm_label("sft", {"d_frozen": "true"}) == "SFT"  # a field sft does not have is not its departure
+    assert algorithm_label("base", {}) == "base"  # the report's base row
 
 
 def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_can_override_it():
