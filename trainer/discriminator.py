@@ -190,8 +190,8 @@ class MiniLMDiscriminator(Discriminator):
                     feats = self._encode(self.encoder, [q for q, _ in chunk], [a for _, a in chunk])
                     self._feature_cache.update(zip(chunk, feats, strict=True))
         features = torch.stack([self._feature_cache[k] for k in keys])  # (B, H), before any eviction
-        for old in list(self._feature_cache)[: max(0, len(self._feature_cache) - FEATURE_CACHE_SIZE)]:
-            del self._feature_cache[old]
+        while len(self._feature_cache) > FEATURE_CACHE_SIZE:  # oldest first; no key list built per call
+            del self._feature_cache[next(iter(self._feature_cache))]
         return features
 
     def combine(self, features: torch.Tensor, behaviors: Sequence[str]) -> torch.Tensor:
