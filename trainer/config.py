@@ -308,6 +308,15 @@ class RLHBConfig(PPOConfig):
     demonstrations as fake-real data", a brake on D's confidence exactly where the policy should go (and why 50%
     collapses D: half its fakes are then real). "generations": the highest-rewarded rollouts so far (an earlier
     reading; those are fakes anyway, so it is a replay of the policy's best, not a brake)."""
+    d_truncated_share: float = 0.0
+    """Share of D's fake batch made of truncated real answers: a training record's answer cut to its first
+    k words (k uniform in 0..``d_truncated_max_words``, below its length), under the sentence a PPO prompt
+    would carry (the served one with probability ``preferred_prompt_share``, else the record's own). These are
+    the fakes an adversarial D would get from a policy that collapsed to near-empty answers, given ahead of
+    time: a frozen D never sees such answers and its score on them is extrapolation, which PPO found
+    (near-empty answers x3-x10 in every frozen-D run, bench/demo_experiments.md E14-E17). 0 = the paper."""
+    d_truncated_max_words: int = 8
+    """Longest prefix (in words) a truncated fake keeps."""
     d_label_smoothing: float = 0.0
     """One-sided label smoothing: D trains reals toward 1 - this (Salimans et al. 2016). 0 = the paper."""
     d_replay_size: int = 0
@@ -392,9 +401,16 @@ class RLHBConfig(PPOConfig):
             f"kappa must be in [0, 1); got {self.kappa}. The paper uses 0-0.5; 0.5 made D collapse.",
         )
         _require(
-            self.swap_share + self.kappa <= 1.0,
-            f"swap_share ({self.swap_share}) + kappa ({self.kappa}) must be <= 1: together they are shares of one "
-            "fake batch; lower one of them.",
+            self.swap_share + self.kappa + self.d_truncated_share <= 1.0,
+            f"swap_share ({self.swap_share}) + kappa ({self.kappa}) + d_truncated_share ({self.d_truncated_share}) "
+            "must be <= 1: together they are shares of one fake batch; lower one of them.",
+        )
+        _require(
+            0.0 <= self.d_truncated_share <= 1.0, f"d_truncated_share must be in [0, 1]; got {self.d_truncated_share}."
+        )
+        _require(
+            self.d_truncated_max_words >= 0,
+            f"d_truncated_max_words must be >= 0; got {self.d_truncated_max_words}.",
         )
         _require(
             0.0 < self.heldout_fraction < 0.9,

@@ -36,6 +36,8 @@ def algorithm_label(name: str, overrides: dict) -> str:
         notes.append("frozen discriminator, paper section 6.4")
     if o.get("d_freeze_encoder"):
         notes.append("discriminator's encoder frozen, head trained alone")
+    if float(o.get("d_truncated_share", 0.0)) > 0:
+        notes.append(f"truncated real answers as {float(o['d_truncated_share']):.0%} of D's fakes")
     if float(o.get("preferred_prompt_share", 0.0)) >= 1.0:
         notes.append("every PPO prompt on the served sentence")
     if int(o.get("steer_steps", 0)) > 0:

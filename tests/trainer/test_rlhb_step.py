@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+import random
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.helpers.toy_task import DISLIKED, LIKED, toy_records
 from trainer.algorithms.base import TrainRequest
-from trainer.algorithms.rlhb import Config, RLHBTrainer
+from trainer.algorithms.rlhb import Config, RLHBTrainer, truncate_words
 from trainer.rollouts import Prompt
 
 
@@ -271,3 +274,50 @@ def test_frozen_encoder_d_trains_its_head_alone_and_encodes_each_pair_once(tiny_
 def test_frozen_encoder_is_only_for_the_minilm_d():
     with pytest.raises(ValueError, match='d_freeze_encoder applies to discriminator="minilm"'):
         small_config(discriminator="lm", d_freeze_encoder=True)
+
+
+@given(
+    answer=st.lists(st.sampled_from(["cat", "dog", "good", "sky."]), max_size=30).map(" ".join),
+    max_words=st.integers(0, 10),
+    seed=st.integers(0, 1000),
+)
+def test_truncate_words_keeps_a_short_strict_prefix(answer, max_words, seed):
+    cut = truncate_words(answer, max_words, random.Random(seed))
+    kept = cut.split()
+    assert kept == answer.split()[: len(kept)]  # a prefix, word for word
+    assert len(kept) <= max_words and (len(kept) < len(answer.split()) or not answer)
+
+
+def test_truncated_fakes_are_cut_real_answers_under_the_sentence_ppo_prompts_carry(tiny_model_dir, tmp_path):
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, d_truncated_share=0.25, swap_share=0.25, kappa=0.0, d_batch_size=8,
+        d_truncated_max_words=2, preferred_prompt_share=1.0,
+    )  # fmt: skip
+    answers: dict[str, set[str]] = {}
+    for r in trainer.train_records:
+        answers.setdefault(r.query, set()).add(r.response)
+    served = trainer.pool.most_preferred()
+    generated = [("q", f"generated {i}", LIKED) for i in range(8)]
+    for fake in (trainer._fake_batch(generated), trainer._fake_batch([])):  # PPO, then warm-up
+        assert len(fake) == 8
+        cut = [t for t in fake if t[0] in answers and t[1] not in answers[t[0]]]
+        assert len(cut) == 2 and all(b == served and len(a.split()) <= 2 for _, a, b in cut)
+        assert all(any(w.split()[: len(a.split())] == a.split() for w in answers[q]) for q, a, _ in cut)
+    own = make_trainer(tiny_model_dir, tmp_path / "own", d_truncated_share=1.0, swap_share=0.0, kappa=0.0)
+    behaviors = {b for _, _, b in own._fake_batch([])}
+    assert behaviors == {LIKED, DISLIKED} or len(behaviors) == 2  # preferred_prompt_share 0: each record's own
+
+
+def test_truncated_fakes_teach_d_that_a_cut_answer_is_worse_than_the_whole(tiny_model_dir, tmp_path):
+    """d_heldout_truncated_win (the share of held-out answers D would rather see cut to a few words)
+    falls when D trains on truncated fakes, and is reported with the held-out metrics."""
+    wins = {}
+    for share in (0.0, 0.5):
+        trainer = make_trainer(
+            tiny_model_dir, tmp_path / str(share), d_truncated_share=share, swap_share=0.5, kappa=0.0,
+            d_batch_size=8, preferred_prompt_share=1.0,
+        )  # fmt: skip
+        for _ in range(40):
+            trainer.d_step([])
+        wins[share] = trainer.heldout_accuracy()["d_heldout_truncated_win"]
+    assert wins[0.5] < wins[0.0]

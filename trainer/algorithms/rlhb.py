@@ -42,6 +42,11 @@ Departures from the paper:
   (``d_adversarial_lr_scale``).
 - D's fake batch also holds behavior-swapped real triplets (``swap_share``): without them
   D can ignore b entirely and still separate real from generated text.
+- Truncated fakes (``d_truncated_share``, off by default): real answers cut to a few words, under the
+  sentence a PPO prompt would carry, labelled fake from the warm-up on. A frozen D has never seen a
+  near-empty answer and PPO found that gap in every frozen-D run; these close it ahead of time. Whatever
+  the share, ``d_heldout_truncated_win`` measures the gap: the share of held-out records whose answer cut
+  to a few words gets a higher reward than the whole answer, under the served sentence.
 """
 
 from __future__ import annotations
@@ -71,6 +76,12 @@ log = logging.getLogger(__name__)
 Triplet = tuple[str, str, str]  # (query, answer, behavior)
 TOP_RECORD_SHARE = 0.2
 """kappa_source="records": the bootstrap draws from this top share of training records by shaped reward."""
+
+
+def truncate_words(answer: str, max_words: int, rng: random.Random) -> str:
+    """The answer's first k words, k uniform in 0..max_words and below its word count (a near-empty prefix)."""
+    words = answer.split()
+    return " ".join(words[: rng.randint(0, max(0, min(max_words, len(words) - 1)))])
 
 
 def top_rewarded(records, share: float) -> list:
@@ -103,6 +114,9 @@ class RLHBTrainer:
         self.d_optimizer = make_optimizer(self.discriminator, config)
         swap_rng = random.Random(request.seed + 1)  # fixed held-out swaps: the metric compares like with like
         self.heldout_swaps = [self.pool.swap(r.behavior_text, swap_rng) for r in self.heldout_records]
+        self.heldout_truncated = [
+            truncate_words(r.response, config.d_truncated_max_words, swap_rng) for r in self.heldout_records
+        ]
         self.top_generations: list[tuple[float, int, Triplet]] = []  # min-heap of the best (reward, tiebreak, triplet)
         self.top_records = top_rewarded(self.train_records, TOP_RECORD_SHARE)  # kappa_source="records"
         self.replay: list[Triplet] = []  # reservoir of earlier generations (d_replay_size)
@@ -115,16 +129,20 @@ class RLHBTrainer:
     # ------------------------------------------------------------------ rewards
     def reward(self, queries: list[str], answers: list[str], behaviors: list[str]) -> torch.Tensor:
         """The score PPO maximizes (B,): contrastive or raw D (``config.reward``)."""
+        reward, z = self._score(queries, answers, behaviors)
+        self._last_prob = torch.sigmoid(z)
+        return reward
+
+    @torch.no_grad()
+    def _score(self, queries: list[str], answers: list[str], behaviors: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(reward (B,), z(s, a; b) (B,)) without side effects."""
         d = self.discriminator
-        with torch.no_grad():
-            if self.config.reward == "contrastive":
-                opposite = [self.pool.opposite(b) or b for b in behaviors]
-                z, z_opp = d.logits_pair(queries, answers, behaviors, opposite)
-                self._last_prob = torch.sigmoid(z)
-                return contrastive_reward(z, z_opp)
-            z = d.logits(queries, answers, behaviors)
-            self._last_prob = torch.sigmoid(z)
-            return discriminator_reward(z, self.config.reward)
+        if self.config.reward == "contrastive":
+            opposite = [self.pool.opposite(b) or b for b in behaviors]
+            z, z_opp = d.logits_pair(queries, answers, behaviors, opposite)
+            return contrastive_reward(z, z_opp), z
+        z = d.logits(queries, answers, behaviors)
+        return discriminator_reward(z, self.config.reward), z
 
     # ------------------------------------------------------------------ discriminator
     def _real_batch(self, n: int) -> list[Triplet]:
@@ -140,22 +158,35 @@ class RLHBTrainer:
                 out.append((r.query, r.response, swapped))
         return out
 
+    def _truncated_batch(self, n: int) -> list[Triplet]:
+        """Real answers cut to a few words, under the sentence a PPO prompt would carry (``d_truncated_share``)."""
+        cfg, out = self.config, []
+        for _ in range(n):
+            r = self.train_records[self.rng.randrange(len(self.train_records))]
+            served = self.rng.random() < cfg.preferred_prompt_share
+            behavior = self.pool.most_preferred() if served else r.behavior_text
+            out.append((r.query, truncate_words(r.response, cfg.d_truncated_max_words, self.rng), behavior))
+        return out
+
     def _bootstrap_pool(self) -> list[Triplet]:
         if self.config.kappa_source == "records":
             return [(r.query, r.response, r.behavior_text) for r in self.top_records]
         return [t for _, _, t in self.top_generations]
 
     def _fake_batch(self, generated: list[Triplet]) -> list[Triplet]:
-        """swap_share swapped reals + kappa bootstrap + the rest generations (fresh, or replayed)."""
+        """swap_share swapped reals + kappa bootstrap + d_truncated_share truncated reals + the rest
+        generations (fresh, or replayed)."""
         cfg = self.config
         size = cfg.d_batch_size
         pool = self._bootstrap_pool()
         n_boot = round(cfg.kappa * size) if pool else 0
         boot = [pool[self.rng.randrange(len(pool))] for _ in range(n_boot)]
+        n_trunc = round(cfg.d_truncated_share * size)
+        boot += self._truncated_batch(n_trunc)
         if not generated:  # warm-up: no generations yet
-            return self._swapped_batch(size - n_boot) + boot
+            return self._swapped_batch(size - n_boot - n_trunc) + boot
         n_swap = round(cfg.swap_share * size)
-        n_gen = size - n_swap - n_boot
+        n_gen = size - n_swap - n_boot - n_trunc
         n_old = round(cfg.d_replay_share * n_gen) if self.replay else 0
         old = [self.replay[self.rng.randrange(len(self.replay))] for _ in range(n_old)]
         n_new = n_gen - n_old
@@ -230,7 +261,22 @@ class RLHBTrainer:
             "d_heldout_acc": pairwise,
             "d_heldout_cls_acc": threshold,
             "d_heldout_auroc": pairwise_auroc(z_real, z_swap),
+            "d_heldout_truncated_win": self.truncated_win(),
         }
+
+    @torch.no_grad()
+    def truncated_win(self) -> float:
+        """Share of held-out records whose answer cut to a few words outranks the whole answer in PPO's
+        reward, both under the served sentence: 0 = D never prefers the near-empty prefix; higher = a
+        gap PPO can exploit by answering less."""
+        records = self.heldout_records
+        if not records:
+            return float("nan")
+        queries = [r.query for r in records] * 2
+        served = [self.pool.most_preferred()] * len(queries)
+        rewards, _ = self._score(queries, [r.response for r in records] + self.heldout_truncated, served)
+        whole, cut = rewards[: len(records)], rewards[len(records) :]  # (N,), (N,)
+        return (cut > whole).float().mean().item()
 
     def warmup(self) -> list[dict[str, float]]:
         """Before any PPO: ``steer_steps`` behavior-conditioned SFT steps on the policy
