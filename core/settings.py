@@ -770,6 +770,14 @@ class TrainerSettings(CommonSettings):
     guardrail_tau: float = Field(default=0.05, gt=0, lt=1, description="Guardrail mSPRT mixture std (rate points).")
     guardrail_margin: float = Field(default=0.0, ge=0, lt=1, description="Drops below this never roll back.")
     guardrail_min_views: int = Field(default=100, ge=1, description="Views per version before the guardrail acts.")
+    quarantine_rejected_data: bool = Field(
+        default=True,
+        description="Data rollback: when the live guardrail rolls a version back, or rejects an A/B candidate, "
+        "because users liked it significantly less, the records it learned from beyond its parent (their "
+        "updated_at window) leave the replay buffer and stay out, so the next round does not learn the same "
+        "thing again (trainer/data_windows.py). A behavior-guard rejection keeps the data. false keeps "
+        "everything.",
+    )
     ab_share: float = Field(
         default=0.0,
         ge=0,

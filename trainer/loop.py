@@ -77,6 +77,8 @@ from core.registry import PointerPublishError, Registry, RegistryError
 from core.settings import TrainerSettings
 from schemas.adapters import BASE_VERSION
 from schemas.behavior import BehaviorRecord
+from trainer.data_windows import FILE_NAME as DATA_WINDOWS_FILE
+from trainer.data_windows import DataWindows
 from trainer.guardrail import GuardrailConfig, LiveCounts, ab_test, drop_test
 from trainer.record_store import FILE_NAME as RECORDS_FILE
 from trainer.record_store import RecordStore
@@ -173,6 +175,8 @@ class Trainer:
         self.live = LiveCounts()
         self.store = RecordStore(Path(settings.state_dir) / RECORDS_FILE, settings.buffer_size)
         self.reloaded = 0  # records reloaded from the store at start
+        self.data_windows = DataWindows(Path(settings.state_dir) / DATA_WINDOWS_FILE)
+        self.quarantined_records = 0  # records kept out of training by a data rollback (this process)
         self.guardrail_cfg = guardrail_config(settings)
         self.gate_cfg = build_gate_config(settings)
         build_algorithm_config(settings, settings.algorithm)  # fail at start on a bad override, not in round 1
@@ -256,8 +260,11 @@ class Trainer:
         """The records kept on disk into the buffer and the live counts (before the topic is read),
         then the file rewritten from the buffer: bounded, deduplicated, no torn line."""
         for record in self.store.load():
-            self.buffer.add(record)
             self.live.add(record)
+            if self.data_windows.is_quarantined(record):
+                self.quarantined_records += 1
+                continue
+            self.buffer.add(record)
             self.reloaded += 1
         self.store.rewrite(self.buffer.records())
         if self.reloaded:
@@ -326,13 +333,17 @@ class Trainer:
                 str(e).splitlines()[0],
             )
             record = None
+        if record is not None:
+            self.live.add(record)  # what was served, for the guardrail, quarantined or not
+            if self.data_windows.is_quarantined(record):
+                self.quarantined_records += 1
+                record = None
         if message.offset >= self._seen_upto.get(tp, 0):
             self._seen_upto[tp] = message.offset + 1
             if record is not None and message.offset >= self._committed_at_start.get(tp, 0):
                 self.new_records += 1
         if record is not None:
             self.buffer.add(record)
-            self.live.add(record)
         return record
 
     # ------------------------------------------------------------------ rounds
@@ -407,6 +418,7 @@ class Trainer:
             except RegistryError as e:
                 log.warning("active version %s cannot be trained on (%s); starting from a fresh adapter", active, e)
         name = f"{algorithm}-r{round_no:04d}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        summary["data_window"] = self.data_windows.record_round(name, parent.name if parent else None, records)
         metrics_dir = Path(s.state_dir) / "trainer-metrics"
         metrics_dir.mkdir(parents=True, exist_ok=True)
         self.progress.watch(metrics_dir / f"{name}.jsonl")
@@ -525,6 +537,7 @@ class Trainer:
             log.error("guardrail wanted to roll back %s but could not: %s", active, e)
             return None
         event = {"at": time.time(), "rolled_back": active, "restored": restored, "reason": decision.reason}
+        event["data_quarantined"] = self._quarantine(active, decision.reason)
         self.guardrail_rollbacks.append(event)
         log.warning("%s -> rolled back %s, %s active", decision.reason, active, restored)
         self._publish_status(force=True)
@@ -549,6 +562,7 @@ class Trainer:
         cand_views, cand_likes = self.live.get_arm(trial.candidate, "candidate")
         act_views, act_likes = self.live.get_arm(trial.candidate, "active")
         look = ab_test(cand_likes, cand_views, act_likes, act_views, self.settings.ab_min_views, self.guardrail_cfg)
+        users_liked_it_less = look.outcome == "reject"  # not the behavior guard's reject below: not the data's fault
         behavior: dict[str, Any] = {}
         if look.outcome == "promote":  # users did not like it less: did it get there by gaming them?
             behavior, problem = self._live_behavior_guard(trial.candidate)
@@ -588,6 +602,8 @@ class Trainer:
             "arms": self.trial_look["arms"],
             "behavior": behavior,
         }
+        if users_liked_it_less:
+            event["data_quarantined"] = self._quarantine(trial.candidate, look.reason)
         self.trial_decisions.append(event)
         self.trial_look = {}
         if look.outcome == "reject":
@@ -596,6 +612,19 @@ class Trainer:
             log.info("%s -> promoted %s", look.reason, trial.candidate)
         self._publish_status(force=True)
         return event
+
+    def _quarantine(self, version: str, reason: str) -> dict | None:
+        """Data rollback (``trainer.data_windows``): the records ``version`` learned from leave training.
+        None when off, or when the version has no recorded window (not trained by this trainer)."""
+        if not self.settings.quarantine_rejected_data:
+            return None
+        entry = self.data_windows.quarantine(version, reason)
+        if entry is None:
+            return None
+        removed = self.buffer.remove_if(self.data_windows.is_quarantined)
+        self.store.rewrite(self.buffer.records())
+        self.quarantined_records += removed
+        return {"since": entry["since"], "until": entry["until"], "records_removed": removed}
 
     def _live_behavior_guard(self, trial: str) -> tuple[dict[str, Any], str]:
         """(metrics, problem) of the behavior guard on what the two arms of ``trial`` served
@@ -639,6 +668,8 @@ class Trainer:
             "buffer": len(self.buffer),
             "records_seen": self.buffer.added,
             "records_reloaded": self.reloaded,
+            "records_quarantined": self.quarantined_records,
+            "data_quarantine": self.data_windows.quarantined[-10:],
             "new_records": self.new_records,
             "records_per_round": self.settings.records_per_round,
             "rounds_done": self.rounds_done,

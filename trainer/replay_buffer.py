@@ -18,6 +18,7 @@ import math
 import random
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 from schemas.behavior import BehaviorRecord
 
@@ -53,6 +54,14 @@ class ReplayBuffer:
             self._records.move_to_end(key)
             while len(self._records) > self.capacity:
                 self._records.popitem(last=False)
+
+    def remove_if(self, predicate: Callable[[BehaviorRecord], bool]) -> int:
+        """Drop every kept record for which ``predicate`` holds (a data rollback); returns how many."""
+        with self._lock:
+            gone = [k for k, r in self._records.items() if predicate(r)]
+            for k in gone:
+                del self._records[k]
+        return len(gone)
 
     def records(self) -> list[BehaviorRecord]:
         """All kept records, oldest update first."""

@@ -256,6 +256,7 @@ def test_ab_trial_rejects_a_candidate_users_like_as_much_whose_live_answers_are_
     trainer = make_trainer(records_per_round=100_000, RLHB_TRAINER_AB_GUARD_MIN_ANSWERS="40", **ab)
     reg = trainer.registry
     reg.register(write_test_adapter(tiny_model_dir, reg.root, "terse2", seed=3, scale=0.01, parent="terse"))
+    trainer.data_windows.record_round("terse2", None, full)  # as if trained here on these records
     reg.start_trial("terse2", 0.5)
     full2 = [
         r.model_copy(update={"trial": "terse2", "adapter_version": "terse", "impression_id": r.impression_id + "-2"})
@@ -275,6 +276,7 @@ def test_ab_trial_rejects_a_candidate_users_like_as_much_whose_live_answers_are_
     assert "live behavior guard" in decision["reason"] and "near-empty answers" in decision["reason"]
     assert decision["behavior"]["near_empty_share"] == 1.0 and decision["behavior"]["near_empty_share_parent"] == 0.0
     assert reg.get("terse2").status == AdapterStatus.rejected and "near-empty" in reg.get("terse2").reason
+    assert "data_quarantined" not in decision  # the policy gamed the users, their feedback was fine: data kept
     assert trainer.live.arm_answers  # kept while the trial ran (and "terse"'s, re-read from the topic, dropped)
     assert {trial for trial, _ in trainer.live.arm_answers} == {"terse2"}
     trainer.step()
@@ -296,3 +298,50 @@ def test_with_ab_share_a_round_that_passes_the_gate_starts_a_trial_and_no_round_
         trainer.step()
     assert trainer.rounds_done == 1 and not trainer.training  # deferred until the trial is decided
     assert trainer.status()["trial"]["candidate"] == first["version"]
+
+
+def test_a_candidate_users_liked_less_takes_the_records_it_learned_from_out_of_training(make_trainer, kafka_bootstrap):
+    """Data rollback (trainer/data_windows.py): rejecting the version does not leave its data to the next round."""
+    ab = dict(RLHB_TRAINER_AB_SHARE="0.5", RLHB_TRAINER_AB_MIN_VIEWS="300", RLHB_TRAINER_GUARDRAIL_MIN_VIEWS="50")
+    trainer = make_trainer(records_per_round=40, **ab)
+    topic = trainer.settings.topic_records
+    taught = toy_records(40)  # stands for a period of bad feedback: the round learns from it
+    produce_records(kafka_bootstrap, topic, taught)
+    step_until(trainer, 1)
+    first = trainer.last_round
+    assert first["outcome"] == "trial", first
+    assert first["data_window"] == {"since": 0.0, "until": max(r.updated_at for r in taught)}
+    candidate = first["version"]
+
+    later = both_arms(candidate, "base", 0, 200, 0.3, 0.05, seed=5)  # users like the candidate far less
+    produce_records(kafka_bootstrap, topic, later)
+    deadline = time.monotonic() + 60
+    while trainer.registry.trial() is not None:
+        assert time.monotonic() < deadline, f"no decision: {trainer.trial_look}"
+        trainer.step()
+    decision = trainer.trial_decisions[-1]
+    assert decision["decision"] == "rejected", decision
+    assert decision["data_quarantined"] == {**first["data_window"], "records_removed": 40}
+    kept = {r.impression_id for r in trainer.buffer.records()}
+    assert kept == {r.impression_id for r in later}  # the arms' records came after the window: they stay
+    status = trainer.status()
+    assert status["records_quarantined"] == 40 and status["data_quarantine"][0]["version"] == candidate
+
+    # The same period's records read again (a replay of the topic, a restart) stay out of training.
+    produce_records(kafka_bootstrap, topic, taught[:5])
+    for _ in range(5):
+        trainer.step()
+    assert {r.impression_id for r in trainer.buffer.records()} == kept
+    trainer.close()
+    restarted = make_trainer(records_per_round=40, **ab)
+    deadline = time.monotonic() + 30
+    while restarted.quarantined_records < 45:  # its record file, then the whole topic again
+        assert time.monotonic() < deadline, restarted.status()
+        restarted.step()
+    assert {r.impression_id for r in restarted.buffer.records()} == kept
+
+
+def test_data_rollback_can_be_switched_off(make_trainer, kafka_bootstrap):
+    trainer = make_trainer(records_per_round=40, RLHB_TRAINER_QUARANTINE_REJECTED_DATA="false")
+    trainer.data_windows.record_round("v1", None, toy_records(3))
+    assert trainer._quarantine("v1", "users liked it less") is None and not trainer.data_windows.quarantined
