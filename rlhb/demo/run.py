@@ -87,6 +87,19 @@ def live_row(
     return row
 
 
+def decision_reason(decision: dict | None) -> str:
+    """The live guardrail's reason, and the data rollback it caused (``trainer.data_windows``), if any."""
+    if not decision:
+        return ""
+    reason, dropped = decision.get("reason", ""), decision.get("data_quarantined")
+    if dropped:
+        reason += (
+            f"; data rollback: {dropped['records_removed']} records it learned from (updated in its round's "
+            "window) are out of training"
+        )
+    return reason
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     import redis as redis_lib
 
@@ -239,13 +252,14 @@ def run_demo(cfg: DemoConfig) -> dict:
                             break
                     phases[f"{algorithm}: round {r} A/B traffic"] = time.time() - t0
                     verdict = decision["decision"] if decision else "undecided"
+                    reason = decision_reason(decision)
                     vr.round_info["guardrail"] = decision or {"decision": "undecided"}
                     live.append(
                         live_row(algorithm, r, rcfg.users, served_ab, candidate=version,
                                  decided_at=(decision or {}).get("at", 0.0), poisoned=cfg.poison_round == r,
-                                 version=version, decision=verdict, reason=(decision or {}).get("reason", ""))
+                                 version=version, decision=verdict, reason=reason)
                     )  # fmt: skip
-                    say(f"  round {r}: live guardrail {verdict} {version} {(decision or {}).get('reason', '')}")
+                    say(f"  round {r}: live guardrail {verdict} {version} {reason}")
                     if decision is None:
                         say("  the A/B trial is still undecided: no further round can start on this lane")
                         vr.status = "undecided"

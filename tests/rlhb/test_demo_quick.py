@@ -129,6 +129,9 @@ def test_quick_demo_with_drift_a_poisoned_round_and_ab_trials(
         assert row["arms"]["active"]["n"] + row["arms"]["candidate"]["n"] + row["after_decision"] == row["n"]
         assert row["users"] == ("warm" if r == 2 else "concise") and row["poisoned"] == (r == 2)
         assert 0 <= row["ci_low"] <= row["like_rate"] <= row["ci_high"] <= 1
+        guardrail = rounds[r]["round_info"]["guardrail"]
+        if row["decision"] == "rejected" and "behavior guard" not in guardrail["reason"]:  # users liked it less
+            assert guardrail["data_quarantined"]["records_removed"] > 0 and "data rollback" in row["reason"]
     assert "decision" in format_live_table(report)
     assert "Live traffic per round" in (cfg.out_dir / "report.md").read_text()
     (recovery,) = report["drift_recovery"]  # one verdict per lane, whatever the noise of the tiny model says
