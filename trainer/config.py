@@ -333,6 +333,11 @@ class RLHBConfig(PPOConfig):
     from overpowering the policy (its reward then saturates and PPO gets no gradient)."""
     reward: str = "contrastive"
     """Reward from D: "contrastive" z(s,a;b) - z(s,a;opposite b), or raw "log_d" (eq. 2), "prob", "logit"."""
+    reward_realness_weight: float = 0.0
+    """With reward="contrastive": add this times log D(s, a; b) (eq. 2) to the contrast. The contrast cancels
+    the part of z that does not depend on b, i.e. whether the answer looks real at all, so an answer D finds
+    unreal under every sentence (cut to a few words, say) is judged only on an extrapolated preference
+    direction; this term puts realness back. 0 = the contrast alone."""
     heldout_fraction: float = 0.2
     """Share of records held out to measure D's accuracy on real vs swapped (never trained on)."""
     heldout_max: int = 64
@@ -347,6 +352,14 @@ class RLHBConfig(PPOConfig):
             f"discriminator must be one of {DISCRIMINATOR_KINDS}; got {self.discriminator!r}.",
         )
         _require(self.reward in D_REWARD_KINDS, f"reward must be one of {D_REWARD_KINDS}; got {self.reward!r}.")
+        _require(
+            self.reward_realness_weight >= 0, f"reward_realness_weight must be >= 0; got {self.reward_realness_weight}."
+        )
+        _require(
+            self.reward_realness_weight == 0 or self.reward == "contrastive",
+            f"reward_realness_weight adds log D to the contrast; with reward={self.reward!r} D's realness is the "
+            "reward already: unset it.",
+        )
         _require(
             not (self.d_freeze_encoder and self.discriminator != "minilm"),
             f'd_freeze_encoder applies to discriminator="minilm" (a cached f(s, a)); the {self.discriminator!r} D '

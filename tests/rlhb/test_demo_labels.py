@@ -30,8 +30,11 @@ def test_labels_read_set_values_as_the_trainer_does():
     assert algorithm_label("rlhb", {"d_frozen": "true", "d_freeze_encoder": "true", "d_warmup_steps": "600"}) == (
         "RLHB (frozen discriminator, paper section 6.4; discriminator's encoder frozen, head trained alone)"
     )
-    assert algorithm_label("rlhb", {"d_frozen": "true", "d_truncated_share": "0.25"}) == (
-        "RLHB (frozen discriminator, paper section 6.4; truncated real answers as 25% of D's fakes)"
+    assert algorithm_label(
+        "rlhb", {"d_frozen": "true", "d_truncated_share": "0.25", "reward_realness_weight": "0.5"}
+    ) == (
+        "RLHB (frozen discriminator, paper section 6.4; truncated real answers as 25% of D's fakes; "
+        "reward: contrast + 0.5 log D)"
     )
     assert algorithm_label("sft", {"d_frozen": "true"}) == "SFT"  # a field sft does not have is not its departure
     assert algorithm_label("base", {}) == "base"  # the report's base row

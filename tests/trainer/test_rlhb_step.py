@@ -321,3 +321,14 @@ def test_truncated_fakes_teach_d_that_a_cut_answer_is_worse_than_the_whole(tiny_
             trainer.d_step([])
         wins[share] = trainer.heldout_accuracy()["d_heldout_truncated_win"]
     assert wins[0.5] < wins[0.0]
+
+
+def test_realness_weight_adds_log_d_to_the_contrast(tiny_model_dir, tmp_path):
+    """The contrast cancels what does not depend on b; the realness term is w * log D(s, a; b) on top of it."""
+    plain = make_trainer(tiny_model_dir, tmp_path / "plain")
+    real = make_trainer(tiny_model_dir, tmp_path / "real", reward_realness_weight=0.5)
+    queries, answers, behaviors = ["q1", "q2"], ["good cat", ""], [LIKED, LIKED]
+    base, z = plain._score(queries, answers, behaviors)
+    with_realness, z2 = real._score(queries, answers, behaviors)
+    assert torch.allclose(z, z2)  # same seed, same D
+    assert torch.allclose(with_realness, base + 0.5 * torch.nn.functional.logsigmoid(z))

@@ -24,7 +24,8 @@ Programmatic use (benchmarks, DDP tests)::
 Departures from the paper:
 - Reward: besides log D (eq. 2) the default is the contrast z(s, a; b) - z(s, a; b_opp)
   with b_opp the logged sentence farthest from b in likes/dislikes (docs/architecture.md: the raw
-  D barely tracked preference, the contrast did). ``config.reward`` picks one.
+  D barely tracked preference, the contrast did). ``config.reward`` picks one;
+  ``reward_realness_weight`` adds w * log D to the contrast, which cancels realness.
 - Bootstrap: the paper bootstraps "highly-rewarded demonstrations as fake-real data" with a
   proportion kappa "to avoid overfitting" of D, and reports that kappa = 50% collapses D. We
   read it as real logged triplets with the highest shaped reward (the top fifth of the
@@ -140,7 +141,10 @@ class RLHBTrainer:
         if self.config.reward == "contrastive":
             opposite = [self.pool.opposite(b) or b for b in behaviors]
             z, z_opp = d.logits_pair(queries, answers, behaviors, opposite)
-            return contrastive_reward(z, z_opp), z
+            reward = contrastive_reward(z, z_opp)
+            if self.config.reward_realness_weight:  # realness, which the contrast cancels (config docstring)
+                reward = reward + self.config.reward_realness_weight * discriminator_reward(z, "log_d")
+            return reward, z
         z = d.logits(queries, answers, behaviors)
         return discriminator_reward(z, self.config.reward), z
 
