@@ -17,9 +17,9 @@ for each D (``--shares``: ``d_truncated_share`` values) and each reward built fr
 ``contrastive`` (the default, z(b) - z(b_opp)), ``log_d`` (the paper's eq. 2), and
 ``contrastive+w log_d`` for w in 0.5, 1, 2 (preference plus realness: ``reward_realness_weight``).
 
-Usage (after a demo: its lane folder holds the records):
+Usage (the records: a demo lane's state/trainer-records.jsonl, or the copy kept with E18):
   .venv/bin/python bench/reward_truncation.py \\
-      --records bench/demo-results/2026-12-05-truncated-fakes/lane-rlhb/state/trainer-records.jsonl \\
+      --records bench/demo-results/2026-12-05-truncated-fakes/base-records.jsonl \\
       --users concise --out bench/demo-results/2026-12-05-truncated-fakes/reward-truncation.jsonl
 Prints one JSON line per (share, reward); writes them to --out.
 """
