@@ -165,10 +165,11 @@ class RLHBTrainer:
     def _truncated_batch(self, n: int) -> list[Triplet]:
         """Real answers cut to a few words, under the sentence a PPO prompt would carry (``d_truncated_share``)."""
         cfg, out = self.config, []
+        preferred = self.pool.most_preferred() if n else ""  # once per batch, not per fake
         for _ in range(n):
             r = self.train_records[self.rng.randrange(len(self.train_records))]
             served = self.rng.random() < cfg.preferred_prompt_share
-            behavior = self.pool.most_preferred() if served else r.behavior_text
+            behavior = preferred if served else r.behavior_text
             out.append((r.query, truncate_words(r.response, cfg.d_truncated_max_words, self.rng), behavior))
         return out
 
