@@ -20,6 +20,7 @@ KL_REFERENCES = ("base", "start")
 DISCRIMINATOR_KINDS = ("minilm", "lm")
 D_REWARD_KINDS = ("contrastive", "log_d", "prob", "logit")
 KAPPA_SOURCES = ("records", "generations")
+TRUNCATED_CUTS = ("head", "mid_sentence")
 ROLLOUT_BACKENDS = ("hf", "vllm")
 
 
@@ -318,7 +319,13 @@ class RLHBConfig(PPOConfig):
     contrastive reward, it makes the reward prefer cut answers *more* (E18: 0.73 -> 0.97 of held-out records; the
     contrast cancels realness): pair it with ``reward_realness_weight`` (E18, both: 0.05). 0 = the paper."""
     d_truncated_max_words: int = 8
-    """Longest prefix (in words) a truncated fake keeps."""
+    """Longest prefix (in words) a truncated fake keeps (``d_truncated_cut="head"``)."""
+    d_truncated_cut: str = "head"
+    """How a truncated fake is cut. "head": to its first k <= ``d_truncated_max_words`` words (a near-empty
+    answer). "mid_sentence": after any word that does not end a sentence, at any length (an answer that
+    stops mid-sentence, which is also what an answer cut at the token cap looks like). "head" teaches D
+    "short is fake", and with the realness term PPO then ran answers to the cap (E18, example users: 95% cut
+    off); "mid_sentence" puts the fault where users see it, in the unfinished ending, whatever the length."""
     d_label_smoothing: float = 0.0
     """One-sided label smoothing: D trains reals toward 1 - this (Salimans et al. 2016). 0 = the paper."""
     d_replay_size: int = 0
@@ -422,6 +429,10 @@ class RLHBConfig(PPOConfig):
         )
         _require(
             0.0 <= self.d_truncated_share <= 1.0, f"d_truncated_share must be in [0, 1]; got {self.d_truncated_share}."
+        )
+        _require(
+            self.d_truncated_cut in TRUNCATED_CUTS,
+            f"d_truncated_cut must be one of {TRUNCATED_CUTS}; got {self.d_truncated_cut!r}.",
         )
         _require(
             self.d_truncated_max_words >= 0,

@@ -37,7 +37,8 @@ def algorithm_label(name: str, overrides: dict) -> str:
     if o.get("d_freeze_encoder"):
         notes.append("discriminator's encoder frozen, head trained alone")
     if float(o.get("d_truncated_share", 0.0)) > 0:
-        notes.append(f"truncated real answers as {float(o['d_truncated_share']):.0%} of D's fakes")
+        how = "stopped mid-sentence" if o.get("d_truncated_cut") == "mid_sentence" else "truncated"
+        notes.append(f"{how} real answers as {float(o['d_truncated_share']):.0%} of D's fakes")
     if float(o.get("reward_realness_weight", 0.0)) > 0:
         notes.append(f"reward: contrast + {float(o['reward_realness_weight']):g} log D")
     if float(o.get("preferred_prompt_share", 0.0)) >= 1.0:

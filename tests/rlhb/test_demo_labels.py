@@ -41,6 +41,9 @@ def test_labels_read_set_values_as_the_trainer_does():
         "RLHB (frozen discriminator, paper section 6.4; truncated real answers as 25% of D's fakes; "
         "reward: contrast + 0.5 log D)"
     )
+    assert "stopped mid-sentence real answers as 25% of D's fakes" in algorithm_label(
+        "rlhb", {"d_truncated_share": "0.25", "d_truncated_cut": "mid_sentence"}
+    )
     assert algorithm_label("sft", {"d_frozen": "true"}) == "SFT"  # a field sft does not have is not its departure
     assert algorithm_label("base", {}) == "base"  # the report's base row
 

@@ -10,9 +10,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from core.text_measures import ends_cleanly
 from tests.helpers.toy_task import DISLIKED, LIKED, toy_records
 from trainer.algorithms.base import TrainRequest
-from trainer.algorithms.rlhb import Config, RLHBTrainer, truncate_words
+from trainer.algorithms.rlhb import Config, RLHBTrainer, cut_mid_sentence, truncate_words
 from trainer.rollouts import Prompt
 
 
@@ -286,6 +287,32 @@ def test_truncate_words_keeps_a_short_strict_prefix(answer, max_words, seed):
     kept = cut.split()
     assert kept == answer.split()[: len(kept)]  # a prefix, word for word
     assert len(kept) <= max_words and (len(kept) < len(answer.split()) or not answer)
+
+
+@given(
+    answer=st.lists(st.sampled_from(["cat", "dog", "good", "sky.", "sea?", "5"]), max_size=30).map(" ".join),
+    seed=st.integers(0, 1000),
+)
+def test_cut_mid_sentence_stops_where_no_sentence_ends(answer, seed):
+    cut = cut_mid_sentence(answer, random.Random(seed))
+    kept = cut.split()
+    assert kept == answer.split()[: len(kept)]  # a prefix, word for word
+    assert len(kept) < len(answer.split()) or not answer  # never the whole answer
+    assert not kept or not ends_cleanly(cut)  # empty, or it stops mid-sentence
+
+
+def test_mid_sentence_fakes_come_at_every_length(tiny_model_dir, tmp_path):
+    """d_truncated_cut="mid_sentence": the cut fakes are unfinished (none ends a sentence) and not all
+    short, unlike "head" (at most d_truncated_max_words words); both win metrics are reported."""
+    trainer = make_trainer(
+        tiny_model_dir, tmp_path, d_truncated_share=1.0, swap_share=0.0, kappa=0.0, d_batch_size=64,
+        d_truncated_cut="mid_sentence", d_truncated_max_words=2,
+    )  # fmt: skip
+    cut = [a for _, a, _ in trainer._fake_batch([])]
+    assert not any(ends_cleanly(a) for a in cut if a)
+    assert max(len(a.split()) for a in cut) > 2
+    metrics = trainer.heldout_accuracy()
+    assert 0.0 <= metrics["d_heldout_cut_win"] <= 1.0 and 0.0 <= metrics["d_heldout_truncated_win"] <= 1.0
 
 
 def test_truncated_fakes_are_cut_real_answers_under_the_sentence_ppo_prompts_carry(tiny_model_dir, tmp_path):

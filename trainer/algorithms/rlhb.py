@@ -59,6 +59,7 @@ from pathlib import Path
 
 import torch
 
+from core.text_measures import ends_cleanly
 from trainer.algorithms.base import RunResult, TrainRequest
 from trainer.algorithms.ppo_core import PPOCore, check_finite, mean_over_ranks
 from trainer.algorithms.runner import check_request, run_iterations, seed_everything
@@ -83,6 +84,22 @@ def truncate_words(answer: str, max_words: int, rng: random.Random) -> str:
     """The answer's first k words, k uniform in 0..max_words and below its word count (a near-empty prefix)."""
     words = answer.split()
     return " ".join(words[: rng.randint(0, max(0, min(max_words, len(words) - 1)))])
+
+
+def cut_mid_sentence(answer: str, rng: random.Random) -> str:
+    """The answer stopped mid-sentence: its first k words, k uniform over the positions short of the whole
+    answer where the kept text does not end a sentence (k = 0, the empty answer, always counts). Any length,
+    so it teaches "stops mid-sentence", not "short"."""
+    words = answer.split()
+    cuts = [0] + [k for k in range(1, len(words)) if not ends_cleanly(words[k - 1])]
+    return " ".join(words[: cuts[rng.randrange(len(cuts))]])
+
+
+def cut_answer(answer: str, config: RLHBConfig, rng: random.Random) -> str:
+    """A truncated fake as ``d_truncated_cut`` says: a near-empty prefix ("head") or a mid-sentence stop."""
+    if config.d_truncated_cut == "mid_sentence":
+        return cut_mid_sentence(answer, rng)
+    return truncate_words(answer, config.d_truncated_max_words, rng)
 
 
 def top_rewarded(records, share: float) -> list:
@@ -117,7 +134,8 @@ class RLHBTrainer:
         self.heldout_swaps = [self.pool.swap(r.behavior_text, swap_rng) for r in self.heldout_records]
         self.heldout_truncated = [
             truncate_words(r.response, config.d_truncated_max_words, swap_rng) for r in self.heldout_records
-        ]
+        ]  # fixed for the metric whatever d_truncated_cut is, so runs compare
+        self.heldout_cut_mid = [cut_mid_sentence(r.response, swap_rng) for r in self.heldout_records]
         self.top_generations: list[tuple[float, int, Triplet]] = []  # min-heap of the best (reward, tiebreak, triplet)
         self.top_records = top_rewarded(self.train_records, TOP_RECORD_SHARE)  # kappa_source="records"
         self.replay: list[Triplet] = []  # reservoir of earlier generations (d_replay_size)
@@ -163,14 +181,14 @@ class RLHBTrainer:
         return out
 
     def _truncated_batch(self, n: int) -> list[Triplet]:
-        """Real answers cut to a few words, under the sentence a PPO prompt would carry (``d_truncated_share``)."""
+        """Real answers cut (``d_truncated_cut``), under the sentence a PPO prompt carries (``d_truncated_share``)."""
         cfg, out = self.config, []
         preferred = self.pool.most_preferred() if n else ""  # once per batch, not per fake
         for _ in range(n):
             r = self.train_records[self.rng.randrange(len(self.train_records))]
             served = self.rng.random() < cfg.preferred_prompt_share
             behavior = preferred if served else r.behavior_text
-            out.append((r.query, truncate_words(r.response, cfg.d_truncated_max_words, self.rng), behavior))
+            out.append((r.query, cut_answer(r.response, cfg, self.rng), behavior))
         return out
 
     def _bootstrap_pool(self) -> list[Triplet]:
@@ -266,20 +284,22 @@ class RLHBTrainer:
             "d_heldout_acc": pairwise,
             "d_heldout_cls_acc": threshold,
             "d_heldout_auroc": pairwise_auroc(z_real, z_swap),
-            "d_heldout_truncated_win": self.truncated_win(),
+            "d_heldout_truncated_win": self.truncated_win(self.heldout_truncated),
+            "d_heldout_cut_win": self.truncated_win(self.heldout_cut_mid),
         }
 
     @torch.no_grad()
-    def truncated_win(self) -> float:
-        """Share of held-out records whose answer cut to a few words outranks the whole answer in PPO's
-        reward, both under the served sentence: 0 = D never prefers the near-empty prefix; higher = a
-        gap PPO can exploit by answering less."""
+    def truncated_win(self, cut_answers: list[str]) -> float:
+        """Share of held-out records whose cut answer (``cut_answers[i]`` for record i) outranks the whole
+        answer in PPO's reward, both under the served sentence: 0 = D never prefers the cut; higher = a gap
+        PPO can exploit by stopping early. ``d_heldout_truncated_win``: cut to a few words;
+        ``d_heldout_cut_win``: stopped mid-sentence at any length."""
         records = self.heldout_records
         if not records:
             return float("nan")
         queries = [r.query for r in records] * 2
         served = [self.pool.most_preferred()] * len(queries)
-        rewards, _ = self._score(queries, [r.response for r in records] + self.heldout_truncated, served)
+        rewards, _ = self._score(queries, [r.response for r in records] + cut_answers, served)
         whole, cut = rewards[: len(records)], rewards[len(records) :]  # (N,), (N,)
         return (cut > whole).float().mean().item()
 
