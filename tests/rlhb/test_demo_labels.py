@@ -23,6 +23,10 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
         "reward: contrast + 1 log D; every PPO prompt on the served sentence)"
     )
     assert DemoConfig(algorithms=("rlhb-real",)).lane_overrides("rlhb-real")["reward_realness_weight"] == 1.0
+    assert algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-midcut"]) == (
+        "RLHB (frozen discriminator, paper section 6.4; stopped mid-sentence real answers as 25% of D's fakes; "
+        "reward: contrast + 1 log D; every PPO prompt on the served sentence)"
+    )
     assert algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-steer"]) == (
         "RLHB (frozen discriminator, paper section 6.4; every PPO prompt on the served sentence; "
         "120 steering steps before PPO; KL to the round's start, not the base)"
