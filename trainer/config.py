@@ -310,8 +310,8 @@ class RLHBConfig(PPOConfig):
     collapses D: half its fakes are then real). "generations": the highest-rewarded rollouts so far (an earlier
     reading; those are fakes anyway, so it is a replay of the policy's best, not a brake)."""
     d_truncated_share: float = 0.0
-    """Share of D's fake batch made of truncated real answers: a training record's answer cut to its first
-    k words (k uniform in 0..``d_truncated_max_words``, below its length), under the sentence a PPO prompt
+    """Share of D's fake batch made of truncated real answers: a training record's answer cut as
+    ``d_truncated_cut`` says (by default to its first k <= ``d_truncated_max_words`` words), under the sentence a PPO prompt
     would carry (the served one with probability ``preferred_prompt_share``, else the record's own). These are
     the fakes an adversarial D would get from a policy that collapsed to near-empty answers, given ahead of
     time: a frozen D never sees such answers and its score on them is extrapolation, which PPO found

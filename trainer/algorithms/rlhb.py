@@ -45,9 +45,11 @@ Departures from the paper:
   D can ignore b entirely and still separate real from generated text.
 - Truncated fakes (``d_truncated_share``, off by default): real answers cut to a few words, under the
   sentence a PPO prompt would carry, labelled fake from the warm-up on. A frozen D has never seen a
-  near-empty answer and PPO found that gap in every frozen-D run; these close it ahead of time. Whatever
-  the share, ``d_heldout_truncated_win`` measures the gap: the share of held-out records whose answer cut
-  to a few words gets a higher reward than the whole answer, under the served sentence.
+  near-empty answer and PPO found that gap in every frozen-D run; these close it ahead of time.
+  ``d_truncated_cut="mid_sentence"`` cuts them after any word that does not end a sentence, at any length,
+  so D learns "unfinished", not "short" (E19). Whatever the share, ``d_heldout_truncated_win`` and
+  ``d_heldout_cut_win`` measure the gap: the share of held-out records whose answer cut to a few words
+  (resp. stopped mid-sentence) gets a higher reward than the whole answer, under the served sentence.
 """
 
 from __future__ import annotations
