@@ -100,6 +100,12 @@ class PPOConfig:
     20% x batch_size / kl_horizon (TRL: 10000)."""
     score_clip: float | None = 10.0
     """Clip sequence scores to [-score_clip, score_clip] before PPO (None = no clipping)."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of every rollout that ran to ``max_new_tokens`` without an end-of-sequence token
+    (TRL's ``missing_eos_penalty``): served with the same budget, that answer is cut off mid-sentence, which users
+    dislike whatever they prefer. A learned reward can miss it: E19's example-users round sent every rollout to
+    the cap by iteration 5 with a D that ranked real answers stopped mid-sentence below whole ones 97% of the
+    time. ``missing_eos_share`` (logged every iteration) is the share of rollouts it hits. 0 = off (the paper)."""
     gamma: float = 1.0
     """Discount factor (eq. 7-8)."""
     lam: float = 0.95
@@ -186,6 +192,10 @@ class PPOConfig:
         _require(
             self.score_clip is None or self.score_clip > 0,
             f"score_clip must be > 0 or None; got {self.score_clip}.",
+        )
+        _require(
+            self.missing_eos_penalty >= 0,
+            f"missing_eos_penalty must be >= 0 (it is subtracted); got {self.missing_eos_penalty}.",
         )
         _require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1]; got {self.gamma}.")
         _require(0.0 <= self.lam <= 1.0, f"lam must be in [0, 1]; got {self.lam}.")
@@ -310,14 +320,14 @@ class RLHBConfig(PPOConfig):
     collapses D: half its fakes are then real). "generations": the highest-rewarded rollouts so far (an earlier
     reading; those are fakes anyway, so it is a replay of the policy's best, not a brake)."""
     d_truncated_share: float = 0.0
-    """Share of D's fake batch made of truncated real answers: a training record's answer cut as
-    ``d_truncated_cut`` says (by default to its first k <= ``d_truncated_max_words`` words), under the sentence a PPO prompt
-    would carry (the served one with probability ``preferred_prompt_share``, else the record's own). These are
-    the fakes an adversarial D would get from a policy that collapsed to near-empty answers, given ahead of
-    time: a frozen D never sees such answers and its score on them is extrapolation, which PPO found
-    (near-empty answers x3-x10 in every frozen-D run, bench/demo_experiments.md E14-E17). Alone, under the
-    contrastive reward, it makes the reward prefer cut answers *more* (E18: 0.73 -> 0.97 of held-out records; the
-    contrast cancels realness): pair it with ``reward_realness_weight`` (E18, both: 0.05). 0 = the paper."""
+    """Share of D's fake batch made of truncated real answers: a training record's answer cut as ``d_truncated_cut``
+    says (by default to its first k <= ``d_truncated_max_words`` words), under the sentence a PPO prompt would carry
+    (the served one with probability ``preferred_prompt_share``, else the record's own). These are the fakes an
+    adversarial D would get from a policy that collapsed to near-empty answers, given ahead of time: a frozen D
+    never sees such answers and its score on them is extrapolation, which PPO found (near-empty answers x3-x10 in
+    every frozen-D run, bench/demo_experiments.md E14-E17). Alone, under the contrastive reward, it makes the reward
+    prefer cut answers *more* (E18: 0.73 -> 0.97 of held-out records; the contrast cancels realness): pair it with
+    ``reward_realness_weight`` (E18, both: 0.05). 0 = the paper."""
     d_truncated_max_words: int = 8
     """Longest prefix (in words) a truncated fake keeps (``d_truncated_cut="head"``)."""
     d_truncated_cut: str = "head"

@@ -82,3 +82,16 @@ def response_mask_from_eos(response_ids: torch.Tensor, eos_ids: set[int]) -> tor
     # number of EOS strictly before position t; the mask keeps positions with none before them
     eos_before = torch.cumsum(is_eos.long(), dim=1) - is_eos.long()  # (B, T)
     return (eos_before == 0).long()
+
+
+def missing_eos(batch: SequenceBatch, eos_ids: set[int]) -> torch.Tensor:
+    """Rows whose last real token is not an end-of-sequence token: the answer ran to the token budget.
+
+    batch.response_ids, batch.response_mask: (B, T) -> (B,) bool.
+    """
+    import torch
+
+    last = (batch.response_mask.sum(1) - 1).clamp(min=0)  # (B,) index of each row's last real token
+    last_token = batch.response_ids.gather(1, last.unsqueeze(1)).squeeze(1)  # (B,)
+    eos = torch.tensor(sorted(eos_ids), dtype=last_token.dtype, device=last_token.device)
+    return ~torch.isin(last_token, eos)

@@ -41,6 +41,10 @@ def algorithm_label(name: str, overrides: dict) -> str:
         notes.append(f"{how} real answers as {float(o['d_truncated_share']):.0%} of D's fakes")
     if float(o.get("reward_realness_weight", 0.0)) > 0:
         notes.append(f"reward: contrast + {float(o['reward_realness_weight']):g} log D")
+    if float(o.get("missing_eos_penalty", 0.0)) > 0:
+        notes.append(
+            f"a rollout cut at the token budget loses {float(o['missing_eos_penalty']):g} (TRL's missing_eos_penalty)"
+        )
     if float(o.get("preferred_prompt_share", 0.0)) >= 1.0:
         notes.append("every PPO prompt on the served sentence")
     if int(o.get("steer_steps", 0)) > 0:
@@ -141,6 +145,10 @@ FULL_ALGORITHM_CONFIG["rlhb-midcut"] = {
     # 0.02 example) without teaching D "short is fake", which ran rlhb-real's answers to the cap on example users;
     # Spearman of the reward with the users' true like probability 0.36 -> 0.47 (concise), 0.36 -> 0.43 (example).
     "d_truncated_cut": "mid_sentence",
+    # E19 through the services (example users): with the fakes alone every rollout ran to the 48-token cap by
+    # iteration 5, as rlhb-real's did (stopped at iteration 7). A rollout cut at the budget is served cut off, which
+    # every user dislikes: TRL's missing_eos_penalty says so in the reward directly.
+    "missing_eos_penalty": 1.0,
 }
 FULL_ALGORITHM_CONFIG["rlhb-steer"] = {
     **FULL_ALGORITHM_CONFIG["rlhb"],
@@ -180,7 +188,11 @@ QUICK_ALGORITHM_CONFIG["rlhb-real"] = {
     "d_truncated_share": 0.25,
     "reward_realness_weight": 1.0,
 }
-QUICK_ALGORITHM_CONFIG["rlhb-midcut"] = {**QUICK_ALGORITHM_CONFIG["rlhb-real"], "d_truncated_cut": "mid_sentence"}
+QUICK_ALGORITHM_CONFIG["rlhb-midcut"] = {
+    **QUICK_ALGORITHM_CONFIG["rlhb-real"],
+    "d_truncated_cut": "mid_sentence",
+    "missing_eos_penalty": 1.0,
+}
 
 
 @dataclass

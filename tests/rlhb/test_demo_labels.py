@@ -25,7 +25,8 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
     assert DemoConfig(algorithms=("rlhb-real",)).lane_overrides("rlhb-real")["reward_realness_weight"] == 1.0
     assert algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-midcut"]) == (
         "RLHB (frozen discriminator, paper section 6.4; stopped mid-sentence real answers as 25% of D's fakes; "
-        "reward: contrast + 1 log D; every PPO prompt on the served sentence)"
+        "reward: contrast + 1 log D; a rollout cut at the token budget loses 1 (TRL's missing_eos_penalty); "
+        "every PPO prompt on the served sentence)"
     )
     assert algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-steer"]) == (
         "RLHB (frozen discriminator, paper section 6.4; every PPO prompt on the served sentence; "

@@ -12,7 +12,7 @@ from trainer.algorithms.ppo_core import PPOCore
 from trainer.config import PPOConfig
 from trainer.losses.kl import adaptive_kl_coef
 from trainer.policy import Policy
-from trainer.rollouts import Prompt
+from trainer.rollouts import Prompt, SequenceBatch, missing_eos
 
 PROMPTS = [Prompt(f"Tell me about item {i}.", "The answer was liked by most users.") for i in range(2)]
 METRICS = (
@@ -99,3 +99,39 @@ def test_adaptive_kl_coefficient_follows_the_controller(tiny_model_dir, kl_targe
     assert core.kl_coef == pytest.approx(adaptive_kl_coef(start * 0.8, second["kl"], kl_target, 8, 8))
     # KL above a tiny target -> rises; below a huge one -> falls; the error clipped at +-20%
     assert core.kl_coef == pytest.approx(start * 0.8 * (1 + 0.2 * direction))
+
+
+def test_missing_eos_marks_the_rows_that_ran_to_the_budget():
+    eos, pad = 2, 0
+    batch = SequenceBatch(
+        prompt_ids=torch.zeros(3, 1, dtype=torch.long), prompt_mask=torch.ones(3, 1, dtype=torch.long),
+        response_ids=torch.tensor([[5, 6, eos, pad], [5, 6, 7, 8], [eos, pad, pad, pad]]),
+        response_mask=torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 0, 0, 0]]),
+        queries=["q"] * 3, behaviors=["b"] * 3, responses=["a b", "a b c d", ""],
+    )  # fmt: skip
+    assert missing_eos(batch, {eos}).tolist() == [False, True, False]
+    assert missing_eos(batch, {eos, 8}).tolist() == [False, False, False]  # any of the model's EOS ids ends it
+
+
+def test_missing_eos_penalty_lowers_the_score_of_answers_cut_at_the_budget(tiny_model_dir):
+    """TRL's missing_eos_penalty: the rollouts that hit max_new_tokens without EOS lose the penalty, the
+    others keep their score, and missing_eos_share says how many there were (logged with or without it)."""
+    raw: list[torch.Tensor] = []
+
+    def recording(queries, responses, behaviors):
+        raw.append(score(queries, responses, behaviors))
+        return raw[-1]
+
+    core = make_core(tiny_model_dir, max_new_tokens=3, missing_eos_penalty=2.5)
+    head = core.policy.model.get_output_embeddings()  # make EOS likely: some rollouts end within 3 tokens
+    bias = torch.zeros(head.weight.shape[0], dtype=head.weight.dtype)
+    bias[sorted(core.policy.eos_ids)] = 8.0
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)
+    result = core.iteration(PROMPTS, recording)
+    cut = missing_eos(result.rollouts.batch, core.policy.eos_ids)  # (B,)
+    assert 0 < cut.sum() < len(cut)  # both kinds in the batch, so the test can tell them apart
+    assert torch.allclose(result.rollouts.scores, raw[0] - 2.5 * cut.float())
+    assert result.metrics["missing_eos_share"] == pytest.approx(cut.float().mean().item())
+    plain = make_core(tiny_model_dir, max_new_tokens=3).iteration(PROMPTS, score)
+    assert plain.metrics["missing_eos_share"] > 0  # logged when the penalty is off, too
+    assert torch.allclose(plain.rollouts.scores, score(None, plain.rollouts.batch.responses, None))

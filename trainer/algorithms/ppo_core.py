@@ -31,13 +31,15 @@ Usage::
 
 ``score_fn(queries, responses, behaviors) -> Tensor (B,)`` gets one entry per rollout.
 
-Departures from the paper: see ``trainer.losses`` for the math; here, the critic trains on
-the features recorded at rollout time (see ``trainer.policy``), advantages are whitened, and
-the sequence score may be clipped (``score_clip``) so one wild reward cannot blow up an update.
-``target_kl`` stops only the actor's epochs (the critic is a separate head on detached
-features here, so its epochs do not move the policy). Under ``torch.distributed`` the KL that
-decides an early stop and the KL fed to the adaptive controller are averaged over ranks, so
-every rank takes the same number of steps and keeps the same eta.
+Departures from the paper: see ``trainer.losses`` for the math; here, the critic trains on the
+features recorded at rollout time (see ``trainer.policy``), advantages are whitened, and the
+sequence score may be clipped (``score_clip``) so one wild reward cannot blow up an update, and
+a rollout that ran to the token budget without ending may lose ``missing_eos_penalty`` (TRL's
+option; ``missing_eos_share`` logs how many did, whatever the penalty). ``target_kl`` stops
+only the actor's epochs (the critic is a separate head on detached features here, so its epochs
+do not move the policy). Under ``torch.distributed`` the KL that decides an early stop and the
+KL fed to the adaptive controller are averaged over ranks, so every rank takes the same number
+of steps and keeps the same eta.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ from trainer.losses.kl import adaptive_kl_coef, kl_penalized_rewards
 from trainer.losses.masked import masked_mean
 from trainer.losses.ppo import entropy_from_logits, explained_variance, ppo_policy_loss, value_loss
 from trainer.policy import Policy
-from trainer.rollouts import Prompt, Rollouts, SequenceBatch
+from trainer.rollouts import Prompt, Rollouts, SequenceBatch, missing_eos
 
 ScoreFn = Callable[[list[str], list[str], list[str]], torch.Tensor]
 
@@ -171,6 +173,8 @@ class PPOCore:
             raise ValueError(f"score_fn must return shape ({len(rollouts.batch)},); got {tuple(scores.shape)}")
         if not torch.isfinite(scores).all():
             raise TrainingDiverged("the reward function returned NaN/inf scores: no checkpoint was written")
+        unfinished = missing_eos(rollouts.batch, self.policy.eos_ids).float()  # (B,) 1 = ran to the budget
+        scores = scores - cfg.missing_eos_penalty * unfinished  # TRL's missing_eos_penalty (0: off)
         rollouts.scores = scores
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
@@ -195,6 +199,7 @@ class PPOCore:
             "kl": mean_kl,
             "kl_coef": kl_coef,  # the eta these rewards used
             "response_length": lengths.mean().item(),
+            "missing_eos_share": unfinished.mean().item(),
             "mean_value": masked_mean(rollouts.values, mask).item(),
             # CleanRL: how well the rollout-time values predicted the returns, over the whole batch
             "explained_var": explained_variance(rollouts.values, returns, mask),
