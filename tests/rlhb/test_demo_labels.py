@@ -46,6 +46,7 @@ def test_labels_read_set_values_as_the_trainer_does():
         "RLHB (frozen discriminator, paper section 6.4; truncated real answers as 25% of D's fakes; "
         "reward: contrast + 0.5 log D)"
     )
+    assert algorithm_label("rlhb", {"temperature": "0.7"}) == "RLHB (rollouts sampled at temperature 0.7)"
     assert "stopped mid-sentence real answers as 25% of D's fakes" in algorithm_label(
         "rlhb", {"d_truncated_share": "0.25", "d_truncated_cut": "mid_sentence"}
     )
