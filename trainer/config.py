@@ -104,7 +104,7 @@ class PPOConfig:
     """Subtracted from the score of every rollout that ran to ``max_new_tokens`` without an end-of-sequence token
     (TRL's ``missing_eos_penalty``): served with the same budget, that answer is cut off mid-sentence, which users
     dislike whatever they prefer. A learned reward can miss it: E19's example-users round sent every rollout to
-    the cap by iteration 5 with a D that ranked real answers stopped mid-sentence below whole ones 97% of the
+    the cap by iteration 5 with a D that ranked real answers stopped mid-sentence below whole ones 95% of the
     time. ``missing_eos_share`` (logged every iteration) is the share of rollouts it hits. 0 = off (the paper)."""
     gamma: float = 1.0
     """Discount factor (eq. 7-8)."""

@@ -130,8 +130,10 @@ def test_missing_eos_penalty_lowers_the_score_of_answers_cut_at_the_budget(tiny_
     result = core.iteration(PROMPTS, recording)
     cut = missing_eos(result.rollouts.batch, core.policy.eos_ids)  # (B,)
     assert 0 < cut.sum() < len(cut)  # both kinds in the batch, so the test can tell them apart
-    assert torch.allclose(result.rollouts.scores, raw[0] - 2.5 * cut.float())
+    penalized = raw[0] - 2.5 * cut.float()  # (B,) the score PPO's rewards start from
+    assert result.metrics["mean_score"] == pytest.approx(penalized.mean().item())
+    assert torch.equal(result.rollouts.scores, raw[0])  # the reward function's own scores stay as they were
     assert result.metrics["missing_eos_share"] == pytest.approx(cut.float().mean().item())
     plain = make_core(tiny_model_dir, max_new_tokens=3).iteration(PROMPTS, score)
     assert plain.metrics["missing_eos_share"] > 0  # logged when the penalty is off, too
-    assert torch.allclose(plain.rollouts.scores, score(None, plain.rollouts.batch.responses, None))
+    assert plain.metrics["mean_score"] == pytest.approx(score(None, plain.rollouts.batch.responses, None).mean().item())

@@ -173,9 +173,9 @@ class PPOCore:
             raise ValueError(f"score_fn must return shape ({len(rollouts.batch)},); got {tuple(scores.shape)}")
         if not torch.isfinite(scores).all():
             raise TrainingDiverged("the reward function returned NaN/inf scores: no checkpoint was written")
+        rollouts.scores = scores  # what the reward function said (d_reward, rm_reward, kappa's top generations)
         unfinished = missing_eos(rollouts.batch, self.policy.eos_ids).float()  # (B,) 1 = ran to the budget
         scores = scores - cfg.missing_eos_penalty * unfinished  # TRL's missing_eos_penalty (0: off)
-        rollouts.scores = scores
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         kl_coef = self.kl_coef
