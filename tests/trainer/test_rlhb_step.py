@@ -301,18 +301,42 @@ def test_cut_mid_sentence_stops_where_no_sentence_ends(answer, seed):
     assert not kept or not ends_cleanly(cut)  # empty, or it stops mid-sentence
 
 
-def test_mid_sentence_fakes_come_at_every_length(tiny_model_dir, tmp_path):
-    """d_truncated_cut="mid_sentence": the cut fakes are unfinished (none ends a sentence) and not all
-    short, unlike "head" (at most d_truncated_max_words words); both win metrics are reported."""
+def test_mid_sentence_fakes_come_at_every_length_and_never_end_a_sentence(tiny_model_dir, tmp_path):
+    """d_truncated_cut="mid_sentence": every cut fake is a prefix of a training answer that stops where no
+    sentence ends (never after "w2." below), and the cuts are not all short, unlike "head"'s."""
     trainer = make_trainer(
         tiny_model_dir, tmp_path, d_truncated_share=1.0, swap_share=0.0, kappa=0.0, d_batch_size=64,
-        d_truncated_cut="mid_sentence", d_truncated_max_words=2,
+        d_truncated_cut="mid_sentence", d_truncated_max_words=1,
     )  # fmt: skip
-    cut = [a for _, a, _ in trainer._fake_batch([])]
+
+    def two_sentences(answer: str) -> str:  # "w1 w2. w3 w4."
+        w = (answer.split() + ["more"])[:4]
+        return f"{w[0]} {w[1]}. {w[2]} {w[3]}."
+
+    records = trainer.train_records
+    trainer.train_records = [r.model_copy(update={"response": two_sentences(r.response)}) for r in records]
+    answers = {r.response for r in trainer.train_records}
+    cut = [a for _, a, _ in trainer._fake_batch([]) + trainer._fake_batch([])]
+    assert {len(a.split()) for a in cut} == {0, 1, 3}  # after w1 or w3, or empty; never after "w2." or whole
+    assert all(any(w.split()[: len(a.split())] == a.split() for w in answers) for a in cut)
     assert not any(ends_cleanly(a) for a in cut if a)
-    assert max(len(a.split()) for a in cut) > 2
-    metrics = trainer.heldout_accuracy()
-    assert 0.0 <= metrics["d_heldout_cut_win"] <= 1.0 and 0.0 <= metrics["d_heldout_truncated_win"] <= 1.0
+
+
+def test_mid_sentence_fakes_teach_d_that_an_unfinished_answer_is_worse(tiny_model_dir, tmp_path):
+    """d_heldout_cut_win (held-out answers D would rather see stopped mid-sentence) falls when D trains on
+    mid-sentence fakes, and is reported beside d_heldout_truncated_win."""
+    wins = {}
+    for share in (0.0, 0.5):
+        trainer = make_trainer(
+            tiny_model_dir, tmp_path / str(share), d_truncated_share=share, d_truncated_cut="mid_sentence",
+            swap_share=0.5, kappa=0.0, d_batch_size=8, preferred_prompt_share=1.0,
+        )  # fmt: skip
+        for _ in range(40):
+            trainer.d_step([])
+        held = trainer.heldout_accuracy()
+        assert 0.0 <= held["d_heldout_truncated_win"] <= 1.0
+        wins[share] = held["d_heldout_cut_win"]
+    assert wins[0.5] < wins[0.0]
 
 
 def test_truncated_fakes_are_cut_real_answers_under_the_sentence_ppo_prompts_carry(tiny_model_dir, tmp_path):
