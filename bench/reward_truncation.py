@@ -11,8 +11,8 @@ answer stopped mid-sentence at any length (``cut_mid_sentence``), all under the 
 report
 
 - ``truncated_win`` / ``cut_win``: share of held-out records whose head-cut / mid-sentence-cut answer
-  gets the higher reward (the trainer's ``d_heldout_truncated_win`` / ``d_heldout_cut_win``); 0.5 is a
-  coin, above it PPO gains by stopping early;
+  gets the higher reward (as the trainer's ``d_heldout_truncated_win`` / ``d_heldout_cut_win``; the
+  mid-sentence cuts are drawn here); 0.5 is a coin, above it PPO gains by stopping early;
 - ``spearman_p_like``: rank correlation of the reward with the users' true like probability over the
   whole and both cut answers together (the simulated users judge each text: ``UserModel.judge``);
 - ``spearman_p_like_whole``: the same over the whole (real) answers only, about a third of which the
