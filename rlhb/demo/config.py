@@ -129,8 +129,7 @@ FULL_ALGORITHM_CONFIG: dict[str, dict] = {
     "rlhb-adversarial": ADVERSARIAL_RLHB,
 }
 FULL_ALGORITHM_CONFIG["rlhb-frozen"] = dict(FULL_ALGORITHM_CONFIG["rlhb"])
-FULL_ALGORITHM_CONFIG["rlhb-real"] = {
-    **FULL_ALGORITHM_CONFIG["rlhb"],
+REALNESS_LANE: dict = {
     # bench/demo_experiments.md E18 (through the services, concise): the default D's contrastive reward prefers an
     # answer cut to a few words over the whole one (86% of held-out records) and the round went to 25% near-empty
     # answers (gate: rejected). Truncated real answers among D's fakes plus log D added to the contrast (which
@@ -140,8 +139,8 @@ FULL_ALGORITHM_CONFIG["rlhb-real"] = {
     "d_truncated_share": 0.25,
     "reward_realness_weight": 1.0,
 }
-FULL_ALGORITHM_CONFIG["rlhb-midcut"] = {
-    **FULL_ALGORITHM_CONFIG["rlhb-real"],
+"""The ``rlhb-real`` lane's departures from ``rlhb`` (full and quick runs alike)."""
+MIDCUT_LANE: dict = {
     # E19 (offline, bench/reward_truncation.py on one base traffic judged by concise and by example users): cutting
     # the fakes at any length mid-sentence instead of to a few words keeps the near-empty win low (0.09 concise,
     # 0.02 example) without teaching D "short is fake", which ran rlhb-real's answers to the cap on example users;
@@ -152,6 +151,9 @@ FULL_ALGORITHM_CONFIG["rlhb-midcut"] = {
     # every user dislikes: TRL's missing_eos_penalty says so in the reward directly.
     "missing_eos_penalty": 1.0,
 }
+"""The ``rlhb-midcut`` lane's departures from ``rlhb-real``."""
+FULL_ALGORITHM_CONFIG["rlhb-real"] = {**FULL_ALGORITHM_CONFIG["rlhb"], **REALNESS_LANE}
+FULL_ALGORITHM_CONFIG["rlhb-midcut"] = {**FULL_ALGORITHM_CONFIG["rlhb-real"], **MIDCUT_LANE}
 FULL_ALGORITHM_CONFIG["rlhb-steer"] = {
     **FULL_ALGORITHM_CONFIG["rlhb"],
     # bench/demo_experiments.md E11-E12 (in process, concise): steering on every record under its own
@@ -185,16 +187,8 @@ QUICK_ALGORITHM_CONFIG: dict[str, dict] = {
 QUICK_ALGORITHM_CONFIG["rlhb-frozen"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], "d_frozen": True, "d_warmup_steps": 2}
 QUICK_ALGORITHM_CONFIG["rlhb-adversarial"] = dict(QUICK_ALGORITHM_CONFIG["rlhb"])
 QUICK_ALGORITHM_CONFIG["rlhb-steer"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], "steer_steps": 2, "kl_reference": "start"}
-QUICK_ALGORITHM_CONFIG["rlhb-real"] = {
-    **QUICK_ALGORITHM_CONFIG["rlhb"],
-    "d_truncated_share": 0.25,
-    "reward_realness_weight": 1.0,
-}
-QUICK_ALGORITHM_CONFIG["rlhb-midcut"] = {
-    **QUICK_ALGORITHM_CONFIG["rlhb-real"],
-    "d_truncated_cut": "mid_sentence",
-    "missing_eos_penalty": 1.0,
-}
+QUICK_ALGORITHM_CONFIG["rlhb-real"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], **REALNESS_LANE}
+QUICK_ALGORITHM_CONFIG["rlhb-midcut"] = {**QUICK_ALGORITHM_CONFIG["rlhb-real"], **MIDCUT_LANE}
 
 
 @dataclass
