@@ -106,6 +106,15 @@ class PPOConfig:
     dislike whatever they prefer. A learned reward can miss it: E19's example-users round sent every rollout to
     the cap by iteration 5 with a D that ranked real answers stopped mid-sentence below whole ones 95% of the
     time. ``missing_eos_share`` (logged every iteration) is the share of rollouts it hits. 0 = off (the paper)."""
+    center_scores: bool = False
+    """Subtract the round's first batch's mean score (after ``missing_eos_penalty``) from every score of the round,
+    as Ziegler et al. 2019 normalize the reward to mean 0 on the starting policy's samples. Why: the critic starts
+    near 0, and a reward that is far from 0 on average (D's log-probabilities are about -4) then reaches a token
+    through GAE's lambda^(distance to the end): a long rollout's early tokens see little of a negative score, the
+    last token of a short one sees all of it, so whitened advantages favour going on over stopping until the
+    critic catches up (bench/demo_experiments.md E20: about 10 iterations, by which time every rollout ran to the
+    budget). Centered, the critic's start is right on average. Only the mean is moved: kl_coef and
+    missing_eos_penalty keep their units. Logged as ``score_offset``. Off = the paper."""
     gamma: float = 1.0
     """Discount factor (eq. 7-8)."""
     lam: float = 0.95

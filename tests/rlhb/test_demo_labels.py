@@ -47,6 +47,11 @@ def test_labels_read_set_values_as_the_trainer_does():
         "reward: contrast + 0.5 log D)"
     )
     assert algorithm_label("rlhb", {"temperature": "0.7"}) == "RLHB (rollouts sampled at temperature 0.7)"
+    assert algorithm_label("rlhb", {"center_scores": "true"}) == (
+        "RLHB (scores centered on the round's first batch, as Ziegler et al. 2019)"
+    )
+    assert algorithm_label("rlhb", {"center_scores": True}) == algorithm_label("rlhb", {"center_scores": "True"})
+    assert algorithm_label("rlhb", {"center_scores": "false"}) == "RLHB"
     assert "stopped mid-sentence real answers as 25% of D's fakes" in algorithm_label(
         "rlhb", {"d_truncated_share": "0.25", "d_truncated_cut": "mid_sentence"}
     )

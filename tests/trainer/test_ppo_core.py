@@ -137,3 +137,23 @@ def test_missing_eos_penalty_lowers_the_score_of_answers_cut_at_the_budget(tiny_
     plain = make_core(tiny_model_dir, max_new_tokens=3).iteration(PROMPTS, score)
     assert plain.metrics["missing_eos_share"] > 0  # logged when the penalty is off, too
     assert plain.metrics["mean_score"] == pytest.approx(score(None, plain.rollouts.batch.responses, None).mean().item())
+
+
+def test_center_scores_subtracts_the_first_batchs_mean_for_the_rest_of_the_round(tiny_model_dir):
+    """Ziegler et al.'s reward normalization (mean only): the first batch sets the offset, later batches keep it,
+    and the rewards PPO learns from are centered (at iteration 0 the policy is its reference, so KL is 0 and the
+    mean return is the mean centered score: 0)."""
+
+    def negative(queries, responses, behaviors):  # far from 0 on average, as D's log-probabilities are
+        return score(queries, responses, behaviors) - 4.0
+
+    core = make_core(tiny_model_dir, center_scores=True)
+    first = core.iteration(PROMPTS, negative)
+    assert first.metrics["mean_score"] < -1
+    assert first.metrics["score_offset"] == pytest.approx(first.metrics["mean_score"])
+    assert first.metrics["mean_return"] == pytest.approx(0.0, abs=1e-4)
+    second = core.iteration(PROMPTS, negative)
+    assert second.metrics["score_offset"] == first.metrics["score_offset"]  # not moved by the second batch
+    plain = make_core(tiny_model_dir).iteration(PROMPTS, negative)  # off: the rewards keep the raw mean
+    assert plain.metrics["score_offset"] == 0.0
+    assert plain.metrics["mean_return"] == pytest.approx(plain.metrics["mean_score"], abs=1e-4)

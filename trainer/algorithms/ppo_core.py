@@ -35,7 +35,8 @@ Departures from the paper: see ``trainer.losses`` for the math; here, the critic
 features recorded at rollout time (see ``trainer.policy``), advantages are whitened, and the
 sequence score may be clipped (``score_clip``) so one wild reward cannot blow up an update, and
 a rollout that ran to the token budget without ending may lose ``missing_eos_penalty`` (TRL's
-option; ``missing_eos_share`` logs how many did, whatever the penalty). ``target_kl`` stops
+option; ``missing_eos_share`` logs how many did, whatever the penalty), and ``center_scores`` may
+subtract the first batch's mean score (Ziegler et al. 2019; see its docstring for why). ``target_kl`` stops
 only the actor's epochs (the critic is a separate head on detached features here, so its epochs
 do not move the policy). Under ``torch.distributed`` the KL that decides an early stop and the
 KL fed to the adaptive controller are averaged over ranks, so every rank takes the same number
@@ -102,6 +103,8 @@ class PPOCore:
         self.config = config
         self.kl_coef = config.kl_coef
         """eta of eq. 10 for the next batch: constant, or moved by the adaptive controller."""
+        self.score_offset: float | None = None
+        """With ``center_scores``: the mean score of this core's first batch, subtracted from every later one."""
         self.actor_steps: list[dict[str, float]] = []
         """The last update's actor steps in order, each with its epoch and its loss's stats (diagnostics)."""
         self.actor_optimizer = torch.optim.AdamW(policy.actor_parameters(), lr=config.learning_rate, weight_decay=0.0)
@@ -178,9 +181,12 @@ class PPOCore:
         scores = scores - cfg.missing_eos_penalty * unfinished  # TRL's missing_eos_penalty (0: off)
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
+        if cfg.center_scores and self.score_offset is None:  # the round's first batch sets it (Ziegler et al.)
+            self.score_offset = mean_over_ranks(scores.mean().item(), scores.device)
+        centered = scores - (self.score_offset or 0.0)  # (B,)
         kl_coef = self.kl_coef
         rewards, kl = kl_penalized_rewards(
-            scores, rollouts.logprobs, rollouts.ref_logprobs, mask, kl_coef, cfg.kl_estimator
+            centered, rollouts.logprobs, rollouts.ref_logprobs, mask, kl_coef, cfg.kl_estimator
         )  # (B, T), (B, T)
         advantages, returns = gae(rewards, rollouts.values, mask, cfg.gamma, cfg.lam)  # (B, T), (B, T)
         if cfg.whiten_advantages:
@@ -194,8 +200,9 @@ class PPOCore:
             batch_kl = mean_over_ranks(mean_kl, scores.device)
             self.kl_coef = adaptive_kl_coef(kl_coef, batch_kl, cfg.kl_target, len(rollouts.batch), cfg.kl_horizon)
         return {
-            "mean_score": scores.mean().item(),
-            "mean_return": (rewards * mask).sum(1).mean().item(),  # score - eta * KL, per answer
+            "mean_score": scores.mean().item(),  # before centering: comparable across runs
+            "mean_return": (rewards * mask).sum(1).mean().item(),  # score - offset - eta * KL, per answer
+            "score_offset": self.score_offset or 0.0,
             "kl": mean_kl,
             "kl_coef": kl_coef,  # the eta these rewards used
             "response_length": lengths.mean().item(),
