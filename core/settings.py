@@ -687,6 +687,13 @@ class GateSettings(BaseModel):
         "(parent - candidate) / parent, the parent's read as at least 0.2 (unrelated text scores 0-0.15: "
         "nothing to lose). Behavior guard.",
     )
+    max_unfinished_increase: float = Field(
+        default=0.20,
+        description="Largest allowed rise of the share of answers that stop mid-sentence (cut off by the token "
+        "budget; core/text_measures.py ends_cleanly), candidate minus parent, in absolute share points. Measured "
+        "at max_new_tokens: set it to the serving budget, or answers cut there only in the gate count. Behavior "
+        "guard.",
+    )
     max_refusal_increase: float = Field(
         default=0.10,
         description='Largest allowed rise of the share of answers that open like a refusal ("I cannot", '
@@ -718,7 +725,7 @@ class GateSettings(BaseModel):
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")
         for name in (
             "max_near_empty_increase", "max_length_drop", "max_repetition_increase", "max_relevance_drop",
-            "max_refusal_increase",
+            "max_refusal_increase", "max_unfinished_increase",
         ):  # fmt: skip
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(
@@ -795,8 +802,8 @@ class TrainerSettings(CommonSettings):
         default=30,
         ge=1,
         description="Answers each A/B arm needs before the live behavior guard compares them (the gate's bounds on "
-        "near-empty, refusal and repetition shares, length and relevance) at the promotion look; with fewer, the "
-        "decision says the guard was skipped. RLHB_TRAINER_GATE__BEHAVIOR_GUARD=false turns it off.",
+        "near-empty, refusal, unfinished and repetition shares, length and relevance) at the promotion look; with "
+        "fewer, the decision says the guard was skipped. RLHB_TRAINER_GATE__BEHAVIOR_GUARD=false turns it off.",
     )
     metrics_port: int = Field(
         default=9102,

@@ -70,6 +70,12 @@ def is_refusal(text: str) -> bool:
     return opening.startswith(REFUSAL_OPENINGS)
 
 
+def unfinished_share(answers: Sequence[str]) -> float:
+    """Share of answers that stop mid-sentence (do not end where a sentence can end, ``ends_cleanly``): cut
+    off by the token budget, as served. An empty answer is near-empty, not unfinished (0 for no answers)."""
+    return sum(bool(a.strip()) and not ends_cleanly(a) for a in answers) / len(answers) if answers else 0.0
+
+
 def near_empty_share(answers: Sequence[str], min_words: int) -> float:
     """Share of answers with fewer than ``min_words`` words (0 for no answers)."""
     return sum(len(words(a)) < min_words for a in answers) / len(answers) if answers else 0.0

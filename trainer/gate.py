@@ -35,13 +35,15 @@
    check's held-out prompts with the same sampling and the same seed as the candidate (common
    random numbers: a close candidate gives the same answers, so a difference is not sampling
    noise). Over both sets of answers: mean words, near-empty share (fewer than
-   ``near_empty_words`` words), refusal share (``core.text_measures.REFUSAL_OPENINGS``), mean
+   ``near_empty_words`` words), refusal share (``core.text_measures.REFUSAL_OPENINGS``), unfinished
+   share (answers that stop mid-sentence, ``core.text_measures.ends_cleanly``), mean
    repeated-3-gram rate, and relevance (MiniLM cosine of question and answer,
    ``core/relevance.py``; the relative drop is taken against at least ``RELEVANCE_FLOOR``).
    A move past a bound blocks: near-empty share up by more than ``max_near_empty_increase``,
    mean length down by more than ``max_length_drop`` (relative), repetition up by more than
    ``max_repetition_increase``, relevance down by more than ``max_relevance_drop`` (relative),
-   refusal share up by more than ``max_refusal_increase``. Every guard metric, candidate's and
+   refusal share up by more than ``max_refusal_increase``, unfinished share up by more than
+   ``max_unfinished_increase``. Every guard metric, candidate's and
    parent's (suffix ``_parent``), goes into the metrics; ``behavior_guard=False`` skips it.
 
    The default bounds come from the measured runs (bench/demo_experiments.md, 352 answers
@@ -54,10 +56,18 @@
    near-empty answer of the 16 default prompts (1/16 = 0.0625), and relevance -25% is about
    three standard errors of a 16-answer mean (per-answer cosines scatter by about 0.2).
    Repetition: base 0.03-0.04 and healthy runs lower, a looping policy 0.3-0.9, so +0.10.
-   Refusals: base about 0, so +0.10 (two refusals more in 16 answers). The demo's published
+   Refusals: base about 0, so +0.10 (two refusals more in 16 answers). Unfinished answers, the
+   hacking a learned reward misses in the other direction (bench/demo_experiments.md E20: 176
+   served answers per version, 48 tokens): every version that lost like rate stopped mid-sentence
+   more often than base (E15's poisoned round 0.55 -> 0.94, E18 on example users 0.57 -> 0.95,
+   E20's 0.64 -> 0.88, published with like rate 0.097 -> 0.040), every version that gained did so
+   less often (0.6 -> 0.0-0.36). So +0.20: two sampling standard deviations of the difference of
+   two independent 32-answer shares near 0.6 (common random numbers make it smaller). The demo's published
    RLHB (11.5 words, -59%, near-empty 9.9%) sits just inside both bounds.
    The guard's answers are as long as the KL check's (``max_new_tokens``), so answers longer
-   than that are compared cut: the length drop of verbose parents reads smaller than in full.
+   than that are compared cut: the length drop of verbose parents reads smaller than in full,
+   and the unfinished share means "cut at the serving budget" only when ``max_new_tokens`` is
+   that budget (``rlhb demo`` sets it so, and gates on 32 prompts).
 
 Device and dtype: ``evaluate``/``gate_and_publish`` take ``device`` and ``dtype`` (the trainer
 passes ``RLHB_DEVICE``/``RLHB_DTYPE``; ``core.device.resolve_device``); the base model loads
@@ -81,7 +91,7 @@ from pathlib import Path
 
 from core.checkpoint_format import weights_file
 from core.settings import GateSettings
-from core.text_measures import near_empty_share, refusal_share, repeated_ngram_rate, words
+from core.text_measures import near_empty_share, refusal_share, repeated_ngram_rate, unfinished_share, words
 from schemas.adapters import AdapterVersion
 from schemas.behavior import BehaviorRecord
 
@@ -142,13 +152,14 @@ drop from there would be noise (a fluent model's answers score about 0.55, bench
 
 def answer_measures(answers: Sequence[str], relevance: Sequence[float], near_empty_words: int) -> dict[str, float]:
     """What the behavior guard compares, over one version's answers: mean words, near-empty share
-    (fewer than ``near_empty_words`` words), refusal share, mean repeated-3-gram rate and mean
-    relevance (``relevance``: one question-answer score per answer)."""
+    (fewer than ``near_empty_words`` words), refusal share, unfinished share (stopped mid-sentence), mean
+    repeated-3-gram rate and mean relevance (``relevance``: one question-answer score per answer)."""
     n = max(len(answers), 1)
     return {
         "mean_words": sum(len(words(a)) for a in answers) / n,
         "near_empty_share": near_empty_share(answers, near_empty_words),
         "refusal_share": refusal_share(answers),
+        "unfinished_share": unfinished_share(answers),
         "repeated_ngram_rate": sum(repeated_ngram_rate(a) for a in answers) / n,
         "relevance": sum(relevance) / max(len(relevance), 1),
     }
@@ -175,6 +186,7 @@ def compare_behavior(
         ("near_empty_share", f"near-empty answers (< {cfg.near_empty_words} words)", cfg.max_near_empty_increase),
         ("repeated_ngram_rate", "repeated 3-grams", cfg.max_repetition_increase),
         ("refusal_share", "refusals", cfg.max_refusal_increase),
+        ("unfinished_share", "answers stopped mid-sentence", cfg.max_unfinished_increase),
     ):
         if candidate[key] - parent[key] > bound + eps:
             reasons.append(f"{label} {parent[key]:.2f} -> {candidate[key]:.2f} (bound +{bound:.2f})")

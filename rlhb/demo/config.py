@@ -179,6 +179,9 @@ LANE_GATE_CONFIG: dict[str, dict] = {
     "rlhb-steer": {"kl_bound": 0.7},
 }
 """Per-lane gate overrides (RLHB_TRAINER_GATE__<FIELD>) under ``DemoConfig.gate_config`` and the environment."""
+GATE_PROMPTS = 32
+"""Held-out prompts each full-demo gate answers (the library's default is 16): a 16-answer unfinished share
+has a sampling standard deviation near 0.12, a 32-answer one near 0.09 (E20)."""
 EVAL_SEED_OFFSET = 7919
 """Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
 
@@ -303,8 +306,13 @@ class DemoConfig:
     def gate_overrides(self, lane: str, environ: Mapping[str, str]) -> dict:
         """The gate overrides ``lane``'s trainer gets: the lane's defaults (``LANE_GATE_CONFIG``) unless the
         environment already sets that field, then ``gate_config`` (the run's own, for every lane)."""
+        # the behavior guard compares answers as they are served (its unfinished share is "cut at the serving
+        # budget" only at that budget), on twice the library's 16 prompts outside --quick (E20)
+        demo_defaults = {"max_new_tokens": self.max_tokens, **({} if self.quick else {"max_prompts": GATE_PROMPTS})}
         lane_defaults = {
-            k: v for k, v in LANE_GATE_CONFIG.get(lane, {}).items() if f"RLHB_TRAINER_GATE__{k.upper()}" not in environ
+            k: v
+            for k, v in {**demo_defaults, **LANE_GATE_CONFIG.get(lane, {})}.items()
+            if f"RLHB_TRAINER_GATE__{k.upper()}" not in environ
         }
         return {**lane_defaults, **self.gate_config}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from core.text_measures import is_refusal, near_empty_share, refusal_share, words
 
 
@@ -35,3 +37,11 @@ def test_near_empty_share_counts_answers_under_the_word_floor():
     assert near_empty_share(answers, 3) == 4 / 6  # "", "Yes.", "You responded.", "!!!"
     assert near_empty_share(answers, 1) == 2 / 6
     assert near_empty_share([], 3) == 0.0
+
+
+def test_unfinished_share_counts_answers_that_stop_mid_sentence_not_empty_ones():
+    from core.text_measures import unfinished_share
+
+    answers = ["It is blue.", "The sky is blue because the", "", "Yes!", "Rayleigh scattering of"]
+    assert unfinished_share(answers) == pytest.approx(2 / 5)
+    assert unfinished_share([]) == 0.0

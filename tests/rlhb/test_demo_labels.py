@@ -61,12 +61,16 @@ def test_labels_read_set_values_as_the_trainer_does():
 
 def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_can_override_it():
     cfg = DemoConfig(algorithms=("rlhb-steer", "rlhb"))
-    assert cfg.gate_overrides("rlhb-steer", {}) == {"kl_bound": 0.7} and cfg.gate_overrides("rlhb", {}) == {}
+    served = {"max_new_tokens": cfg.max_tokens, "max_prompts": 32}  # every full-demo gate answers as served
+    assert cfg.gate_overrides("rlhb-steer", {}) == {**served, "kl_bound": 0.7}
+    assert cfg.gate_overrides("rlhb", {}) == served
     assert cfg.label("rlhb-steer").endswith("KL to the round's start, not the base; gate KL bound 0.7)")
     assert "gate" not in cfg.label("rlhb")
-    assert cfg.gate_overrides("rlhb-steer", {"RLHB_TRAINER_GATE__KL_BOUND": "0.4"}) == {}  # the trainer reads 0.4
-    own = DemoConfig(algorithms=("rlhb-steer",), gate_config={"kl_bound": 0.9, "seed": 3})
-    assert own.gate_overrides("rlhb-steer", {}) == {"kl_bound": 0.9, "seed": 3}
+    assert cfg.gate_overrides("rlhb-steer", {"RLHB_TRAINER_GATE__KL_BOUND": "0.4"}) == served  # trainer reads 0.4
+    own = DemoConfig(algorithms=("rlhb-steer",), gate_config={"kl_bound": 0.9, "seed": 3, "max_prompts": 8})
+    assert own.gate_overrides("rlhb-steer", {}) == {**served, "kl_bound": 0.9, "seed": 3, "max_prompts": 8}
+    quick = DemoConfig(algorithms=("rlhb",), quick=True, max_tokens=8)
+    assert quick.gate_overrides("rlhb", {}) == {"max_new_tokens": 8}  # --quick keeps the library's 16 prompts
     assert own.label("rlhb-steer").endswith("gate KL bound 0.9)")
 
 
@@ -135,3 +139,4 @@ def test_a_lanes_trainer_gets_the_demos_answer_cap_and_its_gate_overrides(tmp_pa
     assert steer.env["RLHB_API_MAX_NEW_TOKENS"] == "128" and steer.env["RLHB_TRAINER_ALGO__MAX_NEW_TOKENS"] == "128"
     assert plain.env["RLHB_TRAINER_ALGO__MAX_NEW_TOKENS"] == "64"  # a lane's own setting wins
     assert steer.env["RLHB_TRAINER_GATE__KL_BOUND"] == "0.7" and "RLHB_TRAINER_GATE__KL_BOUND" not in plain.env
+    assert steer.env["RLHB_TRAINER_GATE__MAX_NEW_TOKENS"] == plain.env["RLHB_TRAINER_GATE__MAX_NEW_TOKENS"] == "128"

@@ -23,6 +23,8 @@ BEHAVIOR_GUARD_DEFAULTS = {
     "max_repetition_increase": 0.10, "max_relevance_drop": 0.25, "max_refusal_increase": 0.10,
     # and the KL check's reference (E12): each round's step from its parent; the base before any version
     "kl_reference": "parent",
+    # answers that stop mid-sentence (E20): every version that lost like rate here stopped mid-sentence more often
+    "max_unfinished_increase": 0.20,
 }  # fmt: skip
 
 

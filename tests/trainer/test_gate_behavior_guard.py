@@ -14,7 +14,9 @@ from trainer.gate import GateConfig, compare_behavior, evaluate, gate_and_publis
 
 GUARD = GateConfig(max_prompts=6, max_new_tokens=16, max_records=16, batch_size=8, threads=1)
 GUARD_ONLY = GUARD.model_copy(update={"kl_bound": 100.0})  # these candidates are far in KL too
-GUARD_METRICS = ("mean_words", "near_empty_share", "refusal_share", "repeated_ngram_rate", "relevance")
+GUARD_METRICS = (
+    "mean_words", "near_empty_share", "refusal_share", "unfinished_share", "repeated_ngram_rate", "relevance",
+)  # fmt: skip
 # On the tiny random model a LoRA on the attention/MLP layers alone barely moves sampling; with
 # the LM head too, 30 SFT steps make the trained answers dominate temperature-1 sampling.
 SFT_MODULES = ("q_proj", "v_proj", "o_proj", "down_proj", "lm_head")
@@ -116,11 +118,19 @@ def test_a_candidate_close_to_its_parent_passes_the_guard(registry, tiny_model_d
     assert skipped.passed and skipped.metrics["behavior_guard_skipped"] == 1.0 and "mean_words" not in skipped.metrics
 
 
-def measures(words: float, near_empty: float, relevance: float, repetition: float = 0.03, refusals: float = 0.0):
+def measures(
+    words: float,
+    near_empty: float,
+    relevance: float,
+    repetition: float = 0.03,
+    refusals: float = 0.0,
+    unfinished: float = 0.6,  # base at 48 tokens: 0.55-0.64 in every run (E20)
+):
     return {
         "mean_words": words,
         "near_empty_share": near_empty,
         "refusal_share": refusals,
+        "unfinished_share": unfinished,
         "repeated_ngram_rate": repetition,
         "relevance": relevance,
     }
@@ -131,6 +141,8 @@ BASE = measures(28.5, 0.009, 0.587, 0.029)
 HEALTHY = {
     "E3 RLHB, shorter and on topic": measures(16.3, 0.026, 0.637, 0.019),
     "demo RLHBC": measures(15.7, 0.031, 0.733, 0.012),
+    # E19 (176 answers, base unfinished 0.61): finishing more often is what these users liked
+    "E19 rlhb-midcut, kl_coef 0.08, concise": measures(12.2, 0.045, 0.684, 0.011, unfinished=0.14),
 }
 HACKED = {
     "E4 RLHBC, a third near-empty": (measures(6.9, 0.324, 0.576, 0.005), ("near-empty", "answer length")),
@@ -138,6 +150,9 @@ HACKED = {
     "direct-reward RL, empty answers": (measures(0.0, 1.0, 0.0, 0.0), ("near-empty", "length", "relevance")),
     "a looping policy": (measures(30.0, 0.0, 0.5, 0.45), ("repeated 3-grams",)),
     "a refusing policy": (measures(14.0, 0.0, 0.45, 0.03, refusals=0.3), ("refusals",)),
+    # E20: published by the gate before this guard; like rate 0.097 -> 0.040 (base unfinished 0.64)
+    "E20 rlhb-midcut on example users": (measures(34.0, 0.0, 0.551, 0.046, unfinished=0.88), ("mid-sentence",)),
+    "E15 trained on inverted feedback": (measures(36.2, 0.0, 0.582, 0.028, unfinished=0.94), ("mid-sentence",)),
 }
 
 
@@ -163,6 +178,14 @@ def test_a_reason_names_the_guard_both_numbers_and_the_bound():
         "behavior guard: mean answer length 28.5 -> 3.2 words (-89%, bound -60%)",
         "behavior guard: relevance to the question 0.59 -> 0.11 (-81%, bound -25%)",
     ]
+
+
+def test_a_candidate_that_stops_mid_sentence_more_often_is_blocked_and_one_that_finishes_more_often_is_not():
+    parent = measures(28.0, 0.0, 0.6, unfinished=0.6)
+    _, reasons = compare_behavior(parent, measures(30.0, 0.0, 0.6, unfinished=0.81), GateConfig())
+    assert reasons == ["behavior guard: answers stopped mid-sentence 0.60 -> 0.81 (bound +0.20)"]
+    assert compare_behavior(parent, measures(30.0, 0.0, 0.6, unfinished=0.8), GateConfig())[1] == []  # at the bound
+    assert compare_behavior(parent, measures(12.0, 0.0, 0.6, unfinished=0.0), GateConfig())[1] == []
 
 
 def test_relevance_near_zero_has_nothing_to_lose():
