@@ -152,6 +152,13 @@ MIDCUT_LANE: dict = {
     # iteration 5, as rlhb-real's did (stopped at iteration 7). A rollout cut at the budget is served cut off, which
     # every user dislikes: TRL's missing_eos_penalty says so in the reward directly.
     "missing_eos_penalty": 1.0,
+    # E19-E20: at kl_coef 0.02 both rounds failed the gate's KL bound (0.904 and 0.502 nats/token); at 0.08 the
+    # concise round passed (0.308) and lifted 0.216 -> 0.506. On example users, 0.08 alone published a loss (0.097 ->
+    # 0.040): every rollout ran to the cap from iteration 3, pushed by a critic that starts at 0 under scores near
+    # -4 (GAE's lambda discount then favours going on over stopping). Centered on the round's first batch (Ziegler
+    # et al.), the same round gave 0.108 -> 0.159 with every guard better.
+    "kl_coef": 0.08,
+    "center_scores": True,
 }
 """The ``rlhb-midcut`` lane's departures from ``rlhb-real``."""
 FULL_ALGORITHM_CONFIG["rlhb-real"] = {**FULL_ALGORITHM_CONFIG["rlhb"], **REALNESS_LANE}

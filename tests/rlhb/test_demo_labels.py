@@ -26,7 +26,7 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
     assert algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-midcut"]) == (
         "RLHB (frozen discriminator, paper section 6.4; stopped mid-sentence real answers as 25% of D's fakes; "
         "reward: contrast + 1 log D; a rollout cut at the token budget loses 1 (TRL's missing_eos_penalty); "
-        "every PPO prompt on the served sentence)"
+        "scores centered on the round's first batch, as Ziegler et al. 2019; every PPO prompt on the served sentence)"
     )
     assert algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-steer"]) == (
         "RLHB (frozen discriminator, paper section 6.4; every PPO prompt on the served sentence; "
