@@ -56,14 +56,15 @@
    near-empty answer of the 16 default prompts (1/16 = 0.0625), and relevance -25% is about
    three standard errors of a 16-answer mean (per-answer cosines scatter by about 0.2).
    Repetition: base 0.03-0.04 and healthy runs lower, a looping policy 0.3-0.9, so +0.10.
-   Refusals: base about 0, so +0.10 (two refusals more in 16 answers). Unfinished answers, the
-   hacking a learned reward misses in the other direction (bench/demo_experiments.md E20: 176
-   served answers per version, 48 tokens): every version that lost like rate stopped mid-sentence
-   more often than base (E15's poisoned round 0.55 -> 0.94, E18 on example users 0.57 -> 0.95,
-   E20's 0.64 -> 0.88, published with like rate 0.097 -> 0.040), every version that gained did so
-   less often (0.6 -> 0.0-0.36). So +0.20: two sampling standard deviations of the difference of
-   two independent 32-answer shares near 0.6 (common random numbers make it smaller). The demo's published
+   Refusals: base about 0, so +0.10 (two refusals more in 16 answers). The demo's published
    RLHB (11.5 words, -59%, near-empty 9.9%) sits just inside both bounds.
+   Unfinished answers, the hacking a learned reward misses in the other direction
+   (bench/demo_experiments.md E20: 176 served answers per version, 48 tokens): every version that
+   lost like rate stopped mid-sentence more often than base (E15's poisoned round 0.55 -> 0.94,
+   E18 on example users 0.57 -> 0.95, E20's 0.64 -> 0.88, published with like rate 0.097 ->
+   0.040), every version that gained did so less often (0.6 -> 0.0-0.36). So +0.20: below the
+   harmful moves (+0.24 to +0.39) and about 1.6 standard deviations (0.12) of the difference of
+   two independent 32-answer shares near 0.6 (common random numbers make it smaller).
    The guard's answers are as long as the KL check's (``max_new_tokens``), so answers longer
    than that are compared cut: the length drop of verbose parents reads smaller than in full,
    and the unfinished share means "cut at the serving budget" only when ``max_new_tokens`` is
