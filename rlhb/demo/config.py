@@ -45,7 +45,7 @@ def algorithm_label(name: str, overrides: dict) -> str:
         notes.append(
             f"a rollout cut at the token budget loses {float(o['missing_eos_penalty']):g} (TRL's missing_eos_penalty)"
         )
-    if str(o.get("center_scores", False)).lower() == "true":
+    if o.get("center_scores"):
         notes.append("scores centered on the round's first batch, as Ziegler et al. 2019")
     if float(o.get("temperature", 1.0)) != 1.0:
         notes.append(f"rollouts sampled at temperature {float(o['temperature']):g}")
