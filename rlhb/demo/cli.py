@@ -20,7 +20,7 @@ def demo(
         "(rlhb-adversarial: D trained against the policy during PPO; rlhb-frozen: D frozen after warm-up; "
         "rlhb-real: the rlhb lane with truncated answers among D's fakes and log D added to its reward, E18; "
         "rlhb-midcut: rlhb-real with the fakes stopped mid-sentence at any length and rollouts cut at the "
-        "token budget penalized, E19).",
+        "token budget penalized, E19; rlhb-midsteer: rlhb-midcut after the steering stage of rlhb-steer, E21).",
     ),
     rounds: int = typer.Option(None, min=1, help="Training rounds per algorithm."),
     steps: int = typer.Option(None, min=1, help="Training iterations per round."),

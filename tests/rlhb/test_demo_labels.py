@@ -32,6 +32,14 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
         "RLHB (frozen discriminator, paper section 6.4; every PPO prompt on the served sentence; "
         "120 steering steps before PPO; KL to the round's start, not the base)"
     )
+    # E21's run: rlhb-steer with the rlhb-midcut departures set by hand; the lane is the same configuration
+    assert algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-midsteer"]) == (
+        "RLHB (frozen discriminator, paper section 6.4; stopped mid-sentence real answers as 25% of D's fakes; "
+        "reward: contrast + 1 log D; a rollout cut at the token budget loses 1 (TRL's missing_eos_penalty); "
+        "scores centered on the round's first batch, as Ziegler et al. 2019; every PPO prompt on the served sentence; "
+        "120 steering steps before PPO; KL to the round's start, not the base)"
+    )
+    assert DemoConfig(algorithms=("rlhb-midsteer",)).gate_overrides("rlhb-midsteer", {})["kl_bound"] == 0.7
 
 
 def test_labels_read_set_values_as_the_trainer_does():
