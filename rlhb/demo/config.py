@@ -181,7 +181,9 @@ adapter (a lane, not the default, until a full run through the services has meas
 FULL_ALGORITHM_CONFIG["rlhb-midsteer"] = {**FULL_ALGORITHM_CONFIG["rlhb-steer"], **REALNESS_LANE, **MIDCUT_LANE}
 """``--algorithms rlhb-midsteer``: the steering stage of ``rlhb-steer`` before the PPO of ``rlhb-midcut``. E21
 (through the services, concise): 0.244 -> 0.540 (p 7e-9), published with every guard clean, and the first
-behavior gap measured through the services, +0.108 (p 0.021); 64 minutes, against 30-47 for ``rlhb-midcut`` (E20)."""
+behavior gap measured through the services, +0.108 (p 0.021); 64 minutes, against 30-47 for ``rlhb-midcut`` (E20).
+On thorough users it did not carry over: +0.136 by 12-word answers, near-empty 0.6% -> 6.8%, rejected by the
+gate's length guard, no gap. A lane, not the default."""
 LANE_GATE_CONFIG: dict[str, dict] = {
     # The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on
     # the logs before PPO, so this lane's first candidate is further from the base than a PPO-only one: E12's
