@@ -184,13 +184,13 @@ FULL_ALGORITHM_CONFIG["rlhb-midsteer"] = {**FULL_ALGORITHM_CONFIG["rlhb-steer"],
 behavior gap measured through the services, +0.108 (p 0.021); 64 minutes, against 30-47 for ``rlhb-midcut`` (E20).
 On thorough users it did not carry over: +0.136 by 12-word answers, near-empty 0.6% -> 6.8%, rejected by the
 gate's length guard, no gap. A lane, not the default."""
+STEERED_LANE_GATE: dict = {"kl_bound": 0.7}
+"""The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on the logs
+before PPO, so a steered lane's first candidate is further from the base than a PPO-only one: E12's measured 0.580
+nats/token (the steered adapter alone 0.306) with a clean behavior guard, E21's 0.542 and 0.581, over the default
+bound of 0.5 that was set from PPO-only candidates. The label names the raised bound."""
 LANE_GATE_CONFIG: dict[str, dict] = {
-    # The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on
-    # the logs before PPO, so this lane's first candidate is further from the base than a PPO-only one: E12's
-    # measured 0.580 nats/token (the steered adapter alone 0.306) with a clean behavior guard, over the
-    # default bound of 0.5 that was set from PPO-only candidates. The label names the raised bound.
-    "rlhb-steer": {"kl_bound": 0.7},
-    "rlhb-midsteer": {"kl_bound": 0.7},  # the same steering stage; E21 measured 0.542
+    lane: STEERED_LANE_GATE for lane, overrides in FULL_ALGORITHM_CONFIG.items() if overrides.get("steer_steps", 0)
 }
 """Per-lane gate overrides (RLHB_TRAINER_GATE__<FIELD>) under ``DemoConfig.gate_config`` and the environment."""
 GATE_PROMPTS = 32
