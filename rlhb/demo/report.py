@@ -95,6 +95,7 @@ def format_gaps(report: dict) -> list[str]:
 
 
 def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, total: float, model_path: str) -> dict:
+    from rlhb.evaluation.quality import guards_against_base
     from rlhb.evaluation.stats import power_at_n, required_n_per_arm
 
     base = next((r for r in results if r.algorithm == "base"), None)
@@ -105,6 +106,11 @@ def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, to
         if r.algorithm == "base":
             bases.setdefault(r.round_info.get("users", cfg.users_at(0)), r)
     rows = [summarize(r, bases.get(r.round_info.get("users", cfg.users_at(r.round)), base)) for r in results]
+    base_quality = {id(b): row["quality"] for b, row in zip(results, rows, strict=True) if "quality" in row}
+    for row, r in zip(rows, results, strict=True):  # the issue's bar on quality, against the same base as the lift
+        own_base = bases.get(r.round_info.get("users", cfg.users_at(r.round)), base)
+        if "vs_base" in row and id(own_base) in base_quality:
+            row["guards_vs_base"] = guards_against_base(row["quality"], base_quality[id(own_base)])
     for row, r in zip(rows, results, strict=True):  # name the variant for what it is (d_frozen: paper 6.4)
         row["variant"] = cfg.label(r.algorithm)
     power = {}
@@ -209,10 +215,20 @@ def drift_recovery(report: dict) -> list[dict]:
     return out
 
 
+def format_guards(guards: dict | None) -> str:
+    """``guards_vs_base`` in a few words: "clean", or the guards past the bar."""
+    if not guards:
+        return ""
+    return "clean" if guards["clean"] else "FAILED: " + "; ".join(guards["failed"])
+
+
 def format_table(report: dict) -> str:
+    from rlhb.evaluation.quality import NEAR_EMPTY_WORDS
+
     head = (
         f"{'algorithm':<18}{'version':<40}{'status':<10}{'n':>5}{'like rate':>10}{'95% CI':>16}"
-        f"{'lift':>8}{'p (z)':>9}{'p (Fisher)':>11}{'sig':>5}{'relev.':>8}{'rep3':>7}{'words':>7}{'cut':>6}"
+        f"{'lift':>8}{'p (z)':>9}{'p (Fisher)':>11}{'sig':>5}{'relev.':>8}{'rep3':>7}{'words':>7}{'cut':>6}{'empty':>7}"
+        "  guards vs base"
     )
     lines = [head, "-" * len(head)]
     for row in report["versions"]:
@@ -229,8 +245,14 @@ def format_table(report: dict) -> str:
             f"{(format(vs['p_fisher_one_sided'], '.3g') if vs else ''):>11}"
             f"{('yes' if vs.get('significant') else 'no') if vs else '':>5}"
             f"{(q.get('relevance') or 0):>8.3f}{q.get('repeated_ngram_rate', 0):>7.3f}"
-            f"{q.get('mean_words', 0):>7.1f}{q.get('cut_off_share', 0):>6.2f}"
+            f"{q.get('mean_words', 0):>7.1f}{q.get('cut_off_share', 0):>6.2f}{q.get('near_empty_share', 0):>7.3f}"
+            f"  {format_guards(row.get('guards_vs_base'))}"
         )
+    lines += [
+        "",
+        f"empty: near-empty share (< {NEAR_EMPTY_WORDS} words); guards vs base: relevance and repetition within 5% "
+        "of base's, near-empty not above base's (issue 14's bar)",
+    ]
     if report.get("drift"):
         lines += [
             "",

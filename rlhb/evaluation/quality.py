@@ -68,3 +68,33 @@ def quality_report(questions: Sequence[str], answers: Sequence[str], relevance: 
         rel = sum(scores) / len(scores)
         rel_se = statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else 0.0
     return QualityReport(n=len(answers), relevance=rel, relevance_se=rel_se, **stats)
+
+
+ISSUE_GUARD_MAX_RELATIVE_WORSENING = 0.05
+"""The acceptance bar for a lift (issue 14, Done-when): relevance and repetition not worse than base's by more
+than 5% relative, and the near-empty share not above base's."""
+
+
+def guards_against_base(candidate: dict, base: dict, max_worse: float = ISSUE_GUARD_MAX_RELATIVE_WORSENING) -> dict:
+    """``candidate`` and ``base`` are ``QualityReport.as_dict()``s of answers to the same held-out questions,
+    judged alike. Returns each guard's change (relative for relevance and repetition, in share points for
+    near-empty), ``failed`` (the guards past the bar, in words) and ``clean`` (none failed). A lift that
+    fails one of these is reward hacking by this project's bar, not learning. Relevance is skipped where
+    either side lacks it; a base with no repetition at all fails any repetition."""
+    failed = []
+    out: dict = {}
+    if candidate.get("relevance") is not None and base.get("relevance") is not None:
+        change = (candidate["relevance"] - base["relevance"]) / max(abs(base["relevance"]), 1e-9)
+        out["relevance_change"] = change
+        if change < -max_worse:
+            failed.append(f"relevance {change:+.1%}")
+    rep_c, rep_b = candidate["repeated_ngram_rate"], base["repeated_ngram_rate"]
+    out["repetition_change"] = (rep_c - rep_b) / rep_b if rep_b > 0 else (0.0 if rep_c == 0 else float("inf"))
+    if rep_c > rep_b * (1 + max_worse):
+        failed.append(f"repetition {rep_b:.3f} -> {rep_c:.3f}")
+    out["near_empty_change"] = candidate["near_empty_share"] - base["near_empty_share"]
+    if candidate["near_empty_share"] > base["near_empty_share"]:
+        failed.append(f"near-empty {base['near_empty_share']:.1%} -> {candidate['near_empty_share']:.1%}")
+    out["failed"] = failed
+    out["clean"] = not failed
+    return out

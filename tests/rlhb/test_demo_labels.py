@@ -8,6 +8,7 @@ import pytest
 from rlhb.demo import format_table
 from rlhb.demo.config import FULL_ALGORITHM_CONFIG, DemoConfig, algorithm_label, lane_algorithm, parse_sets
 from rlhb.demo.report import behavior_gap
+from rlhb.evaluation.quality import guards_against_base
 
 
 def test_frozen_discriminator_and_constant_sentence_are_named():
@@ -86,6 +87,21 @@ def test_report_table_lists_the_variant():
     row = {"label": "RLHB", "variant": "RLHB (frozen discriminator, paper section 6.4)", "version": "v", "status": "x"}
     assert "variant: RLHB (frozen discriminator, paper section 6.4)" in format_table({"versions": [row]})
     assert "variant:" not in format_table({"versions": [{**row, "variant": "RLHB"}]})
+
+
+def test_report_table_says_whether_each_lift_kept_its_guards():
+    quality = {"relevance": 0.5, "repeated_ngram_rate": 0.02, "near_empty_share": 0.0}
+    base = {"label": "base", "version": "base", "status": "base", "n": 4, "like_rate": 0.25, "ci_low": 0.0,
+            "ci_high": 0.7, "quality": quality}  # fmt: skip
+    vs_base = {"lift": 0.5, "p_z_one_sided": 0.1, "p_fisher_one_sided": 0.1}
+    row = {**base, "label": "RLHB", "version": "v1", "status": "published", "vs_base": vs_base,
+           "quality": {"relevance": 0.4, "repeated_ngram_rate": 0.01, "near_empty_share": 0.25}}  # fmt: skip
+    row["guards_vs_base"] = guards_against_base(row["quality"], base["quality"])
+    table = format_table({"versions": [base, row]})
+    assert "FAILED: relevance -20.0%; near-empty 0.0% -> 25.0%" in table.splitlines()[3]
+    assert "0.250" in table.splitlines()[3] and "guards vs base" in table.splitlines()[0]
+    row["guards_vs_base"] = guards_against_base(base["quality"], base["quality"])
+    assert format_table({"versions": [base, row]}).splitlines()[3].endswith("clean")
 
 
 def test_variant_lanes_train_their_algorithm_with_their_own_overrides():

@@ -40,6 +40,8 @@ def test_quick_demo_runs_the_closed_loop(tmp_path, kafka_bootstrap, redis_url, t
             # Served by the API under its own version name, compared with the base.
             assert row["n"] == 6 and "vs_base" in row and 0 <= row["vs_base"]["p_fisher_one_sided"] <= 1
             assert "relevance" in row["quality"]
+            guards = row["guards_vs_base"]  # against the base row's own quality, as the table shows it
+            assert guards["clean"] == (not guards["failed"]) and "near_empty_change" in guards
     assert any(rows[a]["status"] == "published" for a in ("rlhb", "rlhbc", "rlhf"))
     for algo in ("rlhb", "rlhbc", "rlhf"):  # the last served version also answered under the least preferred sentence
         if rows[algo]["status"] == "published":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlhb.evaluation.quality import quality_report, relevance_scores, repetition_and_length
+from rlhb.evaluation.quality import guards_against_base, quality_report, relevance_scores, repetition_and_length
 from rlhb.evaluation.stats import compare_to_base, power_at_n, required_n_per_arm, wilson_interval
 from rlhb.evaluation.text import ends_cleanly, repeated_ngram_rate, topic_overlap
 
@@ -82,3 +82,21 @@ def test_power_analysis_is_consistent():
     assert power_at_n(0.24, 0.34, 2 * n) > 0.95
     with pytest.raises(ValueError, match="two different rates"):
         required_n_per_arm(0.3, 0.3)
+
+
+def _quality(relevance=0.55, rep=0.03, near_empty=0.02):
+    return {"relevance": relevance, "repeated_ngram_rate": rep, "near_empty_share": near_empty}
+
+
+def test_guards_against_base_hold_the_issues_bar():
+    base = _quality()
+    assert guards_against_base(_quality(relevance=0.526, rep=0.017, near_empty=0.02), base)["clean"]  # -4.4%
+    worse = guards_against_base(_quality(relevance=0.52, rep=0.0316, near_empty=0.03), base)
+    assert not worse["clean"]
+    assert [f.split()[0] for f in worse["failed"]] == ["relevance", "repetition", "near-empty"]
+    assert worse["relevance_change"] == pytest.approx(-0.03 / 0.55)
+    assert worse["near_empty_change"] == pytest.approx(0.01)
+    assert guards_against_base(_quality(rep=0.0314), base)["clean"]  # +4.7% repetition is inside 5%
+    assert not guards_against_base(_quality(rep=0.001), _quality(rep=0.0))["clean"]
+    no_relevance = guards_against_base(_quality(relevance=None), base)
+    assert no_relevance["clean"] and "relevance_change" not in no_relevance
