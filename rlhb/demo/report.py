@@ -5,6 +5,7 @@ and ``write_report`` (console, report.json, report.md, served.jsonl and the plot
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -59,9 +60,33 @@ def summarize(vr: VersionResult, base: VersionResult | None, relevance: bool = T
     return row
 
 
+def paired_p_like(most: list, least: list) -> dict:
+    """The gap in the simulated users' true like probability, paired by held-out answer (``index``: the same
+    question and draw under both sentences): mean difference and a one-sided paired t-test (H1: most > least).
+
+    A second reading of the same gap, next to the like-rate test, not instead of it: each like is one Bernoulli
+    draw from ``p_like``, and pairing removes the questions' own difficulty, so this test sees a policy that
+    follows the sentence with less noise. Only a simulation knows ``p_like``; with real users the like-rate
+    test is the one that carries over. p is None when every pair differs by the same amount (t undefined)."""
+    from scipy.stats import ttest_rel
+
+    a, b = {s.index: s.p_like for s in most}, {s.index: s.p_like for s in least}
+    keys = sorted(a.keys() & b.keys())
+    out: dict = {"n_pairs": len(keys)}
+    if len(keys) < 2:
+        return out
+    x, y = [a[k] for k in keys], [b[k] for k in keys]
+    out["mean_diff"] = sum(x) / len(x) - sum(y) / len(y)
+    result = ttest_rel(x, y, alternative="greater")
+    out["t"] = None if math.isnan(result.statistic) else float(result.statistic)
+    out["p_one_sided"] = None if math.isnan(result.pvalue) else float(result.pvalue)
+    return out
+
+
 def behavior_gap(most: list, least: list) -> dict:
     """The same version under the most vs the least preferred sentence: both like rates, the gap and
-    its one-sided two-proportion z-test (H1: most > least), and the users' mean true like probability."""
+    its one-sided two-proportion z-test (H1: most > least), the users' mean true like probability, and
+    the same gap in true like probability paired by answer (``paired_p_like``)."""
     from rlhb.evaluation.stats import two_proportion_z, wilson_interval
 
     k1, n1 = sum(s.asker_liked for s in most), len(most)
@@ -76,7 +101,17 @@ def behavior_gap(most: list, least: list) -> dict:
         "p_one_sided": p_one,
         "mean_p_like_most": sum(s.p_like for s in most) / max(1, n1),
         "mean_p_like_least": sum(s.p_like for s in least) / max(1, n0),
+        "paired_p_like": paired_p_like(most, least),
     }
+
+
+def format_paired(paired: dict | None) -> str:
+    if not paired or paired.get("p_one_sided") is None:
+        return ""
+    return (
+        f"; paired by answer: {paired['mean_diff']:+.3f}, one-sided p {paired['p_one_sided']:.3g} "
+        f"({paired['n_pairs']} pairs)"
+    )
 
 
 def format_gaps(report: dict) -> list[str]:
@@ -89,7 +124,7 @@ def format_gaps(report: dict) -> list[str]:
                 f"{lane} {g['version']}: most preferred {g['most_preferred']['like_rate']:.3f} vs least preferred "
                 f"{g['least_preferred']['like_rate']:.3f} (n={g['least_preferred']['n']}): gap {g['gap']:+.3f}, "
                 f"one-sided p {g['p_one_sided']:.3g}; mean true p_like {g['mean_p_like_most']:.3f} vs "
-                f"{g['mean_p_like_least']:.3f}"
+                f"{g['mean_p_like_least']:.3f}" + format_paired(g.get("paired_p_like"))
             )
     return lines
 
@@ -284,7 +319,11 @@ def format_live_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], say) -> None:
+def write_report(
+    cfg: DemoConfig, report: dict, results: list[VersionResult], say, gap_answers: dict | None = None
+) -> None:
+    """``gap_answers``: per lane, (version, sentence, answers) of its behavior-gap evaluation under the least
+    preferred sentence, written to behavior-gap.jsonl (served.jsonl holds the served sentence's)."""
     table = format_table(report)
     live_table = format_live_table(report) if report.get("live_rounds") else ""
     if live_table:
@@ -348,6 +387,12 @@ def write_report(cfg: DemoConfig, report: dict, results: list[VersionResult], sa
         for r in results:
             for s in r.served:
                 f.write(json.dumps({"algorithm": r.algorithm, "version": r.version, **asdict(s)}) + "\n")
+    if gap_answers:
+        with open(cfg.out_dir / "behavior-gap.jsonl", "w", encoding="utf-8") as f:
+            for lane, (version, sentence, answers) in gap_answers.items():
+                for s in answers:
+                    f.write(json.dumps({"algorithm": lane, "version": version, "behavior": sentence, **asdict(s)}))
+                    f.write("\n")
     plot(cfg, report, results)
     if live_table:
         plot_live(cfg, report)

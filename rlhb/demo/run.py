@@ -127,6 +127,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     first_records_topic = ""
     base_count = 0
     lane_info: dict[str, dict] = {}
+    gap_answers: dict[str, tuple] = {}  # lane -> (version, least preferred sentence, its answers)
     live: list[dict] = []
     if cfg.drift:
         before, after, at = cfg.drift_parts()
@@ -145,7 +146,11 @@ def run_demo(cfg: DemoConfig) -> dict:
         report["run_id"] = run_id
         report["complete"] = len(done) == len(cfg.algorithms)
         write_report(
-            dataclasses.replace(cfg, algorithms=done), report, results, say if say_tables else (lambda *_: None)
+            dataclasses.replace(cfg, algorithms=done),
+            report,
+            results,
+            say if say_tables else (lambda *_: None),
+            gap_answers,
         )
         if not say_tables:
             say(f"  report so far (lanes {', '.join(done)}) written to {cfg.out_dir / 'report.md'}")
@@ -300,6 +305,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                     least = judge_offline(rcfg, lane, last.version, held_out, model_path, say, least_sentence)
                 gap = {"version": last.version, **behavior_gap(last.served, least)}
                 lane_info.setdefault(algorithm, {})["behavior_gap"] = gap
+                gap_answers[algorithm] = (last.version, least_sentence, least)
                 phases[f"{algorithm}: behavior gap"] = time.time() - t0
             lane.stop()
             phases[f"{algorithm}: lane total"] = time.time() - t_lane

@@ -7,7 +7,7 @@ import pytest
 
 from rlhb.demo import format_table
 from rlhb.demo.config import FULL_ALGORITHM_CONFIG, DemoConfig, algorithm_label, lane_algorithm, parse_sets
-from rlhb.demo.report import behavior_gap
+from rlhb.demo.report import behavior_gap, format_gaps
 from rlhb.evaluation.quality import guards_against_base
 
 
@@ -138,13 +138,24 @@ def test_behavior_gap_compares_the_two_sentences():
     from types import SimpleNamespace
 
     def served(likes: int, n: int) -> list:
-        return [SimpleNamespace(asker_liked=i < likes, p_like=0.5 if i < likes else 0.1) for i in range(n)]
+        return [SimpleNamespace(index=i, asker_liked=i < likes, p_like=0.5 if i < likes else 0.1) for i in range(n)]
 
     gap = behavior_gap(served(60, 100), served(30, 100))
     assert gap["gap"] == pytest.approx(0.3) and gap["p_one_sided"] < 1e-4
     assert gap["most_preferred"]["like_rate"] == 0.6 and gap["least_preferred"]["n"] == 100
     assert gap["mean_p_like_most"] > gap["mean_p_like_least"]
-    assert behavior_gap(served(30, 100), served(30, 100))["p_one_sided"] == pytest.approx(0.5)
+    paired = gap["paired_p_like"]  # answers 30-59 are better under the preferred sentence, none worse
+    assert paired["n_pairs"] == 100 and paired["mean_diff"] == pytest.approx(0.3 * 0.4) and paired["p_one_sided"] < 1e-6
+    same = behavior_gap(served(30, 100), served(30, 100))
+    assert same["p_one_sided"] == pytest.approx(0.5) and same["paired_p_like"]["p_one_sided"] is None
+    # Pairs are matched by answer index, not by position: the least preferred list in another order agrees.
+    shuffled = behavior_gap(served(60, 100), served(30, 100)[::-1])["paired_p_like"]
+    assert shuffled == paired
+    # Noisy pairs in both directions with no gap on average: no evidence.
+    mixed = [SimpleNamespace(index=i, asker_liked=False, p_like=0.3 + 0.1 * (-1) ** i) for i in range(40)]
+    flat = [SimpleNamespace(index=i, asker_liked=False, p_like=0.3) for i in range(40)]
+    assert behavior_gap(mixed, flat)["paired_p_like"]["p_one_sided"] == pytest.approx(0.5)
+    assert "paired by answer: +0.120" in format_gaps({"lanes": {"rlhb": {"behavior_gap": {"version": "v", **gap}}}})[0]
 
 
 def test_a_lanes_trainer_gets_the_demos_answer_cap_and_its_gate_overrides(tmp_path, kafka_bootstrap, redis_url):

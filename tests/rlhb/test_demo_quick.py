@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from core.behavior.encoding import least_preferred_sentence
 from rlhb.demo import format_table, quick_config, run_demo
 from rlhb.demo.config import EVAL_SEED_OFFSET
 from rlhb.demo.judging import rejudge
@@ -47,6 +48,11 @@ def test_quick_demo_runs_the_closed_loop(tmp_path, kafka_bootstrap, redis_url, t
         if rows[algo]["status"] == "published":
             gap = report["lanes"][algo]["behavior_gap"]
             assert gap["version"] == rows[algo]["version"] and gap["least_preferred"]["n"] == 6
+            assert gap["paired_p_like"]["n_pairs"] == 6  # the same held-out answers under both sentences
+            kept = [json.loads(x) for x in (cfg.out_dir / "behavior-gap.jsonl").read_text().splitlines()]
+            mine = [k for k in kept if k["algorithm"] == algo]
+            assert len(mine) == 6 and {k["version"] for k in mine} == {gap["version"]}
+            assert {k["behavior"] for k in mine} == {least_preferred_sentence()}
     assert report["side_by_side"] and report["side_by_side"][0]["base"]
     assert "like rate" in format_table(report)
     out = cfg.out_dir
