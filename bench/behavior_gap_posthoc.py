@@ -1,10 +1,14 @@
-"""Post-hoc behavior-following gap of a finished demo run's rejected candidates (runs from before
-the demo measured it itself): the same offline generation and judging the demo used for their
-served-sentence answers (rlhb.demo.judging.judge_offline, seed + EVAL_SEED_OFFSET), under the least
-preferred sentence; writes behavior-gap.json next to the report.
+"""Post-hoc behavior-following gap of a finished demo run's versions (runs from before the demo measured it
+itself, or before it kept the least preferred answers): the offline generation and judging the demo uses for a
+rejected candidate (rlhb.demo.judging.judge_offline, seed + EVAL_SEED_OFFSET), under the least preferred sentence.
+The run's settings (users, eval_samples, max_tokens, temperature, seed) come from its report.json.
 
-    usage: python bench/behavior_gap_posthoc.py RUN_DIR LANES_DIR USERS LANE=VERSION [LANE=VERSION ...]
-    (2026-12-04: bench/demo-results/2026-12-04-thorough /tmp/thorough-lanes thorough
+By default the most preferred side is the run's own answers in served.jsonl. With --offline-both it is generated
+offline too, so both sides come from the same generator and the paired test (``paired_p_like``, by answer index)
+compares like with like. Writes behavior-gap.json (or behavior-gap-offline.json) next to the report.
+
+    usage: python bench/behavior_gap_posthoc.py RUN_DIR LANES_DIR LANE=VERSION [LANE=VERSION ...] [--offline-both]
+    (2026-12-04: bench/demo-results/2026-12-04-thorough /tmp/thorough-lanes
      rlhb-frozen=rlhb-r0001-20261204-154836-9f80 rlhb=rlhb-r0001-20261204-151407-3cef)"""
 
 import json
@@ -19,21 +23,33 @@ from rlhb.demo.report import behavior_gap
 from rlhb.queries import split_questions
 from rlhb.simulate.driver import Served
 
-out, lanes_dir, users = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-pairs = [arg.split("=", 1) for arg in sys.argv[4:]]
+args = [a for a in sys.argv[1:] if not a.startswith("--")]
+offline_both = "--offline-both" in sys.argv
+out, lanes_dir = Path(args[0]), Path(args[1])
+pairs = [arg.split("=", 1) for arg in args[2:]]
+run = json.loads((out / "report.json").read_text())["config"]
+cfg = DemoConfig(
+    users=run["users"],
+    algorithms=tuple(lane for lane, _ in pairs),
+    threads=2,
+    **{k: run[k] for k in ("eval_samples", "max_tokens", "temperature", "seed")},
+)
 served = [json.loads(x) for x in (out / "served.jsonl").read_text().splitlines()]
-cfg = DemoConfig(users=users, algorithms=tuple(lane for lane, _ in pairs), threads=2)
 held_out = list(split_questions().held_out)
 model = str(Path.home() / ".cache/rlhb/models/SmolLM2-135M-Instruct")
 results = {}
 for lane, version in pairs:
-    most = [
-        Served(**{k: v for k, v in s.items() if k not in ("algorithm", "version")})
-        for s in served
-        if s["version"] == version
-    ]
     fake_lane = SimpleNamespace(root=lanes_dir / f"lane-{lane}")  # judge_offline reads root/adapters/version
+    if offline_both:
+        most = judge_offline(cfg, fake_lane, version, held_out, model, print)
+    else:
+        most = [
+            Served(**{k: v for k, v in s.items() if k not in ("algorithm", "version")})
+            for s in served
+            if s["version"] == version
+        ]
     least = judge_offline(cfg, fake_lane, version, held_out, model, print, least_preferred_sentence())
-    results[lane] = {"version": version, **behavior_gap(most, least)}
+    results[lane] = {"version": version, "most_offline": offline_both, **behavior_gap(most, least)}
     print(json.dumps(results[lane]), flush=True)
-(out / "behavior-gap.json").write_text(json.dumps(results, indent=2))
+name = "behavior-gap-offline.json" if offline_both else "behavior-gap.json"
+(out / name).write_text(json.dumps(results, indent=2))
