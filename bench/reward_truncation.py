@@ -65,7 +65,7 @@ from trainer.config import RLHBConfig  # noqa: E402
 from trainer.losses.discriminator import contrastive_reward, discriminator_reward  # noqa: E402
 from trainer.records import load_records  # noqa: E402
 
-DEMO_LANE = dict(d_frozen=True, d_warmup_steps=150, preferred_prompt_share=1.0)  # rlhb.demo.config: the rlhb lane
+DEMO_LANE = dict(d_frozen=True, d_warmup_steps=150, preferred_prompt_share=1.0)  # rlhb.demo.config: rlhb-frozen
 
 
 def rewards(trainer: RLHBTrainer, queries: list[str], answers: list[str]) -> dict[str, torch.Tensor]:

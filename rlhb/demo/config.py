@@ -116,21 +116,22 @@ ADVERSARIAL_RLHB: dict = {
 }
 """RLHB with D trained against the policy during PPO (eqs. 3-4): the ``rlhb-adversarial`` lane."""
 
+FROZEN_D_RLHB: dict = {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True, "preferred_prompt_share": 1.0}
+"""The frozen-D variant every measured lane starts from (``rlhb-frozen``; the demo's ``rlhb`` lane until E23):
+D learns the behavior from real vs behavior-swapped records during warm-up, then stays frozen (paper section 6.4,
+labelled so), because the adversarial D (ADVERSARIAL_RLHB) lost to it with the same budget: concise in process,
++0.23 (E3) vs +0.00 (E5, E6); thorough through the services (bench/demo-results/2026-12-04-thorough), +0.094 vs
++0.060 with near-empty answers 0.6% -> 23% (the gate blocked it). Every PPO prompt carries the served sentence
+(E2/E3: on this CPU budget that share decided the lift)."""
+
 FULL_ALGORITHM_CONFIG: dict[str, dict] = {
-    # The demo's RLHB lane is the frozen-D variant, labelled as such (paper section 6.4), because it
-    # is the one that lifted the like rate here without reward hacking: D learns the behavior from real
-    # vs behavior-swapped records during warm-up, then stays frozen. Measured against the adversarial
-    # D (ADVERSARIAL_RLHB) with the same budget: concise in process, +0.23 (E3) vs +0.00 (E5, E6);
-    # thorough through the services (bench/demo-results/2026-12-04-thorough), +0.094 vs +0.060 with
-    # near-empty answers 0.6% -> 23% (the gate blocked it). Every PPO prompt carries the served sentence
-    # (E2/E3: on this CPU budget that share decided the lift). The same PPO budget for every lane.
-    "rlhb": {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True, "preferred_prompt_share": 1.0},
+    "rlhb": {},  # the default lane: rlhb-midsteer's configuration, set below (DEFAULT_RLHB_LANE)
     "rlhbc": dict(PPO_BUDGET),
     "rlhf": dict(PPO_BUDGET),
     # --algorithms rlhb-adversarial,rlhb-frozen compares the two discriminators on the same base traffic
     "rlhb-adversarial": ADVERSARIAL_RLHB,
+    "rlhb-frozen": dict(FROZEN_D_RLHB),
 }
-FULL_ALGORITHM_CONFIG["rlhb-frozen"] = dict(FULL_ALGORITHM_CONFIG["rlhb"])
 REALNESS_LANE: dict = {
     # bench/demo_experiments.md E18 (through the services, concise): the default D's contrastive reward prefers an
     # answer cut to a few words over the whole one (86% of held-out records) and the round went to 25% near-empty
@@ -161,10 +162,10 @@ MIDCUT_LANE: dict = {
     "center_scores": True,
 }
 """The ``rlhb-midcut`` lane's departures from ``rlhb-real``."""
-FULL_ALGORITHM_CONFIG["rlhb-real"] = {**FULL_ALGORITHM_CONFIG["rlhb"], **REALNESS_LANE}
+FULL_ALGORITHM_CONFIG["rlhb-real"] = {**FROZEN_D_RLHB, **REALNESS_LANE}
 FULL_ALGORITHM_CONFIG["rlhb-midcut"] = {**FULL_ALGORITHM_CONFIG["rlhb-real"], **MIDCUT_LANE}
 FULL_ALGORITHM_CONFIG["rlhb-steer"] = {
-    **FULL_ALGORITHM_CONFIG["rlhb"],
+    **FROZEN_D_RLHB,
     # bench/demo_experiments.md E11-E12 (in process, concise): steering on every record under its own
     # sentence with the contrast on the preferred side, then the frozen-D PPO above with the KL taken
     # from the steered adapter: 0.440 (+0.219) with a behavior gap of +0.182 (p 2e-7); near-empty 5.7%.
@@ -184,15 +185,21 @@ FULL_ALGORITHM_CONFIG["rlhb-midsteer"] = {**FULL_ALGORITHM_CONFIG["rlhb-steer"],
 behavior gap measured through the services, +0.108 (p 0.021); 64 minutes, against 30-47 for ``rlhb-midcut`` (E20).
 On thorough users it did not carry over: +0.136 by 12-word answers, near-empty 0.6% -> 6.8%, rejected by the
 gate's length guard, no gap. A lane, not the default."""
+DEFAULT_RLHB_LANE = "rlhb-midsteer"
+"""The lane whose configuration the demo's plain ``rlhb`` lane trains (E23), on one seed per preset through the
+services, each against its own base: concise 0.244 -> 0.540 (p 7e-9) and example 0.088 -> 0.210 (p 3e-6), both
+published with every guard of issue 14's bar clean; thorough 0.108 -> 0.244 by 12-word answers, rejected by the
+gate's length guard. The frozen-D lane it replaced (``rlhb-frozen``): concise +0.28 with near-empty 1.4% -> 9.9%
+(12-03) and 25% (E18, rejected); users it was not tuned on -0.040 with near-empty 0.9% -> 9.9% (issue 14); thorough
++0.094 rejected on KL (12-04), +0.057 n.s. at 96 tokens (E17). Its PPO is still the frozen-D variant
+(paper section 6.4) with every PPO prompt on the served sentence; only its steering stage trains on each record's
+own sentence, and its label says all of it."""
+FULL_ALGORITHM_CONFIG["rlhb"] = dict(FULL_ALGORITHM_CONFIG[DEFAULT_RLHB_LANE])
 STEERED_LANE_GATE: dict = {"kl_bound": 0.7}
 """The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on the logs
 before PPO, so a steered lane's first candidate is further from the base than a PPO-only one: E12's measured 0.580
 nats/token (the steered adapter alone 0.306) with a clean behavior guard, E21's 0.542 and 0.581, over the default
 bound of 0.5 that was set from PPO-only candidates. The label names the raised bound."""
-LANE_GATE_CONFIG: dict[str, dict] = {
-    lane: STEERED_LANE_GATE for lane, overrides in FULL_ALGORITHM_CONFIG.items() if overrides.get("steer_steps", 0)
-}
-"""Per-lane gate overrides (RLHB_TRAINER_GATE__<FIELD>) under ``DemoConfig.gate_config`` and the environment."""
 GATE_PROMPTS = 32
 """Held-out prompts each full-demo gate answers (the library's default is 16): a 16-answer unfinished share
 has a sampling standard deviation near 0.12, a 32-answer one near 0.09 (E20)."""
@@ -311,22 +318,27 @@ class DemoConfig:
     def label(self, lane: str) -> str:
         """The lane's display label, naming its departures from the paper (and a gate bound it raises)."""
         label = algorithm_label(lane_algorithm(lane), self.lane_overrides(lane))
-        bound = self.gate_overrides(lane, os.environ).get("kl_bound") if lane in LANE_GATE_CONFIG else None
+        bound = self.gate_overrides(lane, os.environ).get("kl_bound") if self.lane_gate_defaults(lane) else None
         if bound is not None:
             label = (
                 f"{label[:-1]}; gate KL bound {bound})" if label.endswith(")") else f"{label} (gate KL bound {bound})"
             )
         return label
 
+    def lane_gate_defaults(self, lane: str) -> dict:
+        """The gate bounds ``lane`` raises: ``STEERED_LANE_GATE`` where its trainer steers before PPO (read from
+        the lane's own overrides, so ``--set rlhb.steer_steps=0`` drops it and ``--quick``'s plain lanes have none)."""
+        return dict(STEERED_LANE_GATE) if int(float(self.lane_overrides(lane).get("steer_steps", 0))) > 0 else {}
+
     def gate_overrides(self, lane: str, environ: Mapping[str, str]) -> dict:
-        """The gate overrides ``lane``'s trainer gets: the lane's defaults (``LANE_GATE_CONFIG``) unless the
+        """The gate overrides ``lane``'s trainer gets: the lane's defaults (``lane_gate_defaults``) unless the
         environment already sets that field, then ``gate_config`` (the run's own, for every lane)."""
         # the behavior guard compares answers as they are served (its unfinished share is "cut at the serving
         # budget" only at that budget), on twice the library's 16 prompts outside --quick (E20)
         demo_defaults = {"max_new_tokens": self.max_tokens, **({} if self.quick else {"max_prompts": GATE_PROMPTS})}
         lane_defaults = {
             k: v
-            for k, v in {**demo_defaults, **LANE_GATE_CONFIG.get(lane, {})}.items()
+            for k, v in {**demo_defaults, **self.lane_gate_defaults(lane)}.items()
             if f"RLHB_TRAINER_GATE__{k.upper()}" not in environ
         }
         return {**lane_defaults, **self.gate_config}

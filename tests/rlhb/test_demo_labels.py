@@ -3,10 +3,20 @@ negative ablation (section 6.4), not RLHB."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from rlhb.demo import format_table
-from rlhb.demo.config import FULL_ALGORITHM_CONFIG, DemoConfig, algorithm_label, lane_algorithm, parse_sets
+from rlhb.demo.config import (
+    FULL_ALGORITHM_CONFIG,
+    PPO_BUDGET,
+    DemoConfig,
+    algorithm_label,
+    lane_algorithm,
+    parse_sets,
+    quick_config,
+)
 from rlhb.demo.report import behavior_gap, format_gaps
 from rlhb.evaluation.quality import guards_against_base
 
@@ -69,17 +79,23 @@ def test_labels_read_set_values_as_the_trainer_does():
 
 
 def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_can_override_it():
-    cfg = DemoConfig(algorithms=("rlhb-steer", "rlhb"))
+    cfg = DemoConfig(algorithms=("rlhb-steer", "rlhb-frozen", "rlhb"))
     served = {"max_new_tokens": cfg.max_tokens, "max_prompts": 32}  # every full-demo gate answers as served
     assert cfg.gate_overrides("rlhb-steer", {}) == {**served, "kl_bound": 0.7}
-    assert cfg.gate_overrides("rlhb", {}) == served
+    assert cfg.gate_overrides("rlhb-frozen", {}) == served
     assert cfg.label("rlhb-steer").endswith("KL to the round's start, not the base; gate KL bound 0.7)")
-    assert "gate" not in cfg.label("rlhb")
+    assert "gate" not in cfg.label("rlhb-frozen")
+    # The default lane steers (rlhb-midsteer's configuration), so it raises the bound too; without its steering
+    # stage it does not.
+    assert cfg.gate_overrides("rlhb", {}) == {**served, "kl_bound": 0.7} and cfg.label("rlhb").endswith("bound 0.7)")
+    cfg.algorithm_config["rlhb"] = {**cfg.lane_overrides("rlhb"), "steer_steps": "0"}  # --set rlhb.steer_steps=0
+    assert cfg.gate_overrides("rlhb", {}) == served and "gate" not in cfg.label("rlhb")
     assert cfg.gate_overrides("rlhb-steer", {"RLHB_TRAINER_GATE__KL_BOUND": "0.4"}) == served  # trainer reads 0.4
     own = DemoConfig(algorithms=("rlhb-steer",), gate_config={"kl_bound": 0.9, "seed": 3, "max_prompts": 8})
     assert own.gate_overrides("rlhb-steer", {}) == {**served, "kl_bound": 0.9, "seed": 3, "max_prompts": 8}
-    quick = DemoConfig(algorithms=("rlhb",), quick=True, max_tokens=8)
-    assert quick.gate_overrides("rlhb", {}) == {"max_new_tokens": 8}  # --quick keeps the library's 16 prompts
+    quick = quick_config(Path("unused"))  # --quick's plain rlhb lane does not steer; its steered lane does
+    assert quick.gate_overrides("rlhb", {}) == {"max_new_tokens": 8, **quick.gate_config}  # the library's 16 prompts
+    assert quick.gate_overrides("rlhb-steer", {})["kl_bound"] == 0.7
     assert own.label("rlhb-steer").endswith("gate KL bound 0.9)")
 
 
@@ -112,6 +128,11 @@ def test_variant_lanes_train_their_algorithm_with_their_own_overrides():
     assert "frozen discriminator" in cfg.label("rlhb-frozen") and "frozen" not in cfg.label("rlhb-adversarial")
     # A variant without an entry of its own starts from its algorithm's overrides.
     assert DemoConfig(algorithms=("rlhb-x",)).lane_overrides("rlhb-x") == cfg.lane_overrides("rlhb")
+    # The demo's default rlhb lane trains rlhb-midsteer's configuration (E23); rlhb-frozen keeps the lane it replaced.
+    assert cfg.lane_overrides("rlhb") == cfg.lane_overrides("rlhb-midsteer")
+    assert cfg.lane_overrides("rlhb")["steer_steps"] == 120 and cfg.lane_overrides("rlhb")["missing_eos_penalty"] == 1
+    assert cfg.lane_overrides("rlhb-frozen") == {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True,
+                                                 "preferred_prompt_share": 1.0}  # fmt: skip
     with pytest.raises(ValueError, match="unknown algorithms"):
         DemoConfig(algorithms=("nope-x",))
     with pytest.raises(ValueError, match="each lane once"):
@@ -167,8 +188,8 @@ def test_a_lanes_trainer_gets_the_demos_answer_cap_and_its_gate_overrides(tmp_pa
     from rlhb.demo.lanes import make_lane
 
     infra = types.SimpleNamespace(bootstrap=kafka_bootstrap, redis_url=redis_url)
-    cfg = DemoConfig(out_dir=tmp_path, algorithms=("rlhb-steer", "rlhb"), max_tokens=128)
-    cfg.algorithm_config["rlhb"] = {**cfg.lane_overrides("rlhb"), "max_new_tokens": 64}  # --set rlhb.max_new_tokens
+    cfg = DemoConfig(out_dir=tmp_path, algorithms=("rlhb-steer", "rlhb-frozen"), max_tokens=128)
+    cfg.algorithm_config["rlhb-frozen"] = {**cfg.lane_overrides("rlhb-frozen"), "max_new_tokens": 64}  # --set
     run_id = uuid.uuid4().hex[:8]
     steer, plain = (make_lane(cfg, run_id, lane, infra, "model") for lane in cfg.algorithms)
     assert steer.env["RLHB_API_MAX_NEW_TOKENS"] == "128" and steer.env["RLHB_TRAINER_ALGO__MAX_NEW_TOKENS"] == "128"

@@ -189,7 +189,7 @@ def test_a_variant_lane_runs_next_to_its_algorithm_and_each_lane_leaves_a_report
     # rlhb-steer's string overrides (kl_reference, steer_contrast_records) reached its trainer through the
     # environment; it steered before PPO and took the KL from the steered adapter (0 at the first batch)
     assert "steering steps before PPO" in rows["rlhb-steer"]["variant"]
-    assert rows["rlhb-steer"]["variant"].endswith("gate KL bound 0.7)")  # LANE_GATE_CONFIG reached the label
+    assert rows["rlhb-steer"]["variant"].endswith("gate KL bound 0.7)")  # lane_gate_defaults reached the label
     logged = [
         json.loads(line)
         for path in (cfg.out_dir / "lane-rlhb-steer" / "state" / "trainer-metrics").glob("*.jsonl")
