@@ -184,7 +184,8 @@ FULL_ALGORITHM_CONFIG["rlhb-midsteer"] = {**FULL_ALGORITHM_CONFIG["rlhb-steer"],
 (through the services, concise): 0.244 -> 0.540 (p 7e-9), published with every guard clean, and the first
 behavior gap measured through the services, +0.108 (p 0.021); 64 minutes, against 30-47 for ``rlhb-midcut`` (E20).
 On thorough users it did not carry over: +0.136 by 12-word answers, near-empty 0.6% -> 6.8%, rejected by the
-gate's length guard, no gap. A lane, not the default."""
+gate's length guard, no gap. On example users (E23) 0.088 -> 0.210 (p 3e-6), every guard better, no gap. The
+demo's default ``rlhb`` lane trains this configuration (``DEFAULT_RLHB_LANE``)."""
 DEFAULT_RLHB_LANE = "rlhb-midsteer"
 """The lane whose configuration the demo's plain ``rlhb`` lane trains (E23), on one seed per preset through the
 services, each against its own base: concise 0.244 -> 0.540 (p 7e-9) and example 0.088 -> 0.210 (p 3e-6), both
@@ -199,7 +200,8 @@ STEERED_LANE_GATE: dict = {"kl_bound": 0.7}
 """The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on the logs
 before PPO, so a steered lane's first candidate is further from the base than a PPO-only one: E12's measured 0.580
 nats/token (the steered adapter alone 0.306) with a clean behavior guard, E21's 0.542 and 0.581, over the default
-bound of 0.5 that was set from PPO-only candidates. The label names the raised bound."""
+bound of 0.5 that was set from PPO-only candidates. Every lane that steers gets it (``DemoConfig.lane_gate_defaults``
+reads the lane's own ``steer_steps``); the label names the raised bound."""
 GATE_PROMPTS = 32
 """Held-out prompts each full-demo gate answers (the library's default is 16): a 16-answer unfinished share
 has a sampling standard deviation near 0.12, a 32-answer one near 0.09 (E20)."""
