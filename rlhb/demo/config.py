@@ -190,7 +190,8 @@ DEFAULT_RLHB_LANE = "rlhb-midsteer"
 """The lane whose configuration the demo's plain ``rlhb`` lane trains (E23), on one seed per preset through the
 services, each against its own base: concise 0.244 -> 0.540 (p 7e-9) and example 0.088 -> 0.210 (p 3e-6), both
 published with every guard of issue 14's bar clean; thorough 0.108 -> 0.244 by 12-word answers, rejected by the
-gate's length guard. The frozen-D lane it replaced (``rlhb-frozen``): concise +0.28 with near-empty 1.4% -> 9.9%
+gate's length guard; example seed 1 (run as the default) +0.114 by short, repetitive answers, rejected the same way.
+The frozen-D lane it replaced (``rlhb-frozen``): concise +0.28 with near-empty 1.4% -> 9.9%
 (12-03) and 25% (E18, rejected); users it was not tuned on -0.040 with near-empty 0.9% -> 9.9% (issue 14); thorough
 +0.094 rejected on KL (12-04), +0.057 n.s. at 96 tokens (E17). Its PPO is still the frozen-D variant
 (paper section 6.4) with every PPO prompt on the served sentence; only its steering stage trains on each record's
