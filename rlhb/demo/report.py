@@ -140,12 +140,12 @@ def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, to
     for r in results:
         if r.algorithm == "base":
             bases.setdefault(r.round_info.get("users", cfg.users_at(0)), r)
-    rows = [summarize(r, bases.get(r.round_info.get("users", cfg.users_at(r.round)), base)) for r in results]
-    base_quality = {id(b): row["quality"] for b, row in zip(results, rows, strict=True) if "quality" in row}
-    for row, r in zip(rows, results, strict=True):  # the bar on quality, against the same base as the lift
-        own_base = bases.get(r.round_info.get("users", cfg.users_at(r.round)), base)
-        if "vs_base" in row and id(own_base) in base_quality:
-            row["guards_vs_base"] = guards_against_base(row["quality"], base_quality[id(own_base)])
+    own_bases = [bases.get(r.round_info.get("users", cfg.users_at(r.round)), base) for r in results]
+    rows = [summarize(r, b) for r, b in zip(results, own_bases, strict=True)]
+    quality_of = {id(r): row.get("quality") for r, row in zip(results, rows, strict=True)}
+    for row, b in zip(rows, own_bases, strict=True):  # the bar on quality, against the same base as the lift
+        if "vs_base" in row and quality_of.get(id(b)):
+            row["guards_vs_base"] = guards_against_base(row["quality"], quality_of[id(b)])
     for row, r in zip(rows, results, strict=True):  # name the variant for what it is (d_frozen: paper 6.4)
         row["variant"] = cfg.label(r.algorithm)
     power = {}
