@@ -186,6 +186,20 @@ behavior gap measured through the services, +0.108 (p 0.021); 64 minutes, agains
 On thorough users it did not carry over: +0.136 by 12-word answers, near-empty 0.6% -> 6.8%, rejected by the
 gate's length guard, no gap. On example users (E23) 0.088 -> 0.210 (p 3e-6), every guard better, no gap. The
 demo's default ``rlhb`` lane trains this configuration (``DEFAULT_RLHB_LANE``)."""
+ADVERSARIAL_REALNESS: dict = {
+    # The adversarial D of E5-E7 never lifted, but there the reward was the contrast alone, which cancels realness:
+    # whatever D learned about the policy's generations (its real-vs-generated judgement, eqs. 3-4) never reached
+    # the policy. With log D in the reward (REALNESS_LANE) it does: a mode the policy collapses into (terse
+    # answers, repetition) becomes D's fakes and loses reward as it grows, which is the paper's GAN mechanism.
+    # E6's stabilisers keep D from being dragged to chance; swap and kappa stay at the library's defaults so the
+    # generations are a quarter of D's fakes beside the mid-sentence cuts.
+    "d_frozen": False,
+    "d_label_smoothing": 0.1,
+    "d_replay_size": 256,
+    "d_adversarial_lr_scale": 0.2,
+}
+"""The ``rlhb-advsteer`` lane's departures from ``rlhb-midsteer``: D keeps training against the policy (E24)."""
+FULL_ALGORITHM_CONFIG["rlhb-advsteer"] = {**FULL_ALGORITHM_CONFIG["rlhb-midsteer"], **ADVERSARIAL_REALNESS}
 DEFAULT_RLHB_LANE = "rlhb-midsteer"
 """The lane whose configuration the demo's plain ``rlhb`` lane trains (E23), on one seed per preset through the
 services, each against its own base: concise 0.244 -> 0.540 (p 7e-9) and example 0.088 -> 0.210 (p 3e-6), both
@@ -219,6 +233,7 @@ QUICK_ALGORITHM_CONFIG["rlhb-steer"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], "steer
 QUICK_ALGORITHM_CONFIG["rlhb-real"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], **REALNESS_LANE}
 QUICK_ALGORITHM_CONFIG["rlhb-midcut"] = {**QUICK_ALGORITHM_CONFIG["rlhb-real"], **MIDCUT_LANE}
 QUICK_ALGORITHM_CONFIG["rlhb-midsteer"] = {**QUICK_ALGORITHM_CONFIG["rlhb-steer"], **REALNESS_LANE, **MIDCUT_LANE}
+QUICK_ALGORITHM_CONFIG["rlhb-advsteer"] = {**QUICK_ALGORITHM_CONFIG["rlhb-midsteer"], **ADVERSARIAL_REALNESS}
 
 
 @dataclass
