@@ -51,6 +51,12 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
         "120 steering steps before PPO; KL to the round's start, not the base)"
     )
     assert DemoConfig(algorithms=("rlhb-midsteer",)).gate_overrides("rlhb-midsteer", {})["kl_bound"] == 0.7
+    # rlhb-advsteer: the same lane with D trained during PPO; no "frozen" note, the steered gate bound kept, and
+    # log D in the reward (without it the adversarial judgement would not reach the policy: the lane's point)
+    advsteer = FULL_ALGORITHM_CONFIG["rlhb-advsteer"]
+    assert algorithm_label("rlhb", advsteer).startswith("RLHB (stopped mid-sentence real answers")
+    assert advsteer["reward_realness_weight"] > 0 and advsteer["d_frozen"] is False
+    assert DemoConfig(algorithms=("rlhb-advsteer",)).gate_overrides("rlhb-advsteer", {})["kl_bound"] == 0.7
 
 
 def test_labels_read_set_values_as_the_trainer_does():
