@@ -106,8 +106,18 @@ class PPOConfig:
     dislike whatever they prefer. A learned reward can miss it: E19's example-users round sent every rollout to
     the cap by iteration 5 with a D that ranked real answers stopped mid-sentence below whole ones 95% of the
     time. ``missing_eos_share`` (logged every iteration) is the share of rollouts it hits. 0 = off (the paper)."""
+    short_answer_penalty: float = 0.0
+    """Subtracted from the score of every rollout with fewer than ``short_answer_words`` words: the other end of
+    ``missing_eos_penalty``. A learned reward that pays for finishing early can overshoot into answers such as
+    "No." or "Yes, I can.", which the guards count as near-empty (bench/demo_experiments.md E21, E23, E24: near-empty
+    answers 1-2% -> 5-7% on example and thorough users, every time by PPO). ``short_answer_share`` (logged every
+    iteration) is the share of rollouts it hits. Some questions deserve a one-word answer, so it is off by default
+    (0 = the paper)."""
+    short_answer_words: int = 4
+    """With ``short_answer_penalty``: rollouts with fewer words than this lose it (4: the report's near-empty guard,
+    ``rlhb.evaluation.quality.NEAR_EMPTY_WORDS``)."""
     center_scores: bool = False
-    """Subtract the round's first batch's mean score (after ``missing_eos_penalty``) from every score of the round,
+    """Subtract the round's first batch's mean score (after the two penalties above) from every score of the round,
     as Ziegler et al. 2019 normalize the reward to mean 0 on the starting policy's samples. Why: the critic starts
     near 0, and a reward that is far from 0 on average (D's log-probabilities are about -4) then reaches a token
     through GAE's lambda^(distance to the end): a long rollout's early tokens see little of a negative score, the
@@ -206,6 +216,11 @@ class PPOConfig:
             self.missing_eos_penalty >= 0,
             f"missing_eos_penalty must be >= 0 (it is subtracted); got {self.missing_eos_penalty}.",
         )
+        _require(
+            self.short_answer_penalty >= 0,
+            f"short_answer_penalty must be >= 0 (it is subtracted); got {self.short_answer_penalty}.",
+        )
+        _require(self.short_answer_words >= 1, f"short_answer_words must be >= 1; got {self.short_answer_words}.")
         _require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1]; got {self.gamma}.")
         _require(0.0 <= self.lam <= 1.0, f"lam must be in [0, 1]; got {self.lam}.")
         _require(self.kl_target > 0, f"kl_target must be > 0; got {self.kl_target}. TRL uses 6 (nats per answer).")

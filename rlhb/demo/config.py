@@ -45,6 +45,10 @@ def algorithm_label(name: str, overrides: dict) -> str:
         notes.append(
             f"a rollout cut at the token budget loses {float(o['missing_eos_penalty']):g} (TRL's missing_eos_penalty)"
         )
+    if float(o.get("short_answer_penalty", 0.0)) > 0:
+        notes.append(
+            f"a rollout under {int(o.get('short_answer_words', 4))} words loses {float(o['short_answer_penalty']):g}"
+        )
     if o.get("center_scores"):
         notes.append("scores centered on the round's first batch, as Ziegler et al. 2019")
     if float(o.get("temperature", 1.0)) != 1.0:

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from core.text_measures import words
 from trainer.algorithms.ppo_core import PPOCore
 from trainer.config import PPOConfig
 from trainer.losses.kl import adaptive_kl_coef
@@ -137,6 +138,27 @@ def test_missing_eos_penalty_lowers_the_score_of_answers_cut_at_the_budget(tiny_
     plain = make_core(tiny_model_dir, max_new_tokens=3).iteration(PROMPTS, score)
     assert plain.metrics["missing_eos_share"] > 0  # logged when the penalty is off, too
     assert plain.metrics["mean_score"] == pytest.approx(score(None, plain.rollouts.batch.responses, None).mean().item())
+
+
+def test_short_answer_penalty_lowers_the_score_of_near_empty_answers(tiny_model_dir):
+    """The other end of missing_eos_penalty: rollouts with fewer than short_answer_words words lose the penalty,
+    the others keep their score, and short_answer_share says how many there were."""
+    raw: list[torch.Tensor] = []
+
+    def recording(queries, responses, behaviors):
+        raw.append(score(queries, responses, behaviors))
+        return raw[-1]
+
+    core = make_core(tiny_model_dir, max_new_tokens=4, short_answer_penalty=1.5, short_answer_words=2)
+    head = core.policy.model.get_output_embeddings()  # make EOS likely: some rollouts end after 0-1 words
+    bias = torch.zeros(head.weight.shape[0], dtype=head.weight.dtype)
+    bias[sorted(core.policy.eos_ids)] = 6.0
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)
+    result = core.iteration(PROMPTS, recording)
+    short = torch.tensor([len(words(r)) < 2 for r in result.rollouts.batch.responses], dtype=torch.float32)
+    assert 0 < short.sum() < len(short)  # both kinds in the batch, so the test can tell them apart
+    assert result.metrics["short_answer_share"] == pytest.approx(short.mean().item())
+    assert result.metrics["mean_score"] == pytest.approx((raw[0] - 1.5 * short).mean().item())
 
 
 def test_center_scores_subtracts_the_first_batchs_mean_for_the_rest_of_the_round(tiny_model_dir):

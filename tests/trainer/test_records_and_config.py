@@ -126,6 +126,8 @@ def test_heldout_split_is_seeded_and_disjoint():
         ({"kappa": 0.2, "swap_share": 0.5, "d_truncated_share": 0.4}, r"\+ d_truncated_share \(0\.4\) must be <= 1"),
         ({"d_truncated_max_words": -1}, r"d_truncated_max_words must be >= 0"),
         ({"missing_eos_penalty": -1.0}, r"missing_eos_penalty must be >= 0"),
+        ({"short_answer_penalty": -1.0}, r"short_answer_penalty must be >= 0"),
+        ({"short_answer_words": 0}, r"short_answer_words must be >= 1"),
         ({"d_truncated_cut": "tail"}, r"d_truncated_cut must be one of \('head', 'mid_sentence'\)"),
         ({"reward_realness_weight": -1.0}, r"reward_realness_weight must be >= 0"),
         ({"reward_realness_weight": 1.0, "reward": "log_d"}, r"adds log D to the contrast; with reward='log_d'"),

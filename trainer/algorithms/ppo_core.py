@@ -35,7 +35,8 @@ Departures from the paper: see ``trainer.losses`` for the math; here, the critic
 features recorded at rollout time (see ``trainer.policy``), advantages are whitened, and the
 sequence score may be clipped (``score_clip``) so one wild reward cannot blow up an update, and
 a rollout that ran to the token budget without ending may lose ``missing_eos_penalty`` (TRL's
-option; ``missing_eos_share`` logs how many did, whatever the penalty), and ``center_scores`` may
+option; ``missing_eos_share`` logs how many did, whatever the penalty), one with fewer than ``short_answer_words``
+words may lose ``short_answer_penalty`` (``short_answer_share``), and ``center_scores`` may
 subtract the first batch's mean score (Ziegler et al. 2019; see its docstring for why). ``target_kl`` stops
 only the actor's epochs (the critic is a separate head on detached features here, so its epochs
 do not move the policy). Under ``torch.distributed`` the KL that decides an early stop and the
@@ -53,6 +54,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from core.text_measures import words
 from trainer.algorithms.base import TrainingDiverged
 from trainer.config import PPOConfig
 from trainer.losses.gae import gae, whiten
@@ -179,6 +181,10 @@ class PPOCore:
         rollouts.scores = scores  # what the reward function said (d_reward, rm_reward, kappa's top generations)
         unfinished = missing_eos(rollouts.batch, self.policy.eos_ids).float()  # (B,) 1 = ran to the budget
         scores = scores - cfg.missing_eos_penalty * unfinished  # TRL's missing_eos_penalty (0: off)
+        short = torch.tensor(
+            [len(words(r)) < cfg.short_answer_words for r in rollouts.batch.responses], dtype=torch.float32
+        )  # (B,) 1 = near-empty
+        scores = scores - cfg.short_answer_penalty * short  # its other end (0: off)
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         if cfg.center_scores and self.score_offset is None:  # the round's first batch sets it (Ziegler et al.)
@@ -207,6 +213,7 @@ class PPOCore:
             "kl_coef": kl_coef,  # the eta these rewards used
             "response_length": lengths.mean().item(),
             "missing_eos_share": unfinished.mean().item(),
+            "short_answer_share": short.mean().item(),
             "mean_value": masked_mean(rollouts.values, mask).item(),
             # CleanRL: how well the rollout-time values predicted the returns, over the whole batch
             "explained_var": explained_variance(rollouts.values, returns, mask),
