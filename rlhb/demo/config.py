@@ -202,7 +202,10 @@ ADVERSARIAL_REALNESS: dict = {
     "d_replay_size": 256,
     "d_adversarial_lr_scale": 0.2,
 }
-"""The ``rlhb-advsteer`` lane's departures from ``rlhb-midsteer``: D keeps training against the policy (E24)."""
+"""The ``rlhb-advsteer`` lane's departures from ``rlhb-midsteer``: D keeps training against the policy. E24 (through the
+services): D held (held-out AUROC 0.64 -> 0.62 thorough, 0.77 -> 0.66 example) and both rounds were published with
+significant lifts, thorough +0.102 (p 0.0064) and example seed 1 +0.074 (p 0.03), but by near-empty answers (1.1% ->
+5.1%) and off-topic ones (relevance -30%) respectively: the hack moved between guards. A lane, not the default."""
 FULL_ALGORITHM_CONFIG["rlhb-advsteer"] = {**FULL_ALGORITHM_CONFIG["rlhb-midsteer"], **ADVERSARIAL_REALNESS}
 DEFAULT_RLHB_LANE = "rlhb-midsteer"
 """The lane whose configuration the demo's plain ``rlhb`` lane trains (E23), on one seed per preset through the
