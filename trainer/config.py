@@ -109,10 +109,10 @@ class PPOConfig:
     short_answer_penalty: float = 0.0
     """Subtracted from the score of every rollout with fewer than ``short_answer_words`` words: the other end of
     ``missing_eos_penalty``. A learned reward that pays for finishing early can overshoot into answers such as
-    "No." or "Yes, I can.", which the guards count as near-empty (bench/demo_experiments.md E21, E23, E24: near-empty
-    answers 1-2% -> 5-7% on example and thorough users, every time by PPO). ``short_answer_share`` (logged every
-    iteration) is the share of rollouts it hits. Some questions deserve a one-word answer, so it is off by default
-    (0 = the paper)."""
+    "No." or "Yes, I can.", which the guards count as near-empty (bench/demo_experiments.md E21 thorough, E23 example
+    seed 1, E24 thorough: near-empty answers 0.6-2.3% -> 5-7%, each time after PPO). ``short_answer_share``
+    (logged every iteration) is the share of rollouts it hits. Some questions deserve a one-word answer, so it is
+    off by default (0 = the paper)."""
     short_answer_words: int = 4
     """With ``short_answer_penalty``: rollouts with fewer words than this lose it (4: the report's near-empty guard,
     ``rlhb.evaluation.quality.NEAR_EMPTY_WORDS``)."""

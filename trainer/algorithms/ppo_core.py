@@ -182,7 +182,9 @@ class PPOCore:
         unfinished = missing_eos(rollouts.batch, self.policy.eos_ids).float()  # (B,) 1 = ran to the budget
         scores = scores - cfg.missing_eos_penalty * unfinished  # TRL's missing_eos_penalty (0: off)
         short = torch.tensor(
-            [len(words(r)) < cfg.short_answer_words for r in rollouts.batch.responses], dtype=torch.float32
+            [len(words(r)) < cfg.short_answer_words for r in rollouts.batch.responses],
+            dtype=torch.float32,
+            device=scores.device,
         )  # (B,) 1 = near-empty
         scores = scores - cfg.short_answer_penalty * short  # its other end (0: off)
         if cfg.score_clip is not None:
