@@ -22,7 +22,7 @@ def algorithm_label(name: str, overrides: dict) -> str:
     import typing
 
     from trainer.algorithms import ALGORITHMS, default_config
-    from trainer.config import parse_value
+    from trainer.config import PPOConfig, parse_value
 
     # the fields this algorithm has, with their types ("base", a report row, has none)
     hints = typing.get_type_hints(type(default_config(name))) if name in ALGORITHMS else {}
@@ -47,7 +47,8 @@ def algorithm_label(name: str, overrides: dict) -> str:
         )
     if float(o.get("short_answer_penalty", 0.0)) > 0:
         notes.append(
-            f"a rollout under {int(o.get('short_answer_words', 4))} words loses {float(o['short_answer_penalty']):g}"
+            f"a rollout under {int(o.get('short_answer_words', PPOConfig.short_answer_words))} words loses "
+            f"{float(o['short_answer_penalty']):g}"
         )
     if o.get("center_scores"):
         notes.append("scores centered on the round's first batch, as Ziegler et al. 2019")
