@@ -637,7 +637,23 @@ class GateSettings(BaseModel):
     reward_tolerance: float = Field(
         default=0.05, description="Largest allowed drop of implicit-reward ranking accuracy below the active version's."
     )
-    max_prompts: int = Field(default=16, description="Held-out prompts the candidate answers for the KL check.")
+    max_prompts: int = Field(
+        default=16,
+        description="Held-out prompts (distinct questions under prompt_behavior) the candidate answers for the KL "
+        "check and the behavior guard.",
+    )
+    answers_per_prompt: int = Field(
+        default=1,
+        description="Sampled answers per held-out prompt (KL check and behavior guard): more answers per question "
+        "make the guard's shares less noisy where held-out questions are few.",
+    )
+    prompt_behavior: Literal["served", "record"] = Field(
+        default="served",
+        description="The behavior sentence the KL check's and the behavior guard's prompts carry: 'served' (the "
+        "sentence the API serves, the most preferred one of the stored encoding: the answers users will see) or "
+        "'record' (each held-out record's own logged sentence). The ranking check always scores a logged answer "
+        "under its record's own sentence.",
+    )
     max_new_tokens: int = Field(default=32, description="Length of the candidate's answers for the KL check.")
     max_records: int = Field(default=64, description="Held-out logged answers scored for the ranking check.")
     max_response_tokens: int = Field(
@@ -664,7 +680,9 @@ class GateSettings(BaseModel):
         "(reward hacking: terse, empty, repetitive, off-topic or refusing answers). false skips it.",
     )
     near_empty_words: int = Field(
-        default=3, description="An answer with fewer words than this counts as near-empty (behavior guard)."
+        default=4,
+        description="An answer with fewer words than this counts as near-empty (behavior guard); 4, as the demo's "
+        "quality report (rlhb/evaluation/quality.py) and PPO's short_answer_words count it.",
     )
     max_near_empty_increase: float = Field(
         default=0.10,
@@ -719,7 +737,8 @@ class GateSettings(BaseModel):
         if not 0 <= self.reward_tolerance < 1:
             raise ValueError(f"reward_tolerance must be in [0, 1) (accuracy points); got {self.reward_tolerance}.")
         for name in (
-            "max_prompts", "max_new_tokens", "max_records", "max_response_tokens", "batch_size", "near_empty_words",
+            "max_prompts", "answers_per_prompt", "max_new_tokens", "max_records", "max_response_tokens", "batch_size",
+            "near_empty_words",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}.")

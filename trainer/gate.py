@@ -2,8 +2,10 @@
 
 1. **Finite weights.** Every tensor in the adapter file is finite (a NaN/inf LoRA would
    make every answer garbage). Checked from the file, before any model is built.
-2. **KL to the reference is bounded.** On the held-out records' prompts (query + the
-   behavior sentence they were served under) the candidate samples answers; along each
+2. **KL to the reference is bounded.** On held-out prompts (``guard_prompts``: each held-out
+   question under the sentence the API serves, ``prompt_behavior="served"``, or under its record's
+   own logged sentence, ``"record"``; ``answers_per_prompt`` answers each) the candidate samples
+   answers; along each
    answer we take the exact KL between the candidate's and the reference's next-token
    distributions over the whole vocabulary, and average over answer tokens:
    ``kl_token = mean_t KL(pi_cand(.|s,b,a_<t) || pi_ref(.|s,b,a_<t))``. The reference is the
@@ -395,11 +397,14 @@ def evaluate(
     heldout: Sequence[BehaviorRecord],
     config: GateConfig | None = None,
     *,
+    served_behavior: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
 ) -> GateResult:
     """Run the four checks on ``candidate`` (``active``: the version it would replace and the behavior
-    guard's parent, None = base), with the models on ``device`` in ``dtype`` (``core.device``)."""
+    guard's parent, None = base), with the models on ``device`` in ``dtype`` (``core.device``).
+    ``served_behavior``: the sentence the API serves (``prompt_behavior="served"``); None = the most
+    preferred sentence of the encoding inferred from ``heldout`` (``trainer.records.BehaviorPool``)."""
     cfg = config or GateConfig()
     bad = nonfinite_weights(Path(candidate.path))
     if bad:
@@ -412,10 +417,31 @@ def evaluate(
     records = list(heldout)
     rng.shuffle(records)
     records = records[: cfg.max_records]
-    prompts = list(dict.fromkeys((r.query, r.behavior_prompt) for r in records))[: cfg.max_prompts]
+    prompts = guard_prompts(records, cfg, served_behavior)
 
     with _threads(cfg.threads):
         return _score(candidate, active, model_path, records, prompts, cfg, device, dtype)
+
+
+def guard_prompts(
+    records: Sequence[BehaviorRecord], cfg: GateConfig, served_behavior: str | None = None
+) -> list[tuple[str, str]]:
+    """The (question, behavior sentence) prompts the KL check and the behavior guard answer, in
+    ``records``' order: up to ``max_prompts`` distinct ones, each ``answers_per_prompt`` times in a row.
+
+    Under ``prompt_behavior="served"`` every question carries the served sentence, because that is
+    what users see: E24 (bench/demo_experiments.md) gated under each record's own logged sentence and
+    passed two candidates whose served answers broke the guards (near-empty 1% -> 5%; relevance -30%)
+    while the same candidates looked healthy under the records' sentences (relevance +4%)."""
+    if cfg.prompt_behavior == "served":
+        if served_behavior is None:
+            from trainer.records import BehaviorPool
+
+            served_behavior = BehaviorPool(records).most_preferred()
+        distinct = list(dict.fromkeys((r.query, served_behavior) for r in records))
+    else:
+        distinct = list(dict.fromkeys((r.query, r.behavior_prompt) for r in records))
+    return [p for p in distinct[: cfg.max_prompts] for _ in range(cfg.answers_per_prompt)]
 
 
 @contextlib.contextmanager
@@ -441,6 +467,7 @@ def _score(candidate, active, model_path, records, prompts, cfg: GateConfig, dev
     metrics = {
         "finite": 1.0, "kl_token": kl_token, "kl_seq": kl_seq, "kl_token_base": kl_token_base,
         "kl_seq_base": kl_seq_base, "kl_from_parent": float(from_parent), "kl_prompts": float(len(prompts)),
+        "gate_questions": float(len(set(prompts))),
     }  # fmt: skip
     reasons = []
     if not math.isfinite(kl_token) or kl_token > cfg.kl_bound:
@@ -488,11 +515,13 @@ def gate_and_publish(
     heldout: Sequence[BehaviorRecord],
     config: GateConfig | None = None,
     *,
+    served_behavior: str | None = None,
     device: str = "auto",
     dtype: str = "auto",
 ) -> GateResult:
     """Gate a registered candidate against the active version: promote it if it passes,
     otherwise keep it on disk marked rejected with the reason. ``registry``: core.registry.Registry.
+    ``served_behavior``: the sentence the API serves (``evaluate``).
     ``device``/``dtype``: where the gate's models run (``core.device.resolve_device``)."""
     from core.registry import PointerPublishError
     from schemas.adapters import BASE_VERSION, AdapterStatus
@@ -500,7 +529,9 @@ def gate_and_publish(
     active_name = registry.active()
     active = registry.validate(active_name) if active_name != BASE_VERSION else None
     try:
-        result = evaluate(candidate, active, model_path, heldout, config, device=device, dtype=dtype)
+        result = evaluate(
+            candidate, active, model_path, heldout, config, served_behavior=served_behavior, device=device, dtype=dtype
+        )
     except Exception as e:  # a candidate the gate cannot even evaluate is not publishable
         result = GateResult(False, f"gate could not evaluate the candidate: {type(e).__name__}: {e}")
     if result.passed:

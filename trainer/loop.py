@@ -387,6 +387,7 @@ class Trainer:
         """Sample, train, register, gate, promote or reject, prune. Returns the round's summary."""
         from trainer.algorithms import TrainingDiverged, TrainRequest, get_algorithm
         from trainer.gate import gate_and_publish
+        from trainer.records import BehaviorPool
         from trainer.reward_models.split import split_by_query
 
         s = self.settings
@@ -458,8 +459,16 @@ class Trainer:
             gate_cfg = gate_with(gate_cfg, request["gate"])
         publisher = TrialRegistry(self.registry, s.ab_share) if s.ab_share > 0 else self.registry
         self.progress.set_phase("gating")
+        served = BehaviorPool(train, train_request.encoding).most_preferred()  # what the API serves
         gate = gate_and_publish(
-            publisher, version, self.model_path, heldout, gate_cfg, device=self.device, dtype=self.dtype
+            publisher,
+            version,
+            self.model_path,
+            heldout,
+            gate_cfg,
+            served_behavior=served,
+            device=self.device,
+            dtype=self.dtype,
         )
         self.progress.set_phase("publishing")
         pruned = self.registry.prune(s.keep_versions)
@@ -476,6 +485,7 @@ class Trainer:
             "parent": parent.name if parent else None,
             "reason": gate.reason,
             "gate": gate.metrics,
+            "gate_behavior": served if gate_cfg.prompt_behavior == "served" else "each record's own sentence",
             "train_metrics": final,
             "pruned": pruned,
             "seconds": time.time() - started,

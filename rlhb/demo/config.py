@@ -228,6 +228,10 @@ reads the lane's own ``steer_steps``); the label names the raised bound."""
 GATE_PROMPTS = 32
 """Held-out prompts each full-demo gate answers (the library's default is 16): a 16-answer unfinished share
 has a sampling standard deviation near 0.12, a 32-answer one near 0.09 (E20)."""
+GATE_ANSWERS_PER_PROMPT = 2
+"""Answers per gate prompt in the full demo: 64 answers under the served sentence. E24's 32 answers held no
+near-empty one where the 176-answer evaluation found 9 (5.1%); at 64 the chance of seeing none is ~3%, at 32 ~19%.
+Costs about a minute of gating."""
 EVAL_SEED_OFFSET = 7919
 """Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
 
@@ -360,8 +364,9 @@ class DemoConfig:
         """The gate overrides ``lane``'s trainer gets: the lane's defaults (``lane_gate_defaults``) unless the
         environment already sets that field, then ``gate_config`` (the run's own, for every lane)."""
         # the behavior guard compares answers as they are served (its unfinished share is "cut at the serving
-        # budget" only at that budget), on twice the library's 16 prompts outside --quick (E20)
-        demo_defaults = {"max_new_tokens": self.max_tokens, **({} if self.quick else {"max_prompts": GATE_PROMPTS})}
+        # budget" only at that budget), on twice the library's 16 prompts, two answers each, outside --quick (E20, E24)
+        full = {"max_prompts": GATE_PROMPTS, "answers_per_prompt": GATE_ANSWERS_PER_PROMPT}
+        demo_defaults = {"max_new_tokens": self.max_tokens, **({} if self.quick else full)}
         lane_defaults = {
             k: v
             for k, v in {**demo_defaults, **self.lane_gate_defaults(lane)}.items()

@@ -19,13 +19,16 @@ OLD_GATE_DEFAULTS = {
 }  # fmt: skip
 # Added with the behavior guard (issue 14): the reasons for these values are in trainer/gate.py.
 BEHAVIOR_GUARD_DEFAULTS = {
-    "behavior_guard": True, "near_empty_words": 3, "max_near_empty_increase": 0.10, "max_length_drop": 0.6,
+    "behavior_guard": True, "max_near_empty_increase": 0.10, "max_length_drop": 0.6,
     "max_repetition_increase": 0.10, "max_relevance_drop": 0.25, "max_refusal_increase": 0.10,
     # and the KL check's reference (E12): each round's step from its parent; the base before any version
     "kl_reference": "parent",
     # answers that stop mid-sentence (E20): every version that lost like rate here stopped mid-sentence more often
     "max_unfinished_increase": 0.20,
 }  # fmt: skip
+# E24: the KL check and the guard answer under the served sentence (the records' own sentences hid two hacks),
+# near-empty counted as the demo's report counts it (< 4 words)
+SERVED_GUARD_DEFAULTS = {"prompt_behavior": "served", "answers_per_prompt": 1, "near_empty_words": 4}
 
 
 @pytest.fixture(autouse=True)
@@ -41,7 +44,8 @@ def test_defaults_are_unchanged():
     settings = TrainerSettings()
     gate = build_gate_config(settings).model_dump()
     assert settings.algo == {} and {k: gate[k] for k in OLD_GATE_DEFAULTS} == OLD_GATE_DEFAULTS
-    assert {k: gate[k] for k in set(gate) - set(OLD_GATE_DEFAULTS)} == BEHAVIOR_GUARD_DEFAULTS
+    added = {**BEHAVIOR_GUARD_DEFAULTS, **SERVED_GUARD_DEFAULTS}
+    assert {k: gate[k] for k in set(gate) - set(OLD_GATE_DEFAULTS)} == added
     for algorithm in ALGORITHMS:
         assert build_algorithm_config(settings, algorithm) == default_config(algorithm)
     assert (settings.steps_per_round, settings.min_records, settings.sample_size, settings.poll_timeout_ms) == (

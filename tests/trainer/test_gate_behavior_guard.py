@@ -54,7 +54,7 @@ def test_a_terse_candidate_is_blocked_with_the_reason_in_the_registry(registry, 
     terse = registry.register(registry.root / "terse")
     result = gate_and_publish(registry, terse, str(tiny_model_dir), heldout, GUARD)
     assert not result.passed
-    assert "behavior guard: near-empty answers (< 3 words) 0.00 -> 1.00 (bound +0.10)" in result.reason
+    assert "behavior guard: near-empty answers (< 4 words) 0.00 -> 1.00 (bound +0.10)" in result.reason
     assert "behavior guard: mean answer length" in result.reason and "-100%, bound -60%" in result.reason
     assert "KL" in result.reason  # every failed check is named
     assert registry.active() == "base"
@@ -174,7 +174,7 @@ def test_default_bounds_block_the_hacked_runs(name):
 def test_a_reason_names_the_guard_both_numbers_and_the_bound():
     _, reasons = compare_behavior(BASE, HACKED["direct-reward RL, stock phrases"][0], GateConfig())
     assert reasons == [
-        "behavior guard: near-empty answers (< 3 words) 0.01 -> 0.62 (bound +0.10)",
+        "behavior guard: near-empty answers (< 4 words) 0.01 -> 0.62 (bound +0.10)",
         "behavior guard: mean answer length 28.5 -> 3.2 words (-89%, bound -60%)",
         "behavior guard: relevance to the question 0.59 -> 0.11 (-81%, bound -25%)",
     ]
