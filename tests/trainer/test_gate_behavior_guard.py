@@ -10,7 +10,7 @@ from core.registry import Registry
 from schemas.adapters import AdapterStatus, AdapterVersion
 from tests.helpers.adapter_factory import write_test_adapter, write_trained_adapter
 from tests.trainer.test_gate import BEHAVIOR, TOPICS, record
-from trainer.gate import GateConfig, compare_behavior, evaluate, gate_and_publish
+from trainer.gate import GateConfig, compare_behavior, evaluate, gate_and_publish, guard_prompts
 
 GUARD = GateConfig(max_prompts=6, max_new_tokens=16, max_records=16, batch_size=8, threads=1)
 GUARD_ONLY = GUARD.model_copy(update={"kl_bound": 100.0})  # these candidates are far in KL too
@@ -193,3 +193,44 @@ def test_relevance_near_zero_has_nothing_to_lose():
     drop there is noise, not a lost topic."""
     metrics, reasons = compare_behavior(measures(12, 0, 0.05), measures(12, 0, 0.03), GateConfig())
     assert reasons == [] and metrics["relevance_drop"] == pytest.approx(0.1)
+
+
+def test_the_guard_answers_under_the_served_sentence_not_the_records_own(tmp_path, tiny_model_dir, heldout):
+    """E24: a candidate that answered well under the held-out records' own sentences and badly under the
+    served one passed the gate. Here one is trained to say nothing under the served sentence and a full
+    answer under the sentence the records were logged with: only the served reading blocks it."""
+    logged = "Few users viewed this answer, and most of them disliked it."
+    records = [r.model_copy(update={"behavior_prompt": logged}) for r in heldout]
+    two_faced = write_trained_adapter(
+        tiny_model_dir,
+        tmp_path,
+        "two-faced",
+        [row for q in TRAIN_QUESTIONS for row in ((q, BEHAVIOR, ""), (q, logged, "Sure, here are the steps."))],
+        steps=400,
+        lr=5e-3,  # a short answer and many steps: the tiny model then tells the two sentences apart
+        target_modules=SFT_MODULES,
+    )
+    candidate = AdapterVersion(name="two-faced", id=1, path=str(two_faced))
+    own = evaluate(
+        candidate, None, str(tiny_model_dir), records, GUARD_ONLY.model_copy(update={"prompt_behavior": "record"})
+    )
+    served = evaluate(candidate, None, str(tiny_model_dir), records, GUARD_ONLY, served_behavior=BEHAVIOR)
+    assert own.metrics["near_empty_share"] < 0.5 and "near-empty" not in own.reason
+    assert served.metrics["near_empty_share"] > 0.5 and "near-empty answers" in served.reason
+    # without a served sentence given, the gate infers the encoding's most preferred one: the same here
+    assert evaluate(candidate, None, str(tiny_model_dir), records, GUARD_ONLY).metrics == served.metrics
+
+
+def test_guard_prompts_are_distinct_questions_under_one_sentence_each_answered_k_times():
+    records = [record(i, t, bool(i % 2)) for i, t in enumerate(["bake bread", "bake bread", "tie a knot", "brew tea"])]
+    records[1] = records[1].model_copy(update={"behavior_prompt": "Users liked this answer at a low rate."})
+    cfg = GateConfig(max_prompts=2, answers_per_prompt=3)
+    served = guard_prompts(records, cfg, "served sentence")
+    assert (
+        served == [("How do I bake bread?", "served sentence")] * 3 + [("How do I tie a knot?", "served sentence")] * 3
+    )
+    own = guard_prompts(records, cfg.model_copy(update={"prompt_behavior": "record"}))
+    assert own == [("How do I bake bread?", BEHAVIOR)] * 3 + [("How do I bake bread?", records[1].behavior_prompt)] * 3
+    assert guard_prompts(records, cfg)[0][1] == BEHAVIOR  # inferred: the default encoding's most preferred
+    with pytest.raises(ValueError, match="answers_per_prompt must be >= 1"):
+        GateConfig(answers_per_prompt=0)

@@ -50,10 +50,18 @@ def step_until(trainer: Trainer, rounds: int, timeout: float = 120) -> None:
 
 
 def test_rounds_publish_on_m_records_and_on_request_and_rejected_never_go_live(trainer, kafka_bootstrap, redis_client):
+    from core.behavior.encoding import RatesEncoding, most_preferred_sentence
+    from core.behavior.encoding_store import save_encoding
+
+    # the aggregator's stored encoding, clauses in the other order: the API serves its most preferred sentence
+    stored = RatesEncoding(rates=("dislike_rate", "like_rate"))
+    save_encoding(redis_client, trainer.settings.redis_prefix, stored)
     produce_records(kafka_bootstrap, trainer.settings.topic_records, toy_records(40))
     step_until(trainer, 1)
     first = trainer.last_round
     assert first["outcome"] == "published", first
+    # the gate answered under that served sentence, not under the records' own (E24)
+    assert first["gate_behavior"] == most_preferred_sentence(stored) != toy_records(1)[0].behavior_prompt
     assert first["train_records"] + first["heldout_records"] == 40 and first["heldout_records"] > 0
     assert trainer.registry.active() == first["version"]
     assert trainer.registry.validate(first["version"]).status == AdapterStatus.published
