@@ -679,6 +679,12 @@ class GateSettings(BaseModel):
         "on the KL check's held-out prompts, same sampling and seed, and block a move past the bounds below "
         "(reward hacking: terse, empty, repetitive, off-topic or refusing answers). false skips it.",
     )
+    guard_temperature: float = Field(
+        default=1.0,
+        description="Sampling temperature of the behavior guard's answers, candidate's and parent's (full vocabulary, "
+        "top_p 1). Set it to the serving temperature so the guard sees answers as users get them (rlhb demo does); "
+        "the KL check always samples at 1, where its bound was measured. Behavior guard.",
+    )
     near_empty_words: int = Field(
         default=4,
         description="An answer with fewer words than this counts as near-empty (behavior guard); 4, as the demo's "
@@ -732,6 +738,8 @@ class GateSettings(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> GateSettings:
+        if not 0 < self.guard_temperature <= 2:
+            raise ValueError(f"guard_temperature must be in (0, 2]; got {self.guard_temperature}. Typical: 0.7-1.0.")
         if not self.kl_bound > 0:
             raise ValueError(f"kl_bound must be > 0 (nats per token); got {self.kl_bound}. Typical: 0.1-1.0.")
         if not 0 <= self.reward_tolerance < 1:

@@ -60,6 +60,8 @@
    Repetition: base 0.03-0.04 and healthy runs lower, a looping policy 0.3-0.9, so +0.10.
    Refusals: base about 0, so +0.10 (two refusals more in 16 answers). The demo's published
    RLHB (11.5 words, -59%, near-empty 9.9%) sits just inside both bounds.
+   The guard's answers are sampled at ``guard_temperature`` (``rlhb demo``: the serving temperature, so it
+   judges answers as users get them; the KL check stays at temperature 1, where its bound was measured).
    Unfinished answers, the hacking a learned reward misses in the other direction
    (bench/demo_experiments.md E20: 176 served answers per version, 48 tokens): every version that
    lost like rate stopped mid-sentence more often than base (E15's poisoned round 0.55 -> 0.94,
@@ -300,10 +302,12 @@ class _Scorer:
         logits = self._logits(ids, mask, adapter, answer.shape[1])  # (B, T, V)
         return self.torch.gather(logits.log_softmax(-1), 2, answer.unsqueeze(-1)).squeeze(-1)
 
-    def sample_answers(self, prompts: Sequence[tuple[str, str]], adapter: str | None, cfg: GateConfig) -> list:
+    def sample_answers(
+        self, prompts: Sequence[tuple[str, str]], adapter: str | None, cfg: GateConfig, temperature: float = 1.0
+    ) -> list:
         """``adapter``'s sampled answers to ``prompts`` (None = the reference: adapter disabled), as
         batches of (prompt encoding, answer ids (B, T), answer mask (B, T), up to and including the
-        first EOS). Full-vocabulary sampling at temperature 1 reseeded with ``cfg.seed``, so two
+        first EOS). Full-vocabulary sampling at ``temperature`` reseeded with ``cfg.seed``, so two
         adapters answer the same prompts with the same random numbers (close policies give the
         same answers, and their differences are not sampling noise)."""
         torch = self.torch
@@ -315,7 +319,7 @@ class _Scorer:
                 out = self.model.generate(
                     **enc,
                     do_sample=True,
-                    temperature=1.0,
+                    temperature=temperature,
                     top_k=0,
                     top_p=1.0,
                     max_new_tokens=cfg.max_new_tokens,
@@ -474,11 +478,14 @@ def _score(candidate, active, model_path, records, prompts, cfg: GateConfig, dev
         reference = f"the parent {active.name}" if from_parent else "the base model"
         reasons.append(f"KL to {reference} {kl_token:.3f} nats/token exceeds the bound {cfg.kl_bound}")
     if cfg.behavior_guard:  # the parent answers the same prompts with the same random numbers
-        parent_answers = scorer.answer_texts(
-            scorer.sample_answers(prompts, "active" if active is not None else None, cfg)
-        )
+        t = cfg.guard_temperature  # the KL check's answers are at 1, where its bound was measured
+        candidate_answers = sampled if t == 1.0 else scorer.sample_answers(prompts, "candidate", cfg, t)
+        parent = "active" if active is not None else None
         guard_metrics, guard_reasons = behavior_guard(
-            [q for q, _ in prompts], parent_answers, scorer.answer_texts(sampled), cfg
+            [q for q, _ in prompts],
+            scorer.answer_texts(scorer.sample_answers(prompts, parent, cfg, t)),
+            scorer.answer_texts(candidate_answers),
+            cfg,
         )
         metrics.update(guard_metrics)
         reasons.extend(guard_reasons)

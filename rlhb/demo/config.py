@@ -363,10 +363,15 @@ class DemoConfig:
     def gate_overrides(self, lane: str, environ: Mapping[str, str]) -> dict:
         """The gate overrides ``lane``'s trainer gets: the lane's defaults (``lane_gate_defaults``) unless the
         environment already sets that field, then ``gate_config`` (the run's own, for every lane)."""
-        # the behavior guard compares answers as they are served (its unfinished share is "cut at the serving
-        # budget" only at that budget), on twice the library's 16 prompts, two answers each, outside --quick (E20, E24)
+        # the behavior guard compares answers as they are served: at the serving budget (its unfinished share is
+        # "cut at the serving budget" only there) and temperature, on twice the library's 16 prompts, two answers
+        # each, outside --quick (E20, E24, E25)
         full = {"max_prompts": GATE_PROMPTS, "answers_per_prompt": GATE_ANSWERS_PER_PROMPT}
-        demo_defaults = {"max_new_tokens": self.max_tokens, **({} if self.quick else full)}
+        demo_defaults = {
+            "max_new_tokens": self.max_tokens,
+            "guard_temperature": self.temperature,
+            **({} if self.quick else full),
+        }
         lane_defaults = {
             k: v
             for k, v in {**demo_defaults, **self.lane_gate_defaults(lane)}.items()

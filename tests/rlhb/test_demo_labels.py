@@ -88,7 +88,7 @@ def test_labels_read_set_values_as_the_trainer_does():
 def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_can_override_it():
     cfg = DemoConfig(algorithms=("rlhb-steer", "rlhb-frozen", "rlhb"))
     # every full-demo gate answers as served, 32 questions twice each
-    served = {"max_new_tokens": cfg.max_tokens, "max_prompts": 32, "answers_per_prompt": 2}
+    served = {"max_new_tokens": cfg.max_tokens, "guard_temperature": 0.7, "max_prompts": 32, "answers_per_prompt": 2}
     assert cfg.gate_overrides("rlhb-steer", {}) == {**served, "kl_bound": 0.7}
     assert cfg.gate_overrides("rlhb-frozen", {}) == served
     assert cfg.label("rlhb-steer").endswith("KL to the round's start, not the base; gate KL bound 0.7)")
@@ -102,7 +102,9 @@ def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_
     own = DemoConfig(algorithms=("rlhb-steer",), gate_config={"kl_bound": 0.9, "seed": 3, "max_prompts": 8})
     assert own.gate_overrides("rlhb-steer", {}) == {**served, "kl_bound": 0.9, "seed": 3, "max_prompts": 8}
     quick = quick_config(Path("unused"))  # --quick's plain rlhb lane does not steer; its steered lane does
-    assert quick.gate_overrides("rlhb", {}) == {"max_new_tokens": 8, **quick.gate_config}  # the library's 16 prompts
+    assert quick.gate_overrides("rlhb", {}) == {  # the library's 16 prompts
+        "max_new_tokens": 8, "guard_temperature": quick.temperature, **quick.gate_config
+    }  # fmt: skip
     assert quick.gate_overrides("rlhb-steer", {})["kl_bound"] == 0.7
     assert own.label("rlhb-steer").endswith("gate KL bound 0.9)")
 

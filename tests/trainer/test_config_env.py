@@ -28,7 +28,9 @@ BEHAVIOR_GUARD_DEFAULTS = {
 }  # fmt: skip
 # E24: the KL check and the guard answer under the served sentence (the records' own sentences hid two hacks),
 # near-empty counted as the demo's report counts it (< 4 words)
-SERVED_GUARD_DEFAULTS = {"prompt_behavior": "served", "answers_per_prompt": 1, "near_empty_words": 4}
+SERVED_GUARD_DEFAULTS = {
+    "prompt_behavior": "served", "answers_per_prompt": 1, "near_empty_words": 4, "guard_temperature": 1.0,
+}  # fmt: skip
 
 
 @pytest.fixture(autouse=True)

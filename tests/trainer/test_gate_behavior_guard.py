@@ -234,3 +234,17 @@ def test_guard_prompts_are_distinct_questions_under_one_sentence_each_answered_k
     assert guard_prompts(records, cfg)[0][1] == BEHAVIOR  # inferred: the default encoding's most preferred
     with pytest.raises(ValueError, match="answers_per_prompt must be >= 1"):
         GateConfig(answers_per_prompt=0)
+
+
+def test_the_guard_samples_at_its_own_temperature_and_the_kl_check_stays_at_one(tmp_path, tiny_model_dir, heldout):
+    """``guard_temperature`` (the demo: the serving temperature) changes the guard's answers, not the KL check's."""
+    near = write_test_adapter(tiny_model_dir, tmp_path, "near", seed=2, scale=0.01)
+    candidate = AdapterVersion(name="near", id=1, path=str(near))
+    hot = evaluate(candidate, None, str(tiny_model_dir), heldout, GUARD)
+    cold = evaluate(candidate, None, str(tiny_model_dir), heldout, GUARD.model_copy(update={"guard_temperature": 0.05}))
+    assert cold.metrics["kl_token"] == hot.metrics["kl_token"]  # same answers for the KL check
+    # near-greedy, the random tiny model's answers are empty (its argmax is the end of the answer); at 1 they are not
+    assert cold.metrics["mean_words_parent"] == 0 and cold.metrics["near_empty_share_parent"] == 1.0
+    assert hot.metrics["mean_words_parent"] > 5 and hot.metrics["near_empty_share_parent"] < 0.5
+    with pytest.raises(ValueError, match="guard_temperature must be in"):
+        GateConfig(guard_temperature=0)
