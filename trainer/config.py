@@ -112,7 +112,8 @@ class PPOConfig:
     "No." or "Yes, I can.", which the guards count as near-empty (bench/demo_experiments.md E21 thorough, E23 example
     seed 1, E24 thorough: near-empty answers 0.6-2.3% -> 5-7%, each time after PPO). ``short_answer_share``
     (logged every iteration) is the share of rollouts it hits. Some questions deserve a one-word answer, so it is
-    off by default (0 = the paper)."""
+    off by default (0 = the paper). Measured at 1 in E25 (example seed 1, thorough): it hit 2 and 5 of 384
+    rollouts, so those runs do not show it helps; the near-empty answers of E21/E23 came with shorter rollouts."""
     short_answer_words: int = 4
     """With ``short_answer_penalty``: rollouts with fewer words than this lose it (4: the report's near-empty guard,
     ``rlhb.evaluation.quality.NEAR_EMPTY_WORDS``)."""
