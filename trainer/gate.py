@@ -408,7 +408,7 @@ def evaluate(
     """Run the four checks on ``candidate`` (``active``: the version it would replace and the behavior
     guard's parent, None = base), with the models on ``device`` in ``dtype`` (``core.device``).
     ``served_behavior``: the sentence the API serves (``prompt_behavior="served"``); None = the most
-    preferred sentence of the encoding inferred from ``heldout`` (``trainer.records.BehaviorPool``)."""
+    preferred sentence of the encoding inferred from ``heldout`` (``core.behavior.encoding.infer_encoding``)."""
     cfg = config or GateConfig()
     bad = nonfinite_weights(Path(candidate.path))
     if bad:
@@ -439,9 +439,9 @@ def guard_prompts(
     while the same candidates looked healthy under the records' sentences (relevance +4%)."""
     if cfg.prompt_behavior == "served":
         if served_behavior is None:
-            from trainer.records import BehaviorPool
+            from core.behavior.encoding import infer_encoding, most_preferred_sentence
 
-            served_behavior = BehaviorPool(records).most_preferred()
+            served_behavior = most_preferred_sentence(infer_encoding(records))
         distinct = list(dict.fromkeys((r.query, served_behavior) for r in records))
     else:
         distinct = list(dict.fromkeys((r.query, r.behavior_prompt) for r in records))

@@ -385,9 +385,9 @@ class Trainer:
 
     def run_round(self, round_no: int, request: dict) -> dict:
         """Sample, train, register, gate, promote or reject, prune. Returns the round's summary."""
+        from core.behavior.encoding import infer_encoding, most_preferred_sentence
         from trainer.algorithms import TrainingDiverged, TrainRequest, get_algorithm
         from trainer.gate import gate_and_publish
-        from trainer.records import BehaviorPool
         from trainer.reward_models.split import split_by_query
 
         s = self.settings
@@ -459,7 +459,7 @@ class Trainer:
             gate_cfg = gate_with(gate_cfg, request["gate"])
         publisher = TrialRegistry(self.registry, s.ab_share) if s.ab_share > 0 else self.registry
         self.progress.set_phase("gating")
-        served = BehaviorPool(train, train_request.encoding).most_preferred()  # what the API serves
+        served = most_preferred_sentence(train_request.encoding or infer_encoding(train))  # what the API serves
         gate = gate_and_publish(
             publisher,
             version,
