@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from core.text_measures import words
+from core.text_measures import repeated_ngram_rate, words
 from trainer.algorithms.ppo_core import PPOCore
 from trainer.config import PPOConfig
 from trainer.losses.kl import adaptive_kl_coef
@@ -159,6 +159,31 @@ def test_short_answer_penalty_lowers_the_score_of_near_empty_answers(tiny_model_
     assert 0 < short.sum() < len(short)  # both kinds in the batch, so the test can tell them apart
     assert result.metrics["short_answer_share"] == pytest.approx(short.mean().item())
     assert result.metrics["mean_score"] == pytest.approx((raw[0] - 1.5 * short).mean().item())
+
+
+def test_repetition_penalty_lowers_the_score_by_the_share_of_repeated_3grams(tiny_model_dir):
+    """A rollout loses repetition_penalty x its repeated 3-gram rate, and rollout_repetition logs the batch's mean
+    rate whether the penalty is on or off."""
+    raw: list[torch.Tensor] = []
+
+    def recording(queries, responses, behaviors):
+        raw.append(score(queries, responses, behaviors))
+        return raw[-1]
+
+    core = make_core(tiny_model_dir, max_new_tokens=12, repetition_penalty=3.0)
+    head = core.policy.model.get_output_embeddings()  # a handful of likely tokens: some rollouts repeat 3-grams
+    bias = torch.full((head.weight.shape[0],), -8.0, dtype=head.weight.dtype)
+    eos = sorted(core.policy.eos_ids)
+    likely = [t for t in range(200, 400) if t not in eos][:3]
+    bias[likely] = 8.0
+    head.bias = torch.nn.Parameter(bias, requires_grad=False)
+    result = core.iteration(PROMPTS, recording)
+    rates = torch.tensor([repeated_ngram_rate(r) for r in result.rollouts.batch.responses])  # (B,)
+    assert rates.max() > 0  # repetition in the batch, so the penalty has something to take
+    assert result.metrics["rollout_repetition"] == pytest.approx(rates.mean().item())
+    assert result.metrics["mean_score"] == pytest.approx((raw[0] - 3.0 * rates).mean().item(), abs=1e-5)
+    plain = make_core(tiny_model_dir, max_new_tokens=12).iteration(PROMPTS, score)
+    assert plain.metrics["mean_score"] == pytest.approx(score(None, plain.rollouts.batch.responses, None).mean().item())
 
 
 def test_center_scores_subtracts_the_first_batchs_mean_for_the_rest_of_the_round(tiny_model_dir):

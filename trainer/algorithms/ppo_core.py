@@ -36,7 +36,8 @@ features recorded at rollout time (see ``trainer.policy``), advantages are white
 sequence score may be clipped (``score_clip``) so one wild reward cannot blow up an update, and
 a rollout that ran to the token budget without ending may lose ``missing_eos_penalty`` (TRL's
 option; ``missing_eos_share`` logs how many did, whatever the penalty), one with fewer than ``short_answer_words``
-words may lose ``short_answer_penalty`` (``short_answer_share``), and ``center_scores`` may
+words may lose ``short_answer_penalty`` (``short_answer_share``), one that repeats itself may lose
+``repetition_penalty`` x its share of repeated 3-grams (``rollout_repetition``), and ``center_scores`` may
 subtract the first batch's mean score (Ziegler et al. 2019; see its docstring for why). ``target_kl`` stops
 only the actor's epochs (the critic is a separate head on detached features here, so its epochs
 do not move the policy). Under ``torch.distributed`` the KL that decides an early stop and the
@@ -54,7 +55,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from core.text_measures import words
+from core.text_measures import repeated_ngram_rate, words
 from trainer.algorithms.base import TrainingDiverged
 from trainer.config import PPOConfig
 from trainer.losses.gae import gae, whiten
@@ -187,6 +188,10 @@ class PPOCore:
             device=scores.device,
         )  # (B,) 1 = near-empty
         scores = scores - cfg.short_answer_penalty * short  # its other end (0: off)
+        repetition = torch.tensor(
+            [repeated_ngram_rate(r) for r in rollouts.batch.responses], dtype=torch.float32, device=scores.device
+        )  # (B,) share of repeated word 3-grams, 0-1
+        scores = scores - cfg.repetition_penalty * repetition  # (0: off)
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         if cfg.center_scores and self.score_offset is None:  # the round's first batch sets it (Ziegler et al.)
@@ -216,6 +221,7 @@ class PPOCore:
             "response_length": lengths.mean().item(),
             "missing_eos_share": unfinished.mean().item(),
             "short_answer_share": short.mean().item(),
+            "rollout_repetition": repetition.mean().item(),
             "mean_value": masked_mean(rollouts.values, mask).item(),
             # CleanRL: how well the rollout-time values predicted the returns, over the whole batch
             "explained_var": explained_variance(rollouts.values, returns, mask),
