@@ -117,10 +117,10 @@ class PPOConfig:
     short_answer_words: int = 4
     """With ``short_answer_penalty``: rollouts with fewer words than this lose it (4: the report's near-empty guard,
     ``rlhb.evaluation.quality.NEAR_EMPTY_WORDS``)."""
-    repetition_penalty: float = 0.0
+    repeated_ngram_penalty: float = 0.0
     """Subtracted from every rollout's score times its share of repeated word 3-grams (0 to 1, the report's and the
     gate's repetition measure, ``core.text_measures.repeated_ngram_rate``): an answer that says its sentence twice
-    ("I am sad and angry at the same time. I was sad and angry at the same time.", rate 0.31) loses 0.31 x this. A
+    ("I am sad and angry at the same time. I was sad and angry at the same time.", rate 0.33) loses 0.33 x this. A
     learned reward can pay for repetition: on users who like answers of several sentences a round learned to say
     one sentence twice (bench/demo_experiments.md E25 thorough: repetitive answers 3 -> 15 of 176). Logged every
     iteration as ``rollout_repetition`` (the batch's mean rate, whatever the penalty). The penalty and the guards
@@ -233,8 +233,8 @@ class PPOConfig:
         )
         _require(self.short_answer_words >= 1, f"short_answer_words must be >= 1; got {self.short_answer_words}.")
         _require(
-            self.repetition_penalty >= 0,
-            f"repetition_penalty must be >= 0 (it is subtracted); got {self.repetition_penalty}.",
+            self.repeated_ngram_penalty >= 0,
+            f"repeated_ngram_penalty must be >= 0 (it is subtracted); got {self.repeated_ngram_penalty}.",
         )
         _require(0.0 <= self.gamma <= 1.0, f"gamma must be in [0, 1]; got {self.gamma}.")
         _require(0.0 <= self.lam <= 1.0, f"lam must be in [0, 1]; got {self.lam}.")

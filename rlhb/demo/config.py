@@ -50,8 +50,8 @@ def algorithm_label(name: str, overrides: dict) -> str:
             f"a rollout under {int(o.get('short_answer_words', PPOConfig.short_answer_words))} words loses "
             f"{float(o['short_answer_penalty']):g}"
         )
-    if float(o.get("repetition_penalty", 0.0)) > 0:
-        notes.append(f"a rollout loses {float(o['repetition_penalty']):g} x its share of repeated 3-grams")
+    if float(o.get("repeated_ngram_penalty", 0.0)) > 0:
+        notes.append(f"a rollout loses {float(o['repeated_ngram_penalty']):g} x its share of repeated 3-grams")
     if o.get("center_scores"):
         notes.append("scores centered on the round's first batch, as Ziegler et al. 2019")
     if float(o.get("temperature", 1.0)) != 1.0:

@@ -58,7 +58,7 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
     assert advsteer["reward_realness_weight"] > 0 and advsteer["d_frozen"] is False
     assert DemoConfig(algorithms=("rlhb-advsteer",)).gate_overrides("rlhb-advsteer", {})["kl_bound"] == 0.7
     assert algorithm_label("rlhb", {"short_answer_penalty": "1"}) == "RLHB (a rollout under 4 words loses 1)"
-    assert algorithm_label("rlhb", {"repetition_penalty": "4"}) == (
+    assert algorithm_label("rlhb", {"repeated_ngram_penalty": "4"}) == (
         "RLHB (a rollout loses 4 x its share of repeated 3-grams)"
     )
 

@@ -161,8 +161,8 @@ def test_short_answer_penalty_lowers_the_score_of_near_empty_answers(tiny_model_
     assert result.metrics["mean_score"] == pytest.approx((raw[0] - 1.5 * short).mean().item())
 
 
-def test_repetition_penalty_lowers_the_score_by_the_share_of_repeated_3grams(tiny_model_dir):
-    """A rollout loses repetition_penalty x its repeated 3-gram rate, and rollout_repetition logs the batch's mean
+def test_repeated_ngram_penalty_lowers_the_score_by_the_share_of_repeated_3grams(tiny_model_dir):
+    """A rollout loses repeated_ngram_penalty x its repeated 3-gram rate, and rollout_repetition logs the batch's mean
     rate whether the penalty is on or off."""
     raw: list[torch.Tensor] = []
 
@@ -170,7 +170,7 @@ def test_repetition_penalty_lowers_the_score_by_the_share_of_repeated_3grams(tin
         raw.append(score(queries, responses, behaviors))
         return raw[-1]
 
-    core = make_core(tiny_model_dir, max_new_tokens=12, repetition_penalty=3.0)
+    core = make_core(tiny_model_dir, max_new_tokens=12, repeated_ngram_penalty=3.0)
     head = core.policy.model.get_output_embeddings()  # a handful of likely tokens: some rollouts repeat 3-grams
     bias = torch.full((head.weight.shape[0],), -8.0, dtype=head.weight.dtype)
     eos = sorted(core.policy.eos_ids)

@@ -127,7 +127,7 @@ def test_heldout_split_is_seeded_and_disjoint():
         ({"d_truncated_max_words": -1}, r"d_truncated_max_words must be >= 0"),
         ({"missing_eos_penalty": -1.0}, r"missing_eos_penalty must be >= 0"),
         ({"short_answer_penalty": -1.0}, r"short_answer_penalty must be >= 0"),
-        ({"repetition_penalty": -1.0}, r"repetition_penalty must be >= 0"),
+        ({"repeated_ngram_penalty": -1.0}, r"repeated_ngram_penalty must be >= 0"),
         ({"short_answer_words": 0}, r"short_answer_words must be >= 1"),
         ({"d_truncated_cut": "tail"}, r"d_truncated_cut must be one of \('head', 'mid_sentence'\)"),
         ({"reward_realness_weight": -1.0}, r"reward_realness_weight must be >= 0"),

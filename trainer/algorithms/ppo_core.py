@@ -37,7 +37,7 @@ sequence score may be clipped (``score_clip``) so one wild reward cannot blow up
 a rollout that ran to the token budget without ending may lose ``missing_eos_penalty`` (TRL's
 option; ``missing_eos_share`` logs how many did, whatever the penalty), one with fewer than ``short_answer_words``
 words may lose ``short_answer_penalty`` (``short_answer_share``), one that repeats itself may lose
-``repetition_penalty`` x its share of repeated 3-grams (``rollout_repetition``), and ``center_scores`` may
+``repeated_ngram_penalty`` x its share of repeated 3-grams (``rollout_repetition``), and ``center_scores`` may
 subtract the first batch's mean score (Ziegler et al. 2019; see its docstring for why). ``target_kl`` stops
 only the actor's epochs (the critic is a separate head on detached features here, so its epochs
 do not move the policy). Under ``torch.distributed`` the KL that decides an early stop and the
@@ -191,7 +191,7 @@ class PPOCore:
         repetition = torch.tensor(
             [repeated_ngram_rate(r) for r in rollouts.batch.responses], dtype=torch.float32, device=scores.device
         )  # (B,) share of repeated word 3-grams, 0-1
-        scores = scores - cfg.repetition_penalty * repetition  # (0: off)
+        scores = scores - cfg.repeated_ngram_penalty * repetition  # (0: off)
         if cfg.score_clip is not None:
             scores = scores.clamp(-cfg.score_clip, cfg.score_clip)
         if cfg.center_scores and self.score_offset is None:  # the round's first batch sets it (Ziegler et al.)
