@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 
 import pytest
 import torch
@@ -186,6 +187,24 @@ def test_d_step_is_skipped_when_d_already_separates_the_batch(tiny_model_dir, tm
     assert all(torch.equal(before[n], after[n].detach()) for n in before)
     never = make_trainer(tiny_model_dir, tmp_path / "n")
     assert all(never.d_step([])["d_skipped"] == 0.0 for _ in range(3))
+
+
+def test_an_iteration_logs_the_discriminators_seconds_apart_from_ppos(tiny_model_dir, tmp_path, monkeypatch):
+    """seconds_discriminator is D's step 5 (its updates) plus its held-out measurement, and none of PPO's phases."""
+    trainer = make_trainer(tiny_model_dir, tmp_path)  # d_updates_per_iteration=2
+    slow = 0.3
+    for name in ("d_step", "heldout_accuracy"):
+        real = getattr(trainer, name)
+
+        def slowed(*args, _real=real, **kwargs):
+            time.sleep(slow)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(trainer, name, slowed)
+    metrics = trainer.iteration(0)
+    assert metrics["seconds_discriminator"] >= 3 * slow  # two D updates and one held-out measurement
+    for phase in ("seconds_generate", "seconds_score", "seconds_update"):
+        assert 0 < metrics[phase] < metrics["seconds_discriminator"], phase
 
 
 def test_heldout_metrics_include_auroc(tiny_model_dir, tmp_path):

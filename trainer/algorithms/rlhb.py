@@ -10,6 +10,10 @@ One iteration, in the paper's order:
        behavior-swapped real triplets (s, a, b') whose b' differs in likes/dislikes, and a
        bootstrap share kappa (section 4.3) of highly-rewarded real records labelled fake
 
+Timing: besides PPO's ``seconds_generate``, ``seconds_score`` (D scoring the rollouts) and ``seconds_update``
+(``PPOCore``), each iteration logs ``seconds_discriminator``: step 5 (D's updates) plus D's held-out
+measurement below, so an iteration's time splits into generation, update and discriminator.
+
 Every iteration D's accuracy on held-out records (real vs swapped, never trained on) is
 measured; when PPO starts from a D at chance, a loud warning is logged and ``d_at_chance``
 is 1 in the metrics: the policy is then learning from noise.
@@ -57,6 +61,7 @@ from __future__ import annotations
 import heapq
 import logging
 import random
+import time
 from pathlib import Path
 
 import torch
@@ -379,9 +384,11 @@ class RLHBTrainer:
             for group in self.d_optimizer.param_groups:
                 group["lr"] *= cfg.d_adversarial_lr_scale
         d_stats: dict[str, float] = {}
+        started = time.perf_counter()
         for _ in range(cfg.d_updates_per_iteration if train_d else 1):
             d_stats = self.d_step(generated, train=train_d)
         held = self.heldout_accuracy()
+        seconds_discriminator = time.perf_counter() - started  # step 5 and D's held-out measurement
         self.heldout_acc = held["d_heldout_acc"]
         warmup, self._warmup_summary = self._warmup_summary, {}  # reported once, with the first iteration
         return {
@@ -393,6 +400,7 @@ class RLHBTrainer:
             "d_prob_generated": d_prob,
             **held,
             "d_at_chance": float(chance),
+            "seconds_discriminator": seconds_discriminator,
         }
 
     # ------------------------------------------------------------------ outputs
