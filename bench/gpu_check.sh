@@ -20,9 +20,10 @@
 #                                       about a minute; the GPU-only checks are reported skipped
 #
 # The figures come from random weights: timings only, as every figure's line says. Missing modules: the GPU image
-# lacks pydantic, pydantic-settings and redis (the project's schemas, settings, registry); carry the wheels
-# of pydantic pydantic-core annotated-types typing-inspection pydantic-settings python-dotenv redis (~3 MB),
-# `pip install --no-index --no-deps --target /tmp/site *.whl` there and set PYTHONPATH=/tmp/site.
+# lacks pydantic, pydantic-settings and redis (the project's schemas, settings, registry): run
+# `bash bench/gpu_wheels.sh` where the package registry is reachable and carry the .whl/ folder it fills
+# (~3.5 MB); when pydantic does not import and .whl/ holds wheels, this script installs them (pip, no index)
+# into its work folder and puts that on PYTHONPATH.
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), GPU_CHECK_DIR (work folder, default a new
 # temporary one; each step's log is kept there), GPU_CHECK_STEP_TIMEOUT (seconds per step, default 300),
@@ -37,7 +38,7 @@ DRY_RUN=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h | --help) sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "unknown argument: $arg (use --dry-run or --help)" >&2; exit 2 ;;
     esac
 done
@@ -51,6 +52,14 @@ WORK="${GPU_CHECK_DIR:-$(mktemp -d -t rlhb-gpu-check-XXXXXX)}"
 mkdir -p "$WORK" || exit 2
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+# The carried wheels (bench/gpu_wheels.sh), only where the image lacks them: nothing is fetched.
+if ! "$PY" -c 'import pydantic' 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
+    if "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl >"$WORK/wheels.log" 2>&1; then
+        export PYTHONPATH="$PYTHONPATH:$WORK/site"
+    else
+        echo "installing .whl/ failed, see $WORK/wheels.log" >&2
+    fi
+fi
 MODE=()
 [ "$DRY_RUN" = 1 ] && MODE=(--dry-run)
 FAILED=()
