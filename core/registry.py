@@ -174,6 +174,13 @@ class Manifest(BaseModel):
     updated_at: float = 0.0
 
 
+def _is_cluster(client: Any) -> bool:
+    """True for a ``redis.cluster.RedisCluster`` (core.infra.redis_url, ``redis+cluster://``)."""
+    from redis.cluster import RedisCluster
+
+    return isinstance(client, RedisCluster)
+
+
 def _trial_text(trial: ABTrial | None) -> str:
     return trial.model_dump_json() if trial is not None else ""
 
@@ -308,6 +315,12 @@ class Registry:
         pipe.set(self.trial_key, _trial_text(manifest.trial))
         pipe.set(self.epoch_key, manifest.epoch)
         pipe.incr(self.seq_key)
+        if _is_cluster(self.redis):
+            # redis-py refuses PUBLISH inside a Cluster transaction: send it right after EXEC (the
+            # same order; a lost message only delays watchers to their next poll of active_seq).
+            pipe.execute()
+            self.redis.publish(self.pointer_channel, name)
+            return
         pipe.publish(self.pointer_channel, name)  # API instances swap now instead of at their next poll
         pipe.execute()
 

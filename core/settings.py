@@ -245,17 +245,29 @@ class CommonSettings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis(cls, v: str) -> str:
-        from core.infra.redis_url import parse_sentinel_url, redact
+        from core.infra.redis_url import is_cluster_url, parse_cluster_url, parse_sentinel_url, redact
 
         v = v.strip()
         if v.startswith("redis+sentinel://"):
             parse_sentinel_url(v)  # now, so a malformed Sentinel URL fails at start with the expected shape
+        elif is_cluster_url(v):
+            parse_cluster_url(v)  # the same for a Cluster URL
         elif v and not v.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError(
-                f"RLHB_REDIS_URL {redact(v)!r} must start with redis://, rediss://, unix:// or redis+sentinel:// "
-                "(e.g. redis://127.0.0.1:6379/0); leave it empty for the local/embedded default"
+                f"RLHB_REDIS_URL {redact(v)!r} must start with redis://, rediss://, unix://, redis+sentinel:// "
+                "or redis+cluster:// (e.g. redis://127.0.0.1:6379/0); leave it empty for the local/embedded default"
             )
         return v
+
+    @model_validator(mode="after")
+    def _cluster_prefix(self) -> CommonSettings:
+        from core.infra.redis_url import cluster_prefix_problem, is_cluster_url
+
+        if is_cluster_url(self.redis_url):
+            problem = cluster_prefix_problem(self.redis_prefix)
+            if problem:
+                raise ValueError(problem)
+        return self
 
     @field_validator("model_path")
     @classmethod

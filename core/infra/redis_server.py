@@ -39,8 +39,8 @@ def redis_answers(url: str, timeout_s: float = 1.0) -> bool:
         ok = bool(client.ping())
         client.close()
         return ok
-    except (redis.RedisError, OSError, ValueError):
-        return False
+    except (redis.RedisError, redis.exceptions.RedisClusterException, OSError, ValueError):
+        return False  # RedisClusterException (no cluster node answers) is not a RedisError
 
 
 def check_redis(url: str) -> None:

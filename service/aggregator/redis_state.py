@@ -34,8 +34,10 @@ TTL: every write to an impression's ``imp:``/``cnt:``/``seen:`` sets their TTL t
 exact). ``pend:`` keys have none: ``expire_pending`` dead-letters and drops them, and a TTL
 would make ``pending_n`` drift.
 
-Scripts touch keys they compute from arguments, which standalone Redis/Valkey allow;
-Redis Cluster would need the keys hash-tagged per impression (not supported here).
+Scripts touch keys they compute from arguments, which standalone Redis/Valkey allow. Redis
+Cluster allows it when every key is in the slot of the script's KEYS: each script passes
+one key it touches as KEYS[1] (so a cluster client routes it there), and the prefix must carry a
+hash tag (``RLHB_REDIS_PREFIX={rlhb}:``, checked by core.settings) so all keys share that slot.
 """
 
 from __future__ import annotations
@@ -370,6 +372,10 @@ class AggregatorStore:
         self._save_offsets = redis.register_script(_SAVE_OFFSETS)
         self._claim = redis.register_script(_CLAIM_DIRTY)
         self._drop = redis.register_script(_DROP_PENDING)
+        # Each script names one key it touches as KEYS[1] (it computes the others from ARGV), so a
+        # Redis Cluster client routes it to the node of that key's slot; with a hash-tagged prefix
+        # every other key is in that slot too (module docstring).
+        self._route = [self.p + "offsets"]  # batch and offsets scripts
 
     # ---------------------------------------------------------------- writes (atomic)
     def apply_batch(
@@ -400,6 +406,7 @@ class AggregatorStore:
         ]
         ttl = math.ceil(self.key_ttl_s) if self.key_ttl_s else 0
         counted, drained, rejected, dropped = self._batch(
+            keys=self._route,
             args=[
                 self.p,
                 _num(now),
@@ -409,7 +416,7 @@ class AggregatorStore:
                 json.dumps(batch),
                 json.dumps([[key, int(nxt)] for key, nxt in tps]),
                 _LIMITS,
-            ]
+            ],
         )
         return Applied(
             int(counted),
@@ -434,7 +441,9 @@ class AggregatorStore:
         """Move stored offsets forward (never back: a member that lost its partitions may still
         finish an old batch)."""
         if offsets:
-            self._save_offsets(args=[self.p + "offsets", *(x for k, v in offsets.items() for x in (k, int(v)))])
+            self._save_offsets(
+                keys=self._route, args=[self.p + "offsets", *(x for k, v in offsets.items() for x in (k, int(v)))]
+            )
 
     def offsets(self) -> dict[str, int]:
         """Partition key -> next offset to read, as recorded with the counts."""
@@ -443,7 +452,9 @@ class AggregatorStore:
     def claim_dirty(self, now: float, coalesce_s: float, lease_s: float, limit: int = 1000) -> list[str]:
         """Impressions whose record is due: changed at least ``coalesce_s`` ago, or leased by a
         publisher that did not finish in time. They stay leased until ``release``."""
-        out = self._claim(args=[self.p, _num(now), _num(now - coalesce_s), _num(now + lease_s), str(limit)])
+        out = self._claim(
+            keys=[self.p + "dirty"], args=[self.p, _num(now), _num(now - coalesce_s), _num(now + lease_s), str(limit)]
+        )
         return list(dict.fromkeys(out))
 
     def release(self, iids: Iterable[str], now: float) -> None:
@@ -476,7 +487,7 @@ class AggregatorStore:
 
     def drop_pending(self, iid: str, event_ids: Sequence[str], cutoff: float) -> int:
         """Forget expired pending events (after they reached the dead-letter topic)."""
-        return int(self._drop(args=[self.p, _num(cutoff), iid, *event_ids]))
+        return int(self._drop(keys=[self.p + "pending"], args=[self.p, _num(cutoff), iid, *event_ids]))
 
     # ---------------------------------------------------------------- reads
     def load(self, iids: Sequence[str]) -> list[tuple[str, str | None, dict[str, str]]]:
