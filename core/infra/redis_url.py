@@ -198,34 +198,8 @@ def parse_sentinel_url(url: str) -> SentinelURL:
     rest = text[len(SENTINEL_SCHEME) :]
     rest, _, query = rest.partition("?")
     netloc, _, path = rest.partition("/")
-    userinfo, at, hosts = netloc.rpartition("@")
-    if not at:
-        userinfo, hosts = "", netloc
-    username = password = None
-    if userinfo:
-        user, colon, secret = userinfo.partition(":")
-        username = unquote(user) or None
-        password = unquote(secret) if colon else None
-        if not colon:  # "user@" alone would be a password in redis:// terms; be explicit instead
-            raise ValueError(
-                "Sentinel URL: write the master's credentials as user:password@ or :password@; "
-                f"expected {SENTINEL_SHAPE}"
-            )
-
-    sentinels: list[tuple[str, int]] = []
-    for part in hosts.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if part.startswith("["):  # IPv6: [addr]:port
-            host, _, tail = part[1:].partition("]")
-            port = tail[1:] if tail.startswith(":") else (tail or str(SENTINEL_DEFAULT_PORT))
-        else:
-            host, colon, port = part.partition(":")
-            port = port if colon else str(SENTINEL_DEFAULT_PORT)
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"Sentinel URL: {part!r} is not host[:port]; expected {SENTINEL_SHAPE}")
-        sentinels.append((host, int(port)))
+    username, password, hosts = _split_userinfo(netloc, "Sentinel", SENTINEL_SHAPE)
+    sentinels = _host_ports(hosts, SENTINEL_DEFAULT_PORT, "Sentinel", SENTINEL_SHAPE)
     if not sentinels:
         raise ValueError(f"Sentinel URL names no Sentinel host; expected {SENTINEL_SHAPE}")
 
