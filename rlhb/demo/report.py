@@ -193,7 +193,13 @@ def drift_recovery(report: dict) -> list[dict]:
     under B. The lane recovered at the first of them whose held-out like rate is above round R's with a
     one-sided two-proportion p < 0.05. A lane whose round-R candidate was not published (no version judged
     under B at the drop) has no verdict. Rows: lane, drift round, the rates before (round R-1, taste A, base
-    when R = 1), at the drop and after it, and ``recovered_at`` (a round, or None)."""
+    when R = 1), at the drop and after it, and ``recovered_at`` (a round, or None).
+
+    A drift need not cause a drop: every preset rewards finished answers, so a round trained under taste A can
+    already suit B better than base does (E14, E28). With base's answers judged under B in the report, the
+    entry says whether round R fell below them (``dropped``: one-sided p < 0.05) or rose above them
+    (``above_base``); when it did not drop, "recovered" is moot and the verdict says so, and whether the later
+    rounds held round R's rate (``held``: none of them significantly below it) or fell."""
     from rlhb.evaluation.stats import two_proportion_z
 
     if not report.get("drift"):
@@ -219,7 +225,7 @@ def drift_recovery(report: dict) -> list[dict]:
         before = published.get((lane, at - 1)) or (base if at == 1 else None)
         entry = {"lane": lane, "drift_round": at, "before": before and before["like_rate"],
                  "at_drift": drop and drop["like_rate"], "base_new_taste": base_after and base_after["like_rate"],
-                 "after": {}, "recovered_at": None}  # fmt: skip
+                 "after": {}, "recovered_at": None, "dropped": None, "above_base": None, "held": None}  # fmt: skip
         if drop is None:
             entry["verdict"] = f"no version of round {at} was published and judged under the new taste"
             out.append(entry)
@@ -229,18 +235,29 @@ def drift_recovery(report: dict) -> list[dict]:
             if row is None:
                 continue
             _, p, _ = two_proportion_z(row["likes"], row["n"], drop["likes"], drop["n"])
-            entry["after"][r] = {"like_rate": row["like_rate"], "p_above_drift": p}
+            _, p_below, _ = two_proportion_z(drop["likes"], drop["n"], row["likes"], row["n"])
+            entry["after"][r] = {"like_rate": row["like_rate"], "p_above_drift": p, "p_below_drift": p_below}
             if p < 0.05 and entry["recovered_at"] is None:
                 entry["recovered_at"] = r
+        if base_after is not None and "likes" in base_after:
+            _, p_down, _ = two_proportion_z(base_after["likes"], base_after["n"], drop["likes"], drop["n"])
+            _, p_up, _ = two_proportion_z(drop["likes"], drop["n"], base_after["likes"], base_after["n"])
+            entry["dropped"], entry["above_base"] = p_down < 0.05, p_up < 0.05
+        if entry["after"]:
+            entry["held"] = all(a["p_below_drift"] >= 0.05 for a in entry["after"].values())
         rates = ", ".join(
             f"round {r} {a['like_rate']:.3f} (p {a['p_above_drift']:.2g})" for r, a in entry["after"].items()
         )
+        if entry["recovered_at"]:
+            head = f"recovered at round {entry['recovered_at']}"
+        elif entry["dropped"] is False:
+            head = "no drop to recover from"
+            if entry["held"] is not None:
+                head += ", and the later rounds held it" if entry["held"] else ", but a later round fell below it"
+        else:
+            head = "did not recover within two rounds"
         entry["verdict"] = (
-            (
-                f"recovered at round {entry['recovered_at']}"
-                if entry["recovered_at"]
-                else "did not recover within two rounds"
-            )
+            head
             + f": round {at} {drop['like_rate']:.3f} under the new taste"
             + (f" (before the drift {before['like_rate']:.3f})" if before else "")
             + (f"; base's answers under the new taste {base_after['like_rate']:.3f}" if base_after else "")

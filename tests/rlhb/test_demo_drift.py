@@ -54,3 +54,24 @@ def test_the_verdict_names_base_judged_by_the_new_taste():
     (row,) = drift_recovery(report)
     assert row["before"] == 80 / 352 and row["base_new_taste"] == 60 / 352 and row["recovered_at"] == 2
     assert "base's answers under the new taste 0.170" in row["verdict"]
+
+
+def test_a_round_that_did_not_drop_has_nothing_to_recover_from():
+    """E28's case: round R, trained under the old taste, already beats base's answers under the new one."""
+    base_new = {**version("base", 0, 90), "round_info": {"users": "concise"}}
+    held = {"drift": "example:concise@1",
+            "versions": [{**version("base", 0, 40), "round_info": {"users": "example"}}, base_new,
+                         version("rlhb", 1, 190), version("rlhb", 2, 195)]}  # fmt: skip
+    (row,) = drift_recovery(held)
+    assert row["dropped"] is False and row["above_base"] is True and row["held"] is True
+    assert row["recovered_at"] is None
+    assert row["verdict"].startswith("no drop to recover from, and the later rounds held it: round 1 0.540")
+
+    fell = {**held, "versions": held["versions"][:3] + [version("rlhb", 2, 140)]}
+    (row,) = drift_recovery(fell)
+    assert row["held"] is False and row["verdict"].startswith("no drop to recover from, but a later round fell")
+
+    dropped = {**held, "versions": held["versions"][:2] + [version("rlhb", 1, 50), version("rlhb", 2, 60)]}
+    (row,) = drift_recovery(dropped)
+    assert row["dropped"] is True and row["above_base"] is False
+    assert row["verdict"].startswith("did not recover within two rounds")
