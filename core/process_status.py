@@ -45,10 +45,10 @@ def ttl_for(period_s: float) -> int:
 
 
 def publish_status(redis, prefix: str, process: str, status: dict[str, Any], period_s: float, member: str = "") -> None:
-    """Write this member's status and renew the hash's TTL (one round trip)."""
+    """Write this member's status and renew the hash's TTL (one round trip, one transaction)."""
     body = {**status, "member": member or member_name(), "updated_at": time.time(), "period_s": period_s}
     key = status_key(prefix, process)
-    pipe = redis.pipeline()
+    pipe = redis.pipeline(transaction=True)  # explicit: a Cluster client's pipeline() is not a transaction
     pipe.hset(key, body["member"], json.dumps(body, default=str))
     pipe.expire(key, ttl_for(period_s))
     pipe.execute()
@@ -97,7 +97,7 @@ def push_curve_points(redis, prefix: str, round_no: int, points: list[dict[str, 
     if not points:
         return
     key = curve_key(prefix, round_no)
-    pipe = redis.pipeline()
+    pipe = redis.pipeline(transaction=True)  # explicit: a Cluster client's pipeline() is not a transaction
     pipe.rpush(key, *(json.dumps(p) for p in points))
     pipe.ltrim(key, -CURVE_POINTS_KEPT, -1)
     if round_no > CURVE_ROUNDS_KEPT:

@@ -5,6 +5,9 @@
 - ``redis_url`` / ``redis_prefix``: the machine's Redis (or an embedded valkey when none
   answers); every test gets its own key prefix and its keys are deleted afterwards,
   because the machine's Redis is shared.
+- ``cluster_url`` / ``cluster_client``: a real local Redis Cluster of three valkey primaries
+  (tests/helpers/redis_cluster.py), started once per session when a test asks for it; each
+  test takes its own hash-tagged prefix (``tagged_prefix``).
 - ``tiny_model_dir``: a randomly initialised 2-layer Llama with the SmolLM2 tokenizer,
   saved as an HF folder (fast; used by unit tests).
 - ``smollm2_dir``: the real SmolLM2-135M-Instruct folder (prepared once, ~40 s).
@@ -74,6 +77,28 @@ def redis_client(redis_url, redis_prefix):
     import redis
 
     client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory):
+    """Three cluster-enabled valkey primaries sharing the 16384 slots; a redis+cluster:// URL."""
+    from tests.helpers.redis_cluster import local_cluster
+
+    with local_cluster(tmp_path_factory.mktemp("cluster")) as url:
+        yield url
+
+
+@pytest.fixture
+def cluster_client(cluster_url):
+    """A ``RedisCluster`` client (decode_responses=True) built from ``cluster_url`` as the processes build theirs."""
+    from redis.cluster import RedisCluster
+
+    from core.infra.redis_url import redis_from_url
+
+    client = redis_from_url(cluster_url, decode_responses=True, socket_timeout=5, max_connections=8)
+    assert isinstance(client, RedisCluster)
     yield client
     client.close()
 

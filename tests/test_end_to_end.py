@@ -6,7 +6,12 @@ Simulated users (rlhb.simulate) ask the API over HTTP and send their reactions o
 records and publishes a version -> the API serves it within seconds -> POST /admin/rollback
 restores its parent -> a candidate forced to fail the gate never becomes active, neither in
 the pointer nor in what the API serves -> with the pointer key gone from Redis the API
-keeps serving the active version (it restores the pointer from the manifest).
+keeps serving the active version (it restores the pointer from the manifest). Along the way:
+an ordinary client's repeated like is answered "duplicate" and counted once, and /admin/status
+shows the aggregator and trainer up.
+
+Run twice: on one Redis, and on Redis Cluster (``RLHB_REDIS_URL=redis+cluster://...``, three
+real valkey primaries from tests/helpers/redis_cluster.py, a hash-tagged prefix).
 """
 
 from __future__ import annotations
@@ -21,9 +26,9 @@ from core.infra.ports import free_port
 from core.registry import Registry
 from rlhb.simulate.driver import SimulationConfig, run_simulation
 from rlhb.simulate.users import load_user_model
-from schemas.behavior import BehaviorRecord
 from tests.helpers.adapter_factory import write_test_adapter
-from tests.helpers.e2e import ADMIN_TOKEN, AUTH, Deployment, deployment_env, read_topic, wait_ready
+from tests.helpers.e2e import ADMIN_TOKEN, AUTH, Deployment, counts_of, deployment_env, latest_records, wait_ready
+from tests.helpers.redis_cluster import tagged_prefix
 from tests.helpers.trainer_loop import trainer_env, wait_for
 from trainer.loop import read_rounds, read_status
 
@@ -31,25 +36,21 @@ N_ANSWERS = 24  # = M: one round from one pass of simulated traffic
 SEED_VERSION = "seed-v"
 
 
-def latest_records(bootstrap: str, topic: str) -> dict[str, BehaviorRecord]:
-    latest: dict[str, BehaviorRecord] = {}
-    for m in read_topic(bootstrap, topic):
-        r = BehaviorRecord.model_validate_json(m.value)
-        if r.impression_id not in latest or r.updated_at >= latest[r.impression_id].updated_at:
-            latest[r.impression_id] = r
-    return latest
-
-
-def counts_of(served) -> dict[str, float]:
-    counts = {"view": served.views, "click": served.clicks, "like": served.likes, "dislike": served.dislikes}
-    return {k: float(v) for k, v in counts.items() if v}
+@pytest.fixture(params=["redis", "cluster"])
+def redis_target(request, redis_url, redis_prefix, redis_client):
+    """(URL, prefix, client) of one Redis, or of a three-primary Redis Cluster with a tagged prefix."""
+    if request.param == "redis":
+        return redis_url, redis_prefix, redis_client
+    return request.getfixturevalue("cluster_url"), tagged_prefix(), request.getfixturevalue("cluster_client")
 
 
 @pytest.mark.slow
 def test_feedback_to_records_to_published_version_served_rolled_back_and_rejected_never_active(
-    tmp_path, kafka_bootstrap, redis_url, redis_prefix, redis_client, unique_topics, tiny_model_dir
+    tmp_path, kafka_bootstrap, redis_target, unique_topics, tiny_model_dir
 ):
     from rlhb.queries import split_questions
+
+    redis_url, redis_prefix, redis_client = redis_target
 
     timings: dict[str, float] = {}
     t_start = time.monotonic()
@@ -75,6 +76,17 @@ def test_feedback_to_records_to_published_version_served_rolled_back_and_rejecte
         wait_for(lambda: read_status(redis_client, redis_prefix).get("state") == "idle", 60, "the trainer to start")
         timings["processes_ready_s"] = time.monotonic() - t_start
 
+        # ---- an ordinary client (no admin token): its like counts once, the repeat is a duplicate
+        asked = deployment.http.post("/v1/query", json={"query": "What is a prime number?", "max_tokens": 4})
+        assert asked.status_code == 200, asked.text
+        own_iid = asked.json()["impression_id"]
+        likes = [
+            deployment.http.post("/v1/feedback", json={"impression_id": own_iid, "event_id": f"e{n}", "kind": "like"})
+            for n in range(2)
+        ]
+        assert [r.status_code for r in likes] == [202, 202], [r.text for r in likes]
+        assert [(r.json()["accepted"], r.json()["duplicates"]) for r in likes] == [(1, 0), (0, 1)]
+
         # ---- simulated users: answers and feedback over HTTP only
         t0 = time.monotonic()
         questions = list(split_questions().train[:N_ANSWERS])
@@ -96,6 +108,7 @@ def test_feedback_to_records_to_published_version_served_rolled_back_and_rejecte
             deployment.check_alive()
             latest = latest_records(kafka_bootstrap, unique_topics["records"])
             ok = all(s.impression_id in latest and latest[s.impression_id].counts == counts_of(s) for s in served)
+            ok = ok and own_iid in latest and latest[own_iid].counts == {"like": 1.0}
             return latest if ok else None
 
         latest = wait_for(records_complete, 60, "one record per served answer with the users' counts", interval=1)
@@ -104,6 +117,9 @@ def test_feedback_to_records_to_published_version_served_rolled_back_and_rejecte
             record = latest[s.impression_id]
             assert (record.query, record.response, record.adapter_version) == (s.question, s.answer, SEED_VERSION)
             assert record.behavior_text and record.buckets
+        assert set(latest) == {s.impression_id for s in served} | {own_iid}  # nothing else, nothing lost
+        counted = {k: int(v) for k, v in redis_client.hgetall(f"{redis_prefix}agg:cnt:{own_iid}").items()}
+        assert counted == {"like": 1}, counted  # the aggregator's own counts, in Redis
 
         # ---- the trainer runs a round after M records and publishes a version; the API serves it
         seen_pointer: dict[str, float] = {}
@@ -121,7 +137,7 @@ def test_feedback_to_records_to_published_version_served_rolled_back_and_rejecte
         new_version = first["version"]
         assert first["parent"] == SEED_VERSION  # trained on top of the active version
         assert 8 <= first["train_records"] and first["heldout_records"] >= 1
-        assert first["records"] <= N_ANSWERS
+        assert first["records"] <= N_ANSWERS + 1  # the simulated answers and the ordinary client's one
         assert new_version in seen_pointer  # the pointer moved (seen by the test's poller)
         t_swap = wait_for(lambda: deployment.ask() == new_version and time.monotonic(), 10, f"{new_version} served")
         timings["pointer_to_served_s"] = t_swap - seen_pointer[new_version]
@@ -142,6 +158,14 @@ def test_feedback_to_records_to_published_version_served_rolled_back_and_rejecte
         timings["rollback_to_served_s"] = time.monotonic() - t0
         assert timings["rollback_to_served_s"] < 2, timings
         assert {deployment.ask(q) for q in questions[:3]} == {SEED_VERSION}
+
+        # ---- every process's status, as each wrote it to Redis
+        status = deployment.http.get("/admin/status", headers=AUTH)
+        assert status.status_code == 200, status.text
+        body = status.json()
+        assert body["active"] == SEED_VERSION
+        assert body["aggregator"]["state"] == "up" and body["trainer"]["state"] == "up", body
+        assert [r["version"] for r in body["rounds"] if r.get("outcome") == "published"] == [new_version]
 
         # ---- a candidate that fails the gate is never active, not for one poll
         request = {"reason": "e2e: forced rejection", "requested_at": time.time(), "gate": {"kl_bound": 1e-9}}
@@ -181,11 +205,15 @@ def test_feedback_to_records_to_published_version_served_rolled_back_and_rejecte
         refused = deployment.http.post(f"/admin/promote/{rejected['version']}", headers=AUTH)
         assert refused.status_code == 409, refused.text
         assert redis_client.get(registry.active_key) == SEED_VERSION and deployment.ask() == SEED_VERSION
+        assert redis_client.llen(f"{redis_prefix}train:requests") == 0
+        assert redis_client.llen(f"{redis_prefix}train:inflight") == 0
 
         # ---- the pointer key gone from Redis (flush, restart): the API keeps serving the
         # active version and puts the pointer back from the manifest. The trainer, which
         # would restore it too, is stopped first so that only the API can.
         assert deployment.stop("trainer") == 0, deployment.logs()
+        summary = json.loads((tmp_path / "trainer.log").read_text().strip().splitlines()[-1])
+        assert (summary["rounds"], summary["active"]) == (2, SEED_VERSION)  # read from Redis at its stop
         redis_client.delete(registry.active_key)
         t0 = time.monotonic()
         served_meanwhile = set()

@@ -508,7 +508,7 @@ class Trainer:
         result["finished_at"] = time.time()
         self.last_round = result
         self.rounds_done += 1
-        pipe = self.redis.pipeline()
+        pipe = self.redis.pipeline(transaction=True)  # explicit: a Cluster client's pipeline() is not a transaction
         pipe.rpush(self.rounds_key, json.dumps(result, default=str))
         pipe.ltrim(self.rounds_key, -ROUNDS_KEPT, -1)
         pipe.execute()

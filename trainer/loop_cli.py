@@ -75,12 +75,14 @@ def run_trainer(
         trainer.run(stop, max_rounds=max_rounds)
     finally:
         mid_round = trainer.training
-        trainer.close()
+        # The summary's active version is read before close(): a closed Redis Cluster client
+        # refuses every command (RedisClusterException), where a closed Redis one reconnects.
+        try:
+            active = trainer.registry.active()
+        finally:
+            trainer.close()
         typer.echo(
-            json.dumps(
-                {"rounds": trainer.rounds_done, "active": trainer.registry.active(), "last_round": trainer.last_round},
-                default=str,
-            )
+            json.dumps({"rounds": trainer.rounds_done, "active": active, "last_round": trainer.last_round}, default=str)
         )
         if mid_round:
             # The round thread cannot be interrupted; leaving now is safe (the round is redone

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.infra.redis_url import is_cluster_url
 from core.progress import progress_bar
 from core.settings import nested_env
 from rlhb.demo.config import DemoConfig, lane_algorithm
@@ -69,6 +70,21 @@ class Lane:
         self.procs.clear()
 
 
+def lane_prefix(run_id: str, algorithm: str, redis_url: str) -> str:
+    """A lane's ``RLHB_REDIS_PREFIX`` (its keys, deleted when the demo ends: ``delete_lane_keys``).
+    On Redis Cluster the name is the prefix's hash tag, so each lane's keys share one slot
+    (core.settings refuses a cluster URL with an untagged prefix)."""
+    name = f"rlhbdemo:{run_id}:{algorithm}"
+    return "{" + name + "}:" if is_cluster_url(redis_url) else name + ":"
+
+
+def delete_lane_keys(redis, prefix: str) -> int:
+    """Delete every key under ``prefix`` (on a Cluster client ``scan_iter`` walks every primary);
+    how many were deleted."""
+    keys = list(redis.scan_iter(match=prefix + "*", count=1000))
+    return int(redis.delete(*keys)) if keys else 0
+
+
 def make_lane(cfg: DemoConfig, run_id: str, algorithm: str, infra, model_path: str) -> Lane:
     from core.infra.broker import ensure_topics
     from core.infra.ports import free_port
@@ -78,7 +94,7 @@ def make_lane(cfg: DemoConfig, run_id: str, algorithm: str, infra, model_path: s
     tag = f"demo-{run_id}-{algorithm}"
     topics = {k: f"{tag}-{k}" for k in ("impressions", "feedback", "records", "dead-letter")}
     ensure_topics(infra.bootstrap, list(topics.values()), partitions=2)
-    prefix = f"rlhbdemo:{run_id}:{algorithm}:"
+    prefix = lane_prefix(run_id, algorithm, infra.redis_url)
     port = free_port()
     algo_cfg = cfg.lane_overrides(algorithm)
     algo_cfg.setdefault("max_new_tokens", cfg.max_tokens)

@@ -16,6 +16,7 @@ from rlhb.demo.judging import VersionResult, evaluate, judge_offline, rejudge
 from rlhb.demo.lanes import (
     Lane,
     copy_records,
+    delete_lane_keys,
     make_lane,
     post_admin,
     traffic,
@@ -101,8 +102,7 @@ def decision_reason(decision: dict | None) -> str:
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    import redis as redis_lib
-
+    from core.infra.redis_url import redis_from_url
     from core.infra.resolve import resolve_infra
     from core.settings import CommonSettings
     from rlhb.queries import split_questions
@@ -121,7 +121,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     )
     model_path = prepare_model(cfg, say)
     infra = resolve_infra(CommonSettings(), create_topics=False)
-    redis = redis_lib.Redis.from_url(infra.redis_url, decode_responses=True)
+    redis = redis_from_url(infra.redis_url, decode_responses=True)  # any RLHB_REDIS_URL: Sentinel, Cluster
     results: list[VersionResult] = []
     lanes: list[Lane] = []
     first_records_topic = ""
@@ -316,9 +316,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         for lane in lanes:
             lane.stop()
             if not cfg.keep_redis_state:
-                keys = list(redis.scan_iter(match=lane.prefix + "*", count=1000))
-                if keys:
-                    redis.delete(*keys)
+                delete_lane_keys(redis, lane.prefix)
         redis.close()
         infra.stop()
         say.close()

