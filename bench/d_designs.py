@@ -11,25 +11,12 @@ defaults, seed 0, 2 threads) on the records of E5-E8 (the 640 base answers of
 (real vs behavior-swapped, the trainer's own split by query and its own fixed swaps:
 ``RLHBTrainer.heldout_accuracy``) and D's seconds.
 
-The ceiling. The simulated users judge an answer deterministically from (query, answer): a
-``Judgement`` with p_like and p_dislike. A record's behavior sentence b is then random only through the
-viewing process: V = 1 + Poisson(m - 1) viewers, each likes with p_like, dislikes with p_dislike, or
-neither (exclusive: a multinomial), and the like and dislike rates are cut into levels at the fitted
-edges. So for every answer the exact distribution of its real sentence, P_real(b | q, a), is known, and
-so is the distribution of its swapped sentence: the trainer swaps to a uniformly random logged sentence
-whose (like, dislike) levels differ, P_swap(b | q, a) = sum_r P_real(r | q, a) 1[b != r] / |cand(r)|.
-The oracle scores a triplet (q, a, b) by the log likelihood ratio
-
-    oracle(q, a, b) = log P_real(b | q, a) - log P_swap(b | q, a)
-
-with P_real under the users' true (p_like, p_dislike) for that answer. This is the Bayes-optimal score
-for "real or swapped?" given (q, a, b): by Neyman-Pearson its ROC curve dominates every other score's,
-so its AUROC is the most any model that sees only (query, answer, b) can reach in expectation (the
-users' judgement is a function of (q, a), so such a model could in principle compute it; what is left,
-the viewing noise, no model can remove). It is a ceiling in expectation: on a finite held-out set
-another score can beat it by luck, which is why the expected ceiling (the exact AUROC of the oracle
-under the two distributions, no sampling) is reported as well, on the held-out answers and on all 640.
-A weaker oracle, the likelihood P_real(b | q, a) alone, is reported for reference.
+The ceiling: the oracle's log likelihood ratio log P_real(b | q, a) - log P_swap(b | q, a) under the users'
+true (p_like, p_dislike) of each answer, the Bayes-optimal score for "real or swapped?" (Neyman-Pearson), its
+AUROC on the same held-out pairs, and the expected ceiling (its exact AUROC under the two distributions, no
+sampling noise), on the held-out answers and on all 640. The math and its full explanation live in
+``rlhb/evaluation/d_ceiling.py`` (the demo reports the same ceiling after every RLHB round). A weaker oracle,
+the likelihood P_real(b | q, a) alone, is reported for reference.
 
 D's share of the ceiling: (AUROC_D - 0.5) / (AUROC_ceiling - 0.5), with a bootstrap interval over
 held-out pairs.
@@ -60,7 +47,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import demo_experiment as de  # noqa: E402  (bench/ module: the records of E5-E8)
 
-MAX_VIEWS = 40  # 1 + Poisson(4): P(V > 40) < 1e-20
+from rlhb.evaluation.d_ceiling import Oracle, auroc, expected_ceiling, pair_acc, share_of_ceiling  # noqa: E402
 
 
 def log(rows: list[dict], **kw) -> None:
@@ -68,121 +55,7 @@ def log(rows: list[dict], **kw) -> None:
     print(json.dumps(kw), flush=True)
 
 
-# --------------------------------------------------------------------------- the oracle
-def view_pmf(viewers_mean: float) -> list[float]:
-    """P(V = v) for v = 0..MAX_VIEWS, V = 1 + Poisson(viewers_mean - 1) (rlhb.simulate.records)."""
-    lam = viewers_mean - 1
-    pmf = [0.0] * (MAX_VIEWS + 1)
-    for v in range(1, MAX_VIEWS + 1):
-        k = v - 1
-        pmf[v] = math.exp(-lam + k * math.log(lam) - math.lgamma(k + 1)) if lam > 0 else float(k == 0)
-    total = sum(pmf)
-    return [p / total for p in pmf]
-
-
-def level_table(enc, keys: list[str]) -> dict[tuple[int, int, int], tuple]:
-    """(views, likes, dislikes) -> the preference signature the encoding gives those counts."""
-    table = {}
-    for v in range(1, MAX_VIEWS + 1):
-        for lk in range(v + 1):
-            for dk in range(v - lk + 1):
-                b = enc.encode({"view": float(v), "click": 0.0, "like": float(lk), "dislike": float(dk)})
-                table[(v, lk, dk)] = tuple((k, int(b[k])) for k in keys)
-    return table
-
-
-def real_distribution(p_like: float, p_dislike: float, views: list[float], table) -> dict[tuple, float]:
-    """P_real(signature | answer): the multinomial viewing model, summed per signature."""
-    out: dict[tuple, float] = {}
-    p_none = max(0.0, 1.0 - p_like - p_dislike)
-    logs = [math.log(x) if x > 0 else -math.inf for x in (p_like, p_dislike, p_none)]
-    for v in range(1, MAX_VIEWS + 1):
-        if views[v] < 1e-15:
-            continue
-        for lk in range(v + 1):
-            for dk in range(v - lk + 1):
-                nk = v - lk - dk
-                terms = [c * lg for c, lg in zip((lk, dk, nk), logs, strict=True) if c]
-                if any(t == -math.inf for t in terms):
-                    continue
-                coef = math.lgamma(v + 1) - math.lgamma(lk + 1) - math.lgamma(dk + 1) - math.lgamma(nk + 1)
-                p = views[v] * math.exp(coef + sum(terms))
-                sig = table[(v, lk, dk)]
-                out[sig] = out.get(sig, 0.0) + p
-    return out
-
-
-class Oracle:
-    """log P_real(b | answer) - log P_swap(b | answer) for the pool's sentences (module docstring)."""
-
-    def __init__(self, pool, enc, viewers_mean: float) -> None:
-        self.pool = pool
-        self.keys = [k for k, _ in next(iter(pool.by_text.values()))]
-        self.table = level_table(enc, self.keys)
-        self.views = view_pmf(viewers_mean)
-        self.sig_text = {sig: t for t, sig in pool.by_text.items()}
-        if len(self.sig_text) != len(pool.by_text):
-            raise RuntimeError("two logged sentences share a signature: the oracle assumes one sentence each")
-        self.cands = {t: pool.swap_candidates(t) for t in pool.texts}
-
-    def distributions(self, p_like: float, p_dislike: float) -> tuple[dict[str, float], dict[str, float]]:
-        raw = real_distribution(p_like, p_dislike, self.views, self.table)
-        real = {t: raw.get(sig, 0.0) for sig, t in self.sig_text.items()}  # sentences the trainer can log
-        z = sum(real.values())
-        real = {t: p / z for t, p in real.items()}
-        swap = dict.fromkeys(real, 0.0)
-        for r, pr in real.items():
-            c = self.cands[r]
-            for t in c:
-                swap[t] += pr / len(c)
-        return real, swap
-
-    @staticmethod
-    def llr(real: dict[str, float], swap: dict[str, float], text: str) -> float:
-        tiny = 1e-300
-        return math.log(max(real[text], tiny)) - math.log(max(swap[text], tiny))
-
-
-def weighted_auroc(items: list[tuple[float, float, float]]) -> float:
-    """Exact AUROC of (score, positive weight, negative weight) items, ties 1/2."""
-    groups: dict[float, list[float]] = {}
-    for s, wp, wn in items:
-        g = groups.setdefault(round(s, 12), [0.0, 0.0])
-        g[0] += wp
-        g[1] += wn
-    neg_below = 0.0
-    num = 0.0
-    for s in sorted(groups):
-        wp, wn = groups[s]
-        num += wp * (neg_below + 0.5 * wn)
-        neg_below += wn
-    tot_p = sum(g[0] for g in groups.values())
-    return num / (tot_p * neg_below) if tot_p and neg_below else float("nan")
-
-
-def expected_ceiling(oracle: Oracle, judgements: list) -> float:
-    """The oracle's exact AUROC over these answers' real and swapped sentence distributions."""
-    items = []
-    for j in judgements:
-        real, swap = oracle.distributions(j.p_like, j.p_dislike)
-        for t in real:
-            items.append((Oracle.llr(real, swap, t), real[t], swap[t]))
-    return weighted_auroc(items)
-
-
 # --------------------------------------------------------------------------- metrics
-def auroc(pos, neg):
-    import numpy as np
-
-    pos, neg = np.asarray(pos, dtype=float), np.asarray(neg, dtype=float)
-    d = pos[:, None] - neg[None, :]
-    return float(((d > 0) + 0.5 * (d == 0)).mean())
-
-
-def pair_acc(pos, neg) -> float:
-    return sum((p > n) + 0.5 * (p == n) for p, n in zip(pos, neg, strict=True)) / len(pos)
-
-
 def bootstrap(d_real, d_swap, o_real, o_swap, n_boot: int, seed: int) -> dict[str, list[float]]:
     """95% intervals of D's AUROC, the oracle's AUROC and D's share, resampling held-out pairs."""
     import numpy as np
@@ -288,6 +161,7 @@ def run_design(design, steps, eval_every, records, oracle_rows, args, rows, scra
     held = trainer.heldout_accuracy()
     d_auc = held["d_heldout_auroc"]
     ceil = auroc(o_real, o_swap)
+    share = share_of_ceiling(d_auc, ceil)
     result = {
         "event": "design",
         "design": design,
@@ -299,7 +173,7 @@ def run_design(design, steps, eval_every, records, oracle_rows, args, rows, scra
         **_r(held),
         "oracle_heldout_auroc": round(ceil, 4),
         "oracle_heldout_acc": round(pair_acc(o_real, o_swap), 4),
-        "share_of_ceiling": round((d_auc - 0.5) / (ceil - 0.5), 3) if ceil > 0.5 else None,
+        "share_of_ceiling": None if share is None else round(share, 3),
         **bootstrap(z_real, z_swap, o_real, o_swap, args.bootstrap, args.seed),
         "load_s": round(t_load, 1),
         "warmup_s": round(warm_s, 1),
@@ -425,7 +299,7 @@ def main() -> None:
         "edges": {k: list(v) for k, v in enc.edges.edges.items()},
     }
     log(rows, event="setup", **setup)
-    expected_all = expected_ceiling(oracle, judgements)
+    expected_all = expected_ceiling(oracle, [(j.p_like, j.p_dislike) for j in judgements])
 
     results, heldout_ids = [], None
     with tempfile.TemporaryDirectory(prefix="d-designs-") as scratch:
@@ -446,7 +320,7 @@ def main() -> None:
     lik_real = [math.log(max(oracle_rows[x["id"]]["real"][x["real"]], 1e-300)) for x in pairs]
     lik_swap = [math.log(max(oracle_rows[x["id"]]["real"][x["swap"]], 1e-300)) for x in pairs]
     ceiling = {
-        "expected_heldout": expected_ceiling(oracle, [by_id[i] for i in heldout_ids]),
+        "expected_heldout": expected_ceiling(oracle, [(by_id[i].p_like, by_id[i].p_dislike) for i in heldout_ids]),
         "expected_all": expected_all,
         "likelihood_only_heldout": auroc(lik_real, lik_swap),
         "oracle_heldout": results[0]["oracle_heldout_auroc"],

@@ -620,7 +620,12 @@ def follow_rounds(ctx: DistContext, device: str = "auto", dtype: str = "auto") -
         if kind != "round":
             continue  # "idle": rank 0's heartbeat between rounds
         request = dataclasses.replace(
-            message["request"], device=str(device), dtype=str(dtype), metrics_path=None, progress=False
+            message["request"],
+            device=str(device),
+            dtype=str(dtype),
+            metrics_path=None,
+            progress=False,
+            heldout_pairs_path=None,
         )
         log.info("rank %d joins a %s round (%s)", ctx.rank, message["algorithm"], request.version_name)
         try:

@@ -388,6 +388,7 @@ class Trainer:
         from core.behavior.encoding import infer_encoding, most_preferred_sentence
         from trainer.algorithms import TrainingDiverged, TrainRequest, get_algorithm
         from trainer.gate import gate_and_publish
+        from trainer.heldout_pairs import heldout_pairs_path
         from trainer.reward_models.split import split_by_query
 
         s = self.settings
@@ -430,6 +431,7 @@ class Trainer:
             version_name=name,
             parent=parent,
             metrics_path=metrics_dir / f"{name}.jsonl",
+            heldout_pairs_path=heldout_pairs_path(metrics_dir, name),  # RLHB: D's held-out pairs, for a ceiling
             seed=s.seed + round_no,
             steps=s.steps_per_round,
             progress=False,

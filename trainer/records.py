@@ -91,6 +91,16 @@ class BehaviorPool:
             self.by_text.setdefault(r.behavior_text, tuple((k, int(r.buckets[k])) for k in own))
         self.texts = sorted(self.by_text)
 
+    @classmethod
+    def from_signatures(cls, by_text: Mapping[str, Sequence[tuple[str, int]]], encoding: Encoding) -> BehaviorPool:
+        """The pool of a run rebuilt from its sentences and their levels (``trainer.heldout_pairs`` keeps
+        them), without the records: the same swap candidates, opposites and served sentences."""
+        pool = cls.__new__(cls)
+        pool.encoding = encoding
+        pool.by_text = {t: tuple((k, int(v)) for k, v in sig) for t, sig in by_text.items()}
+        pool.texts = sorted(pool.by_text)
+        return pool
+
     def swap_candidates(self, behavior: str) -> list[str]:
         """Sentences differing from ``behavior`` in at least one preference level."""
         sig = self.by_text.get(behavior)

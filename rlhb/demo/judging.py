@@ -27,6 +27,8 @@ class VersionResult:
     train_seconds: float = 0.0
     round_info: dict = field(default_factory=dict)
     """The trainer's round summary (records used, gate metrics, timings)."""
+    d_ceiling: dict = field(default_factory=dict)
+    """RLHB rounds: D's held-out AUROC against the ceiling on the same pairs (``rlhb.demo.ceiling``)."""
 
 
 def evaluate(cfg: DemoConfig, lane: Lane, version: str, questions, say, behavior: str | None = None) -> list:

@@ -36,6 +36,8 @@ def summarize(vr: VersionResult, base: VersionResult | None, relevance: bool = T
         for k in ("outcome", "users", "poisoned", "guardrail", "ab_share"):  # live trials, drift, poisoning
             if k in vr.round_info:
                 row["round_info"][k] = vr.round_info[k]
+    if vr.d_ceiling:
+        row["d_ceiling"] = vr.d_ceiling
     if not vr.served:
         return row
     k, n = sum(s.asker_liked for s in vr.served), len(vr.served)
@@ -127,6 +129,17 @@ def format_gaps(report: dict) -> list[str]:
                 f"{g['mean_p_like_least']:.3f}" + format_paired(g.get("paired_p_like"))
             )
     return lines
+
+
+def format_ceilings(report: dict) -> list[str]:
+    """One line per RLHB round: D's held-out AUROC against the ceiling on the same pairs, or why there is none."""
+    from rlhb.demo.ceiling import format_ceiling
+
+    return [
+        f"{row['label']} {row['version']} (round {row['round']}): {format_ceiling(row['d_ceiling'])}"
+        for row in report["versions"]
+        if row.get("d_ceiling")
+    ]
 
 
 def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, total: float, model_path: str) -> dict:
@@ -358,6 +371,9 @@ def write_report(
     gaps = format_gaps(report)
     for line in gaps:
         say("behavior following: " + line)
+    ceilings = format_ceilings(report)
+    for line in ceilings:
+        say("D vs ceiling: " + line)
     if report["power"]:
         p = report["power"]
         say(
@@ -393,6 +409,17 @@ def write_report(
     if gaps:
         md += ["## Behavior following (same version, most vs least preferred sentence)", ""]
         md += [f"- {line}" for line in gaps] + [""]
+    if ceilings:
+        md += ["## D's held-out AUROC against the ceiling (same pairs, split by query)", ""]
+        md += [f"- {line}" for line in ceilings]
+        md += [
+            "",
+            "ceiling: the AUROC of the Bayes-optimal score on the same pairs (the users' true like and dislike "
+            "probabilities and the viewing noise; rlhb/evaluation/d_ceiling.py), expected: its exact AUROC on these "
+            "answers; D's share = (D - 0.5) / (ceiling - 0.5). A low ceiling: little signal in the feedback; a "
+            "low share: D is the limit.",
+            "",
+        ]
     md += [f"Total wall time: {report['total_seconds']:.0f} s", ""]
     md += ["## Answers side by side", ""]
     for entry in report["side_by_side"]:

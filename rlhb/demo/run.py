@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 from core.behavior.encoding import least_preferred_sentence
+from rlhb.demo.ceiling import LoggedUnder, format_ceiling, pairs_path, remember, round_ceiling
 from rlhb.demo.config import EVAL_SEED_OFFSET, DemoConfig, lane_algorithm
 from rlhb.demo.judging import VersionResult, evaluate, judge_offline, rejudge
 from rlhb.demo.lanes import (
@@ -129,6 +130,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     lane_info: dict[str, dict] = {}
     gap_answers: dict[str, tuple] = {}  # lane -> (version, least preferred sentence, its answers)
     live: list[dict] = []
+    logged: LoggedUnder = {}  # impression id -> the users (and inversion) that gave its feedback: the D ceiling
     if cfg.drift:
         before, after, at = cfg.drift_parts()
         say(f"drift: users '{before}' until round {at}, then '{after}'")
@@ -177,6 +179,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                     cfg.at_round(0), lane, train_qs, cfg.base_traffic, 0, say, "base traffic", invert=poisoned
                 )
                 base_count = len(base_traffic)
+                remember(logged, base_traffic, cfg.users_at(0), poisoned)  # replayed to the other lanes, ids kept
                 live.append(live_row("base", 0, cfg.users_at(0), base_traffic, poisoned=poisoned, decision=""))
                 lane_info[algorithm] = {
                     "base_traffic_answers": base_count,
@@ -215,6 +218,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                         invert=True,
                     )  # fmt: skip
                     next_index += cfg.traffic_per_round
+                    remember(logged, bad, cfg.users_at(r - 1), inverted=True)
                     wait_records(redis, lane, have + len(bad) - 5, say)
                     phases[f"{algorithm}: round {r} poisoned traffic"] = time.time() - t0
                 t0 = time.time()
@@ -243,6 +247,15 @@ def run_demo(cfg: DemoConfig) -> dict:
                 )
                 vr.round_info["users"] = rcfg.users
                 vr.round_info["poisoned"] = cfg.poison_round == r
+                if lane_algorithm(algorithm) == "rlhb":  # D's held-out AUROC against the ceiling on its pairs
+                    t0 = time.time()
+                    vr.d_ceiling = (
+                        round_ceiling(pairs_path(lane, version), logged, cfg.viewers_mean, cfg.users_at(r - 1))
+                        if version
+                        else {"available": False, "reason": f"no version was trained ({vr.status})"}
+                    )
+                    say(f"  round {r}: D vs ceiling: {format_ceiling(vr.d_ceiling)}")
+                    phases[f"{algorithm}: round {r} D ceiling"] = time.time() - t0
                 if vr.status == "trial":  # serving ab_share of live traffic: the guardrail decides
                     t0 = time.time()
                     served_ab: list = []
@@ -251,6 +264,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                         served_ab += traffic(
                             rcfg, lane, train_qs, cfg.traffic_per_round, next_index, say, f"A/B r{r}.{chunk}"
                         )
+                        remember(logged, served_ab, rcfg.users)
                         next_index += cfg.traffic_per_round
                         decision = wait_trial_decision(redis, lane, version, timeout_s=60)
                         if decision is not None:
@@ -286,6 +300,7 @@ def run_demo(cfg: DemoConfig) -> dict:
                 if r < cfg.rounds and cfg.traffic_per_round and cfg.ab_share == 0:
                     t0 = time.time()
                     served = traffic(rcfg, lane, train_qs, cfg.traffic_per_round, next_index, say, f"traffic r{r}")
+                    remember(logged, served, rcfg.users)
                     live.append(
                         live_row(algorithm, r, rcfg.users, served, poisoned=cfg.poison_round == r, version=version,
                                  decision="published")

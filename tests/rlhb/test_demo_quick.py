@@ -53,9 +53,23 @@ def test_quick_demo_runs_the_closed_loop(tmp_path, kafka_bootstrap, redis_url, t
             mine = [k for k in kept if k["algorithm"] == algo]
             assert len(mine) == 6 and {k["version"] for k in mine} == {gap["version"]}
             assert {k["behavior"] for k in mine} == {least_preferred_sentence()}
+    # D's held-out AUROC against the ceiling, on the very pairs the trainer measured it on (lanes with a D only)
+    ceiling = rows["rlhb"]["d_ceiling"]
+    assert ceiling["available"], ceiling
+    assert ceiling["pairs"] >= 2 and ceiling["d_auroc"] == pytest.approx(ceiling["d_auroc_logged"], abs=1e-6)
+    assert ceiling["d_auroc"] == pytest.approx(rows["rlhb"]["train_last"]["d_heldout_auroc"], abs=1e-6)
+    assert ceiling["users"] == "concise" and ceiling["users_share"] == 1.0 and ceiling["traced_share"] == 1.0
+    assert ceiling["judged_as_served"] == 1.0  # the users judge the logged answer as they did when it was served
+    assert 0.5 < ceiling["expected_ceiling"] < 1.0 and 0.0 <= ceiling["ceiling_auroc"] <= 1.0
+    if ceiling["ceiling_auroc"] > 0.5:
+        assert ceiling["share_of_ceiling"] == pytest.approx(
+            (ceiling["d_auroc"] - 0.5) / (ceiling["ceiling_auroc"] - 0.5)
+        )
+    assert "d_ceiling" not in rows["rlhbc"] and "d_ceiling" not in rows["rlhf"]
     assert report["side_by_side"] and report["side_by_side"][0]["base"]
     assert "like rate" in format_table(report)
     out = cfg.out_dir
+    assert f"ceiling {ceiling['ceiling_auroc']:.3f} (expected" in (out / "report.md").read_text()
     assert (out / "demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved = json.loads((out / "report.json").read_text())
     assert saved["total_seconds"] > 0 and saved["versions"]
@@ -125,6 +139,8 @@ def test_quick_demo_with_drift_a_poisoned_round_and_ab_trials(
     assert set(rounds) == {1, 2}, rounds
     assert rounds[1]["round_info"]["users"] == "concise" and rounds[2]["round_info"]["users"] == "warm"  # the drift
     assert rounds[2]["round_info"]["poisoned"] and not rounds[1]["round_info"]["poisoned"]
+    # round 2 is evaluated by the new taste, but every record it trained on was logged under the old one
+    assert rounds[2]["d_ceiling"]["available"] and rounds[2]["d_ceiling"]["users"] == "concise", rounds[2]["d_ceiling"]
     trials = [r for r in (1, 2) if rounds[r]["round_info"].get("outcome") == "trial"]
     assert trials, "no candidate passed the gate: nothing was A/B tested"
     for r in trials:

@@ -46,6 +46,9 @@ class TrainRequest:
     """Where the models train (``RLHB_DEVICE``: auto, cpu, cuda, cuda:N; ``core.device.resolve_device``)."""
     dtype: str = "auto"
     """dtype of the frozen base weights (``RLHB_DTYPE``: auto, float32, bfloat16, float16)."""
+    heldout_pairs_path: Path | None = None
+    """RLHB: write D's held-out pairs with its logits here at the run's last held-out measurement
+    (``trainer.heldout_pairs``; None: not written). Other algorithms have no discriminator and ignore it."""
 
 
 @dataclass(frozen=True)

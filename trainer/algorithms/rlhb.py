@@ -16,7 +16,10 @@ measurement below, so an iteration's time splits into generation, update and dis
 
 Every iteration D's accuracy on held-out records (real vs swapped, never trained on) is
 measured; when PPO starts from a D at chance, a loud warning is logged and ``d_at_chance``
-is 1 in the metrics: the policy is then learning from noise.
+is 1 in the metrics: the policy is then learning from noise. With ``request.heldout_pairs_path``
+the last iteration's measurement (the one in the last metrics row) is also written out, pair by
+pair with D's logits (``trainer.heldout_pairs``: the demo sets it against the best AUROC any model
+could reach on the same pairs, ``rlhb.evaluation.d_ceiling``).
 
 Programmatic use (benchmarks, DDP tests)::
 
@@ -150,6 +153,7 @@ class RLHBTrainer:
         self._adversarial = False  # set at the first PPO iteration (D's learning rates then scale)
         self._pushed = 0
         self._warmup_summary: dict[str, float] = {}
+        self._heldout_scores: tuple[list, list[float], list[float]] | None = None  # (pairs, z_real, z_swap)
         self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
 
     # ------------------------------------------------------------------ rewards
@@ -285,6 +289,7 @@ class RLHBTrainer:
             [r.behavior_text for r, _ in pairs],
             [s for _, s in pairs],
         )  # (N,), (N,)
+        self._heldout_scores = (pairs, z_real.tolist(), z_swap.tolist())  # for write_heldout_pairs
         pairwise = (z_real > z_swap).float().mean().item()
         threshold = 0.5 * ((z_real > 0).float().mean() + (z_swap < 0).float().mean()).item()
         return {
@@ -294,6 +299,33 @@ class RLHBTrainer:
             "d_heldout_truncated_win": self.truncated_win(self.heldout_truncated),
             "d_heldout_cut_win": self.truncated_win(self.heldout_cut_mid),
         }
+
+    def write_heldout_pairs(self, path: Path, iteration: int, d_heldout_auroc: float) -> Path | None:
+        """The pairs of the last ``heldout_accuracy`` with D's logits, the pool's sentences and the encoding
+        (``trainer.heldout_pairs``), so that AUROC can be read again and set against a ceiling. None when
+        nothing was measured yet. A failure to write is logged, never raised: training does not depend on it."""
+        from trainer.heldout_pairs import HeldoutPair, write_heldout_pairs
+
+        if self._heldout_scores is None:
+            return None
+        pairs, z_real, z_swap = self._heldout_scores
+        rows = [
+            HeldoutPair(r.impression_id, r.query, r.response, r.behavior_text, s, zr, zs, dict(r.counts))
+            for (r, s), zr, zs in zip(pairs, z_real, z_swap, strict=True)
+        ]
+        try:
+            return write_heldout_pairs(
+                path,
+                version=self.request.version_name,
+                iteration=iteration,
+                d_heldout_auroc=d_heldout_auroc,
+                encoding=self.pool.encoding,
+                sentences=self.pool.by_text,
+                pairs=rows,
+            )
+        except OSError as e:
+            log.warning("could not write D's held-out pairs to %s: %s", path, e)
+            return None
 
     @torch.no_grad()
     def truncated_win(self, cut_answers: list[str]) -> float:
@@ -390,6 +422,8 @@ class RLHBTrainer:
         held = self.heldout_accuracy()
         seconds_discriminator = time.perf_counter() - started  # step 5 and D's held-out measurement
         self.heldout_acc = held["d_heldout_acc"]
+        if self.request.heldout_pairs_path is not None and i == self.request.steps - 1:
+            self.write_heldout_pairs(self.request.heldout_pairs_path, i, held["d_heldout_auroc"])
         warmup, self._warmup_summary = self._warmup_summary, {}  # reported once, with the first iteration
         return {
             "iteration": i,
