@@ -84,6 +84,8 @@ DESIGNS = {
     # cached f(s, a), head trained alone; at the default head lr (1e-3) it overfits within 300 steps (E16)
     "minilm-frozen": {"discriminator": "minilm", "d_freeze_encoder": True, "d_head_learning_rate": 3e-5},
     "lm": {"discriminator": "lm"},
+    # the fine-tuned MiniLM D with the answer's gate statistics beside f(s, a) (d_text_features; E29)
+    "minilm-text": {"discriminator": "minilm", "d_text_features": True},
 }
 
 

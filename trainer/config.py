@@ -313,6 +313,14 @@ class RLHBConfig(PPOConfig):
     a warm-up step costs a head update instead of an encoder backward (issue 14 item 7's "frozen encoder
     features cached, a trained head"). bench/demo_experiments.md E16: about the fine-tuned D's held-out AUROC at
     4% of its warm-up time, but in the loop its reward was ~10x smaller and the round did not lift: off by default."""
+    d_text_features: bool = False
+    """discriminator="minilm" only: add the plain statistics of the answer that the publication gate guards
+    to f(s, a) (its length in words, whether it ends where a sentence can end, its repeated 3-grams, whether it
+    opens as a refusal; ``trainer.discriminator.answer_statistics``), each behavior sentence weighting them its
+    own way. Mean pooling keeps what an answer is about and loses how long and how finished it is, which users
+    react to whatever their taste; the bilinear form learns the direction from the feedback (the same
+    statistics can mean "shorter" to one population and "longer" to another). Off by default: the demo's
+    figures were measured without it."""
     d_batch_size: int = 16
     """Real triplets per D update; the fake batch has the same size."""
     d_updates_per_iteration: int = 1
@@ -417,6 +425,11 @@ class RLHBConfig(PPOConfig):
             self.reward_realness_weight == 0 or self.reward == "contrastive",
             f"reward_realness_weight adds log D to the contrast; with reward={self.reward!r} D's realness is the "
             "reward already: unset it.",
+        )
+        _require(
+            not (self.d_text_features and self.discriminator != "minilm"),
+            f'd_text_features applies to discriminator="minilm"; the {self.discriminator!r} D reads the whole '
+            "answer in its trunk: unset it.",
         )
         _require(
             not (self.d_freeze_encoder and self.discriminator != "minilm"),

@@ -97,6 +97,27 @@ class Discriminator(nn.Module):
         return True
 
 
+ANSWER_STATISTICS = ("log_words", "ends_cleanly", "repeated_3grams", "refusal")
+"""The plain statistics ``d_text_features`` adds to f(s, a), in this order: the measures the publication
+gate guards (``trainer.gate``), nothing chosen for a particular population of users."""
+
+
+def answer_statistics(answers: Sequence[str]) -> torch.Tensor:
+    """(B, 4) statistics of each answer (``ANSWER_STATISTICS``), each scaled to about [0, 1]: log word count
+    over log 256, ends where a sentence can end (0/1), share of repeated 3-grams, opens as a refusal (0/1).
+    Standard-library text measures (``core.text_measures``), the gate's own."""
+    import math
+
+    from core.text_measures import ends_cleanly, is_refusal, repeated_ngram_rate, words
+
+    log_words = [math.log1p(len(words(a))) / math.log(256) for a in answers]
+    rows = [
+        [n, float(ends_cleanly(a)), repeated_ngram_rate(a), float(is_refusal(a))]
+        for n, a in zip(log_words, answers, strict=True)
+    ]
+    return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(ANSWER_STATISTICS))  # (B, 4)
+
+
 FEATURE_CACHE_SIZE = 50_000
 """With a frozen encoder: (question, answer) features kept, oldest dropped first (~1.5 KB each)."""
 
@@ -111,6 +132,7 @@ class MiniLMDiscriminator(Discriminator):
         folder: Path | None = None,
         device: torch.device | str = "cpu",
         freeze_encoder: bool = False,
+        text_features: bool = False,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -127,6 +149,8 @@ class MiniLMDiscriminator(Discriminator):
         self.proj_answer = nn.Linear(hidden, embed_dim, bias=False)  # P
         self.proj_behavior = nn.Linear(hidden, embed_dim, bias=False)  # Q
         self.behavior_bias = nn.Linear(hidden, 1)  # c
+        # R: the answer's plain statistics into the same space as P f(s, a) (d_text_features); None: off
+        self.proj_statistics = nn.Linear(len(ANSWER_STATISTICS), embed_dim, bias=False) if text_features else None
         self.max_tokens = max_tokens
         self._behavior_cache: dict[str, torch.Tensor] = {}
         self._center: torch.Tensor | None = None
@@ -194,20 +218,29 @@ class MiniLMDiscriminator(Discriminator):
             del self._feature_cache[next(iter(self._feature_cache))]
         return features
 
-    def combine(self, features: torch.Tensor, behaviors: Sequence[str]) -> torch.Tensor:
+    def answer_side(self, queries: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        """P f(s, a) (+ R stats(a) with ``text_features``): (B, embed_dim)."""
+        side = self.proj_answer(self.answer_features(queries, answers))
+        if self.proj_statistics is not None:
+            side = side + self.proj_statistics(answer_statistics(answers).to(side.device))
+        return side
+
+    def combine(self, side: torch.Tensor, behaviors: Sequence[str]) -> torch.Tensor:
         e = self.behavior_embeddings(behaviors)  # (B, H)
-        bilinear = (self.proj_answer(features) * self.proj_behavior(e)).sum(-1)  # (B,)
+        bilinear = (side * self.proj_behavior(e)).sum(-1)  # (B,)
         return bilinear + self.behavior_bias(e).squeeze(-1)  # (B,)
 
     def logits(self, queries, answers, behaviors) -> torch.Tensor:
-        return self.combine(self.answer_features(queries, answers), behaviors)
+        return self.combine(self.answer_side(queries, answers), behaviors)
 
     def logits_pair(self, queries, answers, behaviors, others):
-        features = self.answer_features(queries, answers)  # one encoder pass serves both behaviors
-        return self.combine(features, behaviors), self.combine(features, others)
+        side = self.answer_side(queries, answers)  # one encoder pass serves both behaviors
+        return self.combine(side, behaviors), self.combine(side, others)
 
     def head_parameters(self) -> list[nn.Parameter]:
-        return [*self.proj_answer.parameters(), *self.proj_behavior.parameters(), *self.behavior_bias.parameters()]
+        extra = [] if self.proj_statistics is None else list(self.proj_statistics.parameters())
+        return [*self.proj_answer.parameters(), *self.proj_behavior.parameters(), *self.behavior_bias.parameters(),
+                *extra]  # fmt: skip
 
 
 class LMDiscriminator(Discriminator):
@@ -275,7 +308,11 @@ def build_discriminator(
     device, dtype = resolve_device(device, dtype)
     if config.discriminator == "minilm":
         return MiniLMDiscriminator(
-            config.d_embed_dim, config.d_max_tokens, device=device, freeze_encoder=config.d_freeze_encoder
+            config.d_embed_dim,
+            config.d_max_tokens,
+            device=device,
+            freeze_encoder=config.d_freeze_encoder,
+            text_features=config.d_text_features,
         )
     return LMDiscriminator(config.d_model_path or model_path, config.d_lora_r, config.d_max_tokens, device, dtype)
 

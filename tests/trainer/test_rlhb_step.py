@@ -291,6 +291,40 @@ def test_frozen_encoder_d_trains_its_head_alone_and_encodes_each_pair_once(tiny_
     assert torch.allclose(d.answer_features([r.query], [r.response])[0], fresh, atol=1e-6)
 
 
+def test_answer_statistics_are_the_gates_measures_scaled():
+    from trainer.discriminator import ANSWER_STATISTICS, answer_statistics
+
+    stats = answer_statistics(["Paris is the capital.", "I cannot help with that", "the cat the cat the cat", ""])
+    assert stats.shape == (4, len(ANSWER_STATISTICS))
+    words, clean, repeated, refusal = stats.T
+    assert words[0] == pytest.approx(math.log1p(4) / math.log(256)) and words[3] == 0
+    assert clean.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert repeated[2] > 0.3 and repeated[0] == 0
+    assert refusal.tolist() == [0.0, 1.0, 0.0, 0.0]
+
+
+def test_text_features_put_the_answers_statistics_into_d_and_train_them(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, d_text_features=True)
+    d = trainer.discriminator
+    assert d.proj_statistics is not None and any(p is d.proj_statistics.weight for p in d.head_parameters())
+    queries, answers, behaviors = ["What is the capital of France?"] * 2, ["Paris.", "Paris"], [LIKED] * 2
+    with torch.no_grad():
+        with_stats = d.logits(queries, answers, behaviors)
+        d.proj_statistics.weight.zero_()
+        without = d.logits(queries, answers, behaviors)
+        d.proj_statistics.weight.normal_()
+        moved = d.logits(queries, answers, behaviors)
+    assert not torch.allclose(with_stats, without) and not torch.allclose(moved, without)
+    before = d.proj_statistics.weight.detach().clone()
+    trainer.d_step([])
+    assert not torch.equal(before, d.proj_statistics.weight)  # trained with the head
+
+
+def test_text_features_are_only_for_the_minilm_d():
+    with pytest.raises(ValueError, match='d_text_features applies to discriminator="minilm"'):
+        small_config(discriminator="lm", d_text_features=True)
+
+
 def test_frozen_encoder_is_only_for_the_minilm_d():
     with pytest.raises(ValueError, match='d_freeze_encoder applies to discriminator="minilm"'):
         small_config(discriminator="lm", d_freeze_encoder=True)
