@@ -86,7 +86,34 @@ DESIGNS = {
     "lm": {"discriminator": "lm"},
     # the fine-tuned MiniLM D with the answer's gate statistics beside f(s, a) (d_text_features; E29)
     "minilm-text": {"discriminator": "minilm", "d_text_features": True},
+    # half of the swapped fakes swap the answer, not the sentence (d_answer_swap_share; E31)
+    "minilm-answerswap": {"discriminator": "minilm", "d_answer_swap_share": 0.5},
 }
+
+
+def reward_fidelity(trainer, oracle_rows: dict) -> dict[str, float]:
+    """PPO's reward on the held-out answers under the served sentence, against the users' true like probability:
+    Spearman over all of them, and the share of same-question answer pairs (like probabilities 0.05 or more
+    apart) that the reward orders as the users would. The second is what PPO's advantage uses."""
+    import numpy as np
+
+    records = trainer.heldout_records
+    served = [trainer.pool.most_preferred()] * len(records)
+    reward, _ = trainer._score([r.query for r in records], [r.response for r in records], served)
+    reward = reward.tolist()
+    p_like = [oracle_rows[r.impression_id]["p_like"] for r in records]
+    ranks = [np.argsort(np.argsort(x)) for x in (reward, p_like)]
+    right = total = 0
+    for i in range(len(records)):
+        for j in range(i + 1, len(records)):
+            if records[i].query == records[j].query and abs(p_like[i] - p_like[j]) >= 0.05:
+                total += 1
+                right += (reward[i] - reward[j]) * (p_like[i] - p_like[j]) > 0
+    return {
+        "reward_spearman": float(np.corrcoef(*ranks)[0, 1]),
+        "reward_same_question_acc": right / total if total else float("nan"),
+        "reward_same_question_pairs": float(total),
+    }
 
 
 def make_trainer(records, design: str, steps: int, threads: int, seed: int, scratch: Path):
@@ -161,6 +188,8 @@ def run_design(design, steps, eval_every, records, oracle_rows, args, rows, scra
     o_real = [Oracle.llr(x["real"], x["swap"], r.behavior_text) for x, (r, _) in zip(o, pairs, strict=True)]
     o_swap = [Oracle.llr(x["real"], x["swap"], s) for x, (_, s) in zip(o, pairs, strict=True)]
     held = trainer.heldout_accuracy()
+    fidelity = reward_fidelity(trainer, oracle_rows)
+    log(rows, event="reward_fidelity", design=design, **_r(fidelity))
     d_auc = held["d_heldout_auroc"]
     ceil = auroc(o_real, o_swap)
     share = share_of_ceiling(d_auc, ceil)
@@ -173,6 +202,7 @@ def run_design(design, steps, eval_every, records, oracle_rows, args, rows, scra
         "heldout_queries": len({r.query for r, _ in pairs}),
         "train_records": len(trainer.train_records),
         **_r(held),
+        **_r(fidelity),
         "oracle_heldout_auroc": round(ceil, 4),
         "oracle_heldout_acc": round(pair_acc(o_real, o_swap), 4),
         "share_of_ceiling": None if share is None else round(share, 3),
@@ -229,15 +259,19 @@ def write_markdown(out: Path, setup: dict, results: list[dict], ceiling: dict) -
         "query), each against its fixed behavior-swapped twin.",
         "",
         "| D | warm-up steps | held-out pairwise acc | held-out AUROC [95% CI] | ceiling AUROC (oracle, same pairs) "
-        "[95% CI] | share of ceiling [95% CI] | D warm-up seconds (s/step) |",
-        "|---|---|---|---|---|---|---|",
+        "[95% CI] | share of ceiling [95% CI] | answer-swap AUROC | reward vs p_like: Spearman, same-question "
+        "pairs ordered | D warm-up seconds (s/step) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         steps = f"{r['d_steps']}" + ("" if r["d_steps"] == r["d_steps_planned"] else f" (of {r['d_steps_planned']})")
         lines.append(
             f"| {r['design']} | {steps} | {r['d_heldout_acc']:.3f} | {r['d_heldout_auroc']:.3f} "
             f"{r['d_auroc_ci']} | {r['oracle_heldout_auroc']:.3f} {r['ceiling_auroc_ci']} | "
-            f"{r['share_of_ceiling']} {r['share_ci']} | {r['warmup_s']:.0f} ({r['warmup_s_per_step']}) |"
+            f"{r['share_of_ceiling']} {r['share_ci']} | {r['d_heldout_answer_auroc']:.3f} | "
+            f"{r['reward_spearman']:.3f}, {r['reward_same_question_acc']:.3f} "
+            f"of {r['reward_same_question_pairs']:.0f} | "
+            f"{r['warmup_s']:.0f} ({r['warmup_s_per_step']}) |"
         )
     lines += [
         "",

@@ -358,6 +358,16 @@ class RLHBConfig(PPOConfig):
     swap_share: float = 0.3
     """Share of the fake batch made of behavior-swapped real triplets (the rest: kappa, then fresh generations;
     with the defaults half the fake batch is this iteration's rollouts)."""
+    d_answer_swap_share: float = 0.0
+    """Share of the swapped fakes (``swap_share``, and all of the warm-up's fakes) whose *answer* is swapped
+    instead of their sentence: (s, a', b) with a' another training record's answer to the same question s, logged
+    under a sentence that differs from b in preference; a record with no such sibling gets a behavior swap. The
+    behavior swap makes D rank sentences under one answer, and a sentence the pool rarely holds is then a fake
+    more often than not (the swap draws sentences uniformly), so D can score well by counting sentences. PPO's
+    reward asks the other question: which answer to this question suits this sentence. The answer swap puts that
+    question in D's loss, with the question and sentence the same on both sides, so only the answer tells them
+    apart (both directions together, as in CLIP's symmetric matching loss). It needs questions asked more than
+    once, which live traffic gives. 0 = behavior swaps only, as before (bench/demo_experiments.md E31)."""
     kappa: float = 0.2
     """Bootstrap share of the fake batch (section 4.3; the paper: 50% makes D collapse). What fills it:
     ``kappa_source``."""
@@ -465,6 +475,10 @@ class RLHBConfig(PPOConfig):
             f"steer_contrast_records must be 'all' or 'preferred'; got {self.steer_contrast_records!r}.",
         )
         _require(0.0 <= self.swap_share <= 1.0, f"swap_share must be in [0, 1]; got {self.swap_share}.")
+        _require(
+            0.0 <= self.d_answer_swap_share <= 1.0,
+            f"d_answer_swap_share must be in [0, 1]; got {self.d_answer_swap_share}.",
+        )
         _require(
             self.kappa_source in KAPPA_SOURCES,
             f"kappa_source must be one of {KAPPA_SOURCES}; got {self.kappa_source!r}.",

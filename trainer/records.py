@@ -1,4 +1,4 @@
-"""Training records: loading exported BehaviorRecords, sampling prompts, behavior swaps.
+"""Training records: loading exported BehaviorRecords, sampling prompts, behavior and answer swaps.
 
 Swaps: a behavior-swapped triplet (s, a, b') is a fake for the discriminator only if b'
 differs from b in an indicator that reflects the answer (likes, dislikes): swaps that
@@ -159,6 +159,17 @@ def check_swappable(records: Sequence[BehaviorRecord], encoding: Encoding | None
             "discriminator cannot learn; train on records with varied feedback"
         )
     return pool
+
+
+def answer_swap_siblings(records: Sequence[BehaviorRecord], pool: BehaviorPool) -> list[list[int]]:
+    """For each record i, the indices of the other records answering the same question (``query_key``) under a
+    sentence that differs from record i's in preference: the answers an answer swap (s, a', b) may take
+    (``RLHBConfig.d_answer_swap_share``). Empty where the question was asked once, or only under equal levels."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(query_key(r.query), []).append(i)
+    level = [pool.by_text.get(r.behavior_text) for r in records]
+    return [[j for j in groups[query_key(r.query)] if j != i and level[j] != level[i]] for i, r in enumerate(records)]
 
 
 # --------------------------------------------------------------------------- sampling

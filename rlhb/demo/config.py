@@ -39,6 +39,8 @@ def algorithm_label(name: str, overrides: dict) -> str:
     if float(o.get("d_truncated_share", 0.0)) > 0:
         how = "stopped mid-sentence" if o.get("d_truncated_cut") == "mid_sentence" else "truncated"
         notes.append(f"{how} real answers as {float(o['d_truncated_share']):.0%} of D's fakes")
+    if float(o.get("d_answer_swap_share", 0.0)) > 0:
+        notes.append(f"{float(o['d_answer_swap_share']):.0%} of D's swapped fakes swap the answer, not the sentence")
     if float(o.get("reward_realness_weight", 0.0)) > 0:
         notes.append(f"reward: contrast + {float(o['reward_realness_weight']):g} log D")
     if float(o.get("missing_eos_penalty", 0.0)) > 0:

@@ -84,6 +84,9 @@ def test_labels_read_set_values_as_the_trainer_does():
     assert "stopped mid-sentence real answers as 25% of D's fakes" in algorithm_label(
         "rlhb", {"d_truncated_share": "0.25", "d_truncated_cut": "mid_sentence"}
     )
+    assert algorithm_label("rlhb", {"d_answer_swap_share": "0.5"}) == (
+        "RLHB (50% of D's swapped fakes swap the answer, not the sentence)"
+    )
     assert algorithm_label("sft", {"d_frozen": "true"}) == "SFT"  # a field sft does not have is not its departure
     assert algorithm_label("base", {}) == "base"  # the report's base row
 

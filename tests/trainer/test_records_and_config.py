@@ -9,7 +9,15 @@ import pytest
 
 from tests.helpers.toy_task import DISLIKED, LIKED, toy_record, toy_records
 from trainer.config import ConfigError, PPOConfig, RLHBConfig
-from trainer.records import BehaviorPool, RecordsError, as_records, check_swappable, load_records, split_heldout
+from trainer.records import (
+    BehaviorPool,
+    RecordsError,
+    answer_swap_siblings,
+    as_records,
+    check_swappable,
+    load_records,
+    split_heldout,
+)
 
 
 def write_lines(path, lines):
@@ -66,6 +74,18 @@ def test_swaps_differ_in_likes_or_dislikes_not_only_in_views():
     assert pool.most_preferred() in (LIKED, views_only.behavior_text) and pool.least_preferred() == DISLIKED
     rng = random.Random(0)
     assert all(pool.swap(LIKED, rng) == DISLIKED for _ in range(10))
+
+
+def test_answer_swap_siblings_share_the_question_and_differ_in_preference():
+    records = [
+        toy_record(0, "Why is the sky blue?", "a", liked=True),
+        toy_record(1, " why is the sky  blue?", "b", liked=False),  # the same question (case, spaces)
+        toy_record(2, "Why is the sky blue?", "c", liked=True),  # same levels as 0: never its answer swap
+        toy_record(3, "What is rain?", "d", liked=False),  # another question: never a sibling
+        toy_record(4, "What is rain?", "e", liked=False),  # asked twice, both disliked: no sibling
+    ]
+    siblings = answer_swap_siblings(records, BehaviorPool(records))
+    assert siblings == [[1], [0, 2], [1], [], []]
 
 
 def test_preference_score_orders_sentences_and_the_contrast_mirror_only_points_down():

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.text_measures import ends_cleanly
-from tests.helpers.toy_task import DISLIKED, LIKED, toy_records
+from tests.helpers.toy_task import DISLIKED, LIKED, toy_record, toy_records
 from trainer.algorithms.base import TrainRequest
 from trainer.algorithms.rlhb import Config, RLHBTrainer, cut_mid_sentence, truncate_words
 from trainer.rollouts import Prompt
@@ -142,6 +142,46 @@ def test_preferred_prompt_share_puts_the_served_sentence_in_that_share_of_prompt
     expected = share + (1 - share) * natural  # the rest keep their record's behavior, which may be it too
     assert abs(got - expected) <= 0.15, (got, expected)
     assert {p.query for p in prompts} <= {r.query for r in trainer.train_records}
+
+
+def mixed_records(n: int = 40) -> list:
+    """Toy records whose questions are each asked under both sentences (10 questions, liked and disliked)."""
+    liked = [(i // 10) % 2 == 0 for i in range(n)]
+    return [
+        toy_record(i, f"Tell me about item {i % 10}.", f"{'good ' if liked[i] else ''}answer {i}", liked=liked[i])
+        for i in range(n)
+    ]
+
+
+def test_answer_swaps_keep_question_and_sentence_and_take_a_sibling_answer(tiny_model_dir, tmp_path):
+    request = TrainRequest(
+        records=mixed_records(), model_path=str(tiny_model_dir), output_root=tmp_path, version_name="v", seed=0,
+        steps=1, progress=False,
+    )  # fmt: skip
+    trainer = RLHBTrainer(request, small_config(d_answer_swap_share=1.0))
+    by_answer = {r.response: r for r in trainer.train_records}
+    swapped = trainer._swapped_batch(32)
+    for query, answer, behavior in swapped:
+        other = by_answer[answer]  # a logged answer, never a made-up one
+        assert other.query == query and other.behavior_text != behavior  # same question, other levels
+        assert any(r.query == query and r.behavior_text == behavior for r in trainer.train_records)
+    # held out: answer-swapped pairs exist (mixed questions), and D's AUROC on them is measured
+    assert any(a is not None for a in trainer.heldout_answer_swaps)
+    assert 0.0 <= trainer.heldout_accuracy()["d_heldout_answer_auroc"] <= 1.0
+    # at 0 every swap is a behavior swap: the answer stays the record's own
+    trainer.config = small_config(d_answer_swap_share=0.0)
+    for query, answer, behavior in trainer._swapped_batch(32):
+        assert by_answer[answer].query == query and by_answer[answer].behavior_text != behavior
+        assert behavior in (LIKED, DISLIKED)
+
+
+def test_answer_swaps_fall_back_to_behavior_swaps_without_siblings(tiny_model_dir, tmp_path):
+    # toy_records: each question is always liked or always disliked, so no record has an answer swap
+    trainer = make_trainer(tiny_model_dir, tmp_path, d_answer_swap_share=1.0)
+    assert not any(trainer.answer_siblings)
+    own = {(r.query, r.response) for r in trainer.train_records}
+    assert all((q, a) in own for q, a, _ in trainer._swapped_batch(16))
+    assert math.isnan(trainer.heldout_accuracy()["d_heldout_answer_auroc"])
 
 
 def test_kappa_relabels_the_highest_rewarded_real_records_as_fake(tiny_model_dir, tmp_path):

@@ -78,7 +78,7 @@ from trainer.config import RLHBConfig
 from trainer.discriminator import build_discriminator, make_optimizer
 from trainer.losses.discriminator import contrastive_reward, discriminator_loss, discriminator_reward, pairwise_auroc
 from trainer.policy import Policy
-from trainer.records import as_records, check_swappable, sample_prompts, split_heldout
+from trainer.records import answer_swap_siblings, as_records, check_swappable, sample_prompts, split_heldout
 from trainer.rollouts import Prompt
 
 Config = RLHBConfig
@@ -146,6 +146,11 @@ class RLHBTrainer:
             truncate_words(r.response, config.d_truncated_max_words, swap_rng) for r in self.heldout_records
         ]  # fixed for the metric whatever d_truncated_cut is, so runs compare
         self.heldout_cut_mid = [cut_mid_sentence(r.response, swap_rng) for r in self.heldout_records]
+        self.answer_siblings = answer_swap_siblings(self.train_records, self.pool)  # d_answer_swap_share
+        self.heldout_answer_swaps = [  # fixed: another held-out answer to the same question, or None
+            self.heldout_records[swap_rng.choice(s)].response if s else None
+            for s in answer_swap_siblings(self.heldout_records, self.pool)
+        ]
         self.top_generations: list[tuple[float, int, Triplet]] = []  # min-heap of the best (reward, tiebreak, triplet)
         self.top_records = top_rewarded(self.train_records, TOP_RECORD_SHARE)  # kappa_source="records"
         self.replay: list[Triplet] = []  # reservoir of earlier generations (d_replay_size)
@@ -183,9 +188,17 @@ class RLHBTrainer:
         return [(r.query, r.response, r.behavior_text) for r in (self.train_records[i] for i in picks)]
 
     def _swapped_batch(self, n: int) -> list[Triplet]:
+        """Behavior swaps (s, a, b'), and a share ``d_answer_swap_share`` of answer swaps (s, a', b) where the
+        record has a sibling answer (``trainer.records.answer_swap_siblings``)."""
         out = []
+        share = self.config.d_answer_swap_share
         while len(out) < n:
-            r = self.train_records[self.rng.randrange(len(self.train_records))]
+            i = self.rng.randrange(len(self.train_records))
+            r = self.train_records[i]
+            siblings = self.answer_siblings[i]
+            if share and siblings and self.rng.random() < share:  # no extra draw at 0: runs stay reproducible
+                out.append((r.query, self.train_records[self.rng.choice(siblings)].response, r.behavior_text))
+                continue
             swapped = self.pool.swap(r.behavior_text, self.rng)
             if swapped is not None:
                 out.append((r.query, r.response, swapped))
@@ -282,7 +295,12 @@ class RLHBTrainer:
         """D on held-out records: pairwise accuracy z(real) > z(swapped), and threshold accuracy."""
         pairs = [(r, s) for r, s in zip(self.heldout_records, self.heldout_swaps, strict=True) if s is not None]
         if not pairs:
-            return {"d_heldout_acc": float("nan"), "d_heldout_cls_acc": float("nan"), "d_heldout_auroc": float("nan")}
+            return {
+                "d_heldout_acc": float("nan"),
+                "d_heldout_cls_acc": float("nan"),
+                "d_heldout_auroc": float("nan"),
+                "d_heldout_answer_auroc": self.answer_swap_auroc(),
+            }
         z_real, z_swap = self.discriminator.logits_pair(
             [r.query for r, _ in pairs],
             [r.response for r, _ in pairs],
@@ -298,7 +316,22 @@ class RLHBTrainer:
             "d_heldout_auroc": pairwise_auroc(z_real, z_swap),
             "d_heldout_truncated_win": self.truncated_win(self.heldout_truncated),
             "d_heldout_cut_win": self.truncated_win(self.heldout_cut_mid),
+            "d_heldout_answer_auroc": self.answer_swap_auroc(),
         }
+
+    @torch.no_grad()
+    def answer_swap_auroc(self) -> float:
+        """D's AUROC on held-out records against their fixed answer swaps: z(s, a, b) vs z(s, a', b), a' another
+        held-out answer to the same question logged under a sentence of other levels. The question PPO's reward
+        asks (which answer suits this sentence), where ``d_heldout_auroc`` asks which sentence suits this answer.
+        NaN when no held-out question has two such answers."""
+        pairs = [(r, a) for r, a in zip(self.heldout_records, self.heldout_answer_swaps, strict=True) if a is not None]
+        if not pairs:
+            return float("nan")
+        queries = [r.query for r, _ in pairs] * 2
+        behaviors = [r.behavior_text for r, _ in pairs] * 2
+        z = self.discriminator.logits(queries, [r.response for r, _ in pairs] + [a for _, a in pairs], behaviors)
+        return pairwise_auroc(z[: len(pairs)], z[len(pairs) :])  # (N,) real vs (N,) answer-swapped
 
     def write_heldout_pairs(self, path: Path, iteration: int, d_heldout_auroc: float) -> Path | None:
         """The pairs of the last ``heldout_accuracy`` with D's logits, the pool's sentences and the encoding
