@@ -367,7 +367,8 @@ class RLHBConfig(PPOConfig):
     reward asks the other question: which answer to this question suits this sentence. The answer swap puts that
     question in D's loss, with the question and sentence the same on both sides, so only the answer tells them
     apart (both directions together, as in CLIP's symmetric matching loss). It needs questions asked more than
-    once, which live traffic gives. 0 = behavior swaps only, as before (bench/demo_experiments.md E31)."""
+    once, which live traffic gives. 0 = behavior swaps only, as before. Off by default: offline on thorough users'
+    answers it left D at chance like the behavior swap alone (bench/demo_experiments.md E32)."""
     kappa: float = 0.2
     """Bootstrap share of the fake batch (section 4.3; the paper: 50% makes D collapse). What fills it:
     ``kappa_source``."""
