@@ -49,7 +49,9 @@ Departures from the paper:
   the batch better than ``d_max_acc``, and a lower learning rate for D once PPO starts
   (``d_adversarial_lr_scale``).
 - D's fake batch also holds behavior-swapped real triplets (``swap_share``): without them
-  D can ignore b entirely and still separate real from generated text.
+  D can ignore b entirely and still separate real from generated text. Optionally a share of them swap the
+  answer instead, to a sibling answer to the same question (``d_answer_swap_share``, off by default;
+  ``d_heldout_answer_auroc`` measures that direction whatever the share).
 - Truncated fakes (``d_truncated_share``, off by default): real answers cut to a few words, under the
   sentence a PPO prompt would carry, labelled fake from the warm-up on. A frozen D has never seen a
   near-empty answer and PPO found that gap in every frozen-D run; these close it ahead of time.
