@@ -280,6 +280,62 @@ def drift_recovery(report: dict) -> list[dict]:
     return out
 
 
+def poison_verdict(report: dict) -> list[dict]:
+    """Per lane, what the poisoned round (``report["poison_round"]``: its feedback arrived with likes and dislikes
+    swapped) did to the real users, and what caught it (issue 14 item 4). Its version, judged by the real users on
+    the held-out questions (offline when never served), is compared with the version it would have replaced: the
+    lane's latest published version of an earlier round, or base. ``harmed`` / ``helped``: one-sided
+    two-proportion p < 0.05 below / above it. ``caught_by``: "live A/B" (rejected after a trial), "gate" (rejected
+    before serving), or None (published).
+
+    A poisoned round that *helped* the real users is a finding about the lane, not the guardrail: trained on what
+    its users dislike, it still moved toward what they like, so its lift comes from its priors (what the reward
+    says whatever the feedback), not from the feedback (E31). Rows: lane, round, the two like rates, p-values,
+    ``caught_by``, the reason, ``verdict``."""
+    from rlhb.evaluation.stats import two_proportion_z
+
+    at = int(report.get("poison_round") or 0)
+    if not at:
+        return []
+    judged = [r for r in report["versions"] if "n" in r]
+    base = next((r for r in judged if r["algorithm"] == "base"), None)
+    out = []
+    for lane in dict.fromkeys(r["algorithm"] for r in judged if r["algorithm"] != "base"):
+        poisoned = next((r for r in judged if r["algorithm"] == lane and r["round"] == at), None)
+        earlier = [r for r in judged if r["algorithm"] == lane and r["round"] < at and r["status"] == "published"]
+        before = max(earlier, key=lambda r: r["round"]) if earlier else base
+        entry = {"lane": lane, "round": at, "like_rate": None, "before": None, "p_below": None, "p_above": None,
+                 "harmed": None, "helped": None, "caught_by": None, "reason": ""}  # fmt: skip
+        if poisoned is None or before is None:
+            entry["verdict"] = f"no version of round {at} was judged"
+            out.append(entry)
+            continue
+        _, p_below, _ = two_proportion_z(before["likes"], before["n"], poisoned["likes"], poisoned["n"])
+        _, p_above, _ = two_proportion_z(poisoned["likes"], poisoned["n"], before["likes"], before["n"])
+        trial = poisoned.get("round_info", {}).get("outcome") == "trial"
+        caught_by = None if poisoned["status"] == "published" else ("live A/B" if trial else "gate")
+        entry.update(like_rate=poisoned["like_rate"], before=before["like_rate"], p_below=p_below, p_above=p_above,
+                     harmed=p_below < 0.05, helped=p_above < 0.05, caught_by=caught_by,
+                     reason=poisoned.get("reason", ""))  # fmt: skip
+        rates = (
+            f"{poisoned['like_rate']:.3f} against {before['like_rate']:.3f} for {before['version']} "
+            f"(one-sided p {min(p_below, p_above):.2g})"
+        )
+        fate = f"rejected by the {caught_by}: {entry['reason']}" if caught_by else "published"
+        if entry["harmed"]:
+            head = f"caught ({caught_by})" if caught_by else "NOT caught: published"
+            entry["verdict"] = f"{head}: worse for the real users, {rates}" + (f"; {fate}" if caught_by else "")
+        elif entry["helped"]:
+            entry["verdict"] = (
+                f"no harm to catch: better for the real users though trained on inverted feedback, {rates}; "
+                f"this lane's lift does not come from its users' feedback; {fate}"
+            )
+        else:
+            entry["verdict"] = f"no significant effect on the real users, {rates}; {fate}"
+        out.append(entry)
+    return out
+
+
 def format_guards(guards: dict | None) -> str:
     """``guards_vs_base`` in a few words: "clean", or the guards past the bar."""
     if not guards:
@@ -368,6 +424,9 @@ def write_report(
     report["drift_recovery"] = drift_recovery(report)
     for entry in report["drift_recovery"]:
         say(f"drift ({report['drift']}): {entry['lane']} {entry['verdict']}")
+    report["poison_verdict"] = poison_verdict(report)
+    for entry in report["poison_verdict"]:
+        say(f"poisoned round {entry['round']}: {entry['lane']} {entry['verdict']}")
     gaps = format_gaps(report)
     for line in gaps:
         say("behavior following: " + line)
@@ -404,6 +463,9 @@ def write_report(
     if report.get("drift_recovery"):
         md += ["## Following the drift (held-out like rate, versions published at and after the drift round)", ""]
         md += [f"- {entry['lane']}: {entry['verdict']}" for entry in report["drift_recovery"]] + [""]
+    if report.get("poison_verdict"):
+        md += ["## The poisoned round (judged by the real users against the version it would replace)", ""]
+        md += [f"- {entry['lane']}: {entry['verdict']}" for entry in report["poison_verdict"]] + [""]
     if judged_offline:
         md += ["Rejected candidates were never served; their answers were generated in the demo process", ""]
     if gaps:

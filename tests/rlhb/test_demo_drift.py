@@ -1,14 +1,15 @@
-"""The drift verdict (issue 14 item 4): did the loop follow the users' new taste within two rounds?
-Read from the versions the demo published and judged on held-out questions."""
+"""The drift verdict (issue 14 item 4): did the loop follow the users' new taste within two rounds? And the
+poisoned round's: what did it do to the real users, and what caught it? Read from the versions the demo judged
+on held-out questions."""
 
 from __future__ import annotations
 
-from rlhb.demo.report import drift_recovery
+from rlhb.demo.report import drift_recovery, poison_verdict
 
 
 def version(algorithm: str, round_no: int, likes: int, status: str = "published", n: int = 352) -> dict:
     return {"algorithm": algorithm, "round": round_no, "status": status, "likes": likes, "n": n,
-            "like_rate": likes / n}  # fmt: skip
+            "like_rate": likes / n, "version": f"{algorithm}-r{round_no}"}  # fmt: skip
 
 
 def test_recovery_is_the_first_later_round_significantly_above_the_drop():
@@ -75,3 +76,34 @@ def test_a_round_that_did_not_drop_has_nothing_to_recover_from():
     (row,) = drift_recovery(dropped)
     assert row["dropped"] is True and row["above_base"] is False
     assert row["verdict"].startswith("did not recover within two rounds")
+
+
+def test_a_poisoned_round_that_hurts_names_what_caught_it():
+    live = {**version("rlhb", 1, 18, status="rejected"), "round_info": {"outcome": "trial"}, "reason": "A/B: worse"}
+    report = {"poison_round": 1, "versions": [version("base", 0, 84), live]}
+    (row,) = poison_verdict(report)
+    assert row["harmed"] and not row["helped"] and row["caught_by"] == "live A/B" and row["before"] == 84 / 352
+    assert row["verdict"].startswith("caught (live A/B): worse for the real users") and "A/B: worse" in row["verdict"]
+    gate = {**live, "round_info": {"outcome": "rejected"}, "reason": "ranking accuracy"}
+    (row,) = poison_verdict({**report, "versions": [version("base", 0, 84), gate]})
+    assert row["caught_by"] == "gate" and "rejected by the gate: ranking accuracy" in row["verdict"]
+    (row,) = poison_verdict({**report, "versions": [version("base", 0, 84), version("rlhb", 1, 18)]})
+    assert row["caught_by"] is None and row["verdict"].startswith("NOT caught: published")
+    assert poison_verdict({**report, "poison_round": 0}) == []
+
+
+def test_a_poisoned_round_that_helps_says_the_lift_is_not_the_feedbacks():
+    # E31: trained on inverted feedback, the version still lifted the real users
+    report = {"poison_round": 1, "versions": [version("base", 0, 33, n=176), version("rlhb", 1, 97, "rejected", 176)]}
+    (row,) = poison_verdict(report)
+    assert row["helped"] and not row["harmed"]
+    assert "no harm to catch" in row["verdict"] and "does not come from its users' feedback" in row["verdict"]
+
+
+def test_a_later_poisoned_round_is_compared_with_the_version_it_would_replace():
+    versions = [version("base", 0, 40), version("rlhb", 1, 120), version("rlhb", 2, 118, "rejected"),
+                version("rlhb", 3, 60, "rejected")]  # fmt: skip
+    (row,) = poison_verdict({"poison_round": 3, "versions": versions})
+    assert row["before"] == 120 / 352 and row["harmed"]  # round 1 was active; round 2 was never published
+    (row,) = poison_verdict({"poison_round": 2, "versions": versions})
+    assert not row["harmed"] and not row["helped"] and row["verdict"].startswith("no significant effect")

@@ -159,6 +159,9 @@ def test_quick_demo_with_drift_a_poisoned_round_and_ab_trials(
     assert "decision" in format_live_table(report)
     assert "Live traffic per round" in (cfg.out_dir / "report.md").read_text()
     (recovery,) = report["drift_recovery"]  # one verdict per lane, whatever the noise of the tiny model says
+    (poisoned,) = report["poison_verdict"]  # the same for the poisoned round
+    assert poisoned["lane"] == "rlhb" and poisoned["round"] == 2 and poisoned["verdict"]
+    assert "The poisoned round" in (cfg.out_dir / "report.md").read_text()
     assert recovery["lane"] == "rlhb" and recovery["drift_round"] == 2 and recovery["verdict"]
     # base judged a second time, by the new taste: its answers, and the lifts after the drift are against it
     bases = {row["round_info"]["users"]: row for row in report["versions"] if row["algorithm"] == "base"}
