@@ -322,6 +322,9 @@ def poison_verdict(report: dict) -> list[dict]:
             f"(one-sided p {min(p_below, p_above):.2g})"
         )
         fate = f"rejected by the {caught_by}: {entry['reason']}" if caught_by else "published"
+        tastes = [row.get("round_info", {}).get("users") for row in (poisoned, before)]
+        if all(tastes) and tastes[0] != tastes[1]:  # a drift between them: the rates are not comparable
+            rates += f" (judged by different users: {tastes[0]} vs {tastes[1]})"
         if entry["harmed"]:
             head = f"caught ({caught_by})" if caught_by else "NOT caught: published"
             entry["verdict"] = f"{head}: worse for the real users, {rates}" + (f"; {fate}" if caught_by else "")

@@ -90,6 +90,10 @@ def test_a_poisoned_round_that_hurts_names_what_caught_it():
     (row,) = poison_verdict({**report, "versions": [version("base", 0, 84), version("rlhb", 1, 18)]})
     assert row["caught_by"] is None and row["verdict"].startswith("NOT caught: published")
     assert poison_verdict({**report, "poison_round": 0}) == []
+    drifted = {**version("rlhb", 1, 18), "round_info": {"users": "warm"}}
+    (row,) = poison_verdict({**report, "versions": [{**version("base", 0, 84), "round_info": {"users": "concise"}},
+                                                    drifted]})  # fmt: skip
+    assert "(judged by different users: warm vs concise)" in row["verdict"]
 
 
 def test_a_poisoned_round_that_helps_says_the_lift_is_not_the_feedbacks():
