@@ -161,13 +161,19 @@ def check_swappable(records: Sequence[BehaviorRecord], encoding: Encoding | None
     return pool
 
 
+def indices_by_query(records: Sequence[BehaviorRecord]) -> dict[str, list[int]]:
+    """Record indices grouped by question (``query_key``: case and spacing do not make a new question)."""
+    groups: dict[str, list[int]] = {}
+    for i, r in enumerate(records):
+        groups.setdefault(query_key(r.query), []).append(i)
+    return groups
+
+
 def answer_swap_siblings(records: Sequence[BehaviorRecord], pool: BehaviorPool) -> list[list[int]]:
     """For each record i, the indices of the other records answering the same question (``query_key``) under a
     sentence that differs from record i's in preference: the answers an answer swap (s, a', b) may take
     (``RLHBConfig.d_answer_swap_share``). Empty where the question was asked once, or only under equal levels."""
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        groups.setdefault(query_key(r.query), []).append(i)
+    groups = indices_by_query(records)
     level = [pool.by_text.get(r.behavior_text) for r in records]
     return [[j for j in groups[query_key(r.query)] if j != i and level[j] != level[i]] for i, r in enumerate(records)]
 
@@ -186,9 +192,7 @@ def split_heldout(
     holds about ``fraction`` of the records (at most ``cap``), so no held-out query was seen
     in D's training (answers to one query share most of their words: a split by record
     leaks them and makes D's held-out accuracy, and its at-chance alarm, read too high)."""
-    groups: dict[str, list[int]] = {}
-    for i, r in enumerate(records):
-        groups.setdefault(query_key(r.query), []).append(i)
+    groups = indices_by_query(records)
     keys = sorted(groups)
     random.Random(seed).shuffle(keys)
     target = min(cap, max(1, int(round(len(records) * fraction))))
