@@ -21,6 +21,7 @@ DISCRIMINATOR_KINDS = ("minilm", "lm")
 D_REWARD_KINDS = ("contrastive", "log_d", "prob", "logit")
 KAPPA_SOURCES = ("records", "generations")
 TRUNCATED_CUTS = ("head", "mid_sentence")
+FINISH_PRIORS = ("always", "if_feedback_agrees")
 ROLLOUT_BACKENDS = ("hf", "vllm")
 
 
@@ -415,6 +416,18 @@ class RLHBConfig(PPOConfig):
     the part of z that does not depend on b, i.e. whether the answer looks real at all, so an answer D finds
     unreal under every sentence (cut to a few words, say) is judged only on an extrapolated preference
     direction; this term puts realness back. 0 = the contrast alone."""
+    finish_priors: str = "always"
+    """Whether the "finish the answer" priors apply: ``missing_eos_penalty``, ``d_truncated_share`` (the cut
+    fakes) and ``reward_realness_weight`` (log D, which carries them to the policy). "always": as configured.
+    "if_feedback_agrees": only when the round's training records show that answers stopping mid-sentence got
+    a significantly lower shaped reward than finished ones (``trainer.finish_evidence``, one-sided at
+    ``finish_priors_alpha``); otherwise all three are set to 0 for the round. Why: these priors push every
+    population toward finished (at a tight token budget, shorter) answers whatever its feedback says; on
+    inverted feedback the lane that carries them lifted the real users anyway (bench/demo_experiments.md E31),
+    so its lifts could not be credited to the feedback. The decision and its numbers are logged and in the
+    first metrics row (``finish_priors_on``, ``finish_reward_gap``, ``finish_z``, ``finish_p``)."""
+    finish_priors_alpha: float = 0.05
+    """With finish_priors="if_feedback_agrees": the one-sided significance level of the records' test."""
     heldout_fraction: float = 0.2
     """Share of records held out to measure D's accuracy on real vs swapped (never trained on)."""
     heldout_max: int = 64
@@ -506,6 +519,14 @@ class RLHBConfig(PPOConfig):
         )
         _require(
             0.0 <= self.d_truncated_share <= 1.0, f"d_truncated_share must be in [0, 1]; got {self.d_truncated_share}."
+        )
+        _require(
+            self.finish_priors in FINISH_PRIORS,
+            f"finish_priors must be one of {FINISH_PRIORS}; got {self.finish_priors!r}.",
+        )
+        _require(
+            0.0 < self.finish_priors_alpha < 0.5,
+            f"finish_priors_alpha must be in (0, 0.5); got {self.finish_priors_alpha}. Typical: 0.05.",
         )
         _require(
             self.d_truncated_cut in TRUNCATED_CUTS,

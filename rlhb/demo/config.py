@@ -47,6 +47,10 @@ def algorithm_label(name: str, overrides: dict) -> str:
         notes.append(
             f"a rollout cut at the token budget loses {float(o['missing_eos_penalty']):g} (TRL's missing_eos_penalty)"
         )
+    if o.get("finish_priors", "always") != "always" and any(
+        float(o.get(k, 0.0)) > 0 for k in ("missing_eos_penalty", "d_truncated_share", "reward_realness_weight")
+    ):
+        notes.append("those finish priors only where the round's records show unfinished answers did worse")
     if float(o.get("short_answer_penalty", 0.0)) > 0:
         notes.append(
             f"a rollout under {int(o.get('short_answer_words', PPOConfig.short_answer_words))} words loses "
@@ -188,7 +192,21 @@ FULL_ALGORITHM_CONFIG["rlhb-steer"] = {
 }
 """``--algorithms rlhb-steer``: the demo's RLHB lane with a steering stage before PPO and the KL to the steered
 adapter (a lane, not the default, until a full run through the services has measured it)."""
-FULL_ALGORITHM_CONFIG["rlhb-midsteer"] = {**FULL_ALGORITHM_CONFIG["rlhb-steer"], **REALNESS_LANE, **MIDCUT_LANE}
+FINISH_PRIORS_FROM_FEEDBACK: dict = {
+    # E31: on inverted feedback this lane lifted the real users anyway (+0.364), because MIDCUT_LANE's and
+    # REALNESS_LANE's finish priors outweighed D; without them (rlhb-steer, E33) the round followed the
+    # feedback, direction included. Here the round's own records decide whether the priors apply
+    # (trainer.finish_evidence): on every preset's real feedback so far unfinished answers did far worse
+    # (z 3-12 on single-viewer evaluation answers), so they stay on there; inverted, they go.
+    "finish_priors": "if_feedback_agrees",
+}
+"""The ``rlhb-midsteer`` lane's finish priors, applied only where its records support them."""
+FULL_ALGORITHM_CONFIG["rlhb-midsteer"] = {
+    **FULL_ALGORITHM_CONFIG["rlhb-steer"],
+    **REALNESS_LANE,
+    **MIDCUT_LANE,
+    **FINISH_PRIORS_FROM_FEEDBACK,
+}
 """``--algorithms rlhb-midsteer``: the steering stage of ``rlhb-steer`` before the PPO of ``rlhb-midcut``. E21
 (through the services, concise): 0.244 -> 0.540 (p 7e-9), published with every guard clean, and the first
 behavior gap measured through the services, +0.108 (p 0.021); 64 minutes, against 30-47 for ``rlhb-midcut`` (E20).
@@ -248,7 +266,12 @@ QUICK_ALGORITHM_CONFIG["rlhb-adversarial"] = dict(QUICK_ALGORITHM_CONFIG["rlhb"]
 QUICK_ALGORITHM_CONFIG["rlhb-steer"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], "steer_steps": 2, "kl_reference": "start"}
 QUICK_ALGORITHM_CONFIG["rlhb-real"] = {**QUICK_ALGORITHM_CONFIG["rlhb"], **REALNESS_LANE}
 QUICK_ALGORITHM_CONFIG["rlhb-midcut"] = {**QUICK_ALGORITHM_CONFIG["rlhb-real"], **MIDCUT_LANE}
-QUICK_ALGORITHM_CONFIG["rlhb-midsteer"] = {**QUICK_ALGORITHM_CONFIG["rlhb-steer"], **REALNESS_LANE, **MIDCUT_LANE}
+QUICK_ALGORITHM_CONFIG["rlhb-midsteer"] = {
+    **QUICK_ALGORITHM_CONFIG["rlhb-steer"],
+    **REALNESS_LANE,
+    **MIDCUT_LANE,
+    **FINISH_PRIORS_FROM_FEEDBACK,
+}
 QUICK_ALGORITHM_CONFIG["rlhb-advsteer"] = {**QUICK_ALGORITHM_CONFIG["rlhb-midsteer"], **ADVERSARIAL_REALNESS}
 
 

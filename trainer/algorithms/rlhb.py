@@ -52,6 +52,9 @@ Departures from the paper:
   D can ignore b entirely and still separate real from generated text. Optionally a share of them swap the
   answer instead, to a sibling answer to the same question (``d_answer_swap_share``, off by default;
   ``d_heldout_answer_auroc`` measures that direction whatever the share).
+- Finish priors (``missing_eos_penalty``, ``d_truncated_share``, ``reward_realness_weight``) can be made
+  conditional on the records (``finish_priors="if_feedback_agrees"``, ``decide_finish_priors``): they apply to
+  a round only when its records show that answers stopped mid-sentence were rewarded significantly less.
 - Truncated fakes (``d_truncated_share``, off by default): real answers cut to a few words, under the
   sentence a PPO prompt would carry, labelled fake from the warm-up on. A frozen D has never seen a
   near-empty answer and PPO found that gap in every frozen-D run; these close it ahead of time.
@@ -67,6 +70,7 @@ import heapq
 import logging
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -78,6 +82,7 @@ from trainer.algorithms.runner import check_request, run_iterations, seed_everyt
 from trainer.algorithms.steer import steer
 from trainer.config import RLHBConfig
 from trainer.discriminator import build_discriminator, make_optimizer
+from trainer.finish_evidence import finish_evidence
 from trainer.losses.discriminator import contrastive_reward, discriminator_loss, discriminator_reward, pairwise_auroc
 from trainer.policy import Policy
 from trainer.records import answer_swap_siblings, as_records, check_swappable, sample_prompts, split_heldout
@@ -120,6 +125,19 @@ def top_rewarded(records, share: float) -> list:
     return ranked[: max(1, round(share * len(ranked)))]
 
 
+def decide_finish_priors(config: RLHBConfig, records) -> tuple[RLHBConfig, dict[str, float]]:
+    """``config.finish_priors``: with "if_feedback_agrees", the config for this round (the three finish priors
+    zeroed unless the records support them, ``trainer.finish_evidence``) and the evidence as metrics; with
+    "always", the config as given and no metrics."""
+    if config.finish_priors == "always":
+        return config, {}
+    evidence = finish_evidence(records, config.finish_priors_alpha)
+    log.info("RLHB: %s", evidence.describe())
+    if not evidence.supports_priors:
+        config = replace(config, missing_eos_penalty=0.0, d_truncated_share=0.0, reward_realness_weight=0.0)
+    return config, evidence.as_metrics()
+
+
 class RLHBTrainer:
     """Actor + critic (``PPOCore``), discriminator, records, and the RLHB iteration."""
 
@@ -132,6 +150,8 @@ class RLHBTrainer:
         self.train_records, self.heldout_records = split_heldout(
             records, config.heldout_fraction, config.heldout_max, request.seed
         )
+        self.config, self.finish_metrics = decide_finish_priors(config, self.train_records)
+        config = self.config
         parent_path = Path(request.parent.path) if request.parent is not None else None
         self.policy = Policy.load(
             request.model_path, config, adapter_path=parent_path, device=request.device, dtype=request.dtype
@@ -159,7 +179,7 @@ class RLHBTrainer:
         self._generated_seen = 0
         self._adversarial = False  # set at the first PPO iteration (D's learning rates then scale)
         self._pushed = 0
-        self._warmup_summary: dict[str, float] = {}
+        self._warmup_summary: dict[str, float] = dict(self.finish_metrics)  # reported with the first iteration
         self._heldout_scores: tuple[list, list[float], list[float]] | None = None  # (pairs, z_real, z_swap)
         self.heldout_acc = self.heldout_accuracy()["d_heldout_acc"]
 
@@ -394,7 +414,7 @@ class RLHBTrainer:
             opposite=self.pool.contrast_mirror(cfg.steer_contrast_records),
         )
         if steered:
-            self._warmup_summary = {
+            self._warmup_summary |= {
                 "steer_steps": float(len(steered)),
                 "steer_loss_first": steered[0]["steer_loss"],
                 "steer_loss_last": steered[-1]["steer_loss"],
