@@ -38,6 +38,9 @@ def summarize(vr: VersionResult, base: VersionResult | None, relevance: bool = T
                 row["round_info"][k] = vr.round_info[k]
     if vr.d_ceiling:
         row["d_ceiling"] = vr.d_ceiling
+    first = vr.train_metrics[0] if vr.train_metrics else {}  # a round's one-off numbers come with iteration 0
+    if "finish_priors_on" in first:
+        row["finish_priors"] = {k: v for k, v in first.items() if k.startswith("finish_")}
     if not vr.served:
         return row
     k, n = sum(s.asker_liked for s in vr.served), len(vr.served)
@@ -127,6 +130,21 @@ def format_gaps(report: dict) -> list[str]:
                 f"{g['least_preferred']['like_rate']:.3f} (n={g['least_preferred']['n']}): gap {g['gap']:+.3f}, "
                 f"one-sided p {g['p_one_sided']:.3g}; mean true p_like {g['mean_p_like_most']:.3f} vs "
                 f"{g['mean_p_like_least']:.3f}" + format_paired(g.get("paired_p_like"))
+            )
+    return lines
+
+
+def format_finish_priors(report: dict) -> list[str]:
+    """One line per round whose lane decides its finish priors from its records (``finish_priors``)."""
+    lines = []
+    for row in report["versions"]:
+        f = row.get("finish_priors")
+        if f:
+            lines.append(
+                f"{row['label']} {row['version']} (round {row['round']}): {'on' if f['finish_priors_on'] else 'OFF'}: "
+                f"reward {f['finish_reward_gap']:+.3f} higher for {int(f['finish_records_finished'])} finished "
+                f"answers than for {int(f['finish_records_unfinished'])} stopped mid-sentence "
+                f"(z {f['finish_z']:+.2f}, one-sided p {f['finish_p']:.2g})"
             )
     return lines
 
@@ -436,6 +454,9 @@ def write_report(
     ceilings = format_ceilings(report)
     for line in ceilings:
         say("D vs ceiling: " + line)
+    finish = format_finish_priors(report)
+    for line in finish:
+        say("finish priors: " + line)
     if report["power"]:
         p = report["power"]
         say(
@@ -485,6 +506,9 @@ def write_report(
             "low share: D is the limit.",
             "",
         ]
+    if finish:
+        md += ["## Finish priors (each round's records decide: trainer.finish_evidence)", ""]
+        md += [f"- {line}" for line in finish] + [""]
     md += [f"Total wall time: {report['total_seconds']:.0f} s", ""]
     md += ["## Answers side by side", ""]
     for entry in report["side_by_side"]:

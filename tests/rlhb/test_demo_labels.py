@@ -43,10 +43,12 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
         "RLHB (frozen discriminator, paper section 6.4; every PPO prompt on the served sentence; "
         "120 steering steps before PPO; KL to the round's start, not the base)"
     )
-    # E21's run: rlhb-steer with the rlhb-midcut departures set by hand; the lane is the same configuration
+    # E21's run: rlhb-steer with the rlhb-midcut departures set by hand; the lane is that configuration, its
+    # finish priors decided by each round's records (E34)
     assert algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-midsteer"]) == (
         "RLHB (frozen discriminator, paper section 6.4; stopped mid-sentence real answers as 25% of D's fakes; "
         "reward: contrast + 1 log D; a rollout cut at the token budget loses 1 (TRL's missing_eos_penalty); "
+        "those finish priors only where the round's records show unfinished answers did worse; "
         "scores centered on the round's first batch, as Ziegler et al. 2019; every PPO prompt on the served sentence; "
         "120 steering steps before PPO; KL to the round's start, not the base)"
     )
@@ -212,3 +214,22 @@ def test_a_lanes_trainer_gets_the_demos_answer_cap_and_its_gate_overrides(tmp_pa
     assert plain.env["RLHB_TRAINER_ALGO__MAX_NEW_TOKENS"] == "64"  # a lane's own setting wins
     assert steer.env["RLHB_TRAINER_GATE__KL_BOUND"] == "0.7" and "RLHB_TRAINER_GATE__KL_BOUND" not in plain.env
     assert steer.env["RLHB_TRAINER_GATE__MAX_NEW_TOKENS"] == plain.env["RLHB_TRAINER_GATE__MAX_NEW_TOKENS"] == "128"
+
+
+def test_a_lane_whose_records_decide_its_finish_priors_says_so_and_its_report_shows_the_decision():
+    from rlhb.demo.judging import VersionResult
+    from rlhb.demo.report import format_finish_priors, summarize
+
+    assert "finish priors only where the round's records" in algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb"])
+    assert "finish priors" not in algorithm_label("rlhb", FULL_ALGORITHM_CONFIG["rlhb-midcut"])  # always on there
+    assert "finish priors" not in algorithm_label("rlhb", {"finish_priors": "if_feedback_agrees"})  # none to decide
+    decided = {
+        "finish_priors_on": 0.0, "finish_records_finished": 200.0, "finish_records_unfinished": 310.0,
+        "finish_reward_gap": -0.41, "finish_z": -7.5, "finish_p": 1.0,
+    }  # fmt: skip
+    vr = VersionResult("rlhb", "rlhb-v1", 1, "rejected", train_metrics=[{"iteration": 0, **decided}, {"iteration": 1}])
+    row = summarize(vr, None)
+    assert row["finish_priors"] == decided
+    (line,) = format_finish_priors({"versions": [row, summarize(VersionResult("rlhb", "v0", 1, "published"), None)]})
+    assert line.startswith("RLHB rlhb-v1 (round 1): OFF: reward -0.410 higher for 200 finished")
+    assert "310 stopped mid-sentence (z -7.50" in line
