@@ -420,12 +420,12 @@ class RLHBConfig(PPOConfig):
     """Whether the "finish the answer" priors apply: ``missing_eos_penalty``, ``d_truncated_share`` (the cut
     fakes) and ``reward_realness_weight`` (log D, which carries them to the policy). "always": as configured.
     "if_feedback_agrees": only when the round's training records show that answers stopping mid-sentence got
-    a significantly lower shaped reward than finished ones (``trainer.finish_evidence``, one-sided at
+    a significantly lower shaped reward than finished ones (``trainer.finish_evidence``: Welch's one-sided t-test at
     ``finish_priors_alpha``); otherwise all three are set to 0 for the round. Why: these priors push every
     population toward finished (at a tight token budget, shorter) answers whatever its feedback says; on
     inverted feedback the lane that carries them lifted the real users anyway (bench/demo_experiments.md E31),
     so its lifts could not be credited to the feedback. The decision and its numbers are logged and in the
-    first metrics row (``finish_priors_on``, ``finish_reward_gap``, ``finish_z``, ``finish_p``)."""
+    first metrics row (``finish_priors_on``, ``finish_reward_gap``, ``finish_t``, ``finish_p``)."""
     finish_priors_alpha: float = 0.05
     """With finish_priors="if_feedback_agrees": the one-sided significance level of the records' test."""
     heldout_fraction: float = 0.2

@@ -7,11 +7,10 @@ its feedback says: on inverted feedback the lane still moved toward finished ans
 the priors stay on only if answers that stop mid-sentence got a significantly lower shaped reward than answers
 that end where a sentence can end.
 
-The test: one-sided Welch z on the mean ``BehaviorRecord.reward`` ((likes - dislikes) / (views + clicks)),
-finished minus unfinished, normal approximation (with the few hundred records of a round the t and normal
-tails differ in the third decimal; scipy is not a dependency). Too few records on either side is "no
-evidence", and no evidence keeps the priors off: a prior the users have not confirmed is what this guards
-against. No torch here.
+The test: Welch's one-sided t-test (``scipy.stats.ttest_ind``, unequal variances) on the mean
+``BehaviorRecord.reward`` ((likes - dislikes) / (views + clicks)), finished minus unfinished. Too few records on
+either side is "no evidence", and no evidence keeps the priors off: a prior the users have not confirmed is what
+this guards against. No torch here.
 """
 
 from __future__ import annotations
@@ -19,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from scipy.stats import ttest_ind
 
 from core.text_measures import ends_cleanly
 from schemas.behavior import BehaviorRecord
@@ -39,8 +40,8 @@ class FinishEvidence:
     """Mean shaped reward of the finished records (nan with none)."""
     reward_unfinished: float
     """Mean shaped reward of the unfinished records (nan with none)."""
-    z: float
-    """Welch z of finished minus unfinished (nan when not tested)."""
+    t: float
+    """Welch's t of finished minus unfinished (nan when not tested or undefined)."""
     p_value: float
     """One-sided p that finished answers do no better (1.0 when not tested)."""
     alpha: float
@@ -58,7 +59,7 @@ class FinishEvidence:
             "finish_records_finished": float(self.finished),
             "finish_records_unfinished": float(self.unfinished),
             "finish_reward_gap": self.reward_finished - self.reward_unfinished,
-            "finish_z": self.z,
+            "finish_t": self.t,
             "finish_p": self.p_value,
         }
 
@@ -67,13 +68,8 @@ class FinishEvidence:
         return (
             f"finish priors {verdict}: mean reward {self.reward_finished:+.3f} over {self.finished} finished "
             f"answers vs {self.reward_unfinished:+.3f} over {self.unfinished} stopped mid-sentence "
-            f"(z {self.z:+.2f}, one-sided p {self.p_value:.2g}, alpha {self.alpha:g})"
+            f"(Welch t {self.t:+.2f}, one-sided p {self.p_value:.2g}, alpha {self.alpha:g})"
         )
-
-
-def _mean_var(values: Sequence[float]) -> tuple[float, float]:
-    mean = sum(values) / len(values)
-    return mean, sum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
 def finish_evidence(records: Sequence[BehaviorRecord], alpha: float = 0.05) -> FinishEvidence:
@@ -81,16 +77,17 @@ def finish_evidence(records: Sequence[BehaviorRecord], alpha: float = 0.05) -> F
     finished = [r.reward for r in records if ends_cleanly(r.response)]
     unfinished = [r.reward for r in records if r.response.strip() and not ends_cleanly(r.response)]
     nan = float("nan")
-    mean_f = sum(finished) / len(finished) if finished else nan
-    mean_u = sum(unfinished) / len(unfinished) if unfinished else nan
-    z, p = nan, 1.0
+    t, p = nan, 1.0
     if min(len(finished), len(unfinished)) >= MIN_RECORDS_PER_SIDE:
-        (mean_f, var_f), (mean_u, var_u) = _mean_var(finished), _mean_var(unfinished)
-        se = math.sqrt(var_f / len(finished) + var_u / len(unfinished))
-        if se > 0:
-            z = (mean_f - mean_u) / se
-            p = 0.5 * math.erfc(z / math.sqrt(2))  # P(Z >= z)
-        elif mean_f != mean_u:  # no spread at all: the sign decides
-            z = math.copysign(math.inf, mean_f - mean_u)
-            p = 0.0 if z > 0 else 1.0
-    return FinishEvidence(len(finished), len(unfinished), mean_f, mean_u, z, p, alpha)
+        result = ttest_ind(finished, unfinished, equal_var=False, alternative="greater")
+        if not math.isnan(result.statistic):  # nan: no spread on either side, nothing to read
+            t, p = float(result.statistic), float(result.pvalue)
+    return FinishEvidence(
+        len(finished),
+        len(unfinished),
+        sum(finished) / len(finished) if finished else nan,
+        sum(unfinished) / len(unfinished) if unfinished else nan,
+        t,
+        p,
+        alpha,
+    )

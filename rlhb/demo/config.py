@@ -197,8 +197,8 @@ FINISH_PRIORS_FROM_FEEDBACK: dict = {
     # REALNESS_LANE's finish priors outweighed D; without them (rlhb-steer, E33) the round followed the
     # feedback, direction included. Here the round's own records decide whether the priors apply
     # (trainer.finish_evidence): on every preset's real feedback so far unfinished answers did far worse
-    # (z 3-12 on single-viewer evaluation answers), so they stay on there; inverted, they go. E34: inverted, they
-    # went (z -20.9), and the round still lifted the real users (+0.222 against E31's +0.364): kl_coef 0.08 and
+    # (Welch t 3-12 on single-viewer evaluation answers), so they stay on there; inverted, they go. E34: inverted, they
+    # went (t -20.9), and the round still lifted the real users (+0.222 against E31's +0.364): kl_coef 0.08 and
     # score centering, which E33's lane lacked, still pull toward short, finished answers.
     "finish_priors": "if_feedback_agrees",
 }

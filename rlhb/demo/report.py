@@ -144,7 +144,7 @@ def format_finish_priors(report: dict) -> list[str]:
                 f"{row['label']} {row['version']} (round {row['round']}): {'on' if f['finish_priors_on'] else 'OFF'}: "
                 f"reward {f['finish_reward_gap']:+.3f} higher for {int(f['finish_records_finished'])} finished "
                 f"answers than for {int(f['finish_records_unfinished'])} stopped mid-sentence "
-                f"(z {f['finish_z']:+.2f}, one-sided p {f['finish_p']:.2g})"
+                f"(Welch t {f['finish_t']:+.2f}, one-sided p {f['finish_p']:.2g})"
             )
     return lines
 

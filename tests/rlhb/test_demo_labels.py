@@ -225,11 +225,11 @@ def test_a_lane_whose_records_decide_its_finish_priors_says_so_and_its_report_sh
     assert "finish priors" not in algorithm_label("rlhb", {"finish_priors": "if_feedback_agrees"})  # none to decide
     decided = {
         "finish_priors_on": 0.0, "finish_records_finished": 200.0, "finish_records_unfinished": 310.0,
-        "finish_reward_gap": -0.41, "finish_z": -7.5, "finish_p": 1.0,
+        "finish_reward_gap": -0.41, "finish_t": -7.5, "finish_p": 1.0,
     }  # fmt: skip
     vr = VersionResult("rlhb", "rlhb-v1", 1, "rejected", train_metrics=[{"iteration": 0, **decided}, {"iteration": 1}])
     row = summarize(vr, None)
     assert row["finish_priors"] == decided
     (line,) = format_finish_priors({"versions": [row, summarize(VersionResult("rlhb", "v0", 1, "published"), None)]})
     assert line.startswith("RLHB rlhb-v1 (round 1): OFF: reward -0.410 higher for 200 finished")
-    assert "310 stopped mid-sentence (z -7.50" in line
+    assert "310 stopped mid-sentence (Welch t -7.50" in line

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -36,7 +37,7 @@ def test_finished_answers_rewarded_more_support_the_priors():
 
 def test_inverted_feedback_turns_the_priors_off():
     evidence = finish_evidence(records_where_finished_are(liked=False))
-    assert evidence.z < 0 and not evidence.supports_priors
+    assert evidence.t < 0 and not evidence.supports_priors
     assert "finish priors off" in evidence.describe()
 
 
@@ -44,20 +45,20 @@ def test_no_evidence_keeps_the_priors_off():
     # every toy answer stops without a full stop: nothing to compare against
     evidence = finish_evidence(toy_records(40))
     assert evidence.finished == 0 and evidence.unfinished == 40
-    assert math.isnan(evidence.z) and evidence.p_value == 1.0 and not evidence.supports_priors
+    assert math.isnan(evidence.t) and evidence.p_value == 1.0 and not evidence.supports_priors
     few = records_where_finished_are(liked=True, n=2 * (MIN_RECORDS_PER_SIDE - 1))
     assert not finish_evidence(few).supports_priors  # 7 a side: too few to test
 
 
 @given(st.lists(st.tuples(st.booleans(), st.floats(-1, 1)), min_size=2 * MIN_RECORDS_PER_SIDE, max_size=60))
-def test_negating_every_reward_negates_z(rows):
+def test_negating_every_reward_negates_t(rows):
     records = [
         toy_record(i, "q", "answer." if finished else "answer", liked=True).model_copy(update={"reward": reward})
         for i, (finished, reward) in enumerate(rows)
     ]
     flipped = [r.model_copy(update={"reward": -r.reward}) for r in records]
-    z, z_flipped = finish_evidence(records).z, finish_evidence(flipped).z
-    assert (math.isnan(z) and math.isnan(z_flipped)) or z == -z_flipped
+    t, t_flipped = finish_evidence(records).t, finish_evidence(flipped).t
+    assert (math.isnan(t) and math.isnan(t_flipped)) or t == pytest.approx(-t_flipped)
 
 
 def trainer_on(records, model_dir, tmp_path, **overrides) -> RLHBTrainer:
@@ -79,7 +80,7 @@ def test_trainer_drops_the_priors_the_records_contradict_and_reports_why(tiny_mo
     assert (cfg.missing_eos_penalty, cfg.d_truncated_share, cfg.reward_realness_weight) == (0.0, 0.0, 0.0)
     assert trainer.core.config.missing_eos_penalty == 0.0  # PPO's scores are built from the decided config
     row = trainer.iteration(0)
-    assert row["finish_priors_on"] == 0.0 and row["finish_z"] < 0 and row["missing_eos_share"] >= 0
+    assert row["finish_priors_on"] == 0.0 and row["finish_t"] < 0 and row["missing_eos_share"] >= 0
     assert "finish_priors_on" not in trainer.iteration(1)  # reported once, with the first row
 
 
