@@ -194,8 +194,9 @@ FULL_ALGORITHM_CONFIG["rlhb-steer"] = {
 adapter (a lane, not the default, until a full run through the services has measured it)."""
 FINISH_PRIORS_FROM_FEEDBACK: dict = {
     # E31: on inverted feedback this lane lifted the real users anyway (+0.364), because MIDCUT_LANE's and
-    # REALNESS_LANE's finish priors outweighed D; without them (rlhb-steer, E33) the round followed the
-    # feedback, direction included. Here the round's own records decide whether the priors apply
+    # REALNESS_LANE's finish priors outweighed D (without them and without centering, rlhb-steer ran its
+    # rollouts to the budget on inverted and real feedback alike: E33, E35). Here the round's own records decide
+    # whether the priors apply
     # (trainer.finish_evidence): on every preset's real feedback so far unfinished answers did far worse
     # (Welch t 3-12 on single-viewer evaluation answers), so they stay on there; inverted, they go. E34: inverted, they
     # went (t -20.9), and the round still lifted the real users (+0.222 against E31's +0.364): kl_coef 0.08 and
