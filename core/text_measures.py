@@ -70,10 +70,15 @@ def is_refusal(text: str) -> bool:
     return opening.startswith(REFUSAL_OPENINGS)
 
 
+def is_unfinished(text: str) -> bool:
+    """Whether the answer stops mid-sentence (does not end where a sentence can end, ``ends_cleanly``): cut off
+    by the token budget, as served. An empty answer is near-empty, not unfinished."""
+    return bool(text.strip()) and not ends_cleanly(text)
+
+
 def unfinished_share(answers: Sequence[str]) -> float:
-    """Share of answers that stop mid-sentence (do not end where a sentence can end, ``ends_cleanly``): cut
-    off by the token budget, as served. An empty answer is near-empty, not unfinished (0 for no answers)."""
-    return sum(bool(a.strip()) and not ends_cleanly(a) for a in answers) / len(answers) if answers else 0.0
+    """Share of answers that stop mid-sentence (``is_unfinished``; 0 for no answers)."""
+    return sum(map(is_unfinished, answers)) / len(answers) if answers else 0.0
 
 
 def near_empty_share(answers: Sequence[str], min_words: int) -> float:

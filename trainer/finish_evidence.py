@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from scipy.stats import ttest_ind
 
-from core.text_measures import ends_cleanly
+from core.text_measures import ends_cleanly, is_unfinished
 from schemas.behavior import BehaviorRecord
 
 MIN_RECORDS_PER_SIDE = 8
@@ -75,7 +75,7 @@ class FinishEvidence:
 def finish_evidence(records: Sequence[BehaviorRecord], alpha: float = 0.05) -> FinishEvidence:
     """Compare the shaped reward of finished and unfinished answers in ``records`` (see the module doc)."""
     finished = [r.reward for r in records if ends_cleanly(r.response)]
-    unfinished = [r.reward for r in records if r.response.strip() and not ends_cleanly(r.response)]
+    unfinished = [r.reward for r in records if is_unfinished(r.response)]
     nan = float("nan")
     t, p = nan, 1.0
     if min(len(finished), len(unfinished)) >= MIN_RECORDS_PER_SIDE:
