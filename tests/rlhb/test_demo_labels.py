@@ -71,6 +71,10 @@ def test_labels_read_set_values_as_the_trainer_does():
     assert algorithm_label("rlhb", {"d_frozen": "true", "d_freeze_encoder": "true", "d_warmup_steps": "600"}) == (
         "RLHB (frozen discriminator, paper section 6.4; discriminator's encoder frozen, head trained alone)"
     )
+    assert algorithm_label("rlhb", {"d_answer_encoder": "policy", "d_freeze_encoder": "true"}) == (
+        "RLHB (discriminator reads answers with the base LM, frozen; head trained alone)"
+    )
+    assert algorithm_label("rlhb", {"d_answer_encoder": "minilm"}) == "RLHB"
     assert algorithm_label(
         "rlhb", {"d_frozen": "true", "d_truncated_share": "0.25", "reward_realness_weight": "0.5"}
     ) == (

@@ -332,6 +332,40 @@ def test_frozen_encoder_d_trains_its_head_alone_and_encodes_each_pair_once(tiny_
     assert torch.allclose(d.answer_features([r.query], [r.response])[0], fresh, atol=1e-6)
 
 
+def test_policy_lm_answer_encoder_is_frozen_cached_and_reads_the_answers_end(tiny_model_dir, tmp_path):
+    trainer = make_trainer(tiny_model_dir, tmp_path, d_answer_encoder="policy")
+    d = trainer.discriminator
+    lm = d._answer_lm
+    assert d.encoder is None and lm is not None and d.freeze_encoder
+    assert d.body_parameters() == [] and not any(p.requires_grad for p in lm.model.parameters())
+    assert d.proj_answer.in_features == lm.hidden_size  # P takes the LM's width, not MiniLM's
+    lm_before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    head_before = [p.detach().clone() for p in d.head_parameters()]
+    for _ in range(3):
+        trainer.d_step([])
+    assert all(torch.equal(p, lm_before[n]) for n, p in lm.model.named_parameters())
+    assert any(not torch.equal(p, old) for p, old in zip(d.head_parameters(), head_before, strict=True))
+    # f is the LM's last hidden state of the chat-templated exchange, layer-normalized, and served from the cache
+    r = trainer.train_records[0]
+    ids = lm.tokenizer(lm._text(r.query, r.response), add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        last = lm.model(input_ids=ids).last_hidden_state[0, -1].float()
+    expected = torch.nn.functional.layer_norm(last, (last.shape[-1],))
+    assert torch.allclose(d.answer_features([r.query], [r.response])[0], expected, atol=1e-4)
+    assert (r.query, r.response) in d._feature_cache
+    # the whole answer reaches f: answers that differ only in their first word or in how they end differ in f
+    q = "What is the capital of France?"
+    feats = lm([q] * 3, ["Paris is the capital.", "Lyon is the capital.", "Paris is the capital"])
+    assert not torch.allclose(feats[0], feats[1], atol=1e-4) and not torch.allclose(feats[0], feats[2], atol=1e-4)
+
+
+def test_policy_lm_answer_encoder_is_only_for_the_factorized_d():
+    with pytest.raises(ValueError, match='d_answer_encoder="policy" sets f'):
+        small_config(discriminator="lm", d_answer_encoder="policy")
+    with pytest.raises(ValueError, match="d_answer_encoder must be one of"):
+        small_config(d_answer_encoder="bert")
+
+
 def test_answer_statistics_are_the_gates_measures_scaled():
     from trainer.discriminator import ANSWER_STATISTICS, answer_statistics
 
