@@ -305,7 +305,8 @@ class RLHBConfig(PPOConfig):
     d_embed_dim: int = 64
     """Width of the bilinear projection <P f(s, a), Q e(b)> (discriminator="minilm")."""
     d_max_tokens: int = 256
-    """Longest D input, in tokens (cut from the left for "lm", the right for "minilm")."""
+    """Longest D input, in tokens (cut from the left for "lm" and for d_answer_encoder="policy", the right for the
+    MiniLM encoder)."""
     d_learning_rate: float = 5e-5
     """D's learning rate (encoder / adapter)."""
     d_head_learning_rate: float = 1e-3

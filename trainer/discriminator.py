@@ -175,7 +175,8 @@ class FrozenLMAnswerFeatures:
 
 
 FEATURE_CACHE_SIZE = 50_000
-"""With a frozen encoder: (question, answer) features kept, oldest dropped first (~1.5 KB each)."""
+"""With a frozen encoder: (question, answer) features kept, oldest dropped first (~1.5 KB each for MiniLM, ~2.3 KB
+for SmolLM2-135M's 576 dimensions)."""
 
 
 class MiniLMDiscriminator(Discriminator):
