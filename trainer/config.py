@@ -325,8 +325,8 @@ class RLHBConfig(PPOConfig):
     position has read every token before it, so it can carry how long and how complete an answer is, which mean
     pooling averages away: the MiniLM D stayed at chance on users who like thorough answers whatever else changed
     (bench/demo_experiments.md E29, E32). The paper's D is the LM itself (discriminator="lm", a LoRA trained
-    through the trunk: ~100 s per step on 2 CPU cores, E9); this is its CPU-sized cousin. Not measured yet: off by default until `bench/d_designs.py --designs
-    lm-features` has set it against the MiniLM D on those answers."""
+    through the trunk: ~100 s per step on 2 CPU cores, E9); this is its CPU-sized cousin. Not measured yet: off
+    by default until ``bench/d_designs.py --designs lm-features`` has set it against the MiniLM D on those answers."""
     d_text_features: bool = False
     """discriminator="minilm" only: add the plain statistics of the answer that the publication gate guards
     to f(s, a) (its length in words, whether it ends where a sentence can end, its repeated 3-grams, whether it
