@@ -172,7 +172,9 @@ MIDCUT_LANE: dict = {
     # concise round passed (0.308) and lifted 0.216 -> 0.506. On example users, 0.08 alone published a loss (0.097 ->
     # 0.040): every rollout ran to the cap from iteration 3, pushed by a critic that starts at 0 under scores near
     # -4 (GAE's lambda discount then favours going on over stopping). Centered on the round's first batch (Ziegler
-    # et al.), the same round gave 0.108 -> 0.159 with every guard better.
+    # et al.), the same round gave 0.108 -> 0.159 with every guard better. E36-E37 (the default, centered, finish
+    # priors from the feedback): at 0.02 it follows the feedback both ways (inverted 0.239 -> 0.051, real 0.278 ->
+    # 0.574) but overshoots to 7-word answers on real feedback (near-empty 9.1%, gate rejected both); 0.08 stays.
     "kl_coef": 0.08,
     "center_scores": True,
 }
