@@ -84,7 +84,7 @@ DESIGNS = {
     # cached f(s, a), head trained alone; at the default head lr (1e-3) it overfits within 300 steps (E16)
     "minilm-frozen": {"discriminator": "minilm", "d_freeze_encoder": True, "d_head_learning_rate": 3e-5},
     "lm": {"discriminator": "lm"},
-    # f(s, a) from the SmolLM2 base, frozen and cached, head alone (d_answer_encoder="policy"; E36)
+    # f(s, a) from the SmolLM2 base, frozen and cached, head alone (d_answer_encoder="policy"; E38)
     "lm-features": {"discriminator": "minilm", "d_answer_encoder": "policy"},
     "lm-features-slow": {"discriminator": "minilm", "d_answer_encoder": "policy", "d_head_learning_rate": 1e-4},
     # the fine-tuned MiniLM D with the answer's gate statistics beside f(s, a) (d_text_features; E29)

@@ -120,6 +120,27 @@ def answer_statistics(answers: Sequence[str]) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(ANSWER_STATISTICS))  # (B, 4)
 
 
+def left_padded(
+    rows: Sequence[list[int]], pad_id: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id rows as left-padded ids (B, L) and mask (B, L) on ``device``: the last column is every row's last
+    token, where both LM readers take their hidden state. Filled on the CPU, moved once."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :] = torch.tensor(r)
+        mask[i, width - len(r) :] = 1
+    return ids.to(device), mask.to(device)
+
+
+def last_token_hidden(trunk: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, H) the trunk's final hidden state at the last column of left-padded ``ids``, float32."""
+    position_ids = (mask.cumsum(1) - 1).clamp_min(0)  # positions count real tokens only
+    hidden = trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
+    return hidden[:, -1].float()
+
+
 class FrozenLMAnswerFeatures:
     """f(s, a) from a causal LM kept as shipped: the final hidden state at the last token of the chat-templated
     exchange (user: question, assistant: answer), normalized per vector (layer norm without weights).
@@ -160,17 +181,8 @@ class FrozenLMAnswerFeatures:
             tok(self._text(q, a), add_special_tokens=False)["input_ids"][-self.max_tokens :]
             for q, a in zip(queries, answers, strict=True)
         ]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # left padding: the last column is every row's last token
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        device = next(self.model.parameters()).device
-        ids, mask = ids.to(device), mask.to(device)
-        position_ids = (mask.cumsum(1) - 1).clamp_min(0)
-        hidden = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
-        last = hidden[:, -1].float()  # (B, H)
+        ids, mask = left_padded(rows, tok.pad_token_id, next(self.model.parameters()).device)
+        last = last_token_hidden(self.model, ids, mask)  # (B, H)
         return nn.functional.layer_norm(last, (last.shape[-1],))
 
 
@@ -345,20 +357,12 @@ class LMDiscriminator(Discriminator):
             answer = tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
             room = max(1, self.max_tokens - len(prompt))
             rows.append((prompt + answer[-room:] if len(answer) > room else prompt + answer)[-self.max_tokens :])
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r)
-            mask[i, width - len(r) :] = 1
-        return ids.to(self.device), mask.to(self.device)  # filled on the CPU, moved once
+        return left_padded(rows, tok.pad_token_id, self.device)
 
     def logits(self, queries, answers, behaviors) -> torch.Tensor:
         ids, mask = self._batch(queries, answers, behaviors)
-        position_ids = (mask.cumsum(1) - 1).clamp_min(0)
-        hidden = self.trunk(input_ids=ids, attention_mask=mask, position_ids=position_ids).last_hidden_state
         # (B,) last token = EOS of the answer (left padding); float32 for the float32 head
-        return self.head(hidden[:, -1].float()).squeeze(-1)
+        return self.head(last_token_hidden(self.trunk, ids, mask)).squeeze(-1)
 
     def head_parameters(self) -> list[nn.Parameter]:
         return list(self.head.parameters())
