@@ -17,6 +17,8 @@ from core.settings import unknown_key_message
 
 KL_ESTIMATORS = ("k1", "k2", "k3")
 KL_REFERENCES = ("base", "start")
+KL_PLACEMENTS = ("reward", "loss")
+KL_LOSS_ESTIMATORS = ("k2", "k3")
 DISCRIMINATOR_KINDS = ("minilm", "lm")
 D_ANSWER_ENCODERS = ("minilm", "policy")
 D_REWARD_KINDS = ("contrastive", "log_d", "prob", "logit")
@@ -91,7 +93,16 @@ class PPOConfig:
     earlier training taught; "start" makes each round a trust-region step from where it began (as RLHF's
     reference is the SFT model rather than the pretrained one). Not with an FSDP-sharded base."""
     kl_estimator: str = "k1"
-    """Per-token KL estimator: k1 (log ratio), k2, k3."""
+    """Per-token KL estimator: k1 (log ratio), k2, k3. With kl_placement="loss" only k2 or k3 (k1's gradient is
+    0 in expectation; trainer/losses/kl.py)."""
+    kl_placement: str = "reward"
+    """Where the KL term acts: "reward" (eq. 10: -kl_coef x KL on every token's reward, summed by GAE, so a
+    shorter answer pays less: a prior toward brevity, bench/demo_experiments.md E34/E36) or "loss" (GRPO, verl's
+    use_kl_loss: kl_coef x the mean per-token KL estimate added to the actor's loss; the reward is the score
+    alone, and nothing pays for stopping early). In the loss the term meets whitened advantages, not raw rewards,
+    so the same kl_coef weighs differently: logged ``score_std`` says by how much. Either way ``kl`` logs the
+    kl_estimator's estimate summed over each answer's tokens, and ``kl_loss`` (with "loss") the term's per-token
+    mean."""
     adaptive_kl: bool = False
     """Adapt kl_coef each iteration toward kl_target (Ziegler et al. 2019, TRL's AdaptiveKLController); kl_coef is
     then the starting value. Off = the paper's constant eta."""
@@ -220,6 +231,16 @@ class PPOConfig:
         _require(
             self.kl_estimator in KL_ESTIMATORS,
             f"kl_estimator must be one of {KL_ESTIMATORS}; got {self.kl_estimator!r}.",
+        )
+        _require(
+            self.kl_placement in KL_PLACEMENTS,
+            f"kl_placement must be one of {KL_PLACEMENTS}; got {self.kl_placement!r}. 'reward' is the paper's eq. 10.",
+        )
+        _require(
+            self.kl_placement == "reward" or self.kl_estimator in KL_LOSS_ESTIMATORS,
+            f'kl_placement="loss" needs kl_estimator in {KL_LOSS_ESTIMATORS}; got {self.kl_estimator!r}: as a loss, '
+            "k1's gradient is zero in expectation. Use k2 (its expected gradient is that of KL(pi || pi_ref)) or k3 "
+            "(GRPO's).",
         )
         _require(
             self.score_clip is None or self.score_clip > 0,

@@ -70,6 +70,8 @@ def algorithm_label(name: str, overrides: dict) -> str:
         notes.append(f"{int(o['steer_steps'])} steering steps before PPO")
     if o.get("kl_reference", "base") != "base":
         notes.append("KL to the round's start, not the base")
+    if o.get("kl_placement", "reward") == "loss":
+        notes.append(f"KL ({o.get('kl_estimator', 'k1')}) in the actor's loss, not the reward (GRPO)")
     base = ALGORITHM_LABELS.get(name, name)
     return f"{base} ({'; '.join(notes)})" if notes else base
 

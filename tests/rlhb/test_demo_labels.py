@@ -93,6 +93,9 @@ def test_labels_read_set_values_as_the_trainer_does():
     assert algorithm_label("rlhb", {"d_answer_swap_share": "0.5"}) == (
         "RLHB (50% of D's swapped fakes swap the answer, not the sentence)"
     )
+    assert algorithm_label("rlhb", {"kl_placement": "loss", "kl_estimator": "k2"}) == (
+        "RLHB (KL (k2) in the actor's loss, not the reward (GRPO))"
+    )
     assert algorithm_label("sft", {"d_frozen": "true"}) == "SFT"  # a field sft does not have is not its departure
     assert algorithm_label("base", {}) == "base"  # the report's base row
 

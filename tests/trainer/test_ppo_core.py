@@ -204,3 +204,22 @@ def test_center_scores_subtracts_the_first_batchs_mean_for_the_rest_of_the_round
     plain = make_core(tiny_model_dir).iteration(PROMPTS, negative)  # off: the rewards keep the raw mean
     assert plain.metrics["score_offset"] == 0.0
     assert plain.metrics["mean_return"] == pytest.approx(plain.metrics["mean_score"], abs=1e-4)
+
+
+def test_kl_in_the_loss_leaves_the_reward_alone_and_holds_the_policy(tiny_model_dir):
+    """kl_placement="loss" (GRPO): the rewards are the score alone (mean_return = mean_score, though the policy
+    has moved), the actor's loss carries the KL (logged kl_loss), and a large coefficient there keeps the policy
+    nearer the reference than none does."""
+    loose = make_core(tiny_model_dir, kl_placement="loss", kl_estimator="k2", kl_coef=0.0)
+    held = make_core(tiny_model_dir, kl_placement="loss", kl_estimator="k2", kl_coef=50.0)
+    in_reward = make_core(tiny_model_dir, kl_coef=0.5, kl_estimator="k3")  # eq. 10's placement (k3 >= 0)
+    runs = {}
+    for name, core in (("loose", loose), ("held", held), ("in_reward", in_reward)):
+        runs[name] = [core.iteration(PROMPTS, score).metrics for _ in range(3)]
+    for metrics in runs["held"]:
+        assert metrics["mean_return"] == pytest.approx(metrics["mean_score"], abs=1e-5)  # no KL in the reward
+        assert "kl_loss" in metrics and "score_std" in metrics
+    assert runs["held"][-1]["kl"] > 0 and runs["held"][-1]["kl_loss"] > 0  # it moved, and the loss saw it
+    assert runs["in_reward"][-1]["mean_return"] < runs["in_reward"][-1]["mean_score"] - 1e-4  # eq. 10 charges it
+    assert "kl_loss" not in runs["in_reward"][-1]
+    assert runs["held"][-1]["kl"] < runs["loose"][-1]["kl"]

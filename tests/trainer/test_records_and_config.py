@@ -134,6 +134,8 @@ def test_heldout_split_is_seeded_and_disjoint():
         ),
         ({"clip_range": 0}, r"clip_range must be in \(0, 1\)"),
         ({"kl_estimator": "k9"}, r"kl_estimator must be one of"),
+        ({"kl_placement": "both"}, r"kl_placement must be one of \('reward', 'loss'\)"),
+        ({"kl_placement": "loss"}, r"kl_placement=\"loss\" needs kl_estimator in \('k2', 'k3'\); got 'k1'"),
         ({"minibatch_size": 99}, r"minibatch_size \(99\) must divide batch_size \(16\) .*: one of \[1, 2, 4, 8, 16\]"),
         ({"minibatch_size": 6}, r"minibatch_size \(6\) must divide batch_size \(16\)"),
         ({"num_minibatches": 3}, r"num_minibatches \(3\) must divide batch_size \(16\): one of \[1, 2, 4, 8, 16\]"),

@@ -5,7 +5,8 @@ In the paper's order (section 4.2-4.3):
 
     1. roll out k answers per (query, behavior) prompt with the current policy (pi_old)
     2. score each answer with ``score_fn`` (the discriminator, classifier or reward model)
-    3. per-token rewards: the score at the last token minus eta * KL to the reference (eq. 10)
+    3. per-token rewards: the score at the last token minus eta * KL to the reference (eq. 10); with
+       ``kl_placement="loss"`` the score alone, and eta * KL joins the actor's loss in step 5 (GRPO)
     4. advantages and returns by GAE (eq. 7-9)
     5. PPO epochs on the actor (clipped surrogate, eq. 5-6), then on the critic (eq. 11), each
        epoch over shuffled minibatches (defaults: 4 epochs x 4 minibatches, as CleanRL and TRL)
@@ -16,12 +17,13 @@ The caller updates its own reward model afterwards (RLHB: the discriminator).
 Metrics of the update, as CleanRL logs them, each averaged over the actor's (or critic's)
 minibatch steps: ``clipfrac`` (share of tokens whose ratio left [1 - eps, 1 + eps]),
 ``approx_kl`` (k3) and ``old_approx_kl`` (k1) between pi_old and the policy being updated,
-``entropy``, ``policy_loss``; ``value_loss`` and ``value_clipfrac``; once per batch:
-``explained_var`` of the rollout-time values against the GAE returns, ``kl_coef`` (the eta
-used for this batch), ``ppo_epochs_run`` and ``ppo_updates`` (actor steps taken; fewer than
-ppo_epochs x minibatches when ``target_kl`` stopped the epochs early, ``ppo_early_stop`` = 1).
-At the very first minibatch of an iteration the ratio is exactly 1, so with one epoch over one
-minibatch every one of clipfrac, approx_kl and old_approx_kl is 0: PPO's clip never acts.
+``entropy``, ``policy_loss`` (as minimized: with any entropy bonus and KL term), ``kl_loss`` (with
+``kl_placement="loss"``: the per-token KL estimate the loss added, mean over steps); ``value_loss`` and
+``value_clipfrac``; once per batch: ``explained_var`` of the rollout-time values against the GAE returns,
+``kl_coef`` (the eta used for this batch), ``score_std`` (the spread of the scores), ``ppo_epochs_run`` and
+``ppo_updates`` (actor steps taken; fewer than ppo_epochs x minibatches when ``target_kl`` stopped the epochs
+early, ``ppo_early_stop`` = 1). At the very first minibatch of an iteration the ratio is exactly 1, so with one
+epoch over one minibatch every one of clipfrac, approx_kl and old_approx_kl is 0: PPO's clip never acts.
 
 Usage::
 
@@ -59,7 +61,7 @@ from core.text_measures import repeated_ngram_rate, words
 from trainer.algorithms.base import TrainingDiverged
 from trainer.config import PPOConfig
 from trainer.losses.gae import gae, whiten
-from trainer.losses.kl import adaptive_kl_coef, kl_penalized_rewards
+from trainer.losses.kl import adaptive_kl_coef, kl_loss, kl_penalized_rewards
 from trainer.losses.masked import masked_mean
 from trainer.losses.ppo import entropy_from_logits, explained_variance, ppo_policy_loss, value_loss
 from trainer.policy import Policy
@@ -198,14 +200,15 @@ class PPOCore:
             self.score_offset = mean_over_ranks(scores.mean().item(), scores.device)
         centered = scores - (self.score_offset or 0.0)  # (B,)
         kl_coef = self.kl_coef
+        in_reward = cfg.kl_placement == "reward"  # "loss": the reward is the score alone, the KL joins the actor loss
         rewards, kl = kl_penalized_rewards(
-            centered, rollouts.logprobs, rollouts.ref_logprobs, mask, kl_coef, cfg.kl_estimator
+            centered, rollouts.logprobs, rollouts.ref_logprobs, mask, kl_coef if in_reward else 0.0, cfg.kl_estimator
         )  # (B, T), (B, T)
         advantages, returns = gae(rewards, rollouts.values, mask, cfg.gamma, cfg.lam)  # (B, T), (B, T)
         if cfg.whiten_advantages:
             advantages = whiten(advantages, mask)
 
-        actor_stats = self._actor_epochs(rollouts, advantages)
+        actor_stats = self._actor_epochs(rollouts, advantages, 0.0 if in_reward else kl_coef)
         critic_stats = self._critic_epochs(rollouts, returns)
         lengths = mask.sum(1).float()
         mean_kl = (kl * mask).sum(1).mean().item()  # KL(pi || pi_ref) per answer (sum over tokens)
@@ -214,6 +217,8 @@ class PPOCore:
             self.kl_coef = adaptive_kl_coef(kl_coef, batch_kl, cfg.kl_target, len(rollouts.batch), cfg.kl_horizon)
         return {
             "mean_score": scores.mean().item(),  # before centering: comparable across runs
+            # what whitening divides a reward by, near enough: how a KL in the loss weighs against one in the reward
+            "score_std": scores.std().item() if len(scores) > 1 else 0.0,
             "mean_return": (rewards * mask).sum(1).mean().item(),  # score - offset - eta * KL, per answer
             "score_offset": self.score_offset or 0.0,
             "kl": mean_kl,
@@ -236,9 +241,12 @@ class PPOCore:
         order = torch.randperm(size).to(self.policy.device)  # (B,)
         return [order[i : i + step] for i in range(0, size, step)]
 
-    def _actor_epochs(self, rollouts: Rollouts, advantages: torch.Tensor) -> dict[str, float]:
+    def _actor_epochs(self, rollouts: Rollouts, advantages: torch.Tensor, loss_kl_coef: float) -> dict[str, float]:
+        """PPO epochs on the actor; ``loss_kl_coef`` > 0 adds that times the KL to the reference to each step's loss."""
         cfg = self.config
         totals = {"policy_loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0, "old_approx_kl": 0.0, "entropy": 0.0}
+        if loss_kl_coef:
+            totals["kl_loss"] = 0.0
         count = epochs_run = 0
         stopped = False
         live, rollouts.live_forward = rollouts.live_forward, None  # the graph is used once, then freed
@@ -253,6 +261,10 @@ class PPOCore:
                 loss, stats = ppo_policy_loss(
                     out.logprobs, rollouts.logprobs[rows], advantages[rows], mask, cfg.clip_range
                 )
+                if loss_kl_coef:
+                    ref_kl = kl_loss(out.logprobs, rollouts.ref_logprobs[rows], mask, cfg.kl_estimator)
+                    loss = loss + loss_kl_coef * ref_kl
+                    totals["kl_loss"] += ref_kl.item()
                 if cfg.entropy_coef:
                     entropy = entropy_from_logits(out.logits, mask)
                     loss = loss - cfg.entropy_coef * entropy

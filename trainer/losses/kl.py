@@ -23,6 +23,18 @@ Departures from the paper:
 
       e_t     = clip(KL_t / KL_target - 1, -0.2, 0.2)
       eta_t+1 = eta_t * (1 + K_beta * e_t),  K_beta = n_steps / horizon
+
+- Where the KL goes. Eq. 10 puts it in the reward (``kl_penalized_rewards``); GRPO (Shao et al. 2024,
+  "DeepSeekMath", eq. 3) and verl's ``use_kl_loss`` add it to the actor's loss instead (``kl_loss``). In the
+  reward, an answer's KL is summed over its tokens and reaches every earlier token through GAE, so ending sooner
+  pays less: a prior toward short answers whatever the users said (bench/demo_experiments.md E34, E36). In the
+  loss, each sampled token's estimate pulls only that token's probability back toward the reference; nothing
+  credits stopping early. Its gradient, for tokens sampled from pi (at PPO's first step pi_old = pi):
+      k1 = log(pi / pi_ref):           grad = grad log pi;                E = 0 (no pull at all)
+      k2 = 0.5 * log(pi / pi_ref)^2:   grad = log(pi / pi_ref) grad log pi; E = grad KL(pi || pi_ref)
+      k3 = (r - 1) - log r, r = pi_ref / pi: grad = (1 - r) grad log pi;    E = grad KL(pi_ref || pi)
+  so k2 is the one whose expected gradient is that of the KL eq. 10 names; k3 (GRPO's) pulls on the reverse KL,
+  which also holds the policy near the reference; k1 is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +42,8 @@ from __future__ import annotations
 import torch
 
 KL_KINDS = ("k1", "k2", "k3")
+KL_LOSS_KINDS = ("k2", "k3")
+"""Estimators with a non-zero expected gradient in the loss (k1's is zero; see the module docstring)."""
 KL_CONTROL_ERROR_CLIP = 0.2
 """Bound on the proportional error of the adaptive KL controller (Ziegler et al. 2019)."""
 
@@ -126,3 +140,25 @@ def adaptive_kl_coef(kl_coef: float, current_kl: float, target: float, n_steps: 
         raise ValueError(f"current_kl must be finite; got {current_kl}")
     error = min(max(current_kl / target - 1.0, -KL_CONTROL_ERROR_CLIP), KL_CONTROL_ERROR_CLIP)
     return kl_coef * (1.0 + error * n_steps / horizon)
+
+
+def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kind: str = "k2") -> torch.Tensor:
+    """Mean per-token KL estimate over real tokens, with gradient: the actor-loss form of the KL term (GRPO).
+
+    Args:
+        logprobs: (B, T) log pi_theta of the sampled tokens, with gradient (the update's forward).
+        ref_logprobs: (B, T) the same under the reference policy (no gradient needed).
+        mask: (B, T) 1 for real response tokens.
+        kind: "k2" (default; its expected gradient is that of KL(pi || pi_ref)) or "k3" (GRPO's).
+
+    Returns:
+        scalar: add kl_coef times it to the actor loss. The mean is over real tokens (as the PPO loss), so the
+        term's weight does not depend on how long the answers are.
+    """
+    if kind not in KL_LOSS_KINDS:
+        raise ValueError(
+            f"kind must be one of {KL_LOSS_KINDS} for a KL in the loss; got {kind!r} (k1's expected gradient is 0)"
+        )
+    kl = per_token_kl(logprobs, ref_logprobs.detach(), kind)  # (B, T)
+    real = mask.to(kl.dtype)  # (B, T)
+    return (kl * real).sum() / real.sum().clamp(min=1.0)  # ()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from trainer.losses.kl import adaptive_kl_coef, kl_penalized_rewards, per_token_kl
+from trainer.losses.kl import adaptive_kl_coef, kl_loss, kl_penalized_rewards, per_token_kl
 
 
 def test_estimators_hand_computed():
@@ -135,3 +135,44 @@ def test_adaptive_kl_rejects_bad_arguments(kwargs):
     args = {"kl_coef": 0.1, "current_kl": 1.0, "target": 6.0, "n_steps": 16, "horizon": 100, **kwargs}
     with pytest.raises(ValueError):
         adaptive_kl_coef(**args)
+
+
+def exact_kl_gradients(theta: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """d/d theta of KL(pi || ref) and of KL(ref || pi), pi = softmax(theta), by autograd on the exact sums."""
+    logits = theta.clone().requires_grad_(True)
+    logpi = torch.log_softmax(logits, 0)
+    (forward,) = torch.autograd.grad((logpi.exp() * (logpi - ref.log())).sum(), logits)
+    logits = theta.clone().requires_grad_(True)
+    (reverse,) = torch.autograd.grad((ref * (ref.log() - torch.log_softmax(logits, 0))).sum(), logits)
+    return forward, reverse
+
+
+@pytest.mark.parametrize(("kind", "which"), [("k2", "forward"), ("k3", "reverse")])
+def test_kl_loss_gradient_is_the_kl_gradient(kind, which):
+    """Tokens sampled from pi: k2's loss gradient estimates grad KL(pi || ref) (eq. 10's KL), k3's (GRPO) that
+    of KL(ref || pi). The module docstring's table, checked by sampling."""
+    gen = torch.Generator().manual_seed(2)
+    theta = 2 * torch.randn(6, generator=gen)  # far apart, so the two KLs' gradients differ
+    ref = torch.softmax(2 * torch.randn(6, generator=gen), 0)
+    expected = dict(zip(("forward", "reverse"), exact_kl_gradients(theta, ref), strict=True))[which]
+    tokens = torch.multinomial(torch.softmax(theta, 0), 1_000_000, replacement=True, generator=gen)
+    logits = theta.clone().requires_grad_(True)
+    logp = torch.log_softmax(logits, 0)[tokens][None]  # (1, N)
+    loss = kl_loss(logp, ref.log()[tokens][None], torch.ones_like(logp), kind=kind)
+    (grad,) = torch.autograd.grad(loss, logits)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(grad, expected, atol=0.15 * scale, rtol=0.0)
+    other = dict(zip(("forward", "reverse"), exact_kl_gradients(theta, ref), strict=True))
+    assert (other["reverse" if which == "forward" else "forward"] - expected).abs().max() > 0.5 * scale
+
+
+def test_kl_loss_is_a_masked_mean_and_refuses_k1():
+    logp = torch.tensor([[-1.0, -2.0, -9.0]], requires_grad=True)
+    ref = torch.tensor([[-2.0, -1.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0]])  # the third token is padding: its huge log-ratio must not count
+    loss = kl_loss(logp, ref, mask, kind="k2")
+    assert loss.item() == pytest.approx((0.5 * 1.0 + 0.5 * 1.0) / 2)
+    loss.backward()
+    assert logp.grad[0, 2] == 0 and logp.grad[0, 0] == pytest.approx(0.5) and logp.grad[0, 1] == pytest.approx(-0.5)
+    with pytest.raises(ValueError, match="expected gradient is 0"):
+        kl_loss(logp, ref, mask, kind="k1")
