@@ -102,11 +102,14 @@ def parse_sets(items: list[str] | tuple[str, ...], lanes: tuple[str, ...]) -> di
             if name not in {f.name for f in dataclasses.fields(config)}:
                 known = ", ".join(sorted(f.name for f in dataclasses.fields(config)))
                 raise ValueError(f"--set {item!r}: {lane_algorithm(target)} has no field {name!r}; known: {known}")
-            try:
-                apply_overrides(config, {name: value}, variable=f"--set {target}")
-            except ConfigError as e:
-                raise ValueError(str(e)) from None
             out.setdefault(target, {})[name] = value
+    # Checked together, per lane: fields that depend on each other (kl_placement="loss" needs kl_estimator k2
+    # or k3) pass in any order on the command line.
+    for target, fields_set in out.items():
+        try:
+            apply_overrides(default_config(lane_algorithm(target)), fields_set, variable=f"--set {target}")
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
     return out
 
 

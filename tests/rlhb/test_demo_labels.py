@@ -178,6 +178,12 @@ def test_set_overrides_are_checked_against_the_lanes_config():
         parse_sets(["rlhbc.kappa=0.5"], lanes)
     with pytest.raises(ValueError, match="FIELD=VALUE"):
         parse_sets(["kappa"], lanes)
+    # fields that depend on each other are checked together, in either order
+    loss_kl = ["rlhb.kl_placement=loss", "rlhb.kl_estimator=k2"]
+    for items in (loss_kl, loss_kl[::-1]):
+        assert parse_sets(items, lanes) == {"rlhb": {"kl_placement": "loss", "kl_estimator": "k2"}}
+    with pytest.raises(ValueError, match="needs kl_estimator in"):
+        parse_sets(loss_kl[:1], lanes)
 
 
 def test_behavior_gap_compares_the_two_sentences():
