@@ -102,6 +102,10 @@ class ConfluentGroupConsumer:
     def subscription(self) -> set[str]:
         return set(self._topics)
 
+    def member_id(self) -> str | None:
+        """The group member id the coordinator gave this consumer (None before it joined): a diagnostic."""
+        return self._consumer.memberid()
+
     def _on_assign(self, consumer, partitions) -> None:
         self._seeks = {}
         try:

@@ -93,7 +93,12 @@ class Member:
         except Exception as err:  # noqa: BLE001 - a diagnostic must not hide the timeout
             end = {tp: f"? ({err})" for tp in parts}
         at = {f"{tp.topic.rsplit('-', 1)[-1]}[{tp.partition}]": (self.consumer.position(tp), end[tp]) for tp in parts}
-        return f"{len(parts)} partitions assigned, (position, end) {at}, store offsets {self.agg.store.offsets()}"
+        # the confluent client says whether it joined the group at all (twice under CI's load it had no partitions)
+        member = self.consumer.member_id() if hasattr(self.consumer, "member_id") else "n/a"
+        return (
+            f"{len(parts)} partitions assigned, member id {member!r}, (position, end) {at}, "
+            f"store offsets {self.agg.store.offsets()}"
+        )
 
     def caught_up(self) -> bool:
         parts = self.consumer.assignment()
