@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import torch
 
+from trainer.losses.masked import masked_mean
+
 KL_KINDS = ("k1", "k2", "k3")
 KL_LOSS_KINDS = ("k2", "k3")
 """Estimators with a non-zero expected gradient in the loss (k1's is zero; see the module docstring)."""
@@ -159,6 +161,4 @@ def kl_loss(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tens
         raise ValueError(
             f"kind must be one of {KL_LOSS_KINDS} for a KL in the loss; got {kind!r} (k1's expected gradient is 0)"
         )
-    kl = per_token_kl(logprobs, ref_logprobs.detach(), kind)  # (B, T)
-    real = mask.to(kl.dtype)  # (B, T)
-    return (kl * real).sum() / real.sum().clamp(min=1.0)  # ()
+    return masked_mean(per_token_kl(logprobs, ref_logprobs.detach(), kind), mask)  # ()
