@@ -59,7 +59,9 @@
    three standard errors of a 16-answer mean (per-answer cosines scatter by about 0.2).
    Repetition: base 0.03-0.04 and healthy runs lower, a looping policy 0.3-0.9, so +0.10.
    Refusals: base about 0, so +0.10 (two refusals more in 16 answers). The demo's published
-   RLHB (11.5 words, -59%, near-empty 9.9%) sits just inside both bounds.
+   RLHB (11.5 words, -59%, near-empty 9.9%) sits just inside both bounds. ``rlhb demo`` asks 64 answers
+   and sets near-empty +0.04 (three answers more): over 64 a rise of 3 came with 9-15 more near-empty
+   answers of 176 in the evaluation, 3 runs of 16 (``rlhb.demo.config.GATE_NEAR_EMPTY_INCREASE``, E41).
    The guard's answers are sampled at ``guard_temperature`` (``rlhb demo``: the serving temperature, so it
    judges answers as users get them; the KL check stays at temperature 1, where its bound was measured).
    Unfinished answers, the hacking a learned reward misses in the other direction

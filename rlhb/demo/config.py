@@ -266,6 +266,14 @@ GATE_ANSWERS_PER_PROMPT = 2
 """Answers per gate prompt in the full demo: 64 answers under the served sentence. E24's 32 answers held no
 near-empty one where the 176-answer evaluation found 9 (5.1%); at 64 the chance of seeing none is ~3%, at 32 ~19%.
 Costs about a minute of gating."""
+GATE_NEAR_EMPTY_INCREASE = 0.04
+"""The full demo's near-empty bound (the library's 0.10 is for its 16 answers, where one extra near-empty answer is
+0.0625): over the gate's 64 answers, 3 more near-empty answers than the parent's block. In the 16 saved runs whose gate
+answered 64 (bench/demo-results/, E41's survey), each rise of 3 or more there came with a rise of 9 or more
+near-empty answers of 176 in the evaluation (E26's thorough 1 -> 4 of 64, then 2 -> 11; E41 1 -> 4, then 1 -> 13;
+E37 0 -> 6, then 1 -> 16), all three published or rejected for other reasons under the 0.10 bound; every other run
+rose by at most 1. Between two samples of 64 from one policy at the usual 1-2% near-empty, a rise of 3 has a chance
+of 2-5% (less with the gate's common random numbers)."""
 EVAL_SEED_OFFSET = 7919
 """Held-out evaluation draws use seed + this (apart from traffic's draws; the same for every version)."""
 
@@ -405,7 +413,11 @@ class DemoConfig:
         # the behavior guard compares answers as they are served: at the serving budget (its unfinished share is
         # "cut at the serving budget" only there) and temperature, on twice the library's 16 prompts, two answers
         # each, outside --quick (E20, E24, E25)
-        full = {"max_prompts": GATE_PROMPTS, "answers_per_prompt": GATE_ANSWERS_PER_PROMPT}
+        full = {
+            "max_prompts": GATE_PROMPTS,
+            "answers_per_prompt": GATE_ANSWERS_PER_PROMPT,
+            "max_near_empty_increase": GATE_NEAR_EMPTY_INCREASE,
+        }
         demo_defaults = {
             "max_new_tokens": self.max_tokens,
             "guard_temperature": self.temperature,

@@ -102,8 +102,11 @@ def test_labels_read_set_values_as_the_trainer_does():
 
 def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_can_override_it():
     cfg = DemoConfig(algorithms=("rlhb-steer", "rlhb-frozen", "rlhb"))
-    # every full-demo gate answers as served, 32 questions twice each
-    served = {"max_new_tokens": cfg.max_tokens, "guard_temperature": 0.7, "max_prompts": 32, "answers_per_prompt": 2}
+    # every full-demo gate answers as served, 32 questions twice each, and blocks 3 more near-empty answers in 64
+    served = {
+        "max_new_tokens": cfg.max_tokens, "guard_temperature": 0.7, "max_prompts": 32, "answers_per_prompt": 2,
+        "max_near_empty_increase": 0.04,
+    }  # fmt: skip
     assert cfg.gate_overrides("rlhb-steer", {}) == {**served, "kl_bound": 0.7}
     assert cfg.gate_overrides("rlhb-frozen", {}) == served
     assert cfg.label("rlhb-steer").endswith("KL to the round's start, not the base; gate KL bound 0.7)")
