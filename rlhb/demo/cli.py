@@ -22,7 +22,8 @@ def demo(
         "rlhb-real: the rlhb-frozen lane with truncated answers among D's fakes and log D added to its reward, E18; "
         "rlhb-midcut: rlhb-real with the fakes stopped mid-sentence at any length and rollouts cut at the "
         "token budget penalized, E19; rlhb-midsteer: rlhb-midcut after the steering stage of rlhb-steer, E21; "
-        "rlhb-advsteer: rlhb-midsteer with D trained against the policy during PPO, E24).",
+        "rlhb-advsteer: rlhb-midsteer with D trained against the policy during PPO, E24; "
+        "rlhb-klloss: rlhb-midsteer with the KL in the actor's loss, not the reward, E40, E42).",
     ),
     rounds: int = typer.Option(None, min=1, help="Training rounds per algorithm."),
     steps: int = typer.Option(None, min=1, help="Training iterations per round."),

@@ -242,6 +242,19 @@ services): D held (held-out AUROC 0.64 -> 0.62 thorough, 0.77 -> 0.66 example) a
 significant lifts, thorough +0.102 (p 0.0064) and example seed 1 +0.074 (p 0.03), but by near-empty answers (1.1% ->
 5.1%) and off-topic ones (relevance -30%) respectively: the hack moved between guards. A lane, not the default."""
 FULL_ALGORITHM_CONFIG["rlhb-advsteer"] = {**FULL_ALGORITHM_CONFIG["rlhb-midsteer"], **ADVERSARIAL_REALNESS}
+KL_IN_THE_LOSS: dict = {
+    # E34/E36: in the reward (eq. 10) the KL is summed over an answer's tokens and reaches every earlier token
+    # through GAE, so stopping early pays less: at 0.08 that prior lifted concise users on inverted feedback (+0.222),
+    # at 0.02 the rollouts ran to the cap. In the actor's loss (GRPO; trainer/losses/kl.py) nothing credits stopping
+    # early. 0.3 per token's k2 estimate is of the order of 0.08 / score_std (0.17) per nat summed: not tuned.
+    "kl_estimator": "k2",
+    "kl_placement": "loss",
+    "kl_coef": 0.3,
+}
+"""The ``rlhb-klloss`` lane's departures from ``rlhb-midsteer``: the KL in the actor's loss, not the reward. Through
+the services, concise users: inverted feedback 0.216 -> 0.170 (n.s.; E40, the KL in the reward lifted +0.222 there),
+real feedback 0.227 -> 0.545 (p 4e-10) with a behavior gap of +0.187 (p 2e-4) and near-empty 2 -> 5 of 176 (E42)."""
+FULL_ALGORITHM_CONFIG["rlhb-klloss"] = {**FULL_ALGORITHM_CONFIG["rlhb-midsteer"], **KL_IN_THE_LOSS}
 DEFAULT_RLHB_LANE = "rlhb-midsteer"
 """The lane whose configuration the demo's plain ``rlhb`` lane trains (E23), on one seed per preset through the
 services, each against its own base: concise 0.244 -> 0.540 (p 7e-9) and example 0.088 -> 0.210 (p 3e-6), both
@@ -293,6 +306,7 @@ QUICK_ALGORITHM_CONFIG["rlhb-midsteer"] = {
     **FINISH_PRIORS_FROM_FEEDBACK,
 }
 QUICK_ALGORITHM_CONFIG["rlhb-advsteer"] = {**QUICK_ALGORITHM_CONFIG["rlhb-midsteer"], **ADVERSARIAL_REALNESS}
+QUICK_ALGORITHM_CONFIG["rlhb-klloss"] = {**QUICK_ALGORITHM_CONFIG["rlhb-midsteer"], **KL_IN_THE_LOSS}
 
 
 @dataclass

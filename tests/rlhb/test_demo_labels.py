@@ -59,6 +59,13 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
     assert algorithm_label("rlhb", advsteer).startswith("RLHB (stopped mid-sentence real answers")
     assert advsteer["reward_realness_weight"] > 0 and advsteer["d_frozen"] is False
     assert DemoConfig(algorithms=("rlhb-advsteer",)).gate_overrides("rlhb-advsteer", {})["kl_bound"] == 0.7
+    # rlhb-klloss: the same lane with the KL in the actor's loss; the label says where the KL went
+    klloss = FULL_ALGORITHM_CONFIG["rlhb-klloss"]
+    assert {k: v for k, v in klloss.items() if FULL_ALGORITHM_CONFIG["rlhb-midsteer"].get(k) != v} == {
+        "kl_estimator": "k2", "kl_placement": "loss", "kl_coef": 0.3
+    }  # fmt: skip
+    assert "KL (k2) in the actor's loss, not the reward (GRPO)" in algorithm_label("rlhb", klloss)
+    assert DemoConfig(algorithms=("rlhb-klloss",)).gate_overrides("rlhb-klloss", {})["kl_bound"] == 0.7
     assert algorithm_label("rlhb", {"short_answer_penalty": "1"}) == "RLHB (a rollout under 4 words loses 1)"
     assert algorithm_label("rlhb", {"repeated_ngram_penalty": "4"}) == (
         "RLHB (a rollout loses 4 x its share of repeated 3-grams)"
