@@ -145,7 +145,7 @@ labelled so), because the adversarial D (ADVERSARIAL_RLHB) lost to it with the s
 (E2/E3: on this CPU budget that share decided the lift)."""
 
 FULL_ALGORITHM_CONFIG: dict[str, dict] = {
-    "rlhb": {},  # the default lane: rlhb-midsteer's configuration, set below (DEFAULT_RLHB_LANE)
+    "rlhb": {},  # the default lane: rlhb-klloss's configuration, set below (DEFAULT_RLHB_LANE)
     "rlhbc": dict(PPO_BUDGET),
     "rlhf": dict(PPO_BUDGET),
     # --algorithms rlhb-adversarial,rlhb-frozen compares the two discriminators on the same base traffic
@@ -224,7 +224,7 @@ FULL_ALGORITHM_CONFIG["rlhb-midsteer"] = {
 behavior gap measured through the services, +0.108 (p 0.021); 64 minutes, against 30-47 for ``rlhb-midcut`` (E20).
 On thorough users it did not carry over: +0.136 by 12-word answers, near-empty 0.6% -> 6.8%, rejected by the
 gate's length guard, no gap. On example users (E23) 0.088 -> 0.210 (p 3e-6), every guard better, no gap. The
-demo's default ``rlhb`` lane trains this configuration (``DEFAULT_RLHB_LANE``)."""
+demo's default ``rlhb`` lane trained this configuration from E23 to E42."""
 ADVERSARIAL_REALNESS: dict = {
     # The adversarial D of E5-E7 never lifted, but there the reward was the contrast alone, which cancels realness:
     # whatever D learned about the policy's generations (its real-vs-generated judgement, eqs. 3-4) never reached
@@ -255,16 +255,18 @@ KL_IN_THE_LOSS: dict = {
 the services, concise users: inverted feedback 0.216 -> 0.170 (n.s.; E40, the KL in the reward lifted +0.222 there),
 real feedback 0.227 -> 0.545 (p 4e-10) with a behavior gap of +0.187 (p 2e-4) and near-empty 2 -> 5 of 176 (E42)."""
 FULL_ALGORITHM_CONFIG["rlhb-klloss"] = {**FULL_ALGORITHM_CONFIG["rlhb-midsteer"], **KL_IN_THE_LOSS}
-DEFAULT_RLHB_LANE = "rlhb-midsteer"
-"""The lane whose configuration the demo's plain ``rlhb`` lane trains (E23), on one seed per preset through the
-services, each against its own base: concise 0.244 -> 0.540 (p 7e-9) and example 0.088 -> 0.210 (p 3e-6), both
-published with every guard of issue 14's bar clean; thorough 0.108 -> 0.244 by 12-word answers, rejected by the
-gate's length guard; example seed 1 (run as the default) +0.114 by short, repetitive answers, rejected the same way.
-The frozen-D lane it replaced (``rlhb-frozen``): concise +0.28 with near-empty 1.4% -> 9.9%
-(12-03) and 25% (E18, rejected); users it was not tuned on -0.040 with near-empty 0.9% -> 9.9% (issue 14); thorough
-+0.094 rejected on KL (12-04), +0.057 n.s. at 96 tokens (E17). Its PPO is still the frozen-D variant
-(paper section 6.4) with every PPO prompt on the served sentence; only its steering stage trains on each record's
-own sentence, and its label says all of it."""
+DEFAULT_RLHB_LANE = "rlhb-klloss"
+"""The lane whose configuration the demo's plain ``rlhb`` lane trains (since E43): ``rlhb-midsteer`` with the KL in
+the actor's loss. Why it replaced ``rlhb-midsteer`` (the default from E23 to E42), one seed each through the services:
+with the KL in the reward the round lifted concise users whatever their feedback said (inverted: +0.222, E34), so its
+lifts showed a brevity prior; with the KL in the loss the round followed the feedback (inverted: -0.045 n.s., E40;
+real: 0.227 -> 0.545, p 4e-10, E42), stayed closer to the base (gate KL 0.322 against 0.542 nats/token), and kept a
+behavior gap significant at 0.01 (+0.187, p 2e-4; E21's +0.108, p 0.021). Example users: 0.091 -> 0.182 (p 0.0065,
+E43; E23's KL in the reward 0.088 -> 0.210), gap +0.051 (p 0.09). What it costs: near-empty answers 2 -> 5 of 176 on
+concise users and 1 -> 2 on example users (E21, E23: not above base's). Thorough users: not yet run. ``rlhb-midsteer``'s
+record: concise and example clean lifts (E21, E23); thorough and example seed 1 lifted by short answers and were
+rejected by the gate. Still the frozen-D variant (paper section 6.4) with every PPO prompt on the served sentence;
+only the steering stage trains on each record's own sentence, and the label says all of it."""
 FULL_ALGORITHM_CONFIG["rlhb"] = dict(FULL_ALGORITHM_CONFIG[DEFAULT_RLHB_LANE])
 STEERED_LANE_GATE: dict = {"kl_bound": 0.7}
 """The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on the logs
