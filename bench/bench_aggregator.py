@@ -17,7 +17,10 @@ group on fresh topics (joined first, then the data is sent): msgs/s against 1 pr
 Prints JSON lines; the last one has the ratio (target >= 0.5).
 
     .venv/bin/python bench/bench_aggregator.py [--events 50000] [--impressions 2000] [--rounds 3]
-        [--clients kafka-python,confluent] [--members 1,2,4]
+        [--clients kafka-python,confluent] [--members 1,2,4] [--crc32c installed|python]
+
+``--crc32c python`` runs kafka-python's pure-Python CRC32C instead of the ``crc32c`` package (the dependency that
+replaced it): run it and the default in turns for the package's effect.
 """
 
 from __future__ import annotations
@@ -236,6 +239,19 @@ def produce(bootstrap: str, topics: dict, msgs) -> None:
     producer.flush(60)
 
 
+def use_crc32c(which: str) -> str:
+    """Point kafka-python's CRC32C at the C package or at its pure-Python fallback; returns which one runs.
+
+    kafka-python binds the implementation when ``kafka.record.default_records`` is imported, so the bench patches
+    that module's name (producer and consumer both compute it there)."""
+    import kafka.record.default_records as default_records
+    from kafka.record import util
+
+    if which == "python":
+        default_records.calc_crc32c = util.crc32c_py
+    return "c" if default_records.calc_crc32c is util.calc_crc32c and util.crc32c_c is not None else "python"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=50_000)
@@ -254,7 +270,15 @@ def main() -> None:
         help="also measure N aggregator processes in one group, e.g. 1,2,4 (fresh topics, --partitions each), "
         "with the first client of --clients",
     )
+    ap.add_argument(
+        "--crc32c",
+        choices=("installed", "python"),
+        default="installed",
+        help="kafka-python's record-batch CRC32C: 'installed' (the C `crc32c` package when importable, as deployed) "
+        "or 'python' (kafka-python's pure-Python fallback, as before the package was a dependency)",
+    )
     args = ap.parse_args()
+    emit("crc32c", use_crc32c(args.crc32c))
 
     import importlib.util
     import logging
