@@ -263,7 +263,9 @@ lifts showed a brevity prior; with the KL in the loss the round followed the fee
 real: 0.227 -> 0.545, p 4e-10, E42), stayed closer to the base (gate KL 0.322 against 0.542 nats/token), and kept a
 behavior gap significant at 0.01 (+0.187, p 2e-4; E21's +0.108, p 0.021). Example users: 0.091 -> 0.182 (p 0.0065,
 E43; E23's KL in the reward 0.088 -> 0.210), gap +0.051 (p 0.09). What it costs: near-empty answers 2 -> 5 of 176 on
-concise users and 1 -> 2 on example users (E21, E23: not above base's). Thorough users: not yet run. ``rlhb-midsteer``'s
+concise users and 1 -> 2 on example users (E21, E23: not above base's). Thorough users at 96 tokens (E44): 0.256 ->
+0.347 (p 0.032) with answers kept long and a gap of +0.108 (p 0.013), repetition +45%. A poisoned round fails the
+gate's ranking check (E40) and, with the gate opened, the live A/B guardrail (E45). ``rlhb-midsteer``'s
 record: concise and example clean lifts (E21, E23); thorough and example seed 1 lifted by short answers and were
 rejected by the gate. Still the frozen-D variant (paper section 6.4) with every PPO prompt on the served sentence;
 only the steering stage trains on each record's own sentence, and the label says all of it."""
