@@ -24,7 +24,9 @@ def demo(
         "token budget penalized, E19; rlhb-midsteer: rlhb-midcut after the steering stage of rlhb-steer, E21, "
         "the rlhb lane until E42; "
         "rlhb-advsteer: rlhb-midsteer with D trained against the policy during PPO, E24; "
-        "rlhb-klloss: rlhb-midsteer with the KL in the actor's loss, not the reward, E40, E42).",
+        "rlhb-klloss: rlhb-midsteer with the KL in the actor's loss, not the reward, E40, E42; "
+        "rlhb-guarded: rlhb-klloss with near-empty and repeated-3-gram penalties in the reward and rollouts at "
+        "the serving temperature, E47).",
     ),
     rounds: int = typer.Option(None, min=1, help="Training rounds per algorithm."),
     steps: int = typer.Option(None, min=1, help="Training iterations per round."),

@@ -255,6 +255,25 @@ KL_IN_THE_LOSS: dict = {
 the services, concise users: inverted feedback 0.216 -> 0.170 (n.s.; E40, the KL in the reward lifted +0.222 there),
 real feedback 0.227 -> 0.545 (p 4e-10) with a behavior gap of +0.187 (p 2e-4) and near-empty 2 -> 5 of 176 (E42)."""
 FULL_ALGORITHM_CONFIG["rlhb-klloss"] = {**FULL_ALGORITHM_CONFIG["rlhb-midsteer"], **KL_IN_THE_LOSS}
+REWARD_GUARDS: dict = {
+    # E42/E43: the KL-in-the-loss default lifted concise and example users with 3 and 1 near-empty answers above
+    # base's; E44 (thorough, 96 tokens): repetition +45%. These put the two guards into the reward, as TRL's
+    # missing_eos_penalty does for unfinished answers: a rollout under short_answer_words (4) loses 2, a rollout
+    # loses 4 x its share of repeated 3-grams (a fully looping answer loses about as much as one cut at the budget
+    # plus a low D score; a typical 0.03-0.07 rate costs 0.1-0.3 against a score std near 1). Not tuned per preset.
+    "short_answer_penalty": 2.0,
+    "repeated_ngram_penalty": 4.0,
+    # E46: at temperature 1 the rollouts repeated 0.034 of their 3-grams where the served answers (0.7) repeated
+    # 0.074, so the penalty saw little of what users saw. Sampling rollouts at the serving temperature (DemoConfig's
+    # 0.7; PPO's log-probabilities come from the same tempered distribution, as TRL's) shows the policy its own
+    # served behavior. A run with --temperature other than 0.7 should --set rlhb.temperature to match.
+    "temperature": 0.7,
+}
+"""The ``rlhb-guarded`` lane's departures from ``rlhb-klloss``. E47 (concise): 0.233 -> 0.438 (p 2.4e-5) with every
+guard of issue 14 clean (near-empty 2 -> 2 of 176, relevance +4.2%, repetition -39%) and a behavior gap of +0.176
+(p 3e-4). The penalties score the near-empty and repetition measures, so with them on those two guards check what the
+reward was told; the users' verdicts and relevance stay independent."""
+FULL_ALGORITHM_CONFIG["rlhb-guarded"] = {**FULL_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_GUARDS}
 DEFAULT_RLHB_LANE = "rlhb-klloss"
 """The lane whose configuration the demo's plain ``rlhb`` lane trains (since E43): ``rlhb-midsteer`` with the KL in
 the actor's loss. Why it replaced ``rlhb-midsteer`` (the default from E23 to E42), one seed each through the services:
@@ -311,6 +330,7 @@ QUICK_ALGORITHM_CONFIG["rlhb-midsteer"] = {
 }
 QUICK_ALGORITHM_CONFIG["rlhb-advsteer"] = {**QUICK_ALGORITHM_CONFIG["rlhb-midsteer"], **ADVERSARIAL_REALNESS}
 QUICK_ALGORITHM_CONFIG["rlhb-klloss"] = {**QUICK_ALGORITHM_CONFIG["rlhb-midsteer"], **KL_IN_THE_LOSS}
+QUICK_ALGORITHM_CONFIG["rlhb-guarded"] = {**QUICK_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_GUARDS}
 
 
 @dataclass

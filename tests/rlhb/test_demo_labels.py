@@ -66,6 +66,16 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
     }  # fmt: skip
     assert "KL (k2) in the actor's loss, not the reward (GRPO)" in algorithm_label("rlhb", klloss)
     assert DemoConfig(algorithms=("rlhb-klloss",)).gate_overrides("rlhb-klloss", {})["kl_bound"] == 0.7
+    # rlhb-guarded: rlhb-klloss with the near-empty and repetition guards in the reward and rollouts at the
+    # serving temperature (E47); the label names all three, and the rollout temperature is the demo's serving one
+    guarded = FULL_ALGORITHM_CONFIG["rlhb-guarded"]
+    assert {k: v for k, v in guarded.items() if klloss.get(k) != v} == {
+        "short_answer_penalty": 2.0, "repeated_ngram_penalty": 4.0, "temperature": 0.7
+    }  # fmt: skip
+    assert guarded["temperature"] == DemoConfig().temperature
+    label = DemoConfig(algorithms=("rlhb-guarded",)).label("rlhb-guarded")
+    for note in ("a rollout under 4 words loses 2", "4 x its share of repeated 3-grams", "temperature 0.7"):
+        assert note in label
     assert algorithm_label("rlhb", {"short_answer_penalty": "1"}) == "RLHB (a rollout under 4 words loses 1)"
     assert algorithm_label("rlhb", {"repeated_ngram_penalty": "4"}) == (
         "RLHB (a rollout loses 4 x its share of repeated 3-grams)"
