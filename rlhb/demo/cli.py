@@ -16,7 +16,7 @@ def demo(
     out: Path = typer.Option(Path("rlhb-demo"), help="Output folder (report.md, report.json, demo.png, logs)."),
     algorithms: str = typer.Option(
         "rlhb,rlhbc,rlhf",
-        help="Comma-separated lanes: rlhb (rlhb-guarded's configuration, E48), rlhbc, rlhf, sft, pro, or a variant "
+        help="Comma-separated lanes: rlhb (rlhb-klloss's configuration, E43), rlhbc, rlhf, sft, pro, or a variant "
         "ALGO-NAME (rlhb-adversarial: D trained against the policy during PPO; rlhb-frozen: D frozen after warm-up, "
         "every PPO prompt on the served sentence, the rlhb lane until E23; "
         "rlhb-real: the rlhb-frozen lane with truncated answers among D's fakes and log D added to its reward, E18; "
@@ -24,8 +24,7 @@ def demo(
         "token budget penalized, E19; rlhb-midsteer: rlhb-midcut after the steering stage of rlhb-steer, E21, "
         "the rlhb lane until E42; "
         "rlhb-advsteer: rlhb-midsteer with D trained against the policy during PPO, E24; "
-        "rlhb-klloss: rlhb-midsteer with the KL in the actor's loss, not the reward, E40, E42, "
-        "the rlhb lane until E47; "
+        "rlhb-klloss: rlhb-midsteer with the KL in the actor's loss, not the reward, E40, E42; "
         "rlhb-guarded: rlhb-klloss with near-empty and repeated-3-gram penalties in the reward and rollouts at "
         "the serving temperature, E47).",
     ),

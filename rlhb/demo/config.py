@@ -145,7 +145,7 @@ labelled so), because the adversarial D (ADVERSARIAL_RLHB) lost to it with the s
 (E2/E3: on this CPU budget that share decided the lift)."""
 
 FULL_ALGORITHM_CONFIG: dict[str, dict] = {
-    "rlhb": {},  # the default lane: rlhb-guarded's configuration, set below (DEFAULT_RLHB_LANE)
+    "rlhb": {},  # the default lane: rlhb-klloss's configuration, set below (DEFAULT_RLHB_LANE)
     "rlhbc": dict(PPO_BUDGET),
     "rlhf": dict(PPO_BUDGET),
     # --algorithms rlhb-adversarial,rlhb-frozen compares the two discriminators on the same base traffic
@@ -274,18 +274,20 @@ guard of issue 14 clean (near-empty 2 -> 2 of 176, relevance +4.2%, repetition -
 (p 3e-4). The penalties score the near-empty and repetition measures, so with them on those two guards check what the
 reward was told; the users' verdicts and relevance stay independent."""
 FULL_ALGORITHM_CONFIG["rlhb-guarded"] = {**FULL_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_GUARDS}
-DEFAULT_RLHB_LANE = "rlhb-guarded"
-"""The lane whose configuration the demo's plain ``rlhb`` lane trains (since E48): ``rlhb-klloss`` (``rlhb-midsteer``
-with the KL in the actor's loss, the default from E43 to E47) with the near-empty and repetition guards in the reward
-and rollouts sampled at the serving temperature. One seed each through the services, against ``rlhb-klloss``:
-concise 0.233 -> 0.438 (p 2e-5) with every guard of issue 14 clean and a behavior gap of +0.176 (p 3e-4) (E47;
-``rlhb-klloss``: +0.318 with near-empty 2 -> 5 of 176, E42); thorough users at 96 tokens 0.267 -> 0.358 (p 0.033)
-with repetition -21% and near-empty 3 -> 0, relevance -5.9% (E48; ``rlhb-klloss``: +0.091, p 0.032, repetition +45%,
-E44); example users: E49. Why ``rlhb-klloss`` replaced ``rlhb-midsteer`` (E43): with the KL in the reward the round
-lifted concise users whatever their feedback said (inverted: +0.222, E34); with the KL in the loss it followed the
-feedback (inverted: -0.045 n.s., E40). A poisoned round fails the gate's ranking check (E40) and, with the gate opened,
-the live A/B guardrail (E45). Still the frozen-D variant (paper section 6.4) with every PPO prompt on the served
-sentence; only the steering stage trains on each record's own sentence, and the label says all of it."""
+DEFAULT_RLHB_LANE = "rlhb-klloss"
+"""The lane whose configuration the demo's plain ``rlhb`` lane trains (since E43): ``rlhb-midsteer`` with the KL in
+the actor's loss. Why it replaced ``rlhb-midsteer`` (the default from E23 to E42), one seed each through the services:
+with the KL in the reward the round lifted concise users whatever their feedback said (inverted: +0.222, E34), so its
+lifts showed a brevity prior; with the KL in the loss the round followed the feedback (inverted: -0.045 n.s., E40;
+real: 0.227 -> 0.545, p 4e-10, E42), stayed closer to the base (gate KL 0.322 against 0.542 nats/token), and kept a
+behavior gap significant at 0.01 (+0.187, p 2e-4; E21's +0.108, p 0.021). Example users: 0.091 -> 0.182 (p 0.0065,
+E43; E23's KL in the reward 0.088 -> 0.210), gap +0.051 (p 0.09). What it costs: near-empty answers 2 -> 5 of 176 on
+concise users and 1 -> 2 on example users (E21, E23: not above base's). Thorough users at 96 tokens (E44): 0.256 ->
+0.347 (p 0.032) with answers kept long and a gap of +0.108 (p 0.013), repetition +45%. A poisoned round fails the
+gate's ranking check (E40) and, with the gate opened, the live A/B guardrail (E45). ``rlhb-midsteer``'s
+record: concise and example clean lifts (E21, E23); thorough and example seed 1 lifted by short answers and were
+rejected by the gate. Still the frozen-D variant (paper section 6.4) with every PPO prompt on the served sentence;
+only the steering stage trains on each record's own sentence, and the label says all of it."""
 FULL_ALGORITHM_CONFIG["rlhb"] = dict(FULL_ALGORITHM_CONFIG[DEFAULT_RLHB_LANE])
 STEERED_LANE_GATE: dict = {"kl_bound": 0.7}
 """The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on the logs
