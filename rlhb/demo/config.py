@@ -272,7 +272,9 @@ REWARD_GUARDS: dict = {
 """The ``rlhb-guarded`` lane's departures from ``rlhb-klloss``. E47 (concise): 0.233 -> 0.438 (p 2.4e-5) with every
 guard of issue 14 clean (near-empty 2 -> 2 of 176, relevance +4.2%, repetition -39%) and a behavior gap of +0.176
 (p 3e-4). The penalties score the near-empty and repetition measures, so with them on those two guards check what the
-reward was told; the users' verdicts and relevance stay independent."""
+reward was told; the users' verdicts and relevance stay independent. Thorough users at 96 tokens (E48): +0.091
+(p 0.033), repetition -21%, relevance -5.9%; example users (E49): +0.057 (p 0.063), relevance -6.0%. The default for
+E48-E49, then a lane again."""
 FULL_ALGORITHM_CONFIG["rlhb-guarded"] = {**FULL_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_GUARDS}
 DEFAULT_RLHB_LANE = "rlhb-klloss"
 """The lane whose configuration the demo's plain ``rlhb`` lane trains (since E43): ``rlhb-midsteer`` with the KL in
