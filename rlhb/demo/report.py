@@ -160,6 +160,47 @@ def format_ceilings(report: dict) -> list[str]:
     ]
 
 
+def guard_intervals(candidate: VersionResult, base: VersionResult) -> dict:
+    """The guards' paired 95% intervals (``rlhb.evaluation.quality.paired_guard_intervals``) over the held-out
+    answers both versions gave to the same question and draw (``index``; base's answers are the same ones when
+    it is judged again under a drift)."""
+    from rlhb.evaluation.quality import paired_guard_intervals
+
+    base_answers = {(s.question, s.index): s.answer for s in base.served}
+    pairs = [(s.question, base_answers[s.question, s.index], s.answer) for s in candidate.served
+             if (s.question, s.index) in base_answers]  # fmt: skip
+    if not pairs:
+        return {"pairs": 0, "relevance_change": None, "repetition_change": None, "near_empty": None}
+    questions, base_side, candidate_side = zip(*pairs, strict=True)
+    return paired_guard_intervals(questions, base_side, candidate_side)
+
+
+def format_guard_intervals(report: dict) -> list[str]:
+    """One line per judged version: each guard's change against base with its paired 95% interval, then the
+    bar's verdict on the point estimates (``format_guards``)."""
+
+    def change(point: float | None, ci: list | None) -> str:
+        if point is None:
+            return "n/a"
+        return f"{point:+.1%}" + (f" [{ci[0]:+.1%}, {ci[1]:+.1%}]" if ci else "")
+
+    lines = []
+    for row in report["versions"]:
+        guards = row.get("guards_vs_base")
+        if not guards or "intervals" not in guards:
+            continue
+        ci = guards["intervals"]
+        empty = ci.get("near_empty") or {}
+        lines.append(
+            f"{row['label']} {row['version']} (round {row['round']}): relevance "
+            f"{change(guards.get('relevance_change'), ci.get('relevance_change'))}, repetition "
+            f"{change(guards.get('repetition_change'), ci.get('repetition_change'))}, near-empty "
+            f"{empty.get('base', '?')} -> {empty.get('candidate', '?')} of {ci.get('pairs', 0)}: "
+            f"{format_guards(guards)}"
+        )
+    return lines
+
+
 def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, total: float, model_path: str) -> dict:
     from rlhb.evaluation.quality import guards_against_base
     from rlhb.evaluation.stats import power_at_n, required_n_per_arm
@@ -174,9 +215,11 @@ def build_report(cfg: DemoConfig, results: list[VersionResult], phases: dict, to
     own_bases = [bases.get(r.round_info.get("users", cfg.users_at(r.round)), base) for r in results]
     rows = [summarize(r, b) for r, b in zip(results, own_bases, strict=True)]
     quality_of = {id(r): row.get("quality") for r, row in zip(results, rows, strict=True)}
+    r_of = {id(row): r for r, row in zip(results, rows, strict=True)}
     for row, b in zip(rows, own_bases, strict=True):  # the issue's bar on quality, against the same base as the lift
         if "vs_base" in row and quality_of.get(id(b)):
             row["guards_vs_base"] = guards_against_base(row["quality"], quality_of[id(b)])
+            row["guards_vs_base"]["intervals"] = guard_intervals(r_of[id(row)], b)
     for row, r in zip(rows, results, strict=True):  # name the variant for what it is (d_frozen: paper 6.4)
         row["variant"] = cfg.label(r.algorithm)
     power = {}
@@ -457,6 +500,9 @@ def write_report(
     finish = format_finish_priors(report)
     for line in finish:
         say("finish priors: " + line)
+    guard_lines = format_guard_intervals(report)
+    for line in guard_lines:
+        say("guards vs base (paired 95% intervals): " + line)
     if report["power"]:
         p = report["power"]
         say(
@@ -484,6 +530,17 @@ def write_report(
             if row.get("reason"):
                 md.append(f"- {row['algorithm']} round {row['round']}: {row['decision']}: {row['reason']}")
         md.append("")
+    if guard_lines:
+        md += ["## Guards against base, with paired 95% intervals", ""]
+        md += [f"- {line}" for line in guard_lines]
+        md += [
+            "",
+            "Change of the mean against base on the same held-out questions and draws; intervals: paired bootstrap "
+            "over those answers (rlhb/evaluation/quality.py). The bar (relevance and repetition within 5%, "
+            "near-empty not above base's) is read on the point estimates; an interval that straddles it says one "
+            "seed cannot tell.",
+            "",
+        ]
     if report.get("drift_recovery"):
         md += ["## Following the drift (held-out like rate, versions published at and after the drift round)", ""]
         md += [f"- {entry['lane']}: {entry['verdict']}" for entry in report["drift_recovery"]] + [""]

@@ -98,3 +98,61 @@ def guards_against_base(candidate: dict, base: dict, max_worse: float = ISSUE_GU
     out["failed"] = failed
     out["clean"] = not failed
     return out
+
+
+GUARD_INTERVAL_RESAMPLES = 2000
+
+
+def paired_guard_intervals(
+    questions: Sequence[str],
+    base_answers: Sequence[str],
+    candidate_answers: Sequence[str],
+    relevance: bool = True,
+    resamples: int = GUARD_INTERVAL_RESAMPLES,
+    seed: int = 0,
+) -> dict:
+    """95% paired-bootstrap intervals (``scipy.stats.bootstrap``, percentile, questions resampled with both
+    answers) for the relative relevance and repetition changes ``guards_against_base`` compares with its 5% bar:
+    the interval of the mean paired difference over base's mean.
+
+    Why: one seed's 176 held-out answers move these means a lot. Repetition is a mean of mostly zeros with a few
+    looping answers, so E46's +23% (a "fail") had the interval [-14%, +66%] and E44's +45% had [+8%, +96%]: only
+    the second is a move the data can tell from noise. The bar itself stays on the point estimates; the intervals
+    say how far to trust a pass or a fail. ``questions[i]``, ``base_answers[i]`` and ``candidate_answers[i]`` are
+    one pair (same question and draw). Returns ``pairs``, ``relevance_change`` and ``repetition_change`` (each
+    ``[low, high]``, None where undefined: relevance off, or a base without any repetition) and
+    the near-empty counts on each side."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if not len(questions) == len(base_answers) == len(candidate_answers):
+        raise ValueError("questions, base_answers and candidate_answers must pair up (same length)")
+    n = len(questions)
+    base_empty = sum(len(words(a)) < NEAR_EMPTY_WORDS for a in base_answers)
+    cand_empty = sum(len(words(a)) < NEAR_EMPTY_WORDS for a in candidate_answers)
+    out: dict = {"pairs": n, "relevance_change": None, "repetition_change": None,
+                 "near_empty": {"base": base_empty, "candidate": cand_empty}}  # fmt: skip
+    if n < 2:
+        return out
+
+    def interval(b: list[float], c: list[float]) -> list[float] | None:
+        # The paired differences' mean, bootstrapped, over base's mean: the relative change as the bar reads it
+        # (base's mean held fixed, so no resample divides by a base that happened to draw no repetition).
+        scale = sum(b) / n
+        if scale <= 0:
+            return None
+        diffs = np.asarray(c, dtype=float) - np.asarray(b, dtype=float)
+        if not diffs.any():
+            return [0.0, 0.0]
+        res = bootstrap((diffs,), np.mean, vectorized=True, n_resamples=resamples, confidence_level=0.95,
+                        method="percentile", rng=np.random.default_rng(seed))  # fmt: skip
+        return [float(res.confidence_interval.low) / scale, float(res.confidence_interval.high) / scale]
+
+    if relevance:
+        out["relevance_change"] = interval(
+            relevance_scores(questions, base_answers), relevance_scores(questions, candidate_answers)
+        )
+    out["repetition_change"] = interval(
+        [repeated_ngram_rate(a) for a in base_answers], [repeated_ngram_rate(a) for a in candidate_answers]
+    )
+    return out

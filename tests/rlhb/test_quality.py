@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from rlhb.evaluation.quality import guards_against_base, quality_report, relevance_scores, repetition_and_length
+from rlhb.evaluation.quality import (
+    guards_against_base,
+    paired_guard_intervals,
+    quality_report,
+    relevance_scores,
+    repetition_and_length,
+)
 from rlhb.evaluation.stats import compare_to_base, power_at_n, required_n_per_arm, wilson_interval
 from rlhb.evaluation.text import ends_cleanly, repeated_ngram_rate, topic_overlap
 
@@ -100,3 +106,31 @@ def test_guards_against_base_hold_the_issues_bar():
     assert not guards_against_base(_quality(rep=0.001), _quality(rep=0.0))["clean"]
     no_relevance = guards_against_base(_quality(relevance=None), base)
     assert no_relevance["clean"] and "relevance_change" not in no_relevance
+
+
+LOOP = "the cat sat on the mat the cat sat on the mat the cat sat on the mat."
+
+
+def test_paired_guard_intervals_tell_a_real_move_from_noise():
+    questions = [f"What is fact number {i} about cats?" for i in range(40)]
+    base = [f"Cats sleep a lot, fact {i} says." if i % 8 else LOOP for i in range(40)]  # 5 looping answers
+    same = paired_guard_intervals(questions, base, base, relevance=False, resamples=500)
+    assert same["repetition_change"] == [0.0, 0.0] and same["near_empty"] == {"base": 0, "candidate": 0}
+    looping = [LOOP if i % 2 else a for i, a in enumerate(base)]  # 20 looping answers: a real move
+    worse = paired_guard_intervals(questions, base, looping, relevance=False, resamples=500)
+    assert worse["pairs"] == 40 and worse["repetition_change"][0] > 0.5
+    one_more = [LOOP if i == 1 else a for i, a in enumerate(base)]  # +20% from one answer: noise at n=40
+    low, high = paired_guard_intervals(questions, base, one_more, relevance=False, resamples=500)["repetition_change"]
+    assert low < 0.05 < 0.2 < high
+    clean = [f"Cats sleep a lot, fact {i} says." for i in range(40)]
+    assert paired_guard_intervals(questions, clean, base, relevance=False)["repetition_change"] is None  # no base rate
+    with pytest.raises(ValueError, match="pair up"):
+        paired_guard_intervals(questions, base, base[:-1])
+
+
+def test_paired_guard_intervals_measure_relevance_and_near_empty_answers():
+    questions = [f"What is the capital of country {i}, France or Spain?" for i in range(12)]
+    on_topic = [f"The capital of France is Paris, answer {i}." for i in range(12)]
+    off_topic = ["Bananas are yellow fruit rich in potassium." for _ in range(11)] + ["Ok."]
+    out = paired_guard_intervals(questions, on_topic, off_topic, resamples=500)
+    assert out["relevance_change"][1] < -0.3 and out["near_empty"] == {"base": 0, "candidate": 1}
