@@ -808,6 +808,15 @@ class TrainerSettings(CommonSettings):
     sample_size: int = Field(default=2000, ge=1, description="Records drawn from the buffer for one round.")
     heldout_fraction: float = Field(default=0.2, gt=0, lt=1, description="Share of queries held out for the gate.")
     recency_half_life: float = Field(default=5000, ge=0, description="Sampling half-life in records (0: uniform).")
+    replay_share: float | None = Field(
+        default=None,
+        ge=0,
+        lt=1,
+        description="Continual rounds: a round draws the records updated since the active version's training data "
+        "first and older ones as this share of its sample (0.25: one old record for three new). Unset: one "
+        "recency-weighted draw from the whole buffer, which at demo scale takes nearly all of it (E50: two old-taste "
+        "records for each new one after a drift).",
+    )
     seed: int = Field(default=0, description="Base seed; round r uses seed + r.")
     poll_timeout_ms: int = Field(default=500, ge=10, le=10_000, description="Consumer poll wait.")
     session_timeout_ms: int = Field(default=10_000, ge=1000, description="Group session timeout.")

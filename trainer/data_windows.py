@@ -71,6 +71,12 @@ class DataWindows:
             self._save()
             return dict(self.windows[version])
 
+    def until(self, version: str) -> float | None:
+        """The newest record update ``version`` learned from (None: no window recorded, e.g. base)."""
+        with self._lock:
+            window = self.windows.get(version)
+            return window["until"] if window else None
+
     def quarantine(self, version: str, reason: str) -> dict | None:
         """Quarantine ``version``'s window (None if it has none, or it is quarantined already)."""
         with self._lock:

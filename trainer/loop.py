@@ -400,8 +400,19 @@ class Trainer:
             "started_at": started,
             "reason_for_round": request.get("reason", "records"),
         }
+        active = self.registry.active()
+        parent = None
+        if active != BASE_VERSION:
+            try:
+                parent = self.registry.validate(active)
+            except RegistryError as e:
+                log.warning("active version %s cannot be trained on (%s); starting from a fresh adapter", active, e)
         rng = random.Random(s.seed + round_no)
-        records = self.buffer.sample(s.sample_size, rng)
+        # Continual rounds (RLHB_TRAINER_REPLAY_SHARE): what the active version has not learned from comes first.
+        fresh_since = self.data_windows.until(parent.name) if parent and s.replay_share is not None else None
+        records = self.buffer.sample(s.sample_size, rng, fresh_since=fresh_since, replay_share=s.replay_share)
+        if fresh_since is not None:
+            summary["fresh_records"] = sum(r.updated_at > fresh_since for r in records)
         train, heldout = split_by_query(records, s.heldout_fraction, s.seed + round_no)
         summary.update(records=len(records), train_records=len(train), heldout_records=len(heldout))
         if len(train) < s.min_records or not heldout:
@@ -412,13 +423,6 @@ class Trainer:
                 "(need >= 1, from a second distinct query)",
             }
 
-        active = self.registry.active()
-        parent = None
-        if active != BASE_VERSION:
-            try:
-                parent = self.registry.validate(active)
-            except RegistryError as e:
-                log.warning("active version %s cannot be trained on (%s); starting from a fresh adapter", active, e)
         name = f"{algorithm}-r{round_no:04d}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         summary["data_window"] = self.data_windows.record_round(name, parent.name if parent else None, records)
         metrics_dir = Path(s.state_dir) / "trainer-metrics"

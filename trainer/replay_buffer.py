@@ -75,15 +75,47 @@ class ReplayBuffer:
             return [1.0] * n
         return [0.5 ** ((n - 1 - i) / self.half_life) for i in range(n)]
 
-    def sample(self, k: int, rng: random.Random | None = None) -> list[BehaviorRecord]:
-        """Up to ``k`` distinct records, recency-weighted, newest-first order not guaranteed."""
+    def sample(
+        self,
+        k: int,
+        rng: random.Random | None = None,
+        fresh_since: float | None = None,
+        replay_share: float | None = None,
+    ) -> list[BehaviorRecord]:
+        """Up to ``k`` distinct records, recency-weighted, oldest update first.
+
+        With ``replay_share`` and ``fresh_since`` set, the draw is split (continual rounds): records updated after
+        ``fresh_since`` (the data the active version has not learned from) first, up to ``k * (1 - replay_share)``
+        of them, then older records, recency-weighted, as ``replay_share`` of the sample (fewer if the buffer has
+        fewer). Why: a plain recency-weighted draw of ``k`` from a buffer not much larger than ``k`` takes nearly
+        everything, so a round after a change of taste trained on two old records for each new one (E50). When no
+        record is fresh the whole buffer is drawn from as usual (an operator asked for a round on what there is)."""
         rng = rng or random.Random()
         with self._lock:
             items = list(self._records.values())
             weights = self.weights()
-        if k >= len(items):
-            return items
-        # log(u) / w is a monotone transform of u ** (1 / w): same order, no underflow.
-        keys = [math.log(rng.random() or 1e-300) / w for w in weights]
-        top = sorted(range(len(items)), key=keys.__getitem__, reverse=True)[:k]
-        return [items[i] for i in sorted(top)]
+        everything = range(len(items))
+        if replay_share is None or fresh_since is None:
+            return [items[i] for i in sorted(_draw(everything, weights, k, rng))]
+        if not 0 <= replay_share < 1:
+            raise ValueError(f"replay_share must be in [0, 1); got {replay_share}")
+        fresh = [i for i in everything if items[i].updated_at > fresh_since]
+        if not fresh:
+            return [items[i] for i in sorted(_draw(everything, weights, k, rng))]
+        older = [i for i in everything if items[i].updated_at <= fresh_since]
+        picked = _draw(fresh, weights, max(1, math.floor(k * (1 - replay_share))), rng)
+        n_old = min(k - len(picked), round(len(picked) * replay_share / (1 - replay_share)))
+        picked += _draw(older, weights, n_old, rng)
+        return [items[i] for i in sorted(picked)]
+
+
+def _draw(indices, weights: list[float], k: int, rng: random.Random) -> list[int]:
+    """``k`` of ``indices`` without replacement, each with its ``weights[i]`` (Efraimidis-Spirakis)."""
+    indices = list(indices)
+    if k >= len(indices):
+        return indices
+    if k <= 0:
+        return []
+    # log(u) / w is a monotone transform of u ** (1 / w): same order, no underflow.
+    keys = {i: math.log(rng.random() or 1e-300) / weights[i] for i in indices}
+    return sorted(indices, key=keys.__getitem__, reverse=True)[:k]

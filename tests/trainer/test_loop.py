@@ -353,3 +353,20 @@ def test_data_rollback_can_be_switched_off(make_trainer, kafka_bootstrap):
     trainer = make_trainer(records_per_round=40, RLHB_TRAINER_QUARANTINE_REJECTED_DATA="false")
     trainer.data_windows.record_round("v1", None, toy_records(3))
     assert trainer._quarantine("v1", "users liked it less") is None and not trainer.data_windows.quarantined
+
+
+def test_with_replay_share_a_later_round_trains_mostly_on_what_its_parent_has_not_seen(make_trainer, kafka_bootstrap):
+    trainer = make_trainer(records_per_round=40, RLHB_TRAINER_REPLAY_SHARE="0.25")
+    topic = trainer.settings.topic_records
+    produce_records(kafka_bootstrap, topic, toy_records(60))
+    step_until(trainer, 1)
+    first = trainer.last_round
+    assert first["outcome"] == "published" and first["records"] == 60, first
+    assert "fresh_records" not in first  # from base: everything is new
+    later = [r.model_copy(update={"impression_id": f"later-{i}", "updated_at": time.time() + 1})
+             for i, r in enumerate(toy_records(48, seed=1))]  # fmt: skip
+    produce_records(kafka_bootstrap, topic, later)
+    step_until(trainer, 2)
+    second = trainer.last_round
+    assert second["parent"] == first["version"], second
+    assert second["fresh_records"] == 48 and second["records"] == 48 + 16, second  # 16 of 64: the replay share

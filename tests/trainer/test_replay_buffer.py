@@ -68,3 +68,34 @@ def test_rejects_bad_bounds():
         ReplayBuffer(0)
     with pytest.raises(ValueError, match="half_life"):
         ReplayBuffer(5, half_life=-1)
+
+
+def test_continual_draw_takes_what_the_active_version_has_not_learned_from_first():
+    """E50: a plain draw of 2,000 from 940 records took all of them, two old-taste records for each new one."""
+    buf = ReplayBuffer(capacity=2000, half_life=5000)
+    for i in range(940):
+        buf.add(rec(i, t=float(i + 1)))
+    cut = 640.0  # records 0..639 (updated_at 1..640) are what the active version learned from
+    plain = buf.sample(2000, random.Random(0))
+    assert len(plain) == 940  # the old behaviour, unchanged without replay_share
+    drawn = buf.sample(2000, random.Random(0), fresh_since=cut, replay_share=0.25)
+    fresh = [r for r in drawn if r.updated_at > cut]
+    assert len(fresh) == 300 and len(drawn) == 400  # every new record, one old for three new
+    assert [r.updated_at for r in drawn] == sorted(r.updated_at for r in drawn)  # oldest update first
+    capped = buf.sample(200, random.Random(1), fresh_since=cut, replay_share=0.25)
+    assert len(capped) == 200 and sum(r.updated_at > cut for r in capped) == 150
+    assert len(buf.sample(2000, random.Random(0), fresh_since=cut, replay_share=0.0)) == 300
+    nothing_new = buf.sample(100, random.Random(0), fresh_since=1e9, replay_share=0.25)
+    assert len(nothing_new) == 100  # no fresh record: the usual draw from the whole buffer
+    assert buf.sample(2000, random.Random(0), fresh_since=None, replay_share=0.25) == plain
+    with pytest.raises(ValueError, match="replay_share"):
+        buf.sample(10, fresh_since=cut, replay_share=1.0)
+
+
+def test_continual_draw_weighs_the_older_records_by_recency():
+    buf = ReplayBuffer(capacity=2000, half_life=50)
+    for i in range(700):
+        buf.add(rec(i, t=float(i + 1)))
+    drawn = buf.sample(1000, random.Random(3), fresh_since=600.0, replay_share=0.5)
+    old = [r.updated_at for r in drawn if r.updated_at <= 600.0]
+    assert len(old) == 100 and sum(t > 400 for t in old) > 90  # mostly the most recent of the older records
