@@ -25,6 +25,7 @@ def demo(
         "the rlhb lane until E42; "
         "rlhb-advsteer: rlhb-midsteer with D trained against the policy during PPO, E24; "
         "rlhb-klloss: rlhb-midsteer with the KL in the actor's loss, not the reward, E40, E42; "
+        "rlhb-penalized: rlhb-klloss with near-empty and repeated-3-gram penalties in the reward, E53; "
         "rlhb-guarded: rlhb-klloss with near-empty and repeated-3-gram penalties in the reward and rollouts at "
         "the serving temperature, E47).",
     ),

@@ -255,7 +255,7 @@ KL_IN_THE_LOSS: dict = {
 the services, concise users: inverted feedback 0.216 -> 0.170 (n.s.; E40, the KL in the reward lifted +0.222 there),
 real feedback 0.227 -> 0.545 (p 4e-10) with a behavior gap of +0.187 (p 2e-4) and near-empty 2 -> 5 of 176 (E42)."""
 FULL_ALGORITHM_CONFIG["rlhb-klloss"] = {**FULL_ALGORITHM_CONFIG["rlhb-midsteer"], **KL_IN_THE_LOSS}
-REWARD_GUARDS: dict = {
+REWARD_PENALTIES: dict = {
     # E42/E43: the KL-in-the-loss default lifted concise and example users with 3 and 1 near-empty answers above
     # base's; E44 (thorough, 96 tokens): repetition +45%. These put the two guards into the reward, as TRL's
     # missing_eos_penalty does for unfinished answers: a rollout under short_answer_words (4) loses 2, a rollout
@@ -263,18 +263,27 @@ REWARD_GUARDS: dict = {
     # plus a low D score; a typical 0.03-0.07 rate costs 0.1-0.3 against a score std near 1). Not tuned per preset.
     "short_answer_penalty": 2.0,
     "repeated_ngram_penalty": 4.0,
+}
+"""The ``rlhb-penalized`` lane's departures from ``rlhb-klloss``, rollouts at temperature 1 as PPO's. Example users
+(E53): 0.125 -> 0.227 (p 0.0059) with every guard of issue 14 clean (relevance +17%, repetition -20%, near-empty 2 -> 1
+of 176). Concise users (E54): see ``DEFAULT_RLHB_LANE``. Thorough users at 96 tokens (E46): 0.273 -> 0.352 (p 0.054),
+repetition +23% (paired 95% interval -14% to +62%). The penalties score the near-empty and repetition measures, so
+with them on those two guards check what the reward was told; the users' verdicts and relevance stay independent."""
+FULL_ALGORITHM_CONFIG["rlhb-penalized"] = {**FULL_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_PENALTIES}
+SERVING_TEMPERATURE_ROLLOUTS: dict = {
     # E46: at temperature 1 the rollouts repeated 0.034 of their 3-grams where the served answers (0.7) repeated
     # 0.074, so the penalty saw little of what users saw. Sampling rollouts at the serving temperature (DemoConfig's
     # 0.7; PPO's log-probabilities come from the same tempered distribution, as TRL's) shows the policy its own
     # served behavior. A run with --temperature other than 0.7 should --set rlhb.temperature to match.
     "temperature": 0.7,
 }
-"""The ``rlhb-guarded`` lane's departures from ``rlhb-klloss``. E47 (concise): 0.233 -> 0.438 (p 2.4e-5) with every
-guard of issue 14 clean (near-empty 2 -> 2 of 176, relevance +4.2%, repetition -39%) and a behavior gap of +0.176
-(p 3e-4). The penalties score the near-empty and repetition measures, so with them on those two guards check what the
-reward was told; the users' verdicts and relevance stay independent. Thorough users at 96 tokens (E48): +0.091
-(p 0.033), repetition -21%, relevance -5.9%; example users (E49): +0.057 (p 0.063), relevance -6.0%. The default for
-E48-E49, then a lane again."""
+REWARD_GUARDS: dict = {**REWARD_PENALTIES, **SERVING_TEMPERATURE_ROLLOUTS}
+"""The ``rlhb-guarded`` lane's departures from ``rlhb-klloss``: the penalties and rollouts at the serving temperature.
+E47 (concise): 0.233 -> 0.438 (p 2.4e-5) with every guard of issue 14 clean (near-empty 2 -> 2 of 176, relevance
++4.2%, repetition -39%) and a behavior gap of +0.176 (p 3e-4). Thorough users at 96 tokens (E48): +0.091 (p 0.033),
+repetition -21%, relevance -5.9%; example users (E49): +0.057 (p 0.063), relevance -6.0%: at 0.7 the rollouts rarely
+land in the off-topic tail, so the reward rarely charges for it (E51), and relevance fell where at 1 it rose. The
+default for E48-E49, then a lane again."""
 FULL_ALGORITHM_CONFIG["rlhb-guarded"] = {**FULL_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_GUARDS}
 DEFAULT_RLHB_LANE = "rlhb-klloss"
 """The lane whose configuration the demo's plain ``rlhb`` lane trains (since E43): ``rlhb-midsteer`` with the KL in
@@ -332,6 +341,7 @@ QUICK_ALGORITHM_CONFIG["rlhb-midsteer"] = {
 }
 QUICK_ALGORITHM_CONFIG["rlhb-advsteer"] = {**QUICK_ALGORITHM_CONFIG["rlhb-midsteer"], **ADVERSARIAL_REALNESS}
 QUICK_ALGORITHM_CONFIG["rlhb-klloss"] = {**QUICK_ALGORITHM_CONFIG["rlhb-midsteer"], **KL_IN_THE_LOSS}
+QUICK_ALGORITHM_CONFIG["rlhb-penalized"] = {**QUICK_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_PENALTIES}
 QUICK_ALGORITHM_CONFIG["rlhb-guarded"] = {**QUICK_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_GUARDS}
 
 

@@ -76,6 +76,13 @@ def test_frozen_discriminator_and_constant_sentence_are_named():
     label = DemoConfig(algorithms=("rlhb-guarded",)).label("rlhb-guarded")
     for note in ("a rollout under 4 words loses 2", "4 x its share of repeated 3-grams", "temperature 0.7"):
         assert note in label
+    # rlhb-penalized: the same two penalties with rollouts at temperature 1, as PPO's (E53)
+    penalized = FULL_ALGORITHM_CONFIG["rlhb-penalized"]
+    assert {k: v for k, v in penalized.items() if klloss.get(k) != v} == {
+        "short_answer_penalty": 2.0, "repeated_ngram_penalty": 4.0
+    }  # fmt: skip
+    penalized_label = DemoConfig(algorithms=("rlhb-penalized",)).label("rlhb-penalized")
+    assert "a rollout under 4 words loses 2" in penalized_label and "temperature" not in penalized_label
     assert algorithm_label("rlhb", {"short_answer_penalty": "1"}) == "RLHB (a rollout under 4 words loses 1)"
     assert algorithm_label("rlhb", {"repeated_ngram_penalty": "4"}) == (
         "RLHB (a rollout loses 4 x its share of repeated 3-grams)"
