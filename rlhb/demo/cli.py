@@ -16,7 +16,7 @@ def demo(
     out: Path = typer.Option(Path("rlhb-demo"), help="Output folder (report.md, report.json, demo.png, logs)."),
     algorithms: str = typer.Option(
         "rlhb,rlhbc,rlhf",
-        help="Comma-separated lanes: rlhb (rlhb-klloss's configuration, E43), rlhbc, rlhf, sft, pro, or a variant "
+        help="Comma-separated lanes: rlhb (rlhb-penalized's configuration, E54), rlhbc, rlhf, sft, pro, or a variant "
         "ALGO-NAME (rlhb-adversarial: D trained against the policy during PPO; rlhb-frozen: D frozen after warm-up, "
         "every PPO prompt on the served sentence, the rlhb lane until E23; "
         "rlhb-real: the rlhb-frozen lane with truncated answers among D's fakes and log D added to its reward, E18; "

@@ -145,7 +145,7 @@ labelled so), because the adversarial D (ADVERSARIAL_RLHB) lost to it with the s
 (E2/E3: on this CPU budget that share decided the lift)."""
 
 FULL_ALGORITHM_CONFIG: dict[str, dict] = {
-    "rlhb": {},  # the default lane: rlhb-klloss's configuration, set below (DEFAULT_RLHB_LANE)
+    "rlhb": {},  # the default lane: rlhb-penalized's configuration, set below (DEFAULT_RLHB_LANE)
     "rlhbc": dict(PPO_BUDGET),
     "rlhf": dict(PPO_BUDGET),
     # --algorithms rlhb-adversarial,rlhb-frozen compares the two discriminators on the same base traffic
@@ -266,9 +266,10 @@ REWARD_PENALTIES: dict = {
 }
 """The ``rlhb-penalized`` lane's departures from ``rlhb-klloss``, rollouts at temperature 1 as PPO's. Example users
 (E53): 0.125 -> 0.227 (p 0.0059) with every guard of issue 14 clean (relevance +17%, repetition -20%, near-empty 2 -> 1
-of 176). Concise users (E54): see ``DEFAULT_RLHB_LANE``. Thorough users at 96 tokens (E46): 0.273 -> 0.352 (p 0.054),
-repetition +23% (paired 95% interval -14% to +62%). The penalties score the near-empty and repetition measures, so
-with them on those two guards check what the reward was told; the users' verdicts and relevance stay independent."""
+of 176). Concise users (E54): 0.239 -> 0.420 (p 1.4e-4), relevance +14%, repetition -50%, near-empty 1 -> 0.
+Thorough users at 96 tokens (E46): 0.273 -> 0.352 (p 0.054), repetition +23% (paired 95% interval -14% to +62%).
+The penalties score the near-empty and repetition measures, so with them on those two guards check what the reward
+was told; the users' verdicts and relevance stay independent. The default lane since E54 (``DEFAULT_RLHB_LANE``)."""
 FULL_ALGORITHM_CONFIG["rlhb-penalized"] = {**FULL_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_PENALTIES}
 SERVING_TEMPERATURE_ROLLOUTS: dict = {
     # E46: at temperature 1 the rollouts repeated 0.034 of their 3-grams where the served answers (0.7) repeated
@@ -285,20 +286,27 @@ repetition -21%, relevance -5.9%; example users (E49): +0.057 (p 0.063), relevan
 land in the off-topic tail, so the reward rarely charges for it (E51), and relevance fell where at 1 it rose. The
 default for E48-E49, then a lane again."""
 FULL_ALGORITHM_CONFIG["rlhb-guarded"] = {**FULL_ALGORITHM_CONFIG["rlhb-klloss"], **REWARD_GUARDS}
-DEFAULT_RLHB_LANE = "rlhb-klloss"
-"""The lane whose configuration the demo's plain ``rlhb`` lane trains (since E43): ``rlhb-midsteer`` with the KL in
-the actor's loss. Why it replaced ``rlhb-midsteer`` (the default from E23 to E42), one seed each through the services:
-with the KL in the reward the round lifted concise users whatever their feedback said (inverted: +0.222, E34), so its
-lifts showed a brevity prior; with the KL in the loss the round followed the feedback (inverted: -0.045 n.s., E40;
-real: 0.227 -> 0.545, p 4e-10, E42), stayed closer to the base (gate KL 0.322 against 0.542 nats/token), and kept a
-behavior gap significant at 0.01 (+0.187, p 2e-4; E21's +0.108, p 0.021). Example users: 0.091 -> 0.182 (p 0.0065,
-E43; E23's KL in the reward 0.088 -> 0.210), gap +0.051 (p 0.09). What it costs: near-empty answers 2 -> 5 of 176 on
-concise users and 1 -> 2 on example users (E21, E23: not above base's). Thorough users at 96 tokens (E44): 0.256 ->
-0.347 (p 0.032) with answers kept long and a gap of +0.108 (p 0.013), repetition +45%. A poisoned round fails the
-gate's ranking check (E40) and, with the gate opened, the live A/B guardrail (E45). ``rlhb-midsteer``'s
-record: concise and example clean lifts (E21, E23); thorough and example seed 1 lifted by short answers and were
-rejected by the gate. Still the frozen-D variant (paper section 6.4) with every PPO prompt on the served sentence;
-only the steering stage trains on each record's own sentence, and the label says all of it."""
+DEFAULT_RLHB_LANE = "rlhb-penalized"
+"""The lane whose configuration the demo's plain ``rlhb`` lane trains (since E54): ``rlhb-midsteer`` with the KL in
+the actor's loss (``rlhb-klloss``, the default from E43 to E53) and the near-empty and repetition penalties in the
+reward, rollouts at temperature 1. Why, one seed each through the services, each against its own base:
+
+- concise (E54): 0.239 -> 0.420 (p 1.4e-4), behavior gap +0.273 (p 7e-9), every guard of issue 14 clean (relevance
+  +14%, repetition -50%, near-empty 1 -> 0 of 176). ``rlhb-klloss`` (E42): +0.318 with near-empty 2 -> 5.
+- example (E53): 0.125 -> 0.227 (p 0.0059), every guard clean (relevance +17%, repetition -20%, near-empty 2 -> 1).
+  ``rlhb-klloss`` (E43): +0.091 with near-empty 1 -> 2.
+- thorough at 96 tokens (E46): 0.273 -> 0.352 (p 0.054), repetition +23% (paired 95% interval -14% to +62%): not
+  met. ``rlhb-klloss`` (E44): +0.091 (p 0.032), repetition +45% ([+9%, +86%]).
+- ``rlhb-guarded`` (the same with rollouts at 0.7) passed concise (E47) but lost 6% relevance on example and thorough
+  users (E48, E49; E51: at 0.7 the rollouts rarely show the off-topic tail the reward would charge for).
+
+Why the KL in the loss (E43): with the KL in the reward the round lifted concise users whatever their feedback said
+(inverted: +0.222, E34), a brevity prior; with it in the loss the round followed the feedback (inverted: -0.045 n.s.,
+E40). A poisoned round fails the gate's ranking check (E40) and, with the gate opened, the live A/B guardrail (E45;
+both with ``rlhb-klloss``). The penalties score the near-empty and repetition measures, so with them on those two
+guards check what the reward was told; the users' verdicts and relevance stay independent. Still the frozen-D variant
+(paper section 6.4) with every PPO prompt on the served sentence; only the steering stage trains on each record's own
+sentence, and the label says all of it."""
 FULL_ALGORITHM_CONFIG["rlhb"] = dict(FULL_ALGORITHM_CONFIG[DEFAULT_RLHB_LANE])
 STEERED_LANE_GATE: dict = {"kl_bound": 0.7}
 """The gate bounds each round's KL from the parent, the base in round 1. Steering is a supervised step on the logs

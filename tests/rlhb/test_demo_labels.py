@@ -135,7 +135,7 @@ def test_a_lane_that_raises_a_gate_bound_says_so_and_the_run_or_the_environment_
     assert cfg.gate_overrides("rlhb-frozen", {}) == served
     assert cfg.label("rlhb-steer").endswith("KL to the round's start, not the base; gate KL bound 0.7)")
     assert "gate" not in cfg.label("rlhb-frozen")
-    # The default lane steers (rlhb-klloss's configuration), so it raises the bound too; without its steering
+    # The default lane steers (rlhb-penalized's configuration), so it raises the bound too; without its steering
     # stage it does not.
     assert cfg.gate_overrides("rlhb", {}) == {**served, "kl_bound": 0.7} and cfg.label("rlhb").endswith("bound 0.7)")
     cfg.algorithm_config["rlhb"] = {**cfg.lane_overrides("rlhb"), "steer_steps": "0"}  # --set rlhb.steer_steps=0
@@ -180,10 +180,12 @@ def test_variant_lanes_train_their_algorithm_with_their_own_overrides():
     assert "frozen discriminator" in cfg.label("rlhb-frozen") and "frozen" not in cfg.label("rlhb-adversarial")
     # A variant without an entry of its own starts from its algorithm's overrides.
     assert DemoConfig(algorithms=("rlhb-x",)).lane_overrides("rlhb-x") == cfg.lane_overrides("rlhb")
-    # The demo's default rlhb lane trains rlhb-klloss's configuration (E43): rlhb-midsteer (the default from E23)
-    # with the KL in the actor's loss; rlhb-frozen keeps the lane from before E23.
-    assert cfg.lane_overrides("rlhb") == cfg.lane_overrides("rlhb-klloss")
+    # The demo's default rlhb lane trains rlhb-penalized's configuration (E54): rlhb-midsteer (the default from E23)
+    # with the KL in the actor's loss (E43) and the near-empty and repetition penalties, rollouts at temperature 1;
+    # rlhb-frozen keeps the lane from before E23.
+    assert cfg.lane_overrides("rlhb") == cfg.lane_overrides("rlhb-penalized")
     assert cfg.lane_overrides("rlhb")["kl_placement"] == "loss" and "in the actor's loss" in cfg.label("rlhb")
+    assert cfg.lane_overrides("rlhb")["short_answer_penalty"] == 2 and "temperature" not in cfg.lane_overrides("rlhb")
     assert cfg.lane_overrides("rlhb")["steer_steps"] == 120 and cfg.lane_overrides("rlhb")["missing_eos_penalty"] == 1
     assert cfg.lane_overrides("rlhb-frozen") == {**PPO_BUDGET, "d_warmup_steps": 150, "d_frozen": True,
                                                  "preferred_prompt_share": 1.0}  # fmt: skip
