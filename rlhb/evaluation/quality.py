@@ -116,7 +116,7 @@ def paired_guard_intervals(
     the interval of the mean paired difference over base's mean.
 
     Why: one seed's 176 held-out answers move these means a lot. Repetition is a mean of mostly zeros with a few
-    looping answers, so E46's +23% (a "fail") had the interval [-14%, +66%] and E44's +45% had [+8%, +96%]: only
+    looping answers, so E46's +23% (a "fail") has the interval [-14%, +62%] and E44's +45% has [+9%, +86%]: only
     the second is a move the data can tell from noise. The bar itself stays on the point estimates; the intervals
     say how far to trust a pass or a fail. ``questions[i]``, ``base_answers[i]`` and ``candidate_answers[i]`` are
     one pair (same question and draw). Returns ``pairs``, ``relevance_change`` and ``repetition_change`` (each
